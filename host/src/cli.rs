@@ -1,0 +1,231 @@
+//! The `admetrics` command line. `main.rs` calls [`main`]; everything here is thin glue over the
+//! library, with `anyhow` errors printed once at the edge.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::loadgen::{LoadgenArgs, LoadgenStats};
+use crate::pipeline::{self, Clock, Processor};
+use crate::plugin::PluginRuntime;
+use crate::progress::Progress;
+use crate::source::RawMessage;
+use crate::status::Status;
+
+/// Real-time ad-campaign metrics: Kafka → WebAssembly metric plugins → Iceberg.
+#[derive(Parser)]
+#[command(name = "admetrics", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: consume the topic, compute metrics, commit to Iceberg, until SIGINT/SIGTERM.
+    Run {
+        /// Configuration file (TOML). `ADMETRICS__SECTION__KEY` environment variables override it.
+        #[arg(long, short, default_value = "config/default.toml")]
+        config: PathBuf,
+    },
+    /// Run the daemon and a load generator together, with a live view of the results.
+    Demo {
+        #[arg(long, short, default_value = "config/default.toml")]
+        config: PathBuf,
+        /// Stop after this many seconds (default: until Ctrl-C).
+        #[arg(long)]
+        duration: Option<u64>,
+        #[command(flatten)]
+        load: LoadgenArgs,
+    },
+    /// Produce synthetic ad events to the topic.
+    Loadgen {
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[arg(long, default_value = "campaign-events")]
+        topic: String,
+        #[command(flatten)]
+        load: LoadgenArgs,
+    },
+    /// Plugin author tools.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Run a plugin over events from a JSON-lines file with the daemon's limits and print its rows.
+    Test {
+        /// The plugin component (.wasm).
+        plugin: PathBuf,
+        /// Events, one JSON object per line, in the topic's format.
+        #[arg(long)]
+        events: PathBuf,
+        /// Window size in seconds.
+        #[arg(long, default_value_t = 60)]
+        window_secs: u64,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let quiet = matches!(cli.command, Command::Demo { .. });
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ADMETRICS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if quiet { "warn" } else { "info" }));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run { config } => {
+            let cfg = Config::load(&config)?;
+            let rt = tokio_runtime()?;
+            let status = Arc::new(Status::default());
+            let summary = rt.block_on(pipeline::run(cfg, status, shutdown_signal()))?;
+            tracing::info!(messages = summary.messages, commits = summary.commits, offsets = ?summary.committed_offsets, "stopped");
+            Ok(())
+        }
+        Command::Demo { config, duration, load } => demo(&config, duration, load),
+        Command::Loadgen { brokers, topic, load } => {
+            let stop = Arc::new(AtomicBool::new(false));
+            let stats = Arc::new(LoadgenStats::default());
+            {
+                let stop = stop.clone();
+                ctrlc_flag(stop);
+            }
+            let n = crate::loadgen::produce(&brokers, &topic, &load, &stop, &stats)?;
+            println!("produced {n} events to {topic}");
+            Ok(())
+        }
+        Command::Plugin { command: PluginCommand::Test { plugin, events, window_secs } } => {
+            plugin_test(&plugin, &events, window_secs)
+        }
+    }
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutdown requested: committing what we hold");
+}
+
+fn ctrlc_flag(stop: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(shutdown_signal());
+        stop.store(true, Relaxed);
+    });
+}
+
+fn demo(config: &std::path::Path, duration: Option<u64>, load: LoadgenArgs) -> anyhow::Result<()> {
+    let cfg = Config::load(config)?;
+    let rt = tokio_runtime()?;
+    let status = Arc::new(Status::default());
+    let stop_load = Arc::new(AtomicBool::new(false));
+    let load_stats = Arc::new(LoadgenStats::default());
+    let producer = {
+        let (brokers, topic) = (cfg.kafka.brokers.clone(), cfg.kafka.topic.clone());
+        let (stop, stats) = (stop_load.clone(), load_stats.clone());
+        std::thread::spawn(move || crate::loadgen::produce(&brokers, &topic, &load, &stop, &stats))
+    };
+    let shutdown = {
+        let status = status.clone();
+        let load_stats = load_stats.clone();
+        async move {
+            let mut progress = Progress::new();
+            let deadline = duration.map(|d| tokio::time::Instant::now() + Duration::from_secs(d));
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            let signal = shutdown_signal();
+            tokio::pin!(signal);
+            loop {
+                tokio::select! {
+                    _ = &mut signal => break,
+                    _ = every.tick() => {
+                        print!("{}", progress.render(&status, Some(load_stats.produced.load(Relaxed))));
+                        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) { break; }
+                    }
+                }
+            }
+        }
+    };
+    let summary = rt.block_on(pipeline::run(cfg.clone(), status.clone(), shutdown));
+    stop_load.store(true, Relaxed);
+    let produced = producer.join().map_err(|_| anyhow::anyhow!("load generator panicked"))??;
+    let summary = summary?;
+    print!("{}", Progress::new().render(&status, Some(produced)));
+    println!(
+        "\nstopped: produced {produced}, consumed {}, {} commits. Tables: {} (catalog {}).",
+        summary.messages,
+        summary.commits,
+        cfg.iceberg.warehouse.display(),
+        cfg.iceberg.catalog_uri
+    );
+    Ok(())
+}
+
+fn plugin_test(plugin: &std::path::Path, events: &std::path::Path, window_secs: u64) -> anyhow::Result<()> {
+    let mut cfg = Config::default();
+    cfg.plugins.paths = vec![plugin.to_path_buf()];
+    cfg.window.size_secs = window_secs;
+    // Sample files are old: accept any event time.
+    cfg.validation.max_past_ms = i64::MAX / 4;
+    cfg.validation.max_future_ms = i64::MAX / 4;
+    let runtime = PluginRuntime::new(&cfg.plugins)?;
+    let p = runtime.load(plugin)?;
+    println!("# {} {} (sha256 {})  metrics: {}", p.info.name, p.info.version, p.info.sha256, p.info.metrics.join(", "));
+    let status = Arc::new(Status::default());
+    let mut proc = Processor::new(&cfg, vec![p], status.clone());
+    proc.build_tables = false;
+    let text = std::fs::read_to_string(events).with_context(|| format!("reading {}", events.display()))?;
+    let clock = Clock::now();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        proc.process(RawMessage { partition: 0, offset: i as i64, payload: Some(line.as_bytes()), timestamp_ms: None }, &clock);
+    }
+    let rows = proc.publish(&clock);
+    println!("window_start\tcampaign_id\tad_id\tmetric\tvalue\tnumerator\tdenominator");
+    for r in &rows {
+        println!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            chrono::DateTime::from_timestamp_millis(r.window_start_ms).map_or("?".into(), |t| t.to_rfc3339()),
+            r.campaign_id,
+            r.ad_id.as_deref().unwrap_or("-"),
+            r.metric,
+            r.value,
+            r.numerator,
+            r.denominator
+        );
+    }
+    let dl = status.dead_letters.load(Relaxed);
+    let errs = status.plugin_errors.load(Relaxed);
+    println!("# {} events, {} rows, {dl} rejected, {errs} plugin errors", status.valid_events.load(Relaxed), rows.len());
+    for (code, n) in status.dead_letter_counts().into_iter().filter(|(_, n)| *n > 0) {
+        println!("#   rejected {code}: {n}");
+    }
+    if errs > 0 {
+        anyhow::bail!("the plugin failed on {errs} call(s); see the log above");
+    }
+    Ok(())
+}

@@ -1,0 +1,309 @@
+//! Daemon configuration: one TOML file, every key optional with a documented default, unknown keys
+//! refused (a typo must not silently fall back to a default), plus `ADMETRICS__SECTION__KEY`
+//! environment overrides applied on top of the file.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Errors loading or validating configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid environment override {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("invalid config value {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub window: WindowConfig,
+    pub attribution: AttributionConfig,
+    pub validation: ValidationConfig,
+    pub plugins: PluginsConfig,
+    pub iceberg: IcebergConfig,
+    pub commit: CommitConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    pub topic: String,
+    pub group_id: String,
+    /// Extra librdkafka consumer properties, passed through verbatim.
+    pub consumer: std::collections::BTreeMap<String, String>,
+    /// Maximum messages handed to the pipeline per poll batch.
+    pub batch_size: usize,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "campaign-events".into(),
+            group_id: "admetrics".into(),
+            consumer: Default::default(),
+            batch_size: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WindowConfig {
+    /// Tumbling window size in seconds.
+    pub size_secs: u64,
+    /// Watermark = max event time seen (per partition) minus this.
+    pub out_of_orderness_ms: u64,
+    /// A window stays open for updates this long after the watermark passes its end.
+    pub allowed_lateness_ms: u64,
+    /// A partition with no events for this long (wall clock) stops holding the watermark back.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        WindowConfig { size_secs: 60, out_of_orderness_ms: 5_000, allowed_lateness_ms: 0, idle_timeout_ms: 10_000 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttributionConfig {
+    /// Clicks older than this (event time, relative to the conversion) are not credited.
+    pub lookback_secs: u64,
+    /// At most this many recent clicks are remembered per user.
+    pub max_touchpoints: usize,
+}
+
+impl Default for AttributionConfig {
+    fn default() -> Self {
+        AttributionConfig { lookback_secs: 7 * 24 * 3600, max_touchpoints: 8 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidationConfig {
+    /// Events whose time is further in the future than this (vs. the host clock) are rejected.
+    pub max_future_ms: i64,
+    /// Events older than this (vs. the host clock) are rejected.
+    pub max_past_ms: i64,
+    /// Messages larger than this many bytes are rejected unparsed.
+    pub max_message_bytes: usize,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        ValidationConfig {
+            max_future_ms: 3_600_000,
+            max_past_ms: 30 * 24 * 3_600_000,
+            max_message_bytes: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Plugin components to load, in order. Relative paths are resolved against the config file.
+    pub paths: Vec<PathBuf>,
+    /// Memory cap per plugin instance, bytes.
+    pub max_memory_bytes: usize,
+    /// CPU deadline per call, milliseconds (epoch interruption; checked every ~`epoch_tick_ms`).
+    pub call_deadline_ms: u64,
+    /// WebAssembly stack limit, bytes.
+    pub max_wasm_stack_bytes: usize,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            paths: vec![],
+            max_memory_bytes: 64 << 20,
+            call_deadline_ms: 1_000,
+            max_wasm_stack_bytes: 512 << 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IcebergConfig {
+    /// SQL catalog URI (`sqlite:PATH`); relative paths resolve against the config file.
+    pub catalog_uri: String,
+    pub catalog_name: String,
+    /// Warehouse root directory (local filesystem).
+    pub warehouse: PathBuf,
+    pub namespace: String,
+}
+
+impl Default for IcebergConfig {
+    fn default() -> Self {
+        IcebergConfig {
+            catalog_uri: "sqlite:.state/catalog.db".into(),
+            catalog_name: "admetrics".into(),
+            warehouse: ".state/warehouse".into(),
+            namespace: "ads".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CommitConfig {
+    /// How often open windows are published and events committed, milliseconds.
+    pub interval_ms: u64,
+    /// Parquet target file size; a commit's events roll over to a new file past it.
+    pub target_file_bytes: usize,
+}
+
+impl Default for CommitConfig {
+    fn default() -> Self {
+        CommitConfig { interval_ms: 1_000, target_file_bytes: 128 << 20 }
+    }
+}
+
+impl Config {
+    /// Loads `path`, applies environment overrides, resolves relative paths against the file's
+    /// directory and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::from_toml(&text, &path.display().to_string(), &base, std::env::vars())
+    }
+
+    /// Parses TOML text; `env` supplies `ADMETRICS__SECTION__KEY=value` overrides.
+    pub fn from_toml(
+        text: &str,
+        origin: &str,
+        base: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut doc: toml::Table = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: origin.into(), message: e.to_string() })?;
+        for (var, value) in env {
+            let Some(rest) = var.strip_prefix("ADMETRICS__") else { continue };
+            let parts: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+            if parts.len() != 2 {
+                return Err(ConfigError::Env { var, message: "expected ADMETRICS__SECTION__KEY".into() });
+            }
+            // Parse the value as a TOML value so numbers and lists work; fall back to a string.
+            let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(value));
+            let section = doc
+                .entry(parts[0].clone())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            match section {
+                toml::Value::Table(t) => {
+                    t.insert(parts[1].clone(), parsed);
+                }
+                _ => return Err(ConfigError::Env { var, message: format!("{} is not a section", parts[0]) }),
+            }
+        }
+        let mut cfg: Config = toml::Value::Table(doc)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse { path: origin.into(), message: e.to_string() })?;
+        cfg.resolve_paths(base);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let abs = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+        for p in &mut self.plugins.paths {
+            *p = abs(p);
+        }
+        self.iceberg.warehouse = abs(&self.iceberg.warehouse);
+        if let Some(file) = self.iceberg.catalog_uri.strip_prefix("sqlite:") {
+            let file = file.trim_start_matches("//");
+            if !file.starts_with(':') && !Path::new(file).is_absolute() {
+                self.iceberg.catalog_uri = format!("sqlite:{}", base.join(file).display());
+            }
+        }
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, reason: &str| Err(ConfigError::Invalid { key, reason: reason.into() });
+        if self.window.size_secs == 0 {
+            return bad("window.size_secs", "must be at least 1");
+        }
+        if self.commit.interval_ms < 10 {
+            return bad("commit.interval_ms", "must be at least 10");
+        }
+        if self.kafka.batch_size == 0 {
+            return bad("kafka.batch_size", "must be at least 1");
+        }
+        if self.plugins.paths.is_empty() {
+            return bad("plugins.paths", "at least one plugin is needed");
+        }
+        if self.attribution.max_touchpoints == 0 {
+            return bad("attribution.max_touchpoints", "must be at least 1");
+        }
+        if !self.iceberg.catalog_uri.starts_with("sqlite:") {
+            return bad("iceberg.catalog_uri", "only sqlite: catalogs are supported");
+        }
+        Ok(())
+    }
+
+    pub fn window_size_ms(&self) -> i64 {
+        self.window.size_secs as i64 * 1000
+    }
+
+    pub fn commit_interval(&self) -> Duration {
+        Duration::from_millis(self.commit.interval_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = "[plugins]\npaths = [\"p/ctr.wasm\"]\n";
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let c = Config::from_toml(MIN, "t", Path::new("/etc/adm"), []).unwrap();
+        assert_eq!(c.window.size_secs, 60);
+        assert_eq!(c.plugins.paths[0], Path::new("/etc/adm/p/ctr.wasm"));
+        assert_eq!(c.iceberg.catalog_uri, "sqlite:/etc/adm/.state/catalog.db");
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_name() {
+        let err = Config::from_toml(&format!("{MIN}[window]\nsize_sec = 5\n"), "t", Path::new("/"), [])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("size_sec"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let env = [("ADMETRICS__WINDOW__SIZE_SECS".to_string(), "10".to_string())];
+        let c = Config::from_toml(MIN, "t", Path::new("/"), env).unwrap();
+        assert_eq!(c.window.size_secs, 10);
+        let env = [("ADMETRICS__KAFKA__TOPIC".to_string(), "other-topic".to_string())];
+        assert_eq!(Config::from_toml(MIN, "t", Path::new("/"), env).unwrap().kafka.topic, "other-topic");
+    }
+
+    #[test]
+    fn invalid_value_names_the_key() {
+        let err = Config::from_toml(&format!("{MIN}[window]\nsize_secs = 0\n"), "t", Path::new("/"), [])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("window.size_secs"), "{err}");
+    }
+}

@@ -1,0 +1,446 @@
+//! Decode and validate stage: raw Kafka payload bytes → a borrowed, validated [`Event`], or a
+//! [`Rejection`] that says why (the message then goes to the dead-letter table, never nowhere).
+//!
+//! Decoding borrows from the payload (serde `Cow`s only allocate for escaped strings) because this
+//! is the hottest code in the daemon: at 1M+ events/s per core there is no budget for a `String`
+//! per field.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+
+use crate::config::ValidationConfig;
+
+/// The three event types of the ad funnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Impression,
+    Click,
+    Conversion,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Impression => "impression",
+            EventKind::Click => "click",
+            EventKind::Conversion => "conversion",
+        }
+    }
+}
+
+/// A validated event borrowing from the message payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event<'a> {
+    pub event_id: Cow<'a, str>,
+    pub kind: EventKind,
+    /// Milliseconds since the Unix epoch, UTC.
+    pub time_ms: i64,
+    pub campaign_id: Cow<'a, str>,
+    pub ad_id: Cow<'a, str>,
+    pub user_id: Cow<'a, str>,
+    /// Conversion revenue in millionths of the currency unit; 0 for other kinds.
+    pub revenue_micros: i64,
+    pub currency: Option<Cow<'a, str>>,
+    pub device: Option<Cow<'a, str>>,
+    pub country: Option<Cow<'a, str>>,
+    pub placement: Option<Cow<'a, str>>,
+}
+
+/// Why a message was not accepted. The `code` is what dead-letter counts are grouped by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: Reason,
+    pub detail: String,
+}
+
+/// Dead-letter reason codes (stable strings: dashboards and alerts group by them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    Oversized,
+    MalformedJson,
+    MissingField,
+    InvalidField,
+    UnknownEventType,
+    NegativeRevenue,
+    TimeOutOfRange,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 7] = [
+        Reason::Oversized,
+        Reason::MalformedJson,
+        Reason::MissingField,
+        Reason::InvalidField,
+        Reason::UnknownEventType,
+        Reason::NegativeRevenue,
+        Reason::TimeOutOfRange,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::Oversized => "oversized",
+            Reason::MalformedJson => "malformed_json",
+            Reason::MissingField => "missing_field",
+            Reason::InvalidField => "invalid_field",
+            Reason::UnknownEventType => "unknown_event_type",
+            Reason::NegativeRevenue => "negative_revenue",
+            Reason::TimeOutOfRange => "time_out_of_range",
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason.code(), self.detail)
+    }
+}
+
+fn reject(reason: Reason, detail: impl Into<String>) -> Rejection {
+    Rejection { reason, detail: detail.into() }
+}
+
+/// The wire shape. Unknown fields are ignored so producers can add fields without breaking us.
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(borrow)]
+    event_id: Cow<'a, str>,
+    #[serde(borrow)]
+    event_type: Cow<'a, str>,
+    event_time: WireTime<'a>,
+    #[serde(borrow)]
+    campaign_id: Cow<'a, str>,
+    #[serde(borrow)]
+    ad_id: Cow<'a, str>,
+    #[serde(borrow)]
+    user_id: Cow<'a, str>,
+    #[serde(default)]
+    revenue: Option<WireDecimal<'a>>,
+    #[serde(borrow, default)]
+    currency: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    device: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    country: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    placement: Option<Cow<'a, str>>,
+}
+
+/// `event_time`: RFC 3339 string or epoch milliseconds.
+enum WireTime<'a> {
+    Millis(i64),
+    Text(Cow<'a, str>),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for WireTime<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = WireTime<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an RFC 3339 timestamp string or epoch milliseconds")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(WireTime::Millis(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                i64::try_from(v).map(WireTime::Millis).map_err(|_| E::custom("event_time out of range"))
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(WireTime::Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(WireTime::Text(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `revenue`: a JSON number or a decimal string, converted exactly to micro-units.
+enum WireDecimal<'a> {
+    Float(f64),
+    Int(i64),
+    Text(Cow<'a, str>),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for WireDecimal<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = WireDecimal<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a decimal number or decimal string")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(WireDecimal::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                i64::try_from(v).map(WireDecimal::Int).map_err(|_| E::custom("revenue out of range"))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(WireDecimal::Float(v))
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(WireDecimal::Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(WireDecimal::Text(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Revenue above this (in units) is refused: it would overflow i64 micro-unit sums quickly.
+const MAX_REVENUE_UNITS: i64 = 1_000_000_000_000;
+
+/// Decodes and validates one message. `now_ms` is the host clock, for the time bounds.
+pub fn decode<'a>(payload: &'a [u8], now_ms: i64, limits: &ValidationConfig) -> Result<Event<'a>, Rejection> {
+    if payload.len() > limits.max_message_bytes {
+        return Err(reject(
+            Reason::Oversized,
+            format!("{} bytes > max_message_bytes {}", payload.len(), limits.max_message_bytes),
+        ));
+    }
+    let w: Wire<'a> = serde_json::from_slice(payload).map_err(classify_json_error)?;
+    let kind = match &*w.event_type {
+        "impression" => EventKind::Impression,
+        "click" => EventKind::Click,
+        "conversion" => EventKind::Conversion,
+        other => return Err(reject(Reason::UnknownEventType, format!("event_type {other:?}"))),
+    };
+    for (name, v) in [("event_id", &w.event_id), ("campaign_id", &w.campaign_id), ("ad_id", &w.ad_id), ("user_id", &w.user_id)] {
+        if v.is_empty() {
+            return Err(reject(Reason::InvalidField, format!("{name} is empty")));
+        }
+        if v.len() > 256 {
+            return Err(reject(Reason::InvalidField, format!("{name} longer than 256 bytes")));
+        }
+    }
+    let time_ms = match &w.event_time {
+        WireTime::Millis(ms) => *ms,
+        WireTime::Text(s) => parse_rfc3339_ms(s)
+            .ok_or_else(|| reject(Reason::InvalidField, format!("event_time {s:?} is not RFC 3339")))?,
+    };
+    if time_ms > now_ms.saturating_add(limits.max_future_ms) || time_ms < now_ms.saturating_sub(limits.max_past_ms) {
+        return Err(reject(
+            Reason::TimeOutOfRange,
+            format!("event_time {time_ms} ms is outside [now - {} ms, now + {} ms]", limits.max_past_ms, limits.max_future_ms),
+        ));
+    }
+    let revenue_micros = match (kind, &w.revenue) {
+        (EventKind::Conversion, None) => return Err(reject(Reason::MissingField, "missing field `revenue` on a conversion")),
+        (EventKind::Conversion, Some(r)) => {
+            let m = decimal_to_micros(r).map_err(|d| reject(Reason::InvalidField, d))?;
+            if m < 0 {
+                return Err(reject(Reason::NegativeRevenue, format!("revenue {} < 0", m as f64 / 1e6)));
+            }
+            m
+        }
+        (_, _) => 0,
+    };
+    if kind == EventKind::Conversion {
+        match &w.currency {
+            None => return Err(reject(Reason::MissingField, "missing field `currency` on a conversion")),
+            Some(c) if c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase()) => {
+                return Err(reject(Reason::InvalidField, format!("currency {c:?} is not an ISO 4217 code")));
+            }
+            _ => {}
+        }
+    }
+    Ok(Event {
+        event_id: w.event_id,
+        kind,
+        time_ms,
+        campaign_id: w.campaign_id,
+        ad_id: w.ad_id,
+        user_id: w.user_id,
+        revenue_micros,
+        currency: w.currency,
+        device: w.device,
+        country: w.country,
+        placement: w.placement,
+    })
+}
+
+fn classify_json_error(e: serde_json::Error) -> Rejection {
+    let msg = e.to_string();
+    let reason = if msg.starts_with("missing field") {
+        Reason::MissingField
+    } else if e.is_data() {
+        Reason::InvalidField
+    } else {
+        Reason::MalformedJson
+    };
+    reject(reason, msg)
+}
+
+fn decimal_to_micros(d: &WireDecimal) -> Result<i64, String> {
+    match d {
+        WireDecimal::Int(i) => {
+            if i.abs() > MAX_REVENUE_UNITS {
+                return Err(format!("revenue {i} out of range"));
+            }
+            Ok(i * 1_000_000)
+        }
+        WireDecimal::Float(f) => {
+            if !f.is_finite() || f.abs() > MAX_REVENUE_UNITS as f64 {
+                return Err(format!("revenue {f} out of range"));
+            }
+            // JSON numbers arrive as the nearest f64; rounding to micros recovers the written
+            // decimal for up to 6 fractional digits.
+            Ok((f * 1e6).round() as i64)
+        }
+        WireDecimal::Text(s) => parse_decimal_micros(s).ok_or_else(|| format!("revenue {s:?} is not a decimal")),
+    }
+}
+
+/// Parses `[-]digits[.digits]` exactly into micro-units (at most 6 fractional digits).
+pub fn parse_decimal_micros(s: &str) -> Option<i64> {
+    let (neg, s) = match s.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, s),
+    };
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    if int.is_empty() || int.len() > 13 || frac.len() > 6 || !int.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut v: i64 = int.parse().ok()?;
+    if v > MAX_REVENUE_UNITS {
+        return None;
+    }
+    v *= 1_000_000;
+    let mut scale = 100_000;
+    for b in frac.bytes() {
+        v += (b - b'0') as i64 * scale;
+        scale /= 10;
+    }
+    Some(if neg { -v } else { v })
+}
+
+/// RFC 3339 → epoch milliseconds. A hand-written fast path covers the common
+/// `YYYY-MM-DDTHH:MM:SS[.fff…]Z`; anything else (offsets, lower-case) goes through chrono.
+pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() >= 20 && b[4] == b'-' && b[7] == b'-' && b[10] == b'T' && b[13] == b':' && b[16] == b':' && *b.last()? == b'Z' {
+        let num = |r: std::ops::Range<usize>| -> Option<i64> {
+            let mut v = 0i64;
+            for &c in &b[r] {
+                if !c.is_ascii_digit() {
+                    return None;
+                }
+                v = v * 10 + (c - b'0') as i64;
+            }
+            Some(v)
+        };
+        let (y, mo, d, h, mi, sec) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+        let mut ms = 0;
+        let rest = &b[19..b.len() - 1];
+        if !rest.is_empty() {
+            if rest[0] != b'.' || rest.len() < 2 || !rest[1..].iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            for (i, &c) in rest[1..].iter().take(3).enumerate() {
+                ms += (c - b'0') as i64 * [100, 10, 1][i];
+            }
+        }
+        if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || sec > 60 {
+            return None;
+        }
+        return Some(((days_from_civil(y, mo, d) * 24 + h) * 60 + mi) * 60_000 + sec * 1000 + ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis())
+}
+
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> ValidationConfig {
+        ValidationConfig::default()
+    }
+    const NOW: i64 = 1_764_000_000_000;
+
+    fn ok(json: &str) -> Event<'_> {
+        decode(json.as_bytes(), NOW, &limits()).unwrap()
+    }
+    fn err(json: &str) -> Reason {
+        decode(json.as_bytes(), NOW, &limits()).unwrap_err().reason
+    }
+
+    #[test]
+    fn decodes_a_conversion_with_string_time_and_revenue() {
+        let e = ok(r#"{"event_id":"e1","event_type":"conversion","event_time":"2025-11-24T16:00:00.250Z","campaign_id":"c1","ad_id":"a1","user_id":"u\"1","revenue":"19.99","currency":"USD","country":"DE"}"#);
+        assert_eq!(e.kind, EventKind::Conversion);
+        assert_eq!(e.time_ms, chrono::DateTime::parse_from_rfc3339("2025-11-24T16:00:00.250Z").unwrap().timestamp_millis());
+        assert_eq!(e.revenue_micros, 19_990_000);
+        assert_eq!(e.user_id, "u\"1");
+        assert_eq!(e.country.as_deref(), Some("DE"));
+    }
+
+    #[test]
+    fn numeric_time_and_float_revenue_are_exact() {
+        let e = ok(&format!(r#"{{"event_id":"e","event_type":"conversion","event_time":{NOW},"campaign_id":"c","ad_id":"a","user_id":"u","revenue":0.1,"currency":"EUR"}}"#));
+        assert_eq!(e.time_ms, NOW);
+        assert_eq!(e.revenue_micros, 100_000);
+    }
+
+    #[test]
+    fn fast_rfc3339_path_agrees_with_chrono() {
+        for s in ["2024-02-29T23:59:59Z", "1999-12-31T00:00:00.1Z", "2030-06-15T12:34:56.789123Z", "1970-01-01T00:00:00Z"] {
+            assert_eq!(parse_rfc3339_ms(s), chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis()), "{s}");
+        }
+        assert_eq!(parse_rfc3339_ms("2025-11-24T17:00:00+01:00"), parse_rfc3339_ms("2025-11-24T16:00:00Z"));
+        assert_eq!(parse_rfc3339_ms("2023-02-29T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339_ms("yesterday"), None);
+    }
+
+    #[test]
+    fn every_kind_of_bad_input_has_its_reason() {
+        let base = |f: &str| format!(r#"{{"event_id":"e","event_type":"click","event_time":{NOW},"campaign_id":"c","ad_id":"a","user_id":"u"{f}}}"#);
+        assert_eq!(err("{not json"), Reason::MalformedJson);
+        assert_eq!(err(r#"{"event_id":"e"}"#), Reason::MissingField);
+        assert_eq!(err(r#"{"event_id":1,"event_type":"click","event_time":1,"campaign_id":"c","ad_id":"a","user_id":"u"}"#), Reason::InvalidField);
+        assert_eq!(err(&base("").replace("click", "view")), Reason::UnknownEventType);
+        assert_eq!(err(&base(r#","revenue":"-1","currency":"USD""#).replace("click", "conversion")), Reason::NegativeRevenue);
+        assert_eq!(err(&base(r#","currency":"USD""#).replace("click", "conversion")), Reason::MissingField);
+        assert_eq!(err(&base("").replace(&NOW.to_string(), &(NOW + 86_400_000).to_string())), Reason::TimeOutOfRange);
+        assert_eq!(err(&base("").replace(&NOW.to_string(), "0")), Reason::TimeOutOfRange);
+        assert_eq!(err(&base("").replace(&NOW.to_string(), "\"noon\"")), Reason::InvalidField);
+        let big = base(&format!(r#","pad":"{}""#, "x".repeat(70_000)));
+        assert_eq!(err(&big), Reason::Oversized);
+        assert_eq!(err(&base("").replace("\"c\"", "\"\"")), Reason::InvalidField);
+    }
+
+    #[test]
+    fn decimal_parser_is_exact_and_strict() {
+        assert_eq!(parse_decimal_micros("12.345678"), Some(12_345_678));
+        assert_eq!(parse_decimal_micros("0.5"), Some(500_000));
+        assert_eq!(parse_decimal_micros("-3"), Some(-3_000_000));
+        assert_eq!(parse_decimal_micros("1.2345678"), None);
+        assert_eq!(parse_decimal_micros("1e3"), None);
+        assert_eq!(parse_decimal_micros(".5"), None);
+    }
+}

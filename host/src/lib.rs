@@ -1,0 +1,29 @@
+//! admetrics: real-time ad-campaign metrics. Kafka → WebAssembly metric plugins → Iceberg.
+//!
+//! # Layout
+//! One module per pipeline stage, each behind a small surface:
+//!
+//! | module      | stage                                                                 |
+//! |-------------|-----------------------------------------------------------------------|
+//! | [`source`]  | Kafka consumer-group member (rdkafka `BaseConsumer`), offset commits   |
+//! | [`event`]   | decode + validate JSON events; rejections carry a dead-letter reason   |
+//! | [`window`]  | watermarks, tumbling windows, per-user touchpoints, id interning       |
+//! | [`plugin`]  | wasmtime component runtime for the `wit/` metric-plugin world          |
+//! | [`sink`]    | Iceberg tables (SQLite SQL catalog + local warehouse), fast appends    |
+//! | [`pipeline`]| the processor that chains the stages, and the daemon's threads         |
+//! | [`config`]  | TOML configuration with env overrides and strict keys                  |
+//!
+//! Around them: [`loadgen`] (synthetic traffic), [`status`] + [`progress`] (live counters and
+//! the terminal view), [`cli`] (the `admetrics` command; `main.rs` only calls it).
+
+pub mod cli;
+pub mod config;
+pub mod event;
+pub mod loadgen;
+pub mod pipeline;
+pub mod plugin;
+pub mod progress;
+pub mod sink;
+pub mod source;
+pub mod status;
+pub mod window;

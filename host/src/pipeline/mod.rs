@@ -1,0 +1,238 @@
+//! The daemon: wires source → processor → sink and owns the threads.
+//!
+//! ```text
+//!  ingest thread (blocking)                         sink task (tokio)
+//!  ┌──────────────────────────────────────┐  batch  ┌───────────────────────────┐
+//!  │ KafkaSource::poll_batch              │ ──────▶ │ IcebergSink::commit        │
+//!  │ Processor::process / flush_plugins   │ (≤ 2    │ events → dead letters →    │
+//!  │ every commit interval: tick()        │ queued) │ metrics, offsets in summary│
+//!  │ on ack: commit offsets to Kafka      │ ◀────── │ ack (CommitReport)         │
+//!  └──────────────────────────────────────┘   ack   └───────────────────────────┘
+//! ```
+//!
+//! Offsets reach Kafka only after the Iceberg commit that contains their messages. The bounded
+//! batch queue is the backpressure: a slow catalog slows consumption, it never drops data.
+
+pub mod processor;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::plugin::{Plugin, PluginRuntime};
+use crate::sink::{CommitReport, IcebergSink};
+use crate::source::KafkaSource;
+use crate::status::Status;
+pub use processor::{Clock, Processor};
+
+/// Loads every configured plugin; any failure is fatal at start-up (a daemon that silently runs
+/// without a metric is worse than one that refuses to start).
+pub fn load_plugins(runtime: &PluginRuntime, cfg: &Config) -> anyhow::Result<Vec<Plugin>> {
+    let mut plugins = Vec::new();
+    for path in &cfg.plugins.paths {
+        let p = runtime.load(path)?;
+        tracing::info!(plugin = %p.info.name, version = %p.info.version, sha256 = %&p.info.sha256[..12],
+            path = %path.display(), "plugin loaded");
+        plugins.push(p);
+    }
+    Ok(plugins)
+}
+
+/// Summary of a finished run.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    pub messages: u64,
+    pub commits: u64,
+    pub committed_offsets: BTreeMap<i32, i64>,
+}
+
+/// Runs the daemon until `shutdown` completes, then commits what it holds, stores the offsets
+/// and returns. `status` is updated live for observers.
+pub async fn run(cfg: Config, status: Arc<Status>, shutdown: impl Future<Output = ()>) -> anyhow::Result<RunSummary> {
+    let writer_id = format!("admetrics-{}", uuid::Uuid::new_v4().simple());
+    let mut sink = IcebergSink::open(&cfg.iceberg, &cfg.kafka.topic, &writer_id, cfg.commit.target_file_bytes)
+        .await
+        .context("opening the Iceberg catalog and tables")?;
+    let committed = sink.committed_offsets();
+    *status.committed_offsets.lock().unwrap() = committed.clone();
+    tracing::info!(?committed, writer_id, "resuming from offsets recorded in campaign_events snapshots");
+
+    let runtime = PluginRuntime::new(&cfg.plugins)?;
+    let plugins = load_plugins(&runtime, &cfg)?;
+    let mut processor = Processor::new(&cfg, plugins, status.clone());
+    processor.set_committed_offsets(committed);
+
+    let (batch_tx, mut batch_rx) = mpsc::channel(2);
+    let (ack_tx, ack_rx) = std::sync::mpsc::channel::<CommitReport>();
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let ingest = {
+        let cfg = cfg.clone();
+        let stop = stop.clone();
+        let status = status.clone();
+        std::thread::Builder::new().name("ingest".into()).spawn(move || -> anyhow::Result<RunSummary> {
+            let source = KafkaSource::connect(&cfg.kafka).context("connecting to Kafka")?;
+            ingest_loop(&cfg, &source, &mut processor, &status, &stop, &batch_tx, &ack_rx)
+        })?
+    };
+
+    let sink_status = status.clone();
+    let sink_task = tokio::spawn(async move {
+        while let Some(batch) = batch_rx.recv().await {
+            let report = commit_with_retry(&mut sink, batch).await?;
+            record_commit(&sink_status, &report);
+            if ack_tx.send(report).is_err() {
+                break;
+            }
+        }
+        anyhow::Ok(())
+    });
+
+    tokio::pin!(shutdown);
+    let mut sink_task = sink_task;
+    let sink_result = tokio::select! {
+        _ = &mut shutdown => { stop.store(true, Relaxed); None }
+        r = &mut sink_task => { stop.store(true, Relaxed); Some(r) }
+    };
+    // Let the ingest thread finish its last commit (it waits for the sink's acks).
+    let ingest_result = tokio::task::spawn_blocking(move || ingest.join()).await?;
+    let sink_result = match sink_result {
+        Some(r) => r,
+        None => sink_task.await,
+    };
+    sink_result.context("sink task panicked")?.context("committing to Iceberg")?;
+    match ingest_result {
+        Ok(r) => r,
+        Err(_) => anyhow::bail!("ingest thread panicked"),
+    }
+}
+
+/// Retries retryable commit failures with backoff; gives up after ~1 minute (the daemon then
+/// stops without storing offsets, so nothing is lost: a restart re-reads the batch).
+async fn commit_with_retry(sink: &mut IcebergSink, batch: crate::sink::CommitBatch) -> anyhow::Result<CommitReport> {
+    let mut delay = Duration::from_millis(50);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // The batch is consumed by a commit attempt; keep what a retry needs.
+    let mut batch = Some(batch);
+    loop {
+        let b = batch.take().expect("batch present");
+        let keep = clone_batch(&b);
+        match sink.commit(b).await {
+            Ok(r) => return Ok(r),
+            Err(e) if e.retryable() && Instant::now() < deadline => {
+                tracing::warn!(error = %e, ?delay, "Iceberg commit failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+                batch = Some(keep);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn clone_batch(b: &crate::sink::CommitBatch) -> crate::sink::CommitBatch {
+    crate::sink::CommitBatch {
+        seq: b.seq,
+        events: b.events.clone(),
+        metrics: b.metrics.clone(),
+        dead_letters: b.dead_letters.clone(),
+        offsets: b.offsets.clone(),
+        produced_at_ms: Vec::new(),
+    }
+}
+
+fn record_commit(status: &Status, r: &CommitReport) {
+    status.commits.fetch_add(1, Relaxed);
+    status.committed_events.fetch_add(r.events as u64, Relaxed);
+    status.committed_dead_letters.fetch_add(r.dead_letters as u64, Relaxed);
+    status.metric_rows.fetch_add(r.metric_rows as u64, Relaxed);
+    status.last_commit_us.store(r.duration.as_micros() as u64, Relaxed);
+    if r.metric_rows > 0 || r.events > 0 {
+        let mut h = status.latency.lock().unwrap();
+        for ts in &r.produced_at_ms {
+            h.record(r.visible_at_ms - ts);
+        }
+    }
+}
+
+fn ingest_loop(
+    cfg: &Config,
+    source: &KafkaSource,
+    processor: &mut Processor,
+    status: &Status,
+    stop: &AtomicBool,
+    batch_tx: &mpsc::Sender<crate::sink::CommitBatch>,
+    ack_rx: &std::sync::mpsc::Receiver<CommitReport>,
+) -> anyhow::Result<RunSummary> {
+    let interval = cfg.commit_interval();
+    let mut next_tick = Instant::now() + interval;
+    let mut in_flight = 0usize;
+    let mut assignment: Vec<i32> = Vec::new();
+    let mut last_lag = Instant::now();
+    let mut summary = RunSummary::default();
+    let handle_ack = |r: CommitReport, summary: &mut RunSummary| {
+        if let Err(e) = source.commit(&r.offsets) {
+            tracing::warn!(error = %e, "storing offsets in Kafka failed; Iceberg holds them too");
+        }
+        *status.committed_offsets.lock().unwrap() = r.offsets.clone();
+        summary.commits += 1;
+        summary.committed_offsets = r.offsets;
+    };
+    loop {
+        let stopping = stop.load(Relaxed);
+        if !stopping {
+            let clock = Clock::now();
+            let n = source.poll_batch(cfg.kafka.batch_size, Duration::from_millis(20), |m| processor.process(m, &clock));
+            summary.messages += n as u64;
+            if n > 0 {
+                processor.flush_plugins();
+            }
+        }
+        while let Ok(r) = ack_rx.try_recv() {
+            in_flight -= 1;
+            handle_ack(r, &mut summary);
+        }
+        let now = Instant::now();
+        if now >= next_tick || stopping {
+            let a = source.assignment();
+            if a != assignment {
+                tracing::info!(partitions = ?a, "partition assignment changed");
+                assignment = a;
+                processor.set_assignment(&assignment, now);
+            }
+            let batch = processor.tick(&Clock::now());
+            // blocking_send: waits while two batches are already queued (backpressure).
+            if batch_tx.blocking_send(batch).is_err() {
+                anyhow::bail!("the sink stopped; see its error");
+            }
+            in_flight += 1;
+            next_tick = now + interval;
+            if now.duration_since(last_lag) >= Duration::from_secs(1) && !assignment.is_empty() {
+                *status.end_offsets.lock().unwrap() = source.end_offsets(&assignment);
+                last_lag = now;
+            }
+        }
+        if stopping {
+            // Drain: wait for every batch we sent, store the final offsets synchronously.
+            while in_flight > 0 {
+                match ack_rx.recv() {
+                    Ok(r) => {
+                        in_flight -= 1;
+                        handle_ack(r, &mut summary);
+                    }
+                    Err(_) => anyhow::bail!("the sink stopped before acknowledging every batch"),
+                }
+            }
+            if let Err(e) = source.commit_sync(&summary.committed_offsets) {
+                tracing::warn!(error = %e, "final offset commit to Kafka failed; Iceberg holds the offsets");
+            }
+            return Ok(summary);
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! Plugin runtime stage: loads metric-plugin components and calls them in batches, sandboxed.
+//!
+//! One [`PluginRuntime`] (one wasmtime `Engine`, one `Linker`, one epoch ticker thread) serves every
+//! plugin; each [`Plugin`] owns its own `Store` and instance. Limits are always on: a memory cap
+//! (`StoreLimits`), a per-call CPU deadline (epoch interruption, cheaper than fuel), a wasm stack
+//! limit, and a WASI context that grants nothing (no files, sockets, env, args; clocks frozen at 0;
+//! stdout dropped; stderr captured so a guest panic message can be reported).
+//!
+//! A call that traps leaves the instance unusable, so the instance is dropped and rebuilt from the
+//! pre-instantiated component on the next call; the failure is returned to the caller, who decides
+//! what it means for the window (see `pipeline`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config as EngineConfig, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
+
+use crate::config::PluginsConfig;
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "metric-plugin",
+    });
+}
+
+/// The WIT types, as the host sees them.
+pub use bindings::admetrics::metrics::types::{Event as WitEvent, EventKind as WitKind, MetricRow, Touchpoint};
+use bindings::{MetricPlugin, MetricPluginPre};
+
+/// How often the epoch advances; call deadlines are counted in these ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Why a plugin could not be loaded or a call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PluginError {
+    #[error("cannot read {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("{path} is not a valid metric-plugin component: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("plugin trapped: {0}")]
+    Trap(String),
+    #[error("plugin returned an error: {0}")]
+    Guest(String),
+    #[error("plugin returned malformed output: {0}")]
+    Malformed(String),
+}
+
+/// A plugin's validated self-description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub metrics: Vec<String>,
+    pub wants_touchpoints: bool,
+    /// sha256 of the component bytes, hex: which exact build produced a row.
+    pub sha256: String,
+}
+
+struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    stderr: MemoryOutputPipe,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// A clock stuck at zero: plugins must not depend on time other than event time.
+struct FrozenClock;
+impl HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+impl HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// Shared engine, linker and limits. Cheap to clone.
+#[derive(Clone)]
+pub struct PluginRuntime {
+    inner: Arc<RuntimeInner>,
+}
+
+struct RuntimeInner {
+    engine: Engine,
+    linker: Linker<State>,
+    limits: PluginsConfig,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Drop for RuntimeInner {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+impl PluginRuntime {
+    pub fn new(limits: &PluginsConfig) -> anyhow::Result<Self> {
+        let mut cfg = EngineConfig::new();
+        cfg.wasm_component_model(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(limits.max_wasm_stack_bytes);
+        let engine = Engine::new(&cfg).map_err(|e| anyhow::anyhow!("creating the wasm engine: {e:#}"))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("linking WASI: {e:#}"))?;
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        {
+            let engine = engine.weak();
+            let stop = stop_ticker.clone();
+            std::thread::Builder::new().name("wasm-epoch".into()).spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match engine.upgrade() {
+                        Some(e) => e.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })?;
+        }
+        Ok(PluginRuntime { inner: Arc::new(RuntimeInner { engine, linker, limits: limits.clone(), stop_ticker }) })
+    }
+
+    /// Reads, compiles, instantiates and validates a plugin. Compilation takes tens of
+    /// milliseconds: call this off the event path.
+    pub fn load(&self, path: &Path) -> Result<Plugin, PluginError> {
+        let bytes = std::fs::read(path).map_err(|e| PluginError::Read { path: path.into(), message: e.to_string() })?;
+        self.load_bytes(path, &bytes)
+    }
+
+    pub fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Plugin, PluginError> {
+        let invalid = |message: String| PluginError::Invalid { path: path.into(), message };
+        let sha256 = hex(&Sha256::digest(bytes));
+        let component = Component::new(&self.inner.engine, bytes).map_err(|e| invalid(format!("{e:#}")))?;
+        let pre = self.inner.linker.instantiate_pre(&component).map_err(|e| invalid(format!("{e:#}")))?;
+        let pre = MetricPluginPre::new(pre).map_err(|e| invalid(format!("does not implement admetrics:metrics/metric-plugin: {e:#}")))?;
+        let mut plugin = Plugin {
+            info: PluginInfo { name: String::new(), version: String::new(), metrics: vec![], wants_touchpoints: false, sha256 },
+            path: path.into(),
+            runtime: self.clone(),
+            pre,
+            live: None,
+            restarts: 0,
+        };
+        let info = plugin.call(|p, s| p.call_info(s)).map_err(|e| invalid(e.to_string()))?;
+        if info.name.is_empty() || !info.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-') {
+            return Err(invalid(format!("plugin name {:?} must match [a-z0-9_-]+", info.name)));
+        }
+        if info.version.is_empty() || info.metrics.is_empty() {
+            return Err(invalid("plugin-info needs a version and at least one metric".into()));
+        }
+        plugin.info.name = info.name;
+        plugin.info.version = info.version;
+        plugin.info.metrics = info.metrics;
+        plugin.info.wants_touchpoints = info.wants_touchpoints;
+        plugin.smoke_test().map_err(|e| invalid(format!("smoke test failed: {e}")))?;
+        Ok(plugin)
+    }
+}
+
+struct Live {
+    store: Store<State>,
+    bindings: MetricPlugin,
+}
+
+/// One loaded plugin with its own store and instance.
+pub struct Plugin {
+    pub info: PluginInfo,
+    pub path: PathBuf,
+    runtime: PluginRuntime,
+    pre: MetricPluginPre<State>,
+    live: Option<Live>,
+    /// How many times the instance was rebuilt after a trap.
+    pub restarts: u64,
+}
+
+impl Plugin {
+    fn instantiate(&self) -> Result<Live, PluginError> {
+        let rt = &self.runtime.inner;
+        let stderr = MemoryOutputPipe::new(4096);
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new()
+            .stderr(stderr.clone())
+            .wall_clock(FrozenClock)
+            .monotonic_clock(FrozenClock)
+            .build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(rt.limits.max_memory_bytes)
+            .instances(4)
+            .tables(16)
+            .memories(2)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(&rt.engine, State { wasi, table: ResourceTable::new(), limits, stderr });
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(self.deadline_ticks());
+        let bindings = self.pre.instantiate(&mut store).map_err(|e| PluginError::Trap(format!("instantiate: {e:#}")))?;
+        Ok(Live { store, bindings })
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        (self.runtime.inner.limits.call_deadline_ms / EPOCH_TICK.as_millis() as u64).max(1)
+    }
+
+    /// Runs one export call with a fresh deadline; a trap drops the instance.
+    fn call<R>(&mut self, f: impl FnOnce(&MetricPlugin, &mut Store<State>) -> wasmtime::Result<R>) -> Result<R, PluginError> {
+        if self.live.is_none() {
+            self.live = Some(self.instantiate()?);
+        }
+        let ticks = self.deadline_ticks();
+        let live = self.live.as_mut().expect("instantiated above");
+        live.store.set_epoch_deadline(ticks);
+        match f(&live.bindings, &mut live.store) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                let stderr = String::from_utf8_lossy(&live.store.data().stderr.contents()).trim().to_string();
+                self.live = None;
+                self.restarts += 1;
+                let mut msg = match e.downcast_ref::<wasmtime::Trap>() {
+                    Some(wasmtime::Trap::Interrupt) => format!("exceeded the {} ms call deadline", self.runtime.inner.limits.call_deadline_ms),
+                    _ => format!("{e:#}"),
+                };
+                if !stderr.is_empty() {
+                    msg = format!("{msg} (guest stderr: {stderr})");
+                }
+                Err(PluginError::Trap(msg))
+            }
+        }
+    }
+
+    /// Folds `events` into `acc` (empty for a new window).
+    pub fn accumulate(&mut self, acc: &[u8], events: &[WitEvent]) -> Result<Vec<u8>, PluginError> {
+        self.call(|p, s| p.call_accumulate(s, acc, events))?.map_err(PluginError::Guest)
+    }
+
+    /// The window's metric rows, validated against the plugin's declaration.
+    pub fn finish(&mut self, acc: &[u8]) -> Result<Vec<MetricRow>, PluginError> {
+        let rows = self.call(|p, s| p.call_finish(s, acc))?.map_err(PluginError::Guest)?;
+        for r in &rows {
+            if !self.info.metrics.iter().any(|m| *m == r.metric) {
+                return Err(PluginError::Malformed(format!("undeclared metric {:?}", r.metric)));
+            }
+            for (what, v) in [("value", r.value), ("numerator", r.numerator), ("denominator", r.denominator)] {
+                if !v.is_finite() {
+                    return Err(PluginError::Malformed(format!("{} {what} is {v}", r.metric)));
+                }
+            }
+            if r.numerator < 0.0 || r.denominator < 0.0 {
+                return Err(PluginError::Malformed(format!("{} has a negative count", r.metric)));
+            }
+        }
+        Ok(rows)
+    }
+
+    /// One call over sample events of every kind must succeed before a plugin is used.
+    fn smoke_test(&mut self) -> Result<(), PluginError> {
+        let t = 1_700_000_000_000;
+        let tp = Touchpoint { time_ms: t - 1000, campaign: 0, ad: 0 };
+        let sample = [
+            WitEvent { kind: WitKind::Impression, time_ms: t, campaign: 0, ad: 0, revenue_micros: 0, touchpoints: vec![] },
+            WitEvent { kind: WitKind::Click, time_ms: t, campaign: 0, ad: 0, revenue_micros: 0, touchpoints: vec![] },
+            WitEvent { kind: WitKind::Conversion, time_ms: t, campaign: 1, ad: 1, revenue_micros: 1_500_000, touchpoints: vec![tp] },
+            WitEvent { kind: WitKind::Conversion, time_ms: t, campaign: 1, ad: 1, revenue_micros: 1, touchpoints: vec![] },
+        ];
+        let acc = self.accumulate(&[], &sample)?;
+        let rows = self.finish(&acc)?;
+        if rows.is_empty() {
+            return Err(PluginError::Malformed("no rows for the sample events".into()));
+        }
+        if rows.iter().any(|r| r.campaign > 1) {
+            return Err(PluginError::Malformed("a row names a campaign that was not in the input".into()));
+        }
+        Ok(())
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Times a closure; used by the pipeline to account plugin time per plugin.
+pub fn timed<R>(f: impl FnOnce() -> R) -> (R, Duration) {
+    let t = Instant::now();
+    let r = f();
+    (r, t.elapsed())
+}

@@ -1,0 +1,380 @@
+//! The three tables' schemas and the Arrow builders the pipeline appends rows to.
+//!
+//! Builders are created once and reused commit after commit (`finish()` resets them), so the hot
+//! path never re-allocates column buffers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    BinaryBuilder, BooleanBuilder, Decimal128Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
+    TimestampMicrosecondBuilder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::SchemaRef as ArrowSchemaRef;
+use iceberg::spec::{
+    NestedField, PartitionSpec, PrimitiveType, Schema, Transform, Type, UnboundPartitionSpec,
+};
+
+use crate::event::Event;
+
+const UTC: &str = "+00:00";
+
+fn req(id: i32, name: &str, t: PrimitiveType) -> Arc<NestedField> {
+    NestedField::required(id, name, Type::Primitive(t)).into()
+}
+fn opt(id: i32, name: &str, t: PrimitiveType) -> Arc<NestedField> {
+    NestedField::optional(id, name, Type::Primitive(t)).into()
+}
+
+/// `campaign_events`: every valid event with its Kafka coordinates, partitioned by day(event_time).
+pub fn events_schema() -> Schema {
+    use PrimitiveType::*;
+    Schema::builder()
+        .with_schema_id(0)
+        .with_fields(vec![
+            req(1, "event_id", String),
+            req(2, "event_type", String),
+            req(3, "event_time", Timestamptz),
+            req(4, "campaign_id", String),
+            req(5, "ad_id", String),
+            req(6, "user_id", String),
+            opt(7, "revenue", Decimal { precision: 18, scale: 6 }),
+            opt(8, "currency", String),
+            opt(9, "device", String),
+            opt(10, "country", String),
+            opt(11, "placement", String),
+            req(12, "kafka_partition", Int),
+            req(13, "kafka_offset", Long),
+            req(14, "ingest_time", Timestamptz),
+            req(15, "is_late", Boolean),
+        ])
+        .build()
+        .expect("static schema")
+}
+
+pub fn events_partition_spec() -> UnboundPartitionSpec {
+    UnboundPartitionSpec::builder()
+        .add_partition_field(3, "event_day", Transform::Day)
+        .expect("static spec")
+        .build()
+}
+
+/// `campaign_metrics`: one row per (window, campaign[, ad], metric, revision). Readers take the
+/// latest revision of each window; `is_final` marks the row written after the window closed.
+pub fn metrics_schema() -> Schema {
+    use PrimitiveType::*;
+    Schema::builder()
+        .with_schema_id(0)
+        .with_fields(vec![
+            req(1, "window_start", Timestamptz),
+            req(2, "window_end", Timestamptz),
+            req(3, "campaign_id", String),
+            opt(4, "ad_id", String),
+            req(5, "metric", String),
+            req(6, "value", Double),
+            req(7, "numerator", Double),
+            req(8, "denominator", Double),
+            req(9, "plugin", String),
+            req(10, "plugin_version", String),
+            req(11, "plugin_sha256", String),
+            req(12, "revision", Int),
+            req(13, "is_final", Boolean),
+            req(14, "computed_at", Timestamptz),
+        ])
+        .build()
+        .expect("static schema")
+}
+
+/// `dead_letters`: every message that failed validation, with the reason and the raw bytes.
+pub fn dead_letters_schema() -> Schema {
+    use PrimitiveType::*;
+    Schema::builder()
+        .with_schema_id(0)
+        .with_fields(vec![
+            req(1, "kafka_topic", String),
+            req(2, "kafka_partition", Int),
+            req(3, "kafka_offset", Long),
+            req(4, "reason", String),
+            req(5, "detail", String),
+            req(6, "payload", Binary),
+            req(7, "ingest_time", Timestamptz),
+        ])
+        .build()
+        .expect("static schema")
+}
+
+pub fn arrow_schema(schema: &Schema) -> ArrowSchemaRef {
+    Arc::new(iceberg::arrow::schema_to_arrow_schema(schema).expect("schema converts"))
+}
+
+fn ts() -> TimestampMicrosecondBuilder {
+    TimestampMicrosecondBuilder::new().with_timezone(UTC)
+}
+
+/// Column builders for one day-partition of `campaign_events`.
+struct EventColumns {
+    event_id: StringBuilder,
+    event_type: StringBuilder,
+    event_time: TimestampMicrosecondBuilder,
+    campaign_id: StringBuilder,
+    ad_id: StringBuilder,
+    user_id: StringBuilder,
+    revenue: Decimal128Builder,
+    currency: StringBuilder,
+    device: StringBuilder,
+    country: StringBuilder,
+    placement: StringBuilder,
+    partition: Int32Builder,
+    offset: Int64Builder,
+    ingest_time: TimestampMicrosecondBuilder,
+    is_late: BooleanBuilder,
+    rows: usize,
+}
+
+impl EventColumns {
+    fn new() -> Self {
+        EventColumns {
+            event_id: StringBuilder::new(),
+            event_type: StringBuilder::new(),
+            event_time: ts(),
+            campaign_id: StringBuilder::new(),
+            ad_id: StringBuilder::new(),
+            user_id: StringBuilder::new(),
+            revenue: Decimal128Builder::new().with_precision_and_scale(18, 6).expect("valid decimal"),
+            currency: StringBuilder::new(),
+            device: StringBuilder::new(),
+            country: StringBuilder::new(),
+            placement: StringBuilder::new(),
+            partition: Int32Builder::new(),
+            offset: Int64Builder::new(),
+            ingest_time: ts(),
+            is_late: BooleanBuilder::new(),
+            rows: 0,
+        }
+    }
+
+    fn finish(&mut self, schema: &ArrowSchemaRef) -> RecordBatch {
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(self.event_id.finish()),
+            Arc::new(self.event_type.finish()),
+            Arc::new(self.event_time.finish()),
+            Arc::new(self.campaign_id.finish()),
+            Arc::new(self.ad_id.finish()),
+            Arc::new(self.user_id.finish()),
+            Arc::new(self.revenue.finish()),
+            Arc::new(self.currency.finish()),
+            Arc::new(self.device.finish()),
+            Arc::new(self.country.finish()),
+            Arc::new(self.placement.finish()),
+            Arc::new(self.partition.finish()),
+            Arc::new(self.offset.finish()),
+            Arc::new(self.ingest_time.finish()),
+            Arc::new(self.is_late.finish()),
+        ];
+        self.rows = 0;
+        RecordBatch::try_new(schema.clone(), cols).expect("columns match the events schema")
+    }
+}
+
+/// Buffers `campaign_events` rows per day of event time (the table's partitioning).
+pub struct EventsBuffer {
+    schema: ArrowSchemaRef,
+    days: BTreeMap<i32, EventColumns>,
+    spare: Vec<EventColumns>,
+}
+
+impl EventsBuffer {
+    pub fn new() -> Self {
+        EventsBuffer { schema: arrow_schema(&events_schema()), days: BTreeMap::new(), spare: Vec::new() }
+    }
+
+    #[inline]
+    pub fn push(&mut self, e: &Event, partition: i32, offset: i64, ingest_us: i64, late: bool) {
+        let day = e.time_ms.div_euclid(86_400_000) as i32;
+        let c = match self.days.get_mut(&day) {
+            Some(c) => c,
+            None => {
+                let c = self.spare.pop().unwrap_or_else(EventColumns::new);
+                self.days.entry(day).or_insert(c)
+            }
+        };
+        c.event_id.append_value(&e.event_id);
+        c.event_type.append_value(e.kind.as_str());
+        c.event_time.append_value(e.time_ms * 1000);
+        c.campaign_id.append_value(&e.campaign_id);
+        c.ad_id.append_value(&e.ad_id);
+        c.user_id.append_value(&e.user_id);
+        if e.kind == crate::event::EventKind::Conversion {
+            c.revenue.append_value(e.revenue_micros as i128);
+        } else {
+            c.revenue.append_null();
+        }
+        c.currency.append_option(e.currency.as_deref());
+        c.device.append_option(e.device.as_deref());
+        c.country.append_option(e.country.as_deref());
+        c.placement.append_option(e.placement.as_deref());
+        c.partition.append_value(partition);
+        c.offset.append_value(offset);
+        c.ingest_time.append_value(ingest_us);
+        c.is_late.append_value(late);
+        c.rows += 1;
+    }
+
+    pub fn rows(&self) -> usize {
+        self.days.values().map(|c| c.rows).sum()
+    }
+
+    /// Takes the buffered rows as one batch per day (days since epoch).
+    pub fn take(&mut self) -> Vec<(i32, RecordBatch)> {
+        let days = std::mem::take(&mut self.days);
+        days.into_iter()
+            .map(|(day, mut c)| {
+                let b = c.finish(&self.schema);
+                self.spare.push(c);
+                (day, b)
+            })
+            .collect()
+    }
+}
+
+impl Default for EventsBuffer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One metric row as the pipeline produces it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricRecord {
+    pub window_start_ms: i64,
+    pub window_end_ms: i64,
+    pub campaign_id: Arc<str>,
+    pub ad_id: Option<Arc<str>>,
+    pub metric: String,
+    pub value: f64,
+    pub numerator: f64,
+    pub denominator: f64,
+    pub plugin: Arc<str>,
+    pub plugin_version: Arc<str>,
+    pub plugin_sha256: Arc<str>,
+    pub revision: i32,
+    pub is_final: bool,
+    pub computed_at_ms: i64,
+}
+
+pub fn metrics_batch(rows: &[MetricRecord]) -> RecordBatch {
+    let schema = arrow_schema(&metrics_schema());
+    let mut b = (ts(), ts(), StringBuilder::new(), StringBuilder::new(), StringBuilder::new());
+    let mut f = (Float64Builder::new(), Float64Builder::new(), Float64Builder::new());
+    let mut p = (StringBuilder::new(), StringBuilder::new(), StringBuilder::new());
+    let mut rev = Int32Builder::new();
+    let mut fin = BooleanBuilder::new();
+    let mut at = ts();
+    for r in rows {
+        b.0.append_value(r.window_start_ms * 1000);
+        b.1.append_value(r.window_end_ms * 1000);
+        b.2.append_value(&r.campaign_id);
+        b.3.append_option(r.ad_id.as_deref());
+        b.4.append_value(&r.metric);
+        f.0.append_value(r.value);
+        f.1.append_value(r.numerator);
+        f.2.append_value(r.denominator);
+        p.0.append_value(&r.plugin);
+        p.1.append_value(&r.plugin_version);
+        p.2.append_value(&r.plugin_sha256);
+        rev.append_value(r.revision);
+        fin.append_value(r.is_final);
+        at.append_value(r.computed_at_ms * 1000);
+    }
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(b.0.finish()),
+        Arc::new(b.1.finish()),
+        Arc::new(b.2.finish()),
+        Arc::new(b.3.finish()),
+        Arc::new(b.4.finish()),
+        Arc::new(f.0.finish()),
+        Arc::new(f.1.finish()),
+        Arc::new(f.2.finish()),
+        Arc::new(p.0.finish()),
+        Arc::new(p.1.finish()),
+        Arc::new(p.2.finish()),
+        Arc::new(rev.finish()),
+        Arc::new(fin.finish()),
+        Arc::new(at.finish()),
+    ];
+    RecordBatch::try_new(schema, cols).expect("columns match the metrics schema")
+}
+
+/// Buffers `dead_letters` rows.
+pub struct DeadLetterBuffer {
+    schema: ArrowSchemaRef,
+    topic: StringBuilder,
+    partition: Int32Builder,
+    offset: Int64Builder,
+    reason: StringBuilder,
+    detail: StringBuilder,
+    payload: BinaryBuilder,
+    ingest_time: TimestampMicrosecondBuilder,
+    rows: usize,
+}
+
+impl DeadLetterBuffer {
+    pub fn new() -> Self {
+        DeadLetterBuffer {
+            schema: arrow_schema(&dead_letters_schema()),
+            topic: StringBuilder::new(),
+            partition: Int32Builder::new(),
+            offset: Int64Builder::new(),
+            reason: StringBuilder::new(),
+            detail: StringBuilder::new(),
+            payload: BinaryBuilder::new(),
+            ingest_time: ts(),
+            rows: 0,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn push(&mut self, topic: &str, partition: i32, offset: i64, reason: &str, detail: &str, payload: &[u8], ingest_us: i64) {
+        self.topic.append_value(topic);
+        self.partition.append_value(partition);
+        self.offset.append_value(offset);
+        self.reason.append_value(reason);
+        self.detail.append_value(detail);
+        self.payload.append_value(payload);
+        self.ingest_time.append_value(ingest_us);
+        self.rows += 1;
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn take(&mut self) -> Option<RecordBatch> {
+        if self.rows == 0 {
+            return None;
+        }
+        self.rows = 0;
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(self.topic.finish()),
+            Arc::new(self.partition.finish()),
+            Arc::new(self.offset.finish()),
+            Arc::new(self.reason.finish()),
+            Arc::new(self.detail.finish()),
+            Arc::new(self.payload.finish()),
+            Arc::new(self.ingest_time.finish()),
+        ];
+        Some(RecordBatch::try_new(self.schema.clone(), cols).expect("columns match the dead-letter schema"))
+    }
+}
+
+impl Default for DeadLetterBuffer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Binds the events partition spec to its schema.
+pub fn bound_events_spec(schema: &Schema) -> iceberg::Result<PartitionSpec> {
+    events_partition_spec().bind(Arc::new(schema.clone()))
+}

@@ -1,0 +1,253 @@
+//! Window stage: event-time bookkeeping with no I/O and no plugin calls, so it can be tested alone.
+//!
+//! * [`Watermarks`]: per-partition `max event time − out-of-orderness`; the global watermark is the
+//!   minimum over partitions that are not idle. A partition that has been quiet for `idle_timeout`
+//!   (wall clock) stops holding the watermark back; if every partition is idle the watermark is the
+//!   maximum, so windows still close when traffic stops.
+//! * [`Touchpoints`]: each user's recent clicks (the host-owned cross-window state that attribution
+//!   plugins receive), bounded per user and pruned by lookback.
+//! * [`Interner`]: campaign and ad ids ↔ the `u32`s plugins see.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use rustc_hash::FxHashMap;
+
+use crate::plugin::Touchpoint;
+
+/// Start of the tumbling window containing `t`.
+pub fn window_start(t_ms: i64, size_ms: i64) -> i64 {
+    t_ms.div_euclid(size_ms) * size_ms
+}
+
+#[derive(Debug, Clone)]
+struct PartitionClock {
+    max_event_ms: Option<i64>,
+    last_active: Instant,
+}
+
+/// Per-partition watermarks and their global minimum.
+#[derive(Debug)]
+pub struct Watermarks {
+    out_of_orderness_ms: i64,
+    idle_timeout: std::time::Duration,
+    partitions: BTreeMap<i32, PartitionClock>,
+    current: i64,
+}
+
+impl Watermarks {
+    pub fn new(out_of_orderness_ms: u64, idle_timeout_ms: u64) -> Self {
+        Watermarks {
+            out_of_orderness_ms: out_of_orderness_ms as i64,
+            idle_timeout: std::time::Duration::from_millis(idle_timeout_ms),
+            partitions: BTreeMap::new(),
+            current: i64::MIN,
+        }
+    }
+
+    /// Declares the partitions this consumer owns. New ones hold the watermark back (until they
+    /// produce or go idle) so a partition read later than the others does not see its events
+    /// declared late; revoked ones stop counting.
+    pub fn set_assignment(&mut self, partitions: &[i32], now: Instant) {
+        self.partitions.retain(|p, _| partitions.contains(p));
+        for &p in partitions {
+            self.partitions.entry(p).or_insert(PartitionClock { max_event_ms: None, last_active: now });
+        }
+    }
+
+    /// Records an event. Cheap: called for every event.
+    #[inline]
+    pub fn observe(&mut self, partition: i32, event_ms: i64, now: Instant) {
+        let c = self
+            .partitions
+            .entry(partition)
+            .or_insert(PartitionClock { max_event_ms: None, last_active: now });
+        c.max_event_ms = Some(c.max_event_ms.map_or(event_ms, |m| m.max(event_ms)));
+        c.last_active = now;
+    }
+
+    /// Recomputes the global watermark; it never moves backwards.
+    pub fn advance(&mut self, now: Instant) -> i64 {
+        let mut min_active: Option<i64> = None;
+        let mut max_any: Option<i64> = None;
+        let mut any_active = false;
+        for c in self.partitions.values() {
+            let wm = c.max_event_ms.map_or(i64::MIN, |m| m.saturating_sub(self.out_of_orderness_ms));
+            max_any = Some(max_any.map_or(wm, |m: i64| m.max(wm)));
+            if now.duration_since(c.last_active) < self.idle_timeout {
+                any_active = true;
+                min_active = Some(min_active.map_or(wm, |m: i64| m.min(wm)));
+            }
+        }
+        let candidate = if any_active { min_active } else { max_any };
+        if let Some(c) = candidate {
+            self.current = self.current.max(c);
+        }
+        self.current
+    }
+
+    pub fn current(&self) -> i64 {
+        self.current
+    }
+
+    /// Partition → max event time seen, for status output.
+    pub fn partitions(&self) -> impl Iterator<Item = (i32, Option<i64>)> + '_ {
+        self.partitions.iter().map(|(p, c)| (*p, c.max_event_ms))
+    }
+}
+
+/// Each user's recent clicks, for attribution.
+///
+/// Memory: a user costs the key (`Box<str>`: 16 B + id length), a `Vec` header (24 B), 16 B per
+/// remembered click and the hash-table slot (~8 B + padding), about 90 B for a user with one click
+/// and a 20-byte id. See `bytes_estimate`.
+#[derive(Debug, Default)]
+pub struct Touchpoints {
+    users: FxHashMap<Box<str>, Vec<Touchpoint>>,
+    max_per_user: usize,
+    lookback_ms: i64,
+}
+
+impl Touchpoints {
+    pub fn new(max_per_user: usize, lookback_ms: i64) -> Self {
+        Touchpoints { users: FxHashMap::default(), max_per_user, lookback_ms }
+    }
+
+    /// Remembers a click, keeping the user's list sorted by time and bounded (oldest dropped).
+    pub fn record_click(&mut self, user: &str, tp: Touchpoint) {
+        let list = match self.users.get_mut(user) {
+            Some(l) => l,
+            None => self.users.entry(user.into()).or_default(),
+        };
+        // Clicks mostly arrive in time order: insert from the back.
+        let pos = list.iter().rposition(|t| t.time_ms <= tp.time_ms).map_or(0, |i| i + 1);
+        list.insert(pos, tp);
+        if list.len() > self.max_per_user {
+            list.remove(0);
+        }
+    }
+
+    /// The user's clicks with `t − lookback ≤ click time ≤ t`, oldest first.
+    pub fn for_conversion(&self, user: &str, t_ms: i64) -> Vec<Touchpoint> {
+        match self.users.get(user) {
+            None => Vec::new(),
+            Some(list) => list
+                .iter()
+                .filter(|tp| tp.time_ms <= t_ms && tp.time_ms >= t_ms - self.lookback_ms)
+                .map(|tp| Touchpoint { time_ms: tp.time_ms, campaign: tp.campaign, ad: tp.ad })
+                .collect(),
+        }
+    }
+
+    /// Forgets clicks that no future on-time conversion can use: older than `watermark − lookback`.
+    pub fn prune(&mut self, watermark_ms: i64) {
+        let horizon = watermark_ms.saturating_sub(self.lookback_ms);
+        self.users.retain(|_, list| {
+            list.retain(|t| t.time_ms >= horizon);
+            !list.is_empty()
+        });
+    }
+
+    pub fn users(&self) -> usize {
+        self.users.len()
+    }
+
+    /// Approximate heap bytes held (keys, lists, table slots).
+    pub fn bytes_estimate(&self) -> usize {
+        let slot = std::mem::size_of::<(Box<str>, Vec<Touchpoint>)>() + 1;
+        self.users.capacity() * slot
+            + self.users.iter().map(|(k, v)| k.len() + v.capacity() * std::mem::size_of::<Touchpoint>()).sum::<usize>()
+    }
+}
+
+/// Strings ↔ dense `u32` ids.
+#[derive(Debug, Default)]
+pub struct Interner {
+    ids: FxHashMap<Box<str>, u32>,
+    names: Vec<std::sync::Arc<str>>,
+}
+
+impl Interner {
+    #[inline]
+    pub fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&id) = self.ids.get(s) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.ids.insert(s.into(), id);
+        self.names.push(s.into());
+        id
+    }
+
+    pub fn name(&self, id: u32) -> Option<&std::sync::Arc<str>> {
+        self.names.get(id as usize)
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn window_start_floors_including_negative_times() {
+        assert_eq!(window_start(59_999, 60_000), 0);
+        assert_eq!(window_start(60_000, 60_000), 60_000);
+        assert_eq!(window_start(-1, 60_000), -60_000);
+    }
+
+    #[test]
+    fn watermark_is_min_of_active_partitions_and_skips_idle_ones() {
+        let t0 = Instant::now();
+        let mut w = Watermarks::new(5_000, 10_000);
+        w.set_assignment(&[0, 1], t0);
+        w.observe(0, 100_000, t0);
+        // Partition 1 has produced nothing yet and is not idle: it holds the watermark back.
+        assert_eq!(w.advance(t0), i64::MIN);
+        w.observe(1, 50_000, t0);
+        assert_eq!(w.advance(t0), 45_000);
+        // Partition 1 goes quiet; after the idle timeout only partition 0 counts.
+        w.observe(0, 120_000, t0 + Duration::from_secs(9));
+        assert_eq!(w.advance(t0 + Duration::from_secs(11)), 115_000);
+        // It never moves backwards, even when partition 1 wakes up with old events.
+        w.observe(1, 60_000, t0 + Duration::from_secs(12));
+        assert_eq!(w.advance(t0 + Duration::from_secs(12)), 115_000);
+    }
+
+    #[test]
+    fn all_idle_partitions_release_the_watermark() {
+        let t0 = Instant::now();
+        let mut w = Watermarks::new(1_000, 100);
+        w.observe(0, 10_000, t0);
+        w.observe(1, 20_000, t0);
+        assert_eq!(w.advance(t0), 9_000);
+        assert_eq!(w.advance(t0 + Duration::from_secs(1)), 19_000);
+    }
+
+    #[test]
+    fn touchpoints_are_bounded_sorted_and_filtered_by_lookback() {
+        let mut tp = Touchpoints::new(3, 1_000);
+        for (t, c) in [(500, 1), (100, 2), (900, 3), (700, 4)] {
+            tp.record_click("u", Touchpoint { time_ms: t, campaign: c, ad: 0 });
+        }
+        // Oldest (t=100) dropped; kept sorted.
+        let got: Vec<_> = tp.for_conversion("u", 1_000).iter().map(|t| t.time_ms).collect();
+        assert_eq!(got, vec![500, 700, 900]);
+        // Clicks after the conversion and outside the lookback are excluded.
+        let got: Vec<_> = tp.for_conversion("u", 1_600).iter().map(|t| t.time_ms).collect();
+        assert_eq!(got, vec![700, 900]);
+        assert!(tp.for_conversion("nobody", 1_000).is_empty());
+        tp.prune(1_800);
+        assert_eq!(tp.for_conversion("u", 1_000).len(), 1);
+        tp.prune(5_000);
+        assert_eq!(tp.users(), 0);
+    }
+}

@@ -1,0 +1,226 @@
+//! Guest SDK for admetrics metric plugins.
+//!
+//! A plugin implements [`Plugin`] over a [`Counters`] accumulator and calls [`export_plugin!`]:
+//!
+//! ```ignore
+//! use admetrics_plugin_sdk::*;
+//! struct Impressions;
+//! impl Plugin for Impressions {
+//!     const WIDTH: usize = 1;
+//!     fn info() -> PluginInfo { info("impressions", env!("CARGO_PKG_VERSION"), &["impressions"], false) }
+//!     fn accumulate(acc: &mut Counters, events: &[Event]) -> Result<(), String> {
+//!         for e in events.iter().filter(|e| e.kind == EventKind::Impression) {
+//!             acc.add(e.campaign, NO_AD, &[1]);
+//!         }
+//!         Ok(())
+//!     }
+//!     fn finish(acc: &Counters) -> Vec<MetricRow> {
+//!         acc.iter().map(|(c, _, v)| sum_row(c, None, "impressions", v[0] as f64, 0.0)).collect()
+//!     }
+//! }
+//! export_plugin!(Impressions);
+//! ```
+//!
+//! The SDK hides the WIT bindings (`wit/admetrics.wit`), encodes the accumulator, and builds for both
+//! `cargo build --target wasm32-wasip2` and `cargo component build`.
+
+#![deny(missing_docs)]
+
+// The generated bindings name this crate by path, from inside it too.
+extern crate self as admetrics_plugin_sdk;
+
+/// The generated bindings of the `metric-plugin` world. Plugins rarely need them directly.
+#[allow(missing_docs)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "metric-plugin",
+        pub_export_macro: true,
+        export_macro_name: "__export_metric_plugin",
+        default_bindings_module: "admetrics_plugin_sdk::bindings",
+        runtime_path: "admetrics_plugin_sdk::wit_bindgen::rt",
+    });
+}
+
+#[doc(hidden)]
+pub use wit_bindgen;
+
+pub use bindings::admetrics::metrics::types::{
+    Event, EventKind, MetricRow, PluginInfo, Touchpoint,
+};
+
+/// Key value meaning "no ad": counters kept per campaign only.
+pub const NO_AD: u32 = u32::MAX;
+
+/// A metric plugin. The SDK turns it into the WIT exports.
+pub trait Plugin {
+    /// Number of `i64` counters kept per (campaign, ad) key.
+    const WIDTH: usize;
+    /// The plugin's self-description.
+    fn info() -> PluginInfo;
+    /// Folds a batch of events (all of one window) into the accumulator.
+    fn accumulate(acc: &mut Counters, events: &[Event]) -> Result<(), String>;
+    /// The window's metric rows from the accumulator.
+    fn finish(acc: &Counters) -> Vec<MetricRow>;
+}
+
+/// Builds a [`PluginInfo`].
+pub fn info(name: &str, version: &str, metrics: &[&str], wants_touchpoints: bool) -> PluginInfo {
+    PluginInfo {
+        name: name.into(),
+        version: version.into(),
+        metrics: metrics.iter().map(|m| (*m).into()).collect(),
+        wants_touchpoints,
+    }
+}
+
+/// A rate row: `value = numerator / denominator`, 0 when the denominator is 0.
+pub fn rate_row(campaign: u32, metric: &str, numerator: f64, denominator: f64) -> MetricRow {
+    let value = if denominator > 0.0 { numerator / denominator } else { 0.0 };
+    MetricRow { campaign, ad: None, metric: metric.into(), value, numerator, denominator }
+}
+
+/// A sum row: `value = numerator`, `denominator` counts the contributing events.
+pub fn sum_row(campaign: u32, ad: Option<u32>, metric: &str, sum: f64, count: f64) -> MetricRow {
+    MetricRow { campaign, ad, metric: metric.into(), value: sum, numerator: sum, denominator: count }
+}
+
+/// Sparse `i64` counters keyed by (campaign, ad), `width` counters per key.
+///
+/// Encoded as little-endian `[u32 width][(u32 campaign, u32 ad, i64 × width)…]` sorted by key, so
+/// the host can store it as opaque bytes and equal states encode to equal bytes.
+#[derive(Debug, Clone)]
+pub struct Counters {
+    width: usize,
+    // A sorted Vec beats a map here: windows hold ~100 keys and batches hit them in runs.
+    keys: Vec<(u32, u32)>,
+    values: Vec<i64>,
+}
+
+impl Counters {
+    /// Empty counters with `width` slots per key.
+    pub fn new(width: usize) -> Self {
+        Counters { width, keys: Vec::new(), values: Vec::new() }
+    }
+
+    /// Decodes an accumulator; empty bytes give empty counters.
+    pub fn decode(bytes: &[u8], width: usize) -> Result<Self, String> {
+        if bytes.is_empty() {
+            return Ok(Self::new(width));
+        }
+        let stored = u32::from_le_bytes(bytes[..4].try_into().map_err(|_| "short accumulator")?);
+        if stored as usize != width {
+            return Err(format!("accumulator width {stored}, plugin expects {width}"));
+        }
+        let entry = 8 + 8 * width;
+        let body = &bytes[4..];
+        if body.len() % entry != 0 {
+            return Err("accumulator length is not a whole number of entries".into());
+        }
+        let n = body.len() / entry;
+        let mut c = Counters { width, keys: Vec::with_capacity(n), values: Vec::with_capacity(n * width) };
+        for chunk in body.chunks_exact(entry) {
+            let campaign = u32::from_le_bytes(chunk[0..4].try_into().unwrap());
+            let ad = u32::from_le_bytes(chunk[4..8].try_into().unwrap());
+            c.keys.push((campaign, ad));
+            for i in 0..width {
+                let o = 8 + 8 * i;
+                c.values.push(i64::from_le_bytes(chunk[o..o + 8].try_into().unwrap()));
+            }
+        }
+        Ok(c)
+    }
+
+    /// Encodes the counters (see the type docs for the layout).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(4 + self.keys.len() * (8 + 8 * self.width));
+        out.extend_from_slice(&(self.width as u32).to_le_bytes());
+        for (i, (campaign, ad)) in self.keys.iter().enumerate() {
+            out.extend_from_slice(&campaign.to_le_bytes());
+            out.extend_from_slice(&ad.to_le_bytes());
+            for v in &self.values[i * self.width..(i + 1) * self.width] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    /// Adds `delta` (of length `width`) to the counters of (campaign, ad).
+    pub fn add(&mut self, campaign: u32, ad: u32, delta: &[i64]) {
+        let w = self.width;
+        let i = match self.keys.binary_search(&(campaign, ad)) {
+            Ok(i) => i,
+            Err(i) => {
+                self.keys.insert(i, (campaign, ad));
+                self.values.splice(i * w..i * w, std::iter::repeat_n(0, w));
+                i
+            }
+        };
+        for (slot, d) in self.values[i * w..(i + 1) * w].iter_mut().zip(delta) {
+            *slot += d;
+        }
+    }
+
+    /// Iterates `(campaign, ad, counters)` in key order; `ad` is `None` for [`NO_AD`].
+    pub fn iter(&self) -> impl Iterator<Item = (u32, Option<u32>, &[i64])> {
+        self.keys.iter().enumerate().map(move |(i, &(c, a))| {
+            (c, (a != NO_AD).then_some(a), &self.values[i * self.width..(i + 1) * self.width])
+        })
+    }
+}
+
+#[doc(hidden)]
+pub fn __accumulate<P: Plugin>(acc: Vec<u8>, events: Vec<Event>) -> Result<Vec<u8>, String> {
+    let mut c = Counters::decode(&acc, P::WIDTH)?;
+    P::accumulate(&mut c, &events)?;
+    Ok(c.encode())
+}
+
+#[doc(hidden)]
+pub fn __finish<P: Plugin>(acc: Vec<u8>) -> Result<Vec<MetricRow>, String> {
+    Ok(P::finish(&Counters::decode(&acc, P::WIDTH)?))
+}
+
+/// Exports a [`Plugin`] implementation as the component's `metric-plugin` world.
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        #[doc(hidden)]
+        pub struct __AdmetricsExport;
+        impl $crate::bindings::Guest for __AdmetricsExport {
+            fn info() -> $crate::PluginInfo {
+                <$plugin as $crate::Plugin>::info()
+            }
+            fn accumulate(
+                acc: ::std::vec::Vec<u8>,
+                events: ::std::vec::Vec<$crate::Event>,
+            ) -> ::std::result::Result<::std::vec::Vec<u8>, ::std::string::String> {
+                $crate::__accumulate::<$plugin>(acc, events)
+            }
+            fn finish(
+                acc: ::std::vec::Vec<u8>,
+            ) -> ::std::result::Result<::std::vec::Vec<$crate::MetricRow>, ::std::string::String> {
+                $crate::__finish::<$plugin>(acc)
+            }
+        }
+        $crate::bindings::__export_metric_plugin!(__AdmetricsExport with_types_in $crate::bindings);
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_round_trip_and_stay_sorted() {
+        let mut c = Counters::new(2);
+        c.add(7, NO_AD, &[1, 0]);
+        c.add(3, 1, &[0, 5]);
+        c.add(7, NO_AD, &[2, 1]);
+        let d = Counters::decode(&c.encode(), 2).unwrap();
+        let rows: Vec<_> = d.iter().map(|(c, a, v)| (c, a, v.to_vec())).collect();
+        assert_eq!(rows, vec![(3, Some(1), vec![0, 5]), (7, None, vec![3, 1])]);
+        assert!(Counters::decode(&c.encode(), 3).is_err());
+        assert!(Counters::decode(&[1, 0, 0, 0, 9], 1).is_err());
+    }
+}
