@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BinaryBuilder, BooleanBuilder, Decimal128Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
+    LargeBinaryBuilder, BooleanBuilder, Decimal128Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
     TimestampMicrosecondBuilder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
@@ -314,7 +314,7 @@ pub struct DeadLetterBuffer {
     offset: Int64Builder,
     reason: StringBuilder,
     detail: StringBuilder,
-    payload: BinaryBuilder,
+    payload: LargeBinaryBuilder,
     ingest_time: TimestampMicrosecondBuilder,
     rows: usize,
 }
@@ -328,7 +328,7 @@ impl DeadLetterBuffer {
             offset: Int64Builder::new(),
             reason: StringBuilder::new(),
             detail: StringBuilder::new(),
-            payload: BinaryBuilder::new(),
+            payload: LargeBinaryBuilder::new(),
             ingest_time: ts(),
             rows: 0,
         }

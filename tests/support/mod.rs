@@ -1,0 +1,169 @@
+//! Shared harness for the end-to-end tests: a real tansu broker process on a free loopback port,
+//! the built plugin components, the Python readers, and a producer with explicit partitions.
+//!
+//! Nothing here skips: a missing broker binary, plugin build or Python venv is a test failure
+//! that says which setup step to run.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ has a parent").to_path_buf()
+}
+
+fn tool(env: &str, name: &str, hint: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(env) {
+        return p.into();
+    }
+    let home_bin = std::env::var("HOME").map(|h| PathBuf::from(h).join(".cargo/bin").join(name)).ok();
+    for dir in std::env::var("PATH").unwrap_or_default().split(':').map(PathBuf::from).chain(home_bin.iter().map(|p| p.parent().unwrap().to_path_buf())) {
+        let p = dir.join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("{name} not found (set {env} or run {hint})");
+}
+
+/// A tansu broker on 127.0.0.1:<free port>, killed on drop.
+pub struct Broker {
+    child: Child,
+    pub port: u16,
+    pub bootstrap: String,
+    tansu: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    /// Starts an in-memory broker.
+    pub fn start() -> Broker {
+        Self::start_with(|_dir, port| format!("memory://tansu-{port}/"))
+    }
+
+    /// Starts a broker whose storage URL `storage(dir, port)` chooses (e.g. sqlite for durability).
+    pub fn start_with(storage: impl Fn(&Path, u16) -> String) -> Broker {
+        let tansu = tool("TANSU", "tansu", "scripts/setup.sh");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("tansu.log")).expect("log file");
+        let child = Command::new(&tansu)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine"])
+            .arg(storage(dir.path(), port))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn tansu");
+        let broker = Broker { child, port, bootstrap: format!("127.0.0.1:{port}"), tansu, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {port} within 20 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        broker
+    }
+
+    pub fn create_topic(&self, topic: &str, partitions: u32) {
+        let out = Command::new(&self.tansu)
+            .args(["topic", "create", topic, "--broker", &format!("tcp://127.0.0.1:{}", self.port), "--partitions"])
+            .arg(partitions.to_string())
+            .output()
+            .expect("run tansu topic create");
+        assert!(out.status.success(), "topic create failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// The three built plugin components (scripts/build-plugins.sh builds them).
+pub fn plugin_paths() -> Vec<PathBuf> {
+    let dir = repo_root().join("target/wasm32-wasip2/release");
+    let paths: Vec<PathBuf> = ["ctr", "cvr", "attribution"].iter().map(|p| dir.join(format!("{p}.wasm"))).collect();
+    for p in &paths {
+        assert!(p.is_file(), "{} missing: run scripts/build-plugins.sh", p.display());
+    }
+    paths
+}
+
+/// The Python of the project's test venv (scripts/setup.sh creates it).
+pub fn python() -> PathBuf {
+    let p = std::env::var("ADMETRICS_PYTHON").map(PathBuf::from).unwrap_or_else(|_| repo_root().join(".venv/bin/python"));
+    assert!(p.is_file(), "{} missing: run scripts/setup.sh", p.display());
+    p
+}
+
+/// Runs a Python verifier from tests/ and fails the test with its output if it fails.
+pub fn run_python(script: &str, args: &[String]) -> String {
+    let out = Command::new(python())
+        .arg(repo_root().join("tests").join(script))
+        .args(args)
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{script} failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+/// A producer that puts each message on the partition we choose (tests need to know).
+pub struct TestProducer {
+    producer: BaseProducer,
+    topic: String,
+}
+
+impl TestProducer {
+    pub fn new(bootstrap: &str, topic: &str) -> Self {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("linger.ms", "2")
+            .set("acks", "all")
+            .create()
+            .expect("producer");
+        TestProducer { producer, topic: topic.into() }
+    }
+
+    pub fn send(&self, partition: i32, key: &str, payload: &[u8]) {
+        loop {
+            match self.producer.send(BaseRecord::to(&self.topic).partition(partition).key(key).payload(payload)) {
+                Ok(()) => return,
+                Err((e, _)) => {
+                    assert!(e.to_string().contains("Queue full"), "produce failed: {e}");
+                    self.producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+
+    pub fn flush(&self) {
+        self.producer.flush(Duration::from_secs(30)).expect("flush");
+    }
+}
+
+/// Polls `cond` every 50 ms until it holds or `timeout` passes (then panics with `what`).
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,246 @@
+#!/usr/bin/env python3
+"""Checks admetrics' Iceberg tables against values computed here, independently, from the
+messages the end-to-end test produced (tests/e2e_pipeline.rs writes them as JSON lines:
+{"partition": p, "phase": 1|2, "payload": "<raw message>"} in produce order).
+
+Reads the tables with PyIceberg (through the same SQLite catalog) and cross-checks with DuckDB's
+iceberg extension: neither reader shares code with the Rust writer.
+"""
+import argparse
+import importlib.util
+import json
+import sys
+from collections import defaultdict
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+
+import duckdb
+import pyarrow as pa
+from pyiceberg.catalog.sql import SqlCatalog
+
+KINDS = ("impression", "click", "conversion")
+REQUIRED = ("event_id", "event_type", "event_time", "campaign_id", "ad_id", "user_id")
+failures = []
+
+
+def check(cond, msg):
+    if not cond:
+        failures.append(msg)
+
+
+def parse_time_ms(v):
+    if isinstance(v, int):
+        return v
+    dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+    return int(dt.timestamp() * 1000 + 0.5) if dt.microsecond % 1000 == 0 else int(dt.timestamp() * 1000)
+
+
+def classify(payload):
+    """(event, None) for a valid event, (None, reason) otherwise."""
+    try:
+        d = json.loads(payload)
+    except ValueError:
+        return None, "malformed_json"
+    if not isinstance(d, dict):
+        return None, "invalid_field"
+    for f in REQUIRED:
+        if f not in d:
+            return None, "missing_field"
+    if d["event_type"] not in KINDS:
+        return None, "unknown_event_type"
+    d["time_ms"] = parse_time_ms(d["event_time"])
+    d["micros"] = 0
+    if d["event_type"] == "conversion":
+        try:
+            rev = Decimal(str(d["revenue"]))
+        except (KeyError, InvalidOperation):
+            return None, "missing_field"
+        if rev < 0:
+            return None, "negative_revenue"
+        d["micros"] = int(rev * 1_000_000)
+    return d, None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--catalog", required=True)
+    ap.add_argument("--warehouse", required=True)
+    ap.add_argument("--input", required=True)
+    ap.add_argument("--window-secs", type=int, default=60)
+    ap.add_argument("--lookback-secs", type=int, required=True)
+    ap.add_argument("--ooo-ms", type=int, required=True)
+    ap.add_argument("--namespace", default="ads")
+    a = ap.parse_args()
+    size = a.window_secs * 1000
+    lookback = a.lookback_secs * 1000
+
+    # ---- the input, in produce order, with Kafka coordinates (offsets count up per partition)
+    msgs = []
+    next_offset = defaultdict(int)
+    for line in open(a.input):
+        m = json.loads(line)
+        m["offset"] = next_offset[m["partition"]]
+        next_offset[m["partition"]] += 1
+        m["event"], m["reason"] = classify(m["payload"])
+        msgs.append(m)
+    valid = [m for m in msgs if m["event"]]
+    invalid = [m for m in msgs if not m["event"]]
+
+    # ---- lateness: phase 1 stays within the out-of-orderness bound of its own partition (so it
+    # is never late); phase 2 arrives after phase 1 was committed, when the watermark was at
+    # least min over partitions of (max phase-1 time) - ooo.
+    running_max = {}
+    for m in valid:
+        if m["phase"] != 1:
+            continue
+        p, t = m["partition"], m["event"]["time_ms"]
+        check(t >= running_max.get(p, t) - a.ooo_ms, f"input design: phase-1 event {m['event']['event_id']} is behind its partition by more than ooo")
+        running_max[p] = max(running_max.get(p, t), t)
+    wm1 = min(running_max.values()) - a.ooo_ms
+    for m in valid:
+        t = m["event"]["time_ms"]
+        window_end = (t // size) * size + size
+        m["late"] = m["phase"] == 2 and window_end <= wm1
+
+    # ---- expected metrics, computed from scratch
+    exp = {}  # (window_start, campaign, ad, metric) -> [num, den]  (revenue in micros)
+
+    def add(key, num, den):
+        cur = exp.setdefault(key, [0, 0])
+        cur[0] += num
+        cur[1] += den
+
+    clicks_by_user = defaultdict(list)  # user -> [(time, campaign, ad)] in arrival order
+    for m in valid:  # produce order; a user's messages all sit in one partition, in order
+        e = m["event"]
+        t, c, ad, kind = e["time_ms"], e["campaign_id"], e["ad_id"], e["event_type"]
+        w = (t // size) * size
+        if kind == "click":
+            clicks_by_user[e["user_id"]].append((t, c, ad))
+        if m["late"]:
+            continue
+        if kind == "impression":
+            add((w, c, None, "ctr"), 0, 1)
+        elif kind == "click":
+            add((w, c, None, "ctr"), 1, 0)
+            add((w, c, None, "cvr"), 0, 1)
+        else:
+            add((w, c, None, "cvr"), 1, 0)
+            add((w, c, None, "revenue"), e["micros"], 1)
+            cands = [x for x in clicks_by_user[e["user_id"]] if t - lookback <= x[0] <= t]
+            if cands:
+                best = max(range(len(cands)), key=lambda i: (cands[i][0], i))
+                _, bc, bad = cands[best]
+                add((w, bc, bad, "attributed_revenue"), e["micros"], 1)
+                add((w, c, None, "unattributed_revenue"), 0, 0)
+            else:
+                add((w, c, None, "unattributed_revenue"), e["micros"], 1)
+
+    # The far-future "flush" events only move the watermark; their window stays open.
+    exp = {k: v for k, v in exp.items() if k[1] != "flush"}
+
+    # ---- read the tables with PyIceberg
+    cat = SqlCatalog("admetrics", uri=f"sqlite:///{a.catalog}", warehouse=f"file://{a.warehouse}")
+    events_t = cat.load_table((a.namespace, "campaign_events"))
+    metrics_t = cat.load_table((a.namespace, "campaign_metrics"))
+    dead_t = cat.load_table((a.namespace, "dead_letters"))
+    events = events_t.scan().to_arrow()
+    metrics = metrics_t.scan().to_arrow()
+    dead = dead_t.scan().to_arrow()
+
+    # campaign_events: every valid message exactly once, with the right late flag
+    coords = list(zip(events.column("kafka_partition").to_pylist(), events.column("kafka_offset").to_pylist()))
+    check(len(coords) == len(set(coords)), f"campaign_events has {len(coords) - len(set(coords))} duplicate (partition, offset)")
+    want = {(m["partition"], m["offset"]): m for m in valid}
+    check(set(coords) == set(want), f"campaign_events coordinates differ: missing {len(set(want) - set(coords))}, extra {len(set(coords) - set(want))}")
+    ids = dict(zip(coords, events.column("event_id").to_pylist()))
+    lates = dict(zip(coords, events.column("is_late").to_pylist()))
+    for k, m in want.items():
+        if k in ids:
+            check(ids[k] == m["event"]["event_id"], f"event at {k}: id {ids[k]} != {m['event']['event_id']}")
+            check(lates[k] == m["late"], f"event {m['event']['event_id']}: is_late {lates[k]} != expected {m['late']}")
+    n_late = sum(1 for m in valid if m["late"])
+    check(n_late > 0, "input design: no late events")
+
+    # dead_letters: every invalid message, with the reason we expect
+    got_dead = {(p, o): r for p, o, r in zip(dead.column("kafka_partition").to_pylist(), dead.column("kafka_offset").to_pylist(), dead.column("reason").to_pylist())}
+    want_dead = {(m["partition"], m["offset"]): m["reason"] for m in invalid}
+    check(got_dead == want_dead, f"dead_letters differ: got {sorted(got_dead.items())[:8]}, want {sorted(want_dead.items())[:8]}")
+    check(len(events) + len(dead) == len(msgs), f"messages {len(msgs)} != events {len(events)} + dead letters {len(dead)}")
+
+    # Kafka offsets of the last commit are in the snapshot summary
+    summ = events_t.current_snapshot().summary
+    offsets = json.loads(summ["admetrics.offsets"])
+    check({int(k): v for k, v in offsets.items()} == dict(next_offset), f"summary offsets {offsets} != end offsets {dict(next_offset)}")
+
+    # campaign_metrics: latest revision per key; data windows final and equal to the expectation
+    cols = {n: metrics.column(n) for n in metrics.column_names}
+    ws = cols["window_start"].cast(pa.int64()).to_pylist()
+    rows = {}
+    for i in range(len(metrics)):
+        key = (ws[i] // 1000, cols["campaign_id"][i].as_py(), cols["ad_id"][i].as_py(), cols["metric"][i].as_py())
+        rev = cols["revision"][i].as_py()
+        if key not in rows or rev > rows[key]["revision"]:
+            rows[key] = {n: cols[n][i].as_py() for n in ("value", "numerator", "denominator", "revision", "is_final", "plugin", "plugin_version", "plugin_sha256")}
+    data_windows = {k[0] for k in exp}
+    got_data = {k: v for k, v in rows.items() if k[0] in data_windows}
+    check(set(got_data) == set(exp), f"metric keys differ: missing {sorted(set(exp) - set(got_data))[:5]}, extra {sorted(set(got_data) - set(exp))[:5]}")
+    for key, (num, den) in exp.items():
+        r = got_data.get(key)
+        if r is None:
+            continue
+        check(r["is_final"], f"{key}: latest revision {r['revision']} is not final")
+        check(len(r["plugin_sha256"]) == 64 and r["plugin_version"], f"{key}: plugin provenance missing")
+        metric = key[3]
+        if metric in ("ctr", "cvr"):
+            value = num / den if den else 0.0
+            check(r["numerator"] == num and r["denominator"] == den and abs(r["value"] - value) < 1e-12,
+                  f"{key}: got {r['numerator']}/{r['denominator']}={r['value']}, want {num}/{den}={value}")
+        else:
+            check(round(r["value"] * 1_000_000) == num and r["denominator"] == den,
+                  f"{key}: got {r['value']} over {r['denominator']}, want {num / 1e6} over {den}")
+    # attributed + unattributed == revenue, per window, exactly
+    for w in data_windows:
+        def total(metric):
+            return sum(round(v["value"] * 1_000_000) for k, v in got_data.items() if k[0] == w and k[3] == metric)
+        check(total("attributed_revenue") + total("unattributed_revenue") == total("revenue"), f"window {w}: attribution does not add up")
+    for needle in ("lonely-", "slow-"):
+        user_convs = [m for m in valid if m["event"]["user_id"].startswith(needle) and m["event"]["event_type"] == "conversion"]
+        check(user_convs and all(not [x for x in clicks_by_user[m["event"]["user_id"]] if m["event"]["time_ms"] - lookback <= x[0] <= m["event"]["time_ms"]] for m in user_convs),
+              f"input design: {needle} conversions should have no click in the lookback")
+    attributed_cross = sum(v[0] for k, v in exp.items() if k[3] == "attributed_revenue" and k[1] == "camp-4" and k[2] == "ad-4-2")
+    check(attributed_cross >= 4 * 7_250_000, "input design: cross-campaign conversions not credited to camp-4/ad-4-2")
+
+    # ---- DuckDB, an independent reader of the same tables
+    spec = importlib.util.find_spec("duckdb_ext")
+    ext_dir = f"{spec.submodule_search_locations[0]}/extensions"
+    con = duckdb.connect()
+    con.execute(f"SET extension_directory='{ext_dir}'")
+    con.execute("SET autoinstall_known_extensions=false")
+    con.execute("LOAD iceberg")
+    n_events = con.execute(f"SELECT count(*) FROM iceberg_scan('{events_t.metadata_location}')").fetchone()[0]
+    check(n_events == len(valid), f"DuckDB reads {n_events} events, want {len(valid)}")
+    impressions = con.execute(
+        f"SELECT count(*) FROM iceberg_scan('{events_t.metadata_location}') WHERE event_type = 'impression' AND NOT is_late AND campaign_id <> 'flush'"
+    ).fetchone()[0]
+    # The dashboard's query shape: the latest revision of each window, numerators summed.
+    latest_ctr_den = con.execute(f"""
+        SELECT sum(denominator) FROM (
+          SELECT denominator, row_number() OVER (PARTITION BY window_start, campaign_id, ad_id, metric ORDER BY revision DESC) AS rn
+          FROM iceberg_scan('{metrics_t.metadata_location}') WHERE metric = 'ctr' AND campaign_id <> 'flush') WHERE rn = 1
+    """).fetchone()[0]
+    check(impressions == latest_ctr_den, f"DuckDB: on-time impressions {impressions} != summed CTR denominators {latest_ctr_den}")
+
+    print(f"messages {len(msgs)}: valid {len(valid)} (late {n_late}), dead letters {len(invalid)}")
+    print(f"metric keys checked {len(exp)} over {len(data_windows)} windows; metric rows in table {len(metrics)}")
+    print(f"snapshots: events {len(events_t.snapshots())}, metrics {len(metrics_t.snapshots())}, dead letters {len(dead_t.snapshots())}")
+    if failures:
+        print(f"{len(failures)} FAILURES:")
+        for f in failures[:40]:
+            print("  -", f)
+        sys.exit(1)
+    print("OK: tables match the independent computation")
+
+
+if __name__ == "__main__":
+    main()
