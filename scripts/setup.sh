@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Installs everything admetrics needs on a fresh machine, skipping what is already there at the
+# right version. Idempotent; used by scripts/demo.sh (--demo: no Python) and scripts/test.sh.
+#
+#   scripts/setup.sh          # broker, wasm targets, cargo-component, Python test venv
+#   scripts/setup.sh --demo   # only what the demo needs (broker + wasm target)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TANSU_VERSION=0.6.0
+CARGO_COMPONENT_VERSION=0.21.1
+mode=${1:-all}
+
+log() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
+export PATH="$HOME/.cargo/bin:$PATH"
+
+# WebAssembly targets: wasip2 for plain cargo builds, wasip1 for cargo-component's adapter.
+installed_targets=$(rustup target list --installed)
+for t in wasm32-wasip2 wasm32-wasip1; do
+  if ! grep -qx "$t" <<<"$installed_targets"; then
+    log "adding rust target $t"
+    rustup target add "$t"
+  fi
+done
+
+install_crate() { # name version binary-check-command [cargo install args...]
+  local name=$1 version=$2 check=$3; shift 3
+  if have=$($check 2>/dev/null) && grep -q " $version\$" <<<"$have"; then
+    return
+  fi
+  log "installing $name $version (takes several minutes on 2 cores)"
+  cargo install "$name" --version "$version" --locked "$@"
+}
+
+# A Kafka-compatible broker. The default build has no storage engine: dynostore gives memory://
+# and s3://, libsql gives sqlite:// (durable across broker restarts).
+install_crate tansu "$TANSU_VERSION" "tansu --version" --features dynostore,libsql
+
+if [[ $mode == --demo ]]; then
+  exit 0
+fi
+
+install_crate cargo-component "$CARGO_COMPONENT_VERSION" "cargo component --version"
+
+# Python readers for the tests (PyIceberg, DuckDB + its offline iceberg/avro extensions).
+if [[ ! -x .venv/bin/python ]]; then
+  log "creating .venv"
+  python3 -m venv .venv
+fi
+stamp=.venv/.requirements.sha256
+want=$(sha256sum tests/requirements.txt | cut -d' ' -f1)
+if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
+  log "installing Python test requirements"
+  .venv/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+  echo "$want" > "$stamp"
+fi
+log "ready"
