@@ -36,7 +36,15 @@ struct Msg {
     phase: u8,
 }
 
-fn ev(id: &str, kind: &str, t: i64, campaign: &str, ad: &str, user: &str, revenue: Option<&str>) -> String {
+fn ev(
+    id: &str,
+    kind: &str,
+    t: i64,
+    campaign: &str,
+    ad: &str,
+    user: &str,
+    revenue: Option<&str>,
+) -> String {
     let mut v = serde_json::json!({
         "event_id": id, "event_type": kind,
         "event_time": chrono::DateTime::from_timestamp_millis(t).unwrap().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
@@ -74,47 +82,173 @@ fn build_input(base: i64) -> Vec<Msg> {
             let jittered = t - rng.i64(0..3_000);
             let roll = rng.f64();
             let payload = if roll < 0.80 {
-                ev(&next_id(), "impression", jittered, &campaign, &ad, &user, None)
+                ev(
+                    &next_id(),
+                    "impression",
+                    jittered,
+                    &campaign,
+                    &ad,
+                    &user,
+                    None,
+                )
             } else if roll < 0.93 {
                 ev(&next_id(), "click", jittered, &campaign, &ad, &user, None)
             } else {
                 let cents = rng.u32(100..20_000);
-                ev(&next_id(), "conversion", jittered, &campaign, &ad, &user, Some(&format!("{}.{:02}", cents / 100, cents % 100)))
+                ev(
+                    &next_id(),
+                    "conversion",
+                    jittered,
+                    &campaign,
+                    &ad,
+                    &user,
+                    Some(&format!("{}.{:02}", cents / 100, cents % 100)),
+                )
             };
             phase1.push((t, user, payload));
         }
         // A conversion from a user who never clicked.
         let user = format!("lonely-{p}");
-        phase1.push((base + 300_000, user.clone(), ev(&next_id(), "conversion", base + 300_000, "camp-1", "ad-1-0", &user, Some("42.50"))));
+        phase1.push((
+            base + 300_000,
+            user.clone(),
+            ev(
+                &next_id(),
+                "conversion",
+                base + 300_000,
+                "camp-1",
+                "ad-1-0",
+                &user,
+                Some("42.50"),
+            ),
+        ));
         // A click, then a conversion 5 minutes later: outside the 120 s lookback.
         let user = format!("slow-{p}");
-        phase1.push((base + 200_000, user.clone(), ev(&next_id(), "click", base + 200_000, "camp-2", "ad-2-1", &user, None)));
-        phase1.push((base + 500_000, user.clone(), ev(&next_id(), "conversion", base + 500_000, "camp-3", "ad-3-0", &user, Some("10"))));
+        phase1.push((
+            base + 200_000,
+            user.clone(),
+            ev(
+                &next_id(),
+                "click",
+                base + 200_000,
+                "camp-2",
+                "ad-2-1",
+                &user,
+                None,
+            ),
+        ));
+        phase1.push((
+            base + 500_000,
+            user.clone(),
+            ev(
+                &next_id(),
+                "conversion",
+                base + 500_000,
+                "camp-3",
+                "ad-3-0",
+                &user,
+                Some("10"),
+            ),
+        ));
         // Cross-campaign: clicked camp-4, converted on camp-0 within the lookback.
         let user = format!("cross-{p}");
-        phase1.push((base + 450_000, user.clone(), ev(&next_id(), "click", base + 450_000, "camp-4", "ad-4-2", &user, None)));
-        phase1.push((base + 458_000, user.clone(), ev(&next_id(), "conversion", base + 458_000, "camp-0", "ad-0-0", &user, Some("7.25"))));
+        phase1.push((
+            base + 450_000,
+            user.clone(),
+            ev(
+                &next_id(),
+                "click",
+                base + 450_000,
+                "camp-4",
+                "ad-4-2",
+                &user,
+                None,
+            ),
+        ));
+        phase1.push((
+            base + 458_000,
+            user.clone(),
+            ev(
+                &next_id(),
+                "conversion",
+                base + 458_000,
+                "camp-0",
+                "ad-0-0",
+                &user,
+                Some("7.25"),
+            ),
+        ));
         // Malformed input: every one must end up in dead_letters.
         for bad in [
             "this is not json".to_string(),
             r#"{"event_id":"x","event_type":"click"}"#.to_string(),
-            ev("bad-type", "view", base + 1_000, "camp-0", "ad-0-0", "u", None),
-            ev("bad-rev", "conversion", base + 1_000, "camp-0", "ad-0-0", "u", Some("-5.00")),
+            ev(
+                "bad-type",
+                "view",
+                base + 1_000,
+                "camp-0",
+                "ad-0-0",
+                "u",
+                None,
+            ),
+            ev(
+                "bad-rev",
+                "conversion",
+                base + 1_000,
+                "camp-0",
+                "ad-0-0",
+                "u",
+                Some("-5.00"),
+            ),
         ] {
             phase1.push((base + 100_000, "bad".into(), bad));
         }
         phase1.sort_by_key(|(t, _, _)| *t);
         for (_, key, payload) in phase1 {
-            msgs.push(Msg { partition: p, key, payload, phase: 1 });
+            msgs.push(Msg {
+                partition: p,
+                key,
+                payload,
+                phase: 1,
+            });
         }
         // Phase 2: stragglers for the minute [base+60 s, base+120 s), long closed by then...
         let user = format!("user-{p}");
-        for (i, kind) in ["impression", "impression", "click", "conversion"].iter().enumerate() {
+        for (i, kind) in ["impression", "impression", "click", "conversion"]
+            .iter()
+            .enumerate()
+        {
             let rev = (*kind == "conversion").then_some("99.99");
-            msgs.push(Msg { partition: p, key: user.clone(), payload: ev(&next_id(), kind, base + 61_000 + i as i64, "camp-0", "ad-0-0", &user, rev), phase: 2 });
+            msgs.push(Msg {
+                partition: p,
+                key: user.clone(),
+                payload: ev(
+                    &next_id(),
+                    kind,
+                    base + 61_000 + i as i64,
+                    "camp-0",
+                    "ad-0-0",
+                    &user,
+                    rev,
+                ),
+                phase: 2,
+            });
         }
         // ...and one event far ahead that moves this partition's watermark past every data window.
-        msgs.push(Msg { partition: p, key: "flush".into(), payload: ev(&next_id(), "impression", base + 1_800_000, "flush", "flush-ad", "flush-user", None), phase: 2 });
+        msgs.push(Msg {
+            partition: p,
+            key: "flush".into(),
+            payload: ev(
+                &next_id(),
+                "impression",
+                base + 1_800_000,
+                "flush",
+                "flush-ad",
+                "flush-user",
+                None,
+            ),
+            phase: 2,
+        });
     }
     msgs
 }
@@ -147,7 +281,10 @@ warehouse = "{}/warehouse"
 interval_ms = 200
 "#,
         broker.bootstrap,
-        plugins.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        plugins
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>(),
         dir.path().display(),
         dir.path().display()
     );
@@ -178,11 +315,12 @@ interval_ms = 200
         })
     };
 
-    let producer = TestProducer::new(&broker.bootstrap, TOPIC);
+    let mut producer = TestProducer::new(&broker.bootstrap, TOPIC);
     let mut expected_end: BTreeMap<i32, i64> = BTreeMap::new();
     let committed = |want: &BTreeMap<i32, i64>| {
         let got = status.committed_offsets.lock().unwrap();
-        want.iter().all(|(p, o)| got.get(p).copied().unwrap_or(0) >= *o)
+        want.iter()
+            .all(|(p, o)| got.get(p).copied().unwrap_or(0) >= *o)
     };
     for phase in [1u8, 2] {
         for m in msgs.iter().filter(|m| m.phase == phase) {
@@ -190,19 +328,35 @@ interval_ms = 200
             *expected_end.entry(m.partition).or_default() += 1;
         }
         producer.flush();
-        wait_for(&format!("phase {phase} committed"), Duration::from_secs(120), || {
-            assert!(!daemon.is_finished(), "the daemon stopped early: {:?}", status.commits);
-            committed(&expected_end)
-        });
+        wait_for(
+            &format!("phase {phase} committed"),
+            Duration::from_secs(120),
+            || {
+                assert!(
+                    !daemon.is_finished(),
+                    "the daemon stopped early: {:?}",
+                    status.commits
+                );
+                committed(&expected_end)
+            },
+        );
     }
     // Every data window (10 minutes → 10 windows, plus the stragglers' window, already closed)
     // must have been finalised by the far-future events.
-    wait_for("data windows finalised", Duration::from_secs(30), || status.windows_finalized.load(Relaxed) >= 10);
+    wait_for("data windows finalised", Duration::from_secs(30), || {
+        status.windows_finalized.load(Relaxed) >= 10
+    });
     stop_tx.send(()).unwrap();
     let summary = daemon.join().unwrap().expect("daemon run");
-    assert_eq!(summary.committed_offsets, expected_end, "final committed offsets");
+    assert_eq!(
+        summary.committed_offsets, expected_end,
+        "final committed offsets"
+    );
     assert_eq!(status.messages.load(Relaxed), msgs.len() as u64);
-    assert_eq!(status.valid_events.load(Relaxed) + status.dead_letters.load(Relaxed), msgs.len() as u64);
+    assert_eq!(
+        status.valid_events.load(Relaxed) + status.dead_letters.load(Relaxed),
+        msgs.len() as u64
+    );
 
     let out = run_python(
         "verify_e2e.py",

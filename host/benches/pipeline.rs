@@ -1,1 +1,290 @@
-fn main() {}
+//! In-process pipeline benchmark: events already in memory, no Kafka, one thread.
+//!
+//! Prints a report with the cost of each stage, cumulatively:
+//!   decode+validate → + window/intern/touchpoints → + the three plugins (the headline figure)
+//!   → + Arrow table buffers; plus each plugin alone on pre-built batches beside a native-Rust
+//!   baseline doing the same counting (the price of the WASM boundary), and the Iceberg sink
+//!   (Parquet encode + SQLite-catalog commit).
+//!
+//!   cargo bench -p admetrics --bench pipeline            # 1M events
+//!   ADMETRICS_BENCH_EVENTS=2000000 cargo bench -p admetrics --bench pipeline
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use admetrics::config::Config;
+use admetrics::event;
+use admetrics::loadgen::{EventGen, LoadgenArgs};
+use admetrics::pipeline::{Clock, Processor};
+use admetrics::plugin::{PluginRuntime, WitEvent, WitKind};
+use admetrics::sink::IcebergSink;
+use admetrics::source::RawMessage;
+use admetrics::status::Status;
+
+fn plugin_paths() -> Vec<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release");
+    ["ctr", "cvr", "attribution"]
+        .iter()
+        .map(|p| dir.join(format!("{p}.wasm")))
+        .collect()
+}
+
+fn config(plugins: bool) -> Config {
+    let mut cfg = Config::default();
+    if plugins {
+        cfg.plugins.paths = plugin_paths();
+    }
+    cfg
+}
+
+/// `n` generated events spread over `span_ms` of event time ending now.
+fn generate(n: usize) -> Vec<Vec<u8>> {
+    let mut g = EventGen::new(LoadgenArgs {
+        campaigns: 100,
+        users: 100_000,
+        ..Default::default()
+    });
+    let now = chrono::Utc::now().timestamp_millis();
+    let span_ms = 30 * 60_000;
+    let start = now - span_ms;
+    (0..n)
+        .map(|i| {
+            g.next(start + (i as i64 * span_ms / n as i64))
+                .1
+                .into_bytes()
+        })
+        .collect()
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+fn run_processor(
+    payloads: &[Vec<u8>],
+    cfg: &Config,
+    plugins: bool,
+    tables: bool,
+) -> (Duration, Processor) {
+    let rt = PluginRuntime::new(&cfg.plugins).unwrap();
+    let loaded = if plugins {
+        plugin_paths().iter().map(|p| rt.load(p).unwrap()).collect()
+    } else {
+        vec![]
+    };
+    let mut p = Processor::new(cfg, loaded, Arc::new(Status::default()));
+    p.build_tables = tables;
+    let batch = cfg.kafka.batch_size;
+    let t = Instant::now();
+    let mut last_tick = Instant::now();
+    for (i, chunk) in payloads.chunks(batch).enumerate() {
+        let clock = Clock::now();
+        for (j, payload) in chunk.iter().enumerate() {
+            let offset = (i * batch + j) as i64;
+            p.process(
+                RawMessage {
+                    partition: (offset % 4) as i32,
+                    offset,
+                    payload: Some(payload),
+                    timestamp_ms: None,
+                },
+                &clock,
+            );
+        }
+        p.flush_plugins();
+        // The daemon ticks once per commit interval; do the same in (benchmark) wall time.
+        if last_tick.elapsed() >= cfg.commit_interval() {
+            let _ = p.tick(&Clock::now());
+            last_tick = Instant::now();
+        }
+    }
+    let _ = p.tick(&Clock::now());
+    (t.elapsed(), p)
+}
+
+fn main() {
+    let n: usize = std::env::var("ADMETRICS_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    for p in plugin_paths() {
+        assert!(
+            p.is_file(),
+            "{} missing: run scripts/build-plugins.sh",
+            p.display()
+        );
+    }
+    println!("admetrics in-process benchmark: {n} events, one thread");
+    let t = Instant::now();
+    let payloads = generate(n);
+    let bytes: usize = payloads.iter().map(Vec::len).sum();
+    println!(
+        "  generated in {:.2?}, mean message {} B",
+        t.elapsed(),
+        bytes / n
+    );
+
+    // 1. decode + validate only
+    let limits = config(false).validation;
+    let now = chrono::Utc::now().timestamp_millis();
+    let t = Instant::now();
+    let mut ok = 0usize;
+    for p in &payloads {
+        ok += event::decode(p, now, &limits).is_ok() as usize;
+    }
+    let d_decode = t.elapsed();
+    assert_eq!(ok, n, "every generated event is valid");
+
+    // 2..4: the processor, stage by stage
+    let (d_window, _) = run_processor(&payloads, &config(false), false, false);
+    let (d_plugins, proc_plugins) = run_processor(&payloads, &config(true), true, false);
+    let (d_tables, _) = run_processor(&payloads, &config(true), true, true);
+    let tp = proc_plugins.touchpoints();
+
+    println!();
+    println!("  stage (cumulative)                          events/s      ns/event");
+    let line = |name: &str, d: Duration| {
+        println!(
+            "  {name:<42} {:>10.0} {:>12.0}",
+            rate(n, d),
+            d.as_nanos() as f64 / n as f64
+        )
+    };
+    line("decode + validate", d_decode);
+    line("+ window, intern, touchpoints", d_window);
+    line("+ ctr, cvr, attribution plugins  [target]", d_plugins);
+    line("+ Arrow table buffers", d_tables);
+    println!();
+    println!("  plugin time inside the full run:");
+    for s in proc_plugins.slots() {
+        println!(
+            "    {:<12} {:>8} calls  {:>8.1} ms  ({:.0} ns/event)",
+            s.plugin.info.name,
+            s.calls,
+            s.busy.as_secs_f64() * 1e3,
+            s.busy.as_nanos() as f64 / n as f64
+        );
+    }
+    println!(
+        "  attribution state: {} users with clicks, ~{} bytes/user",
+        tp.users(),
+        tp.bytes_estimate() / tp.users().max(1)
+    );
+
+    // 5. each plugin alone on pre-built batches, vs native Rust doing the same counting
+    let mut rng = fastrand::Rng::with_seed(1);
+    let batch: Vec<WitEvent> = (0..4096)
+        .map(|i| WitEvent {
+            kind: match i % 100 {
+                0 => WitKind::Conversion,
+                1..=9 => WitKind::Click,
+                _ => WitKind::Impression,
+            },
+            time_ms: now,
+            campaign: rng.u32(0..100),
+            ad: rng.u32(0..500),
+            revenue_micros: if i % 100 == 0 { 12_340_000 } else { 0 },
+            touchpoints: vec![],
+        })
+        .collect();
+    let rt = PluginRuntime::new(&config(true).plugins).unwrap();
+    let calls = 500;
+    println!();
+    println!(
+        "  batched plugin calls (4096 events/call, {calls} calls, accumulator round trip included):"
+    );
+    for path in plugin_paths() {
+        let mut p = rt.load(&path).unwrap();
+        let mut acc = Vec::new();
+        let t = Instant::now();
+        for _ in 0..calls {
+            acc = p.accumulate(&acc, &batch).unwrap();
+        }
+        let d = t.elapsed();
+        println!(
+            "    {:<12} {:>12.0} events/s",
+            p.info.name,
+            rate(calls * batch.len(), d)
+        );
+    }
+    let t = Instant::now();
+    let mut counts = vec![[0i64; 2]; 100];
+    for _ in 0..calls {
+        for e in &batch {
+            match e.kind {
+                WitKind::Impression => counts[e.campaign as usize][0] += 1,
+                WitKind::Click => counts[e.campaign as usize][1] += 1,
+                _ => {}
+            }
+        }
+        std::hint::black_box(&mut counts);
+    }
+    println!(
+        "    {:<12} {:>12.0} events/s  (native Rust, same counting as ctr)",
+        "baseline",
+        rate(calls * batch.len(), t.elapsed())
+    );
+
+    // 6. Iceberg sink: Parquet encode + commit of the full run's tables
+    let dir = tempfile_dir();
+    let mut cfg = config(true);
+    cfg.iceberg.catalog_uri = format!("sqlite:{}/catalog.db", dir.display());
+    cfg.iceberg.warehouse = dir.join("warehouse");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let loaded: Vec<_> = plugin_paths()
+        .iter()
+        .map(|p| PluginRuntime::new(&cfg.plugins).unwrap().load(p).unwrap())
+        .collect();
+    let mut p = Processor::new(&cfg, loaded, Arc::new(Status::default()));
+    let clock = Clock::now();
+    for (i, payload) in payloads.iter().enumerate() {
+        p.process(
+            RawMessage {
+                partition: 0,
+                offset: i as i64,
+                payload: Some(payload),
+                timestamp_ms: None,
+            },
+            &clock,
+        );
+    }
+    let t = Instant::now();
+    let batch = p.tick(&Clock::now());
+    let d_tick = t.elapsed();
+    let report = rt.block_on(async {
+        let mut sink = IcebergSink::open(
+            &cfg.iceberg,
+            "bench",
+            "bench-writer",
+            cfg.commit.target_file_bytes,
+        )
+        .await
+        .unwrap();
+        sink.commit(batch).await.unwrap()
+    });
+    println!();
+    println!(
+        "  Iceberg sink: {} events + {} metric rows → {} files, Parquet write + commit {:.1} ms ({:.0} events/s); building the batch {:.1} ms",
+        report.events,
+        report.metric_rows,
+        report.files,
+        report.duration.as_secs_f64() * 1e3,
+        rate(report.events, report.duration),
+        d_tick.as_secs_f64() * 1e3
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempfile_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("admetrics-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

@@ -78,9 +78,14 @@ enum PluginCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let quiet = matches!(cli.command, Command::Demo { .. });
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ADMETRICS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if quiet { "warn" } else { "info" }));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("ADMETRICS_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(if quiet { "warn" } else { "info" })
+        });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -100,8 +105,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             tracing::info!(messages = summary.messages, commits = summary.commits, offsets = ?summary.committed_offsets, "stopped");
             Ok(())
         }
-        Command::Demo { config, duration, load } => demo(&config, duration, load),
-        Command::Loadgen { brokers, topic, load } => {
+        Command::Demo {
+            config,
+            duration,
+            load,
+        } => demo(&config, duration, load),
+        Command::Loadgen {
+            brokers,
+            topic,
+            load,
+        } => {
             let stop = Arc::new(AtomicBool::new(false));
             let stats = Arc::new(LoadgenStats::default());
             {
@@ -112,19 +125,28 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             println!("produced {n} events to {topic}");
             Ok(())
         }
-        Command::Plugin { command: PluginCommand::Test { plugin, events, window_secs } } => {
-            plugin_test(&plugin, &events, window_secs)
-        }
+        Command::Plugin {
+            command:
+                PluginCommand::Test {
+                    plugin,
+                    events,
+                    window_secs,
+                },
+        } => plugin_test(&plugin, &events, window_secs),
     }
 }
 
 fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
 }
 
 /// Completes on SIGINT or SIGTERM.
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
@@ -134,7 +156,10 @@ async fn shutdown_signal() {
 
 fn ctrlc_flag(stop: Arc<AtomicBool>) {
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
         rt.block_on(shutdown_signal());
         stop.store(true, Relaxed);
     });
@@ -173,7 +198,9 @@ fn demo(config: &std::path::Path, duration: Option<u64>, load: LoadgenArgs) -> a
     };
     let summary = rt.block_on(pipeline::run(cfg.clone(), status.clone(), shutdown));
     stop_load.store(true, Relaxed);
-    let produced = producer.join().map_err(|_| anyhow::anyhow!("load generator panicked"))??;
+    let produced = producer
+        .join()
+        .map_err(|_| anyhow::anyhow!("load generator panicked"))??;
     let summary = summary?;
     print!("{}", Progress::new().render(&status, Some(produced)));
     println!(
@@ -186,7 +213,11 @@ fn demo(config: &std::path::Path, duration: Option<u64>, load: LoadgenArgs) -> a
     Ok(())
 }
 
-fn plugin_test(plugin: &std::path::Path, events: &std::path::Path, window_secs: u64) -> anyhow::Result<()> {
+fn plugin_test(
+    plugin: &std::path::Path,
+    events: &std::path::Path,
+    window_secs: u64,
+) -> anyhow::Result<()> {
     let mut cfg = Config::default();
     cfg.plugins.paths = vec![plugin.to_path_buf()];
     cfg.window.size_secs = window_secs;
@@ -195,21 +226,41 @@ fn plugin_test(plugin: &std::path::Path, events: &std::path::Path, window_secs: 
     cfg.validation.max_future_ms = i64::MAX / 4;
     let runtime = PluginRuntime::new(&cfg.plugins)?;
     let p = runtime.load(plugin)?;
-    println!("# {} {} (sha256 {})  metrics: {}", p.info.name, p.info.version, p.info.sha256, p.info.metrics.join(", "));
+    println!(
+        "# {} {} (sha256 {})  metrics: {}",
+        p.info.name,
+        p.info.version,
+        p.info.sha256,
+        p.info.metrics.join(", ")
+    );
     let status = Arc::new(Status::default());
     let mut proc = Processor::new(&cfg, vec![p], status.clone());
     proc.build_tables = false;
-    let text = std::fs::read_to_string(events).with_context(|| format!("reading {}", events.display()))?;
+    let text =
+        std::fs::read_to_string(events).with_context(|| format!("reading {}", events.display()))?;
     let clock = Clock::now();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        proc.process(RawMessage { partition: 0, offset: i as i64, payload: Some(line.as_bytes()), timestamp_ms: None }, &clock);
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        proc.process(
+            RawMessage {
+                partition: 0,
+                offset: i as i64,
+                payload: Some(line.as_bytes()),
+                timestamp_ms: None,
+            },
+            &clock,
+        );
     }
     let rows = proc.publish(&clock);
     println!("window_start\tcampaign_id\tad_id\tmetric\tvalue\tnumerator\tdenominator");
     for r in &rows {
         println!(
             "{}\t{}\t{}\t{}\t{}\t{}\t{}",
-            chrono::DateTime::from_timestamp_millis(r.window_start_ms).map_or("?".into(), |t| t.to_rfc3339()),
+            chrono::DateTime::from_timestamp_millis(r.window_start_ms)
+                .map_or("?".into(), |t| t.to_rfc3339()),
             r.campaign_id,
             r.ad_id.as_deref().unwrap_or("-"),
             r.metric,
@@ -220,8 +271,16 @@ fn plugin_test(plugin: &std::path::Path, events: &std::path::Path, window_secs: 
     }
     let dl = status.dead_letters.load(Relaxed);
     let errs = status.plugin_errors.load(Relaxed);
-    println!("# {} events, {} rows, {dl} rejected, {errs} plugin errors", status.valid_events.load(Relaxed), rows.len());
-    for (code, n) in status.dead_letter_counts().into_iter().filter(|(_, n)| *n > 0) {
+    println!(
+        "# {} events, {} rows, {dl} rejected, {errs} plugin errors",
+        status.valid_events.load(Relaxed),
+        rows.len()
+    );
+    for (code, n) in status
+        .dead_letter_counts()
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+    {
         println!("#   rejected {code}: {n}");
     }
     if errs > 0 {

@@ -11,7 +11,10 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config {path}: {message}")]
     Parse { path: String, message: String },
     #[error("invalid environment override {var}: {message}")]
@@ -72,7 +75,12 @@ pub struct WindowConfig {
 
 impl Default for WindowConfig {
     fn default() -> Self {
-        WindowConfig { size_secs: 60, out_of_orderness_ms: 5_000, allowed_lateness_ms: 0, idle_timeout_ms: 10_000 }
+        WindowConfig {
+            size_secs: 60,
+            out_of_orderness_ms: 5_000,
+            allowed_lateness_ms: 0,
+            idle_timeout_ms: 10_000,
+        }
     }
 }
 
@@ -87,7 +95,10 @@ pub struct AttributionConfig {
 
 impl Default for AttributionConfig {
     fn default() -> Self {
-        AttributionConfig { lookback_secs: 7 * 24 * 3600, max_touchpoints: 8 }
+        AttributionConfig {
+            lookback_secs: 7 * 24 * 3600,
+            max_touchpoints: 8,
+        }
     }
 }
 
@@ -165,11 +176,18 @@ pub struct CommitConfig {
     pub interval_ms: u64,
     /// Parquet target file size; a commit's events roll over to a new file past it.
     pub target_file_bytes: usize,
+    /// Commit early once this many events and dead letters are buffered (bounds memory and
+    /// commit size while catching up on a backlog).
+    pub max_rows: usize,
 }
 
 impl Default for CommitConfig {
     fn default() -> Self {
-        CommitConfig { interval_ms: 1_000, target_file_bytes: 128 << 20 }
+        CommitConfig {
+            interval_ms: 1_000,
+            target_file_bytes: 128 << 20,
+            max_rows: 250_000,
+        }
     }
 }
 
@@ -177,8 +195,10 @@ impl Config {
     /// Loads `path`, applies environment overrides, resolves relative paths against the file's
     /// directory and validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Self::from_toml(&text, &path.display().to_string(), &base, std::env::vars())
     }
@@ -190,13 +210,20 @@ impl Config {
         base: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut doc: toml::Table = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: origin.into(), message: e.to_string() })?;
+        let mut doc: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.into(),
+            message: e.to_string(),
+        })?;
         for (var, value) in env {
-            let Some(rest) = var.strip_prefix("ADMETRICS__") else { continue };
+            let Some(rest) = var.strip_prefix("ADMETRICS__") else {
+                continue;
+            };
             let parts: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
             if parts.len() != 2 {
-                return Err(ConfigError::Env { var, message: "expected ADMETRICS__SECTION__KEY".into() });
+                return Err(ConfigError::Env {
+                    var,
+                    message: "expected ADMETRICS__SECTION__KEY".into(),
+                });
             }
             // Parse the value as a TOML value so numbers and lists work; fall back to a string.
             let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
@@ -210,19 +237,34 @@ impl Config {
                 toml::Value::Table(t) => {
                     t.insert(parts[1].clone(), parsed);
                 }
-                _ => return Err(ConfigError::Env { var, message: format!("{} is not a section", parts[0]) }),
+                _ => {
+                    return Err(ConfigError::Env {
+                        var,
+                        message: format!("{} is not a section", parts[0]),
+                    });
+                }
             }
         }
-        let mut cfg: Config = toml::Value::Table(doc)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse { path: origin.into(), message: e.to_string() })?;
+        let mut cfg: Config =
+            toml::Value::Table(doc)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: origin.into(),
+                    message: e.to_string(),
+                })?;
         cfg.resolve_paths(base);
         cfg.validate()?;
         Ok(cfg)
     }
 
     fn resolve_paths(&mut self, base: &Path) {
-        let abs = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+        let abs = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
         for p in &mut self.plugins.paths {
             *p = abs(p);
         }
@@ -237,12 +279,20 @@ impl Config {
 
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key, reason: &str| Err(ConfigError::Invalid { key, reason: reason.into() });
+        let bad = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.into(),
+            })
+        };
         if self.window.size_secs == 0 {
             return bad("window.size_secs", "must be at least 1");
         }
         if self.commit.interval_ms < 10 {
             return bad("commit.interval_ms", "must be at least 10");
+        }
+        if self.commit.max_rows == 0 {
+            return bad("commit.max_rows", "must be at least 1");
         }
         if self.kafka.batch_size == 0 {
             return bad("kafka.batch_size", "must be at least 1");
@@ -284,9 +334,14 @@ mod tests {
 
     #[test]
     fn unknown_key_is_refused_with_its_name() {
-        let err = Config::from_toml(&format!("{MIN}[window]\nsize_sec = 5\n"), "t", Path::new("/"), [])
-            .unwrap_err()
-            .to_string();
+        let err = Config::from_toml(
+            &format!("{MIN}[window]\nsize_sec = 5\n"),
+            "t",
+            Path::new("/"),
+            [],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("size_sec"), "{err}");
     }
 
@@ -295,15 +350,29 @@ mod tests {
         let env = [("ADMETRICS__WINDOW__SIZE_SECS".to_string(), "10".to_string())];
         let c = Config::from_toml(MIN, "t", Path::new("/"), env).unwrap();
         assert_eq!(c.window.size_secs, 10);
-        let env = [("ADMETRICS__KAFKA__TOPIC".to_string(), "other-topic".to_string())];
-        assert_eq!(Config::from_toml(MIN, "t", Path::new("/"), env).unwrap().kafka.topic, "other-topic");
+        let env = [(
+            "ADMETRICS__KAFKA__TOPIC".to_string(),
+            "other-topic".to_string(),
+        )];
+        assert_eq!(
+            Config::from_toml(MIN, "t", Path::new("/"), env)
+                .unwrap()
+                .kafka
+                .topic,
+            "other-topic"
+        );
     }
 
     #[test]
     fn invalid_value_names_the_key() {
-        let err = Config::from_toml(&format!("{MIN}[window]\nsize_secs = 0\n"), "t", Path::new("/"), [])
-            .unwrap_err()
-            .to_string();
+        let err = Config::from_toml(
+            &format!("{MIN}[window]\nsize_secs = 0\n"),
+            "t",
+            Path::new("/"),
+            [],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("window.size_secs"), "{err}");
     }
 }

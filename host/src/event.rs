@@ -99,7 +99,10 @@ impl fmt::Display for Rejection {
 }
 
 fn reject(reason: Reason, detail: impl Into<String>) -> Rejection {
-    Rejection { reason, detail: detail.into() }
+    Rejection {
+        reason,
+        detail: detail.into(),
+    }
 }
 
 /// The wire shape. Unknown fields are ignored so producers can add fields without breaking us.
@@ -146,7 +149,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for WireTime<'a> {
                 Ok(WireTime::Millis(v))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                i64::try_from(v).map(WireTime::Millis).map_err(|_| E::custom("event_time out of range"))
+                i64::try_from(v)
+                    .map(WireTime::Millis)
+                    .map_err(|_| E::custom("event_time out of range"))
             }
             fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
                 Ok(WireTime::Text(Cow::Borrowed(v)))
@@ -178,7 +183,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for WireDecimal<'a> {
                 Ok(WireDecimal::Int(v))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                i64::try_from(v).map(WireDecimal::Int).map_err(|_| E::custom("revenue out of range"))
+                i64::try_from(v)
+                    .map(WireDecimal::Int)
+                    .map_err(|_| E::custom("revenue out of range"))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
                 Ok(WireDecimal::Float(v))
@@ -198,11 +205,19 @@ impl<'de: 'a, 'a> Deserialize<'de> for WireDecimal<'a> {
 const MAX_REVENUE_UNITS: i64 = 1_000_000_000_000;
 
 /// Decodes and validates one message. `now_ms` is the host clock, for the time bounds.
-pub fn decode<'a>(payload: &'a [u8], now_ms: i64, limits: &ValidationConfig) -> Result<Event<'a>, Rejection> {
+pub fn decode<'a>(
+    payload: &'a [u8],
+    now_ms: i64,
+    limits: &ValidationConfig,
+) -> Result<Event<'a>, Rejection> {
     if payload.len() > limits.max_message_bytes {
         return Err(reject(
             Reason::Oversized,
-            format!("{} bytes > max_message_bytes {}", payload.len(), limits.max_message_bytes),
+            format!(
+                "{} bytes > max_message_bytes {}",
+                payload.len(),
+                limits.max_message_bytes
+            ),
         ));
     }
     let w: Wire<'a> = serde_json::from_slice(payload).map_err(classify_json_error)?;
@@ -210,33 +225,63 @@ pub fn decode<'a>(payload: &'a [u8], now_ms: i64, limits: &ValidationConfig) -> 
         "impression" => EventKind::Impression,
         "click" => EventKind::Click,
         "conversion" => EventKind::Conversion,
-        other => return Err(reject(Reason::UnknownEventType, format!("event_type {other:?}"))),
+        other => {
+            return Err(reject(
+                Reason::UnknownEventType,
+                format!("event_type {other:?}"),
+            ));
+        }
     };
-    for (name, v) in [("event_id", &w.event_id), ("campaign_id", &w.campaign_id), ("ad_id", &w.ad_id), ("user_id", &w.user_id)] {
+    for (name, v) in [
+        ("event_id", &w.event_id),
+        ("campaign_id", &w.campaign_id),
+        ("ad_id", &w.ad_id),
+        ("user_id", &w.user_id),
+    ] {
         if v.is_empty() {
             return Err(reject(Reason::InvalidField, format!("{name} is empty")));
         }
         if v.len() > 256 {
-            return Err(reject(Reason::InvalidField, format!("{name} longer than 256 bytes")));
+            return Err(reject(
+                Reason::InvalidField,
+                format!("{name} longer than 256 bytes"),
+            ));
         }
     }
     let time_ms = match &w.event_time {
         WireTime::Millis(ms) => *ms,
-        WireTime::Text(s) => parse_rfc3339_ms(s)
-            .ok_or_else(|| reject(Reason::InvalidField, format!("event_time {s:?} is not RFC 3339")))?,
+        WireTime::Text(s) => parse_rfc3339_ms(s).ok_or_else(|| {
+            reject(
+                Reason::InvalidField,
+                format!("event_time {s:?} is not RFC 3339"),
+            )
+        })?,
     };
-    if time_ms > now_ms.saturating_add(limits.max_future_ms) || time_ms < now_ms.saturating_sub(limits.max_past_ms) {
+    if time_ms > now_ms.saturating_add(limits.max_future_ms)
+        || time_ms < now_ms.saturating_sub(limits.max_past_ms)
+    {
         return Err(reject(
             Reason::TimeOutOfRange,
-            format!("event_time {time_ms} ms is outside [now - {} ms, now + {} ms]", limits.max_past_ms, limits.max_future_ms),
+            format!(
+                "event_time {time_ms} ms is outside [now - {} ms, now + {} ms]",
+                limits.max_past_ms, limits.max_future_ms
+            ),
         ));
     }
     let revenue_micros = match (kind, &w.revenue) {
-        (EventKind::Conversion, None) => return Err(reject(Reason::MissingField, "missing field `revenue` on a conversion")),
+        (EventKind::Conversion, None) => {
+            return Err(reject(
+                Reason::MissingField,
+                "missing field `revenue` on a conversion",
+            ));
+        }
         (EventKind::Conversion, Some(r)) => {
             let m = decimal_to_micros(r).map_err(|d| reject(Reason::InvalidField, d))?;
             if m < 0 {
-                return Err(reject(Reason::NegativeRevenue, format!("revenue {} < 0", m as f64 / 1e6)));
+                return Err(reject(
+                    Reason::NegativeRevenue,
+                    format!("revenue {} < 0", m as f64 / 1e6),
+                ));
             }
             m
         }
@@ -244,9 +289,17 @@ pub fn decode<'a>(payload: &'a [u8], now_ms: i64, limits: &ValidationConfig) -> 
     };
     if kind == EventKind::Conversion {
         match &w.currency {
-            None => return Err(reject(Reason::MissingField, "missing field `currency` on a conversion")),
+            None => {
+                return Err(reject(
+                    Reason::MissingField,
+                    "missing field `currency` on a conversion",
+                ));
+            }
             Some(c) if c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase()) => {
-                return Err(reject(Reason::InvalidField, format!("currency {c:?} is not an ISO 4217 code")));
+                return Err(reject(
+                    Reason::InvalidField,
+                    format!("currency {c:?} is not an ISO 4217 code"),
+                ));
             }
             _ => {}
         }
@@ -294,7 +347,9 @@ fn decimal_to_micros(d: &WireDecimal) -> Result<i64, String> {
             // decimal for up to 6 fractional digits.
             Ok((f * 1e6).round() as i64)
         }
-        WireDecimal::Text(s) => parse_decimal_micros(s).ok_or_else(|| format!("revenue {s:?} is not a decimal")),
+        WireDecimal::Text(s) => {
+            parse_decimal_micros(s).ok_or_else(|| format!("revenue {s:?} is not a decimal"))
+        }
     }
 }
 
@@ -305,7 +360,12 @@ pub fn parse_decimal_micros(s: &str) -> Option<i64> {
         None => (false, s),
     };
     let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-    if int.is_empty() || int.len() > 13 || frac.len() > 6 || !int.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+    if int.is_empty()
+        || int.len() > 13
+        || frac.len() > 6
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     let mut v: i64 = int.parse().ok()?;
@@ -325,7 +385,14 @@ pub fn parse_decimal_micros(s: &str) -> Option<i64> {
 /// `YYYY-MM-DDTHH:MM:SS[.fff…]Z`; anything else (offsets, lower-case) goes through chrono.
 pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
     let b = s.as_bytes();
-    if b.len() >= 20 && b[4] == b'-' && b[7] == b'-' && b[10] == b'T' && b[13] == b':' && b[16] == b':' && *b.last()? == b'Z' {
+    if b.len() >= 20
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b[10] == b'T'
+        && b[13] == b':'
+        && b[16] == b':'
+        && *b.last()? == b'Z'
+    {
         let num = |r: std::ops::Range<usize>| -> Option<i64> {
             let mut v = 0i64;
             for &c in &b[r] {
@@ -336,7 +403,14 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
             }
             Some(v)
         };
-        let (y, mo, d, h, mi, sec) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+        let (y, mo, d, h, mi, sec) = (
+            num(0..4)?,
+            num(5..7)?,
+            num(8..10)?,
+            num(11..13)?,
+            num(14..16)?,
+            num(17..19)?,
+        );
         let mut ms = 0;
         let rest = &b[19..b.len() - 1];
         if !rest.is_empty() {
@@ -347,12 +421,20 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
                 ms += (c - b'0') as i64 * [100, 10, 1][i];
             }
         }
-        if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || sec > 60 {
+        if !(1..=12).contains(&mo)
+            || d < 1
+            || d > days_in_month(y, mo)
+            || h > 23
+            || mi > 59
+            || sec > 60
+        {
             return None;
         }
         return Some(((days_from_civil(y, mo, d) * 24 + h) * 60 + mi) * 60_000 + sec * 1000 + ms);
     }
-    chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis())
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.timestamp_millis())
 }
 
 fn days_in_month(y: i64, m: i64) -> i64 {
@@ -392,9 +474,16 @@ mod tests {
 
     #[test]
     fn decodes_a_conversion_with_string_time_and_revenue() {
-        let e = ok(r#"{"event_id":"e1","event_type":"conversion","event_time":"2025-11-24T16:00:00.250Z","campaign_id":"c1","ad_id":"a1","user_id":"u\"1","revenue":"19.99","currency":"USD","country":"DE"}"#);
+        let e = ok(
+            r#"{"event_id":"e1","event_type":"conversion","event_time":"2025-11-24T16:00:00.250Z","campaign_id":"c1","ad_id":"a1","user_id":"u\"1","revenue":"19.99","currency":"USD","country":"DE"}"#,
+        );
         assert_eq!(e.kind, EventKind::Conversion);
-        assert_eq!(e.time_ms, chrono::DateTime::parse_from_rfc3339("2025-11-24T16:00:00.250Z").unwrap().timestamp_millis());
+        assert_eq!(
+            e.time_ms,
+            chrono::DateTime::parse_from_rfc3339("2025-11-24T16:00:00.250Z")
+                .unwrap()
+                .timestamp_millis()
+        );
         assert_eq!(e.revenue_micros, 19_990_000);
         assert_eq!(e.user_id, "u\"1");
         assert_eq!(e.country.as_deref(), Some("DE"));
@@ -402,36 +491,83 @@ mod tests {
 
     #[test]
     fn numeric_time_and_float_revenue_are_exact() {
-        let e = ok(&format!(r#"{{"event_id":"e","event_type":"conversion","event_time":{NOW},"campaign_id":"c","ad_id":"a","user_id":"u","revenue":0.1,"currency":"EUR"}}"#));
+        let json = format!(
+            r#"{{"event_id":"e","event_type":"conversion","event_time":{NOW},"campaign_id":"c","ad_id":"a","user_id":"u","revenue":0.1,"currency":"EUR"}}"#
+        );
+        let e = ok(&json);
         assert_eq!(e.time_ms, NOW);
         assert_eq!(e.revenue_micros, 100_000);
     }
 
     #[test]
     fn fast_rfc3339_path_agrees_with_chrono() {
-        for s in ["2024-02-29T23:59:59Z", "1999-12-31T00:00:00.1Z", "2030-06-15T12:34:56.789123Z", "1970-01-01T00:00:00Z"] {
-            assert_eq!(parse_rfc3339_ms(s), chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis()), "{s}");
+        for s in [
+            "2024-02-29T23:59:59Z",
+            "1999-12-31T00:00:00.1Z",
+            "2030-06-15T12:34:56.789123Z",
+            "1970-01-01T00:00:00Z",
+        ] {
+            assert_eq!(
+                parse_rfc3339_ms(s),
+                chrono::DateTime::parse_from_rfc3339(s)
+                    .ok()
+                    .map(|t| t.timestamp_millis()),
+                "{s}"
+            );
         }
-        assert_eq!(parse_rfc3339_ms("2025-11-24T17:00:00+01:00"), parse_rfc3339_ms("2025-11-24T16:00:00Z"));
+        assert_eq!(
+            parse_rfc3339_ms("2025-11-24T17:00:00+01:00"),
+            parse_rfc3339_ms("2025-11-24T16:00:00Z")
+        );
         assert_eq!(parse_rfc3339_ms("2023-02-29T00:00:00Z"), None);
         assert_eq!(parse_rfc3339_ms("yesterday"), None);
     }
 
     #[test]
     fn every_kind_of_bad_input_has_its_reason() {
-        let base = |f: &str| format!(r#"{{"event_id":"e","event_type":"click","event_time":{NOW},"campaign_id":"c","ad_id":"a","user_id":"u"{f}}}"#);
+        let base = |f: &str| {
+            format!(
+                r#"{{"event_id":"e","event_type":"click","event_time":{NOW},"campaign_id":"c","ad_id":"a","user_id":"u"{f}}}"#
+            )
+        };
         assert_eq!(err("{not json"), Reason::MalformedJson);
         assert_eq!(err(r#"{"event_id":"e"}"#), Reason::MissingField);
-        assert_eq!(err(r#"{"event_id":1,"event_type":"click","event_time":1,"campaign_id":"c","ad_id":"a","user_id":"u"}"#), Reason::InvalidField);
-        assert_eq!(err(&base("").replace("click", "view")), Reason::UnknownEventType);
-        assert_eq!(err(&base(r#","revenue":"-1","currency":"USD""#).replace("click", "conversion")), Reason::NegativeRevenue);
-        assert_eq!(err(&base(r#","currency":"USD""#).replace("click", "conversion")), Reason::MissingField);
-        assert_eq!(err(&base("").replace(&NOW.to_string(), &(NOW + 86_400_000).to_string())), Reason::TimeOutOfRange);
-        assert_eq!(err(&base("").replace(&NOW.to_string(), "0")), Reason::TimeOutOfRange);
-        assert_eq!(err(&base("").replace(&NOW.to_string(), "\"noon\"")), Reason::InvalidField);
+        assert_eq!(
+            err(
+                r#"{"event_id":1,"event_type":"click","event_time":1,"campaign_id":"c","ad_id":"a","user_id":"u"}"#
+            ),
+            Reason::InvalidField
+        );
+        assert_eq!(
+            err(&base("").replace("click", "view")),
+            Reason::UnknownEventType
+        );
+        assert_eq!(
+            err(&base(r#","revenue":"-1","currency":"USD""#).replace("click", "conversion")),
+            Reason::NegativeRevenue
+        );
+        assert_eq!(
+            err(&base(r#","currency":"USD""#).replace("click", "conversion")),
+            Reason::MissingField
+        );
+        assert_eq!(
+            err(&base("").replace(&NOW.to_string(), &(NOW + 86_400_000).to_string())),
+            Reason::TimeOutOfRange
+        );
+        assert_eq!(
+            err(&base("").replace(&NOW.to_string(), "0")),
+            Reason::TimeOutOfRange
+        );
+        assert_eq!(
+            err(&base("").replace(&NOW.to_string(), "\"noon\"")),
+            Reason::InvalidField
+        );
         let big = base(&format!(r#","pad":"{}""#, "x".repeat(70_000)));
         assert_eq!(err(&big), Reason::Oversized);
-        assert_eq!(err(&base("").replace("\"c\"", "\"\"")), Reason::InvalidField);
+        assert_eq!(
+            err(&base("").replace("\"c\"", "\"\"")),
+            Reason::InvalidField
+        );
     }
 
     #[test]

@@ -4,15 +4,16 @@
 //! [`EventGen`] is deterministic for a seed and a sequence of `now` values, so tests and benchmarks
 //! can reproduce a stream; [`produce`] sends it to Kafka at a target rate.
 
-use std::collections::BinaryHeap;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadgenArgs {
@@ -90,10 +91,22 @@ pub struct EventGen {
 impl EventGen {
     pub fn new(args: LoadgenArgs) -> Self {
         let mut rng = fastrand::Rng::with_seed(args.seed);
-        let campaign_ctr = (0..args.campaigns).map(|_| args.ctr * (0.5 + rng.f64())).collect();
-        let campaign_cvr = (0..args.campaigns).map(|_| args.cvr * (0.5 + rng.f64())).collect();
+        let campaign_ctr = (0..args.campaigns)
+            .map(|_| args.ctr * (0.5 + rng.f64()))
+            .collect();
+        let campaign_cvr = (0..args.campaigns)
+            .map(|_| args.cvr * (0.5 + rng.f64()))
+            .collect();
         let id_prefix = format!("s{}-", args.seed);
-        EventGen { args, rng, campaign_ctr, campaign_cvr, pending: BinaryHeap::new(), seq: 0, id_prefix }
+        EventGen {
+            args,
+            rng,
+            campaign_ctr,
+            campaign_cvr,
+            pending: BinaryHeap::new(),
+            seq: 0,
+            id_prefix,
+        }
     }
 
     /// The next event at (simulated or real) time `now_ms`: a due follow-up if there is one,
@@ -110,7 +123,14 @@ impl EventGen {
         let ad = self.rng.u32(0..self.args.ads_per_campaign);
         if self.rng.f64() < self.campaign_ctr[campaign as usize] {
             let due_ms = now_ms + self.rng.i64(200..3_000);
-            self.schedule(Pending { due_ms, seq: 0, kind: 1, user, campaign, ad });
+            self.schedule(Pending {
+                due_ms,
+                seq: 0,
+                kind: 1,
+                user,
+                campaign,
+                ad,
+            });
         }
         let t = self.jitter(now_ms);
         self.render("impression", t, user, campaign, ad, None)
@@ -121,7 +141,12 @@ impl EventGen {
         if p.kind == 1 {
             if self.rng.f64() < self.campaign_cvr[p.campaign as usize] {
                 let due_ms = p.due_ms + self.rng.i64(1_000..20_000);
-                self.schedule(Pending { due_ms, seq: 0, kind: 2, ..p });
+                self.schedule(Pending {
+                    due_ms,
+                    seq: 0,
+                    kind: 2,
+                    ..p
+                });
             }
             self.render("click", t, p.user, p.campaign, p.ad, None)
         } else {
@@ -138,10 +163,22 @@ impl EventGen {
     }
 
     fn jitter(&mut self, t: i64) -> i64 {
-        if self.args.disorder_ms == 0 { t } else { t - self.rng.i64(0..=self.args.disorder_ms as i64) }
+        if self.args.disorder_ms == 0 {
+            t
+        } else {
+            t - self.rng.i64(0..=self.args.disorder_ms as i64)
+        }
     }
 
-    fn render(&mut self, kind: &str, t_ms: i64, user: u64, campaign: u32, ad: u32, cents: Option<i64>) -> (String, String) {
+    fn render(
+        &mut self,
+        kind: &str,
+        t_ms: i64,
+        user: u64,
+        campaign: u32,
+        ad: u32,
+        cents: Option<i64>,
+    ) -> (String, String) {
         self.seq += 1;
         let time = chrono::DateTime::from_timestamp_millis(t_ms)
             .expect("valid time")
@@ -151,7 +188,11 @@ impl EventGen {
         let placement = PLACEMENTS[self.rng.usize(0..PLACEMENTS.len())];
         let key = format!("user-{user:07}");
         let revenue = match cents {
-            Some(c) => format!(r#","revenue":"{}.{:02}","currency":"USD""#, c / 100, c % 100),
+            Some(c) => format!(
+                r#","revenue":"{}.{:02}","currency":"USD""#,
+                c / 100,
+                c % 100
+            ),
             None => String::new(),
         };
         let json = format!(
@@ -165,20 +206,63 @@ impl EventGen {
 /// Counters the producer updates while it runs.
 #[derive(Debug, Default)]
 pub struct LoadgenStats {
+    /// Handed to the client (queued).
     pub produced: AtomicU64,
+    /// Acknowledged by the broker.
+    pub delivered: AtomicU64,
+    /// Given up by the client after its retries: these events are not on the topic.
     pub failed: AtomicU64,
 }
 
-/// Produces generated events to `topic` at `args.rate` per second until `stop` is set or
-/// `args.total` events were sent; returns how many were acknowledged by the broker.
-pub fn produce(brokers: &str, topic: &str, args: &LoadgenArgs, stop: &AtomicBool, stats: &Arc<LoadgenStats>) -> anyhow::Result<u64> {
-    let producer: BaseProducer = ClientConfig::new()
+/// A producer context that counts broker acknowledgements and failures: the default context
+/// drops delivery reports, which would hide lost events.
+#[derive(Clone, Default)]
+pub struct DeliveryCounter(pub Arc<LoadgenStats>);
+
+impl ClientContext for DeliveryCounter {}
+
+impl ProducerContext for DeliveryCounter {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.0.delivered.fetch_add(1, Relaxed);
+            }
+            Err((e, _)) => {
+                if self.0.failed.fetch_add(1, Relaxed).is_power_of_two() {
+                    tracing::error!(error = %e, "delivery failed (logged at powers of two)");
+                }
+            }
+        }
+    }
+}
+
+/// A producer whose delivery reports land in `stats`.
+pub fn producer(
+    brokers: &str,
+    stats: &Arc<LoadgenStats>,
+) -> anyhow::Result<BaseProducer<DeliveryCounter>> {
+    Ok(ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "5")
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "1000000")
         .set("acks", "all")
-        .create()?;
+        .set("enable.idempotence", "false")
+        .create_with_context(DeliveryCounter(stats.clone()))?)
+}
+
+/// Produces generated events to `topic` at `args.rate` per second until `stop` is set or
+/// `args.total` events were sent; returns how many were acknowledged by the broker and fails if
+/// any delivery failed.
+pub fn produce(
+    brokers: &str,
+    topic: &str,
+    args: &LoadgenArgs,
+    stop: &AtomicBool,
+    stats: &Arc<LoadgenStats>,
+) -> anyhow::Result<u64> {
+    let producer = producer(brokers, stats)?;
     let mut generator = EventGen::new(args.clone());
     let started = Instant::now();
     let mut sent: u64 = 0;
@@ -211,5 +295,7 @@ pub fn produce(brokers: &str, topic: &str, args: &LoadgenArgs, stop: &AtomicBool
         producer.poll(Duration::ZERO);
     }
     producer.flush(Duration::from_secs(30))?;
-    Ok(sent)
+    let failed = stats.failed.load(Relaxed);
+    anyhow::ensure!(failed == 0, "{failed} of {sent} events were not delivered");
+    Ok(stats.delivered.load(Relaxed))
 }

@@ -27,11 +27,14 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "metric-plugin",
+        additional_derives: [PartialEq],
     });
 }
 
 /// The WIT types, as the host sees them.
-pub use bindings::admetrics::metrics::types::{Event as WitEvent, EventKind as WitKind, MetricRow, Touchpoint};
+pub use bindings::admetrics::metrics::types::{
+    Event as WitEvent, EventKind as WitKind, MetricRow, Touchpoint,
+};
 use bindings::{MetricPlugin, MetricPluginPre};
 
 /// How often the epoch advances; call deadlines are counted in these ticks.
@@ -72,7 +75,10 @@ struct State {
 
 impl WasiView for State {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -120,59 +126,105 @@ impl PluginRuntime {
         cfg.wasm_component_model(true)
             .epoch_interruption(true)
             .max_wasm_stack(limits.max_wasm_stack_bytes);
-        let engine = Engine::new(&cfg).map_err(|e| anyhow::anyhow!("creating the wasm engine: {e:#}"))?;
+        let engine =
+            Engine::new(&cfg).map_err(|e| anyhow::anyhow!("creating the wasm engine: {e:#}"))?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("linking WASI: {e:#}"))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| anyhow::anyhow!("linking WASI: {e:#}"))?;
         let stop_ticker = Arc::new(AtomicBool::new(false));
         {
             let engine = engine.weak();
             let stop = stop_ticker.clone();
-            std::thread::Builder::new().name("wasm-epoch".into()).spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    match engine.upgrade() {
-                        Some(e) => e.increment_epoch(),
-                        None => break,
+            std::thread::Builder::new()
+                .name("wasm-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        match engine.upgrade() {
+                            Some(e) => e.increment_epoch(),
+                            None => break,
+                        }
                     }
-                }
-            })?;
+                })?;
         }
-        Ok(PluginRuntime { inner: Arc::new(RuntimeInner { engine, linker, limits: limits.clone(), stop_ticker }) })
+        Ok(PluginRuntime {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                linker,
+                limits: limits.clone(),
+                stop_ticker,
+            }),
+        })
     }
 
     /// Reads, compiles, instantiates and validates a plugin. Compilation takes tens of
     /// milliseconds: call this off the event path.
     pub fn load(&self, path: &Path) -> Result<Plugin, PluginError> {
-        let bytes = std::fs::read(path).map_err(|e| PluginError::Read { path: path.into(), message: e.to_string() })?;
+        let bytes = std::fs::read(path).map_err(|e| PluginError::Read {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
         self.load_bytes(path, &bytes)
     }
 
     pub fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Plugin, PluginError> {
-        let invalid = |message: String| PluginError::Invalid { path: path.into(), message };
+        let invalid = |message: String| PluginError::Invalid {
+            path: path.into(),
+            message,
+        };
         let sha256 = hex(&Sha256::digest(bytes));
-        let component = Component::new(&self.inner.engine, bytes).map_err(|e| invalid(format!("{e:#}")))?;
-        let pre = self.inner.linker.instantiate_pre(&component).map_err(|e| invalid(format!("{e:#}")))?;
-        let pre = MetricPluginPre::new(pre).map_err(|e| invalid(format!("does not implement admetrics:metrics/metric-plugin: {e:#}")))?;
+        let component =
+            Component::new(&self.inner.engine, bytes).map_err(|e| invalid(format!("{e:#}")))?;
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| invalid(format!("{e:#}")))?;
+        let pre = MetricPluginPre::new(pre).map_err(|e| {
+            invalid(format!(
+                "does not implement admetrics:metrics/metric-plugin: {e:#}"
+            ))
+        })?;
         let mut plugin = Plugin {
-            info: PluginInfo { name: String::new(), version: String::new(), metrics: vec![], wants_touchpoints: false, sha256 },
+            info: PluginInfo {
+                name: String::new(),
+                version: String::new(),
+                metrics: vec![],
+                wants_touchpoints: false,
+                sha256,
+            },
             path: path.into(),
             runtime: self.clone(),
             pre,
             live: None,
             restarts: 0,
         };
-        let info = plugin.call(|p, s| p.call_info(s)).map_err(|e| invalid(e.to_string()))?;
-        if info.name.is_empty() || !info.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-') {
-            return Err(invalid(format!("plugin name {:?} must match [a-z0-9_-]+", info.name)));
+        let info = plugin
+            .call(|p, s| p.call_info(s))
+            .map_err(|e| invalid(e.to_string()))?;
+        if info.name.is_empty()
+            || !info
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        {
+            return Err(invalid(format!(
+                "plugin name {:?} must match [a-z0-9_-]+",
+                info.name
+            )));
         }
         if info.version.is_empty() || info.metrics.is_empty() {
-            return Err(invalid("plugin-info needs a version and at least one metric".into()));
+            return Err(invalid(
+                "plugin-info needs a version and at least one metric".into(),
+            ));
         }
         plugin.info.name = info.name;
         plugin.info.version = info.version;
         plugin.info.metrics = info.metrics;
         plugin.info.wants_touchpoints = info.wants_touchpoints;
-        plugin.smoke_test().map_err(|e| invalid(format!("smoke test failed: {e}")))?;
+        plugin
+            .smoke_test()
+            .map_err(|e| invalid(format!("smoke test failed: {e}")))?;
         Ok(plugin)
     }
 }
@@ -209,10 +261,21 @@ impl Plugin {
             .memories(2)
             .trap_on_grow_failure(true)
             .build();
-        let mut store = Store::new(&rt.engine, State { wasi, table: ResourceTable::new(), limits, stderr });
+        let mut store = Store::new(
+            &rt.engine,
+            State {
+                wasi,
+                table: ResourceTable::new(),
+                limits,
+                stderr,
+            },
+        );
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(self.deadline_ticks());
-        let bindings = self.pre.instantiate(&mut store).map_err(|e| PluginError::Trap(format!("instantiate: {e:#}")))?;
+        let bindings = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| PluginError::Trap(format!("instantiate: {e:#}")))?;
         Ok(Live { store, bindings })
     }
 
@@ -221,7 +284,10 @@ impl Plugin {
     }
 
     /// Runs one export call with a fresh deadline; a trap drops the instance.
-    fn call<R>(&mut self, f: impl FnOnce(&MetricPlugin, &mut Store<State>) -> wasmtime::Result<R>) -> Result<R, PluginError> {
+    fn call<R>(
+        &mut self,
+        f: impl FnOnce(&MetricPlugin, &mut Store<State>) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
         if self.live.is_none() {
             self.live = Some(self.instantiate()?);
         }
@@ -231,11 +297,16 @@ impl Plugin {
         match f(&live.bindings, &mut live.store) {
             Ok(r) => Ok(r),
             Err(e) => {
-                let stderr = String::from_utf8_lossy(&live.store.data().stderr.contents()).trim().to_string();
+                let stderr = String::from_utf8_lossy(&live.store.data().stderr.contents())
+                    .trim()
+                    .to_string();
                 self.live = None;
                 self.restarts += 1;
                 let mut msg = match e.downcast_ref::<wasmtime::Trap>() {
-                    Some(wasmtime::Trap::Interrupt) => format!("exceeded the {} ms call deadline", self.runtime.inner.limits.call_deadline_ms),
+                    Some(wasmtime::Trap::Interrupt) => format!(
+                        "exceeded the {} ms call deadline",
+                        self.runtime.inner.limits.call_deadline_ms
+                    ),
                     _ => format!("{e:#}"),
                 };
                 if !stderr.is_empty() {
@@ -248,23 +319,39 @@ impl Plugin {
 
     /// Folds `events` into `acc` (empty for a new window).
     pub fn accumulate(&mut self, acc: &[u8], events: &[WitEvent]) -> Result<Vec<u8>, PluginError> {
-        self.call(|p, s| p.call_accumulate(s, acc, events))?.map_err(PluginError::Guest)
+        self.call(|p, s| p.call_accumulate(s, acc, events))?
+            .map_err(PluginError::Guest)
     }
 
     /// The window's metric rows, validated against the plugin's declaration.
     pub fn finish(&mut self, acc: &[u8]) -> Result<Vec<MetricRow>, PluginError> {
-        let rows = self.call(|p, s| p.call_finish(s, acc))?.map_err(PluginError::Guest)?;
+        let rows = self
+            .call(|p, s| p.call_finish(s, acc))?
+            .map_err(PluginError::Guest)?;
         for r in &rows {
             if !self.info.metrics.iter().any(|m| *m == r.metric) {
-                return Err(PluginError::Malformed(format!("undeclared metric {:?}", r.metric)));
+                return Err(PluginError::Malformed(format!(
+                    "undeclared metric {:?}",
+                    r.metric
+                )));
             }
-            for (what, v) in [("value", r.value), ("numerator", r.numerator), ("denominator", r.denominator)] {
+            for (what, v) in [
+                ("value", r.value),
+                ("numerator", r.numerator),
+                ("denominator", r.denominator),
+            ] {
                 if !v.is_finite() {
-                    return Err(PluginError::Malformed(format!("{} {what} is {v}", r.metric)));
+                    return Err(PluginError::Malformed(format!(
+                        "{} {what} is {v}",
+                        r.metric
+                    )));
                 }
             }
             if r.numerator < 0.0 || r.denominator < 0.0 {
-                return Err(PluginError::Malformed(format!("{} has a negative count", r.metric)));
+                return Err(PluginError::Malformed(format!(
+                    "{} has a negative count",
+                    r.metric
+                )));
             }
         }
         Ok(rows)
@@ -273,20 +360,56 @@ impl Plugin {
     /// One call over sample events of every kind must succeed before a plugin is used.
     fn smoke_test(&mut self) -> Result<(), PluginError> {
         let t = 1_700_000_000_000;
-        let tp = Touchpoint { time_ms: t - 1000, campaign: 0, ad: 0 };
+        let tp = Touchpoint {
+            time_ms: t - 1000,
+            campaign: 0,
+            ad: 0,
+        };
         let sample = [
-            WitEvent { kind: WitKind::Impression, time_ms: t, campaign: 0, ad: 0, revenue_micros: 0, touchpoints: vec![] },
-            WitEvent { kind: WitKind::Click, time_ms: t, campaign: 0, ad: 0, revenue_micros: 0, touchpoints: vec![] },
-            WitEvent { kind: WitKind::Conversion, time_ms: t, campaign: 1, ad: 1, revenue_micros: 1_500_000, touchpoints: vec![tp] },
-            WitEvent { kind: WitKind::Conversion, time_ms: t, campaign: 1, ad: 1, revenue_micros: 1, touchpoints: vec![] },
+            WitEvent {
+                kind: WitKind::Impression,
+                time_ms: t,
+                campaign: 0,
+                ad: 0,
+                revenue_micros: 0,
+                touchpoints: vec![],
+            },
+            WitEvent {
+                kind: WitKind::Click,
+                time_ms: t,
+                campaign: 0,
+                ad: 0,
+                revenue_micros: 0,
+                touchpoints: vec![],
+            },
+            WitEvent {
+                kind: WitKind::Conversion,
+                time_ms: t,
+                campaign: 1,
+                ad: 1,
+                revenue_micros: 1_500_000,
+                touchpoints: vec![tp],
+            },
+            WitEvent {
+                kind: WitKind::Conversion,
+                time_ms: t,
+                campaign: 1,
+                ad: 1,
+                revenue_micros: 1,
+                touchpoints: vec![],
+            },
         ];
         let acc = self.accumulate(&[], &sample)?;
         let rows = self.finish(&acc)?;
         if rows.is_empty() {
-            return Err(PluginError::Malformed("no rows for the sample events".into()));
+            return Err(PluginError::Malformed(
+                "no rows for the sample events".into(),
+            ));
         }
         if rows.iter().any(|r| r.campaign > 1) {
-            return Err(PluginError::Malformed("a row names a campaign that was not in the input".into()));
+            return Err(PluginError::Malformed(
+                "a row names a campaign that was not in the input".into(),
+            ));
         }
         Ok(())
     }

@@ -24,14 +24,20 @@ impl Default for Progress {
 
 impl Progress {
     pub fn new() -> Self {
-        Progress { started: Instant::now(), last: Instant::now(), last_messages: 0, tty: std::io::stdout().is_terminal() }
+        Progress {
+            started: Instant::now(),
+            last: Instant::now(),
+            last_messages: 0,
+            tty: std::io::stdout().is_terminal(),
+        }
     }
 
     /// Renders one frame; `produced` is the load generator's count when one runs in-process.
     pub fn render(&mut self, s: &Status, produced: Option<u64>) -> String {
         let now = Instant::now();
         let msgs = s.messages.load(Relaxed);
-        let rate = (msgs - self.last_messages) as f64 / now.duration_since(self.last).as_secs_f64().max(1e-3);
+        let rate = (msgs - self.last_messages) as f64
+            / now.duration_since(self.last).as_secs_f64().max(1e-3);
         self.last = now;
         self.last_messages = msgs;
         let wm = s.watermark_ms.load(Relaxed);
@@ -50,11 +56,19 @@ impl Progress {
         if self.tty {
             out.push_str("\x1b[H\x1b[2J");
         }
-        let _ = writeln!(out, "admetrics — up {:.0}s", self.started.elapsed().as_secs_f64());
+        let _ = writeln!(
+            out,
+            "admetrics — up {:.0}s",
+            self.started.elapsed().as_secs_f64()
+        );
         if let Some(p) = produced {
             let _ = writeln!(out, "  produced      {p:>12}");
         }
-        let _ = writeln!(out, "  consumed      {msgs:>12}   {rate:>9.0} ev/s   lag {}", s.lag());
+        let _ = writeln!(
+            out,
+            "  consumed      {msgs:>12}   {rate:>9.0} ev/s   lag {}",
+            s.lag()
+        );
         let _ = writeln!(
             out,
             "  committed     {:>12}   commits {}   last commit {:.1} ms   windows final {}   open {}",
@@ -76,8 +90,16 @@ impl Progress {
         );
         let (window, mut lines) = s.current.lock().unwrap().clone();
         if window != i64::MIN && !lines.is_empty() {
-            lines.sort_by(|a, b| b.revenue.total_cmp(&a.revenue).then(b.impressions.total_cmp(&a.impressions)));
-            let _ = writeln!(out, "  window {} — top campaigns by revenue", fmt_time(window));
+            lines.sort_by(|a, b| {
+                b.revenue
+                    .total_cmp(&a.revenue)
+                    .then(b.impressions.total_cmp(&a.impressions))
+            });
+            let _ = writeln!(
+                out,
+                "  window {} — top campaigns by revenue",
+                fmt_time(window)
+            );
             let _ = writeln!(
                 out,
                 "    {:<14} {:>9} {:>7} {:>6} {:>7} {:>7} {:>11} {:>11}",
@@ -103,5 +125,6 @@ impl Progress {
 }
 
 fn fmt_time(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).map_or("?".into(), |t| t.format("%H:%M:%S").to_string())
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map_or("?".into(), |t| t.format("%H:%M:%S").to_string())
 }

@@ -45,19 +45,29 @@ impl KafkaSource {
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             .set("fetch.wait.max.ms", "50")
-            .set("queued.min.messages", "200000");
+            .set("queued.min.messages", "100000")
+            // Caps librdkafka's prefetch buffer (default 64 MB): enough to never starve the loop.
+            .set("queued.max.messages.kbytes", "32768");
         for (k, v) in &cfg.consumer {
             cc.set(k, v);
         }
         let consumer: BaseConsumer = cc.create()?;
         consumer.subscribe(&[&cfg.topic])?;
-        Ok(KafkaSource { consumer, topic: cfg.topic.clone() })
+        Ok(KafkaSource {
+            consumer,
+            topic: cfg.topic.clone(),
+        })
     }
 
     /// Polls up to `max` messages, waiting at most `timeout` for the first one, and hands each
     /// to `f` while it is borrowed from the consumer (no copy). Returns how many were handed.
     /// Transient client errors are logged and skipped: librdkafka retries on its own.
-    pub fn poll_batch(&self, max: usize, timeout: Duration, mut f: impl FnMut(RawMessage<'_>)) -> usize {
+    pub fn poll_batch(
+        &self,
+        max: usize,
+        timeout: Duration,
+        mut f: impl FnMut(RawMessage<'_>),
+    ) -> usize {
         let mut n = 0;
         let mut wait = timeout;
         while n < max {
@@ -85,7 +95,12 @@ impl KafkaSource {
     /// Partitions of our topic currently assigned to this member.
     pub fn assignment(&self) -> Vec<i32> {
         match self.consumer.assignment() {
-            Ok(tpl) => tpl.elements().iter().filter(|e| e.topic() == self.topic).map(|e| e.partition()).collect(),
+            Ok(tpl) => tpl
+                .elements()
+                .iter()
+                .filter(|e| e.topic() == self.topic)
+                .map(|e| e.partition())
+                .collect(),
             Err(_) => vec![],
         }
     }

@@ -39,11 +39,16 @@ impl Status {
     pub fn lag(&self) -> i64 {
         let ends = self.end_offsets.lock().unwrap();
         let done = self.committed_offsets.lock().unwrap();
-        ends.iter().map(|(p, end)| (end - done.get(p).copied().unwrap_or(0)).max(0)).sum()
+        ends.iter()
+            .map(|(p, end)| (end - done.get(p).copied().unwrap_or(0)).max(0))
+            .sum()
     }
 
     pub fn dead_letter_counts(&self) -> Vec<(&'static str, u64)> {
-        Reason::ALL.iter().map(|r| (r.code(), self.dead_by_reason[*r as usize].load(Relaxed))).collect()
+        Reason::ALL
+            .iter()
+            .map(|r| (r.code(), self.dead_by_reason[*r as usize].load(Relaxed)))
+            .collect()
     }
 }
 
@@ -60,10 +65,18 @@ pub struct CampaignLine {
 
 impl CampaignLine {
     pub fn ctr(&self) -> f64 {
-        if self.impressions > 0.0 { self.clicks / self.impressions } else { 0.0 }
+        if self.impressions > 0.0 {
+            self.clicks / self.impressions
+        } else {
+            0.0
+        }
     }
     pub fn cvr(&self) -> f64 {
-        if self.clicks > 0.0 { self.conversions / self.clicks } else { 0.0 }
+        if self.clicks > 0.0 {
+            self.conversions / self.clicks
+        } else {
+            0.0
+        }
     }
 }
 
@@ -76,7 +89,10 @@ pub struct LatencyHistogram {
 
 impl Default for LatencyHistogram {
     fn default() -> Self {
-        LatencyHistogram { buckets: vec![0; 120_001], count: 0 }
+        LatencyHistogram {
+            buckets: vec![0; 120_001],
+            count: 0,
+        }
     }
 }
 

@@ -51,17 +51,20 @@ impl Watermarks {
     pub fn set_assignment(&mut self, partitions: &[i32], now: Instant) {
         self.partitions.retain(|p, _| partitions.contains(p));
         for &p in partitions {
-            self.partitions.entry(p).or_insert(PartitionClock { max_event_ms: None, last_active: now });
+            self.partitions.entry(p).or_insert(PartitionClock {
+                max_event_ms: None,
+                last_active: now,
+            });
         }
     }
 
     /// Records an event. Cheap: called for every event.
     #[inline]
     pub fn observe(&mut self, partition: i32, event_ms: i64, now: Instant) {
-        let c = self
-            .partitions
-            .entry(partition)
-            .or_insert(PartitionClock { max_event_ms: None, last_active: now });
+        let c = self.partitions.entry(partition).or_insert(PartitionClock {
+            max_event_ms: None,
+            last_active: now,
+        });
         c.max_event_ms = Some(c.max_event_ms.map_or(event_ms, |m| m.max(event_ms)));
         c.last_active = now;
     }
@@ -72,7 +75,9 @@ impl Watermarks {
         let mut max_any: Option<i64> = None;
         let mut any_active = false;
         for c in self.partitions.values() {
-            let wm = c.max_event_ms.map_or(i64::MIN, |m| m.saturating_sub(self.out_of_orderness_ms));
+            let wm = c
+                .max_event_ms
+                .map_or(i64::MIN, |m| m.saturating_sub(self.out_of_orderness_ms));
             max_any = Some(max_any.map_or(wm, |m: i64| m.max(wm)));
             if now.duration_since(c.last_active) < self.idle_timeout {
                 any_active = true;
@@ -110,7 +115,11 @@ pub struct Touchpoints {
 
 impl Touchpoints {
     pub fn new(max_per_user: usize, lookback_ms: i64) -> Self {
-        Touchpoints { users: FxHashMap::default(), max_per_user, lookback_ms }
+        Touchpoints {
+            users: FxHashMap::default(),
+            max_per_user,
+            lookback_ms,
+        }
     }
 
     /// Remembers a click, keeping the user's list sorted by time and bounded (oldest dropped).
@@ -120,7 +129,10 @@ impl Touchpoints {
             None => self.users.entry(user.into()).or_default(),
         };
         // Clicks mostly arrive in time order: insert from the back.
-        let pos = list.iter().rposition(|t| t.time_ms <= tp.time_ms).map_or(0, |i| i + 1);
+        let pos = list
+            .iter()
+            .rposition(|t| t.time_ms <= tp.time_ms)
+            .map_or(0, |i| i + 1);
         list.insert(pos, tp);
         if list.len() > self.max_per_user {
             list.remove(0);
@@ -134,7 +146,11 @@ impl Touchpoints {
             Some(list) => list
                 .iter()
                 .filter(|tp| tp.time_ms <= t_ms && tp.time_ms >= t_ms - self.lookback_ms)
-                .map(|tp| Touchpoint { time_ms: tp.time_ms, campaign: tp.campaign, ad: tp.ad })
+                .map(|tp| Touchpoint {
+                    time_ms: tp.time_ms,
+                    campaign: tp.campaign,
+                    ad: tp.ad,
+                })
                 .collect(),
         }
     }
@@ -156,7 +172,11 @@ impl Touchpoints {
     pub fn bytes_estimate(&self) -> usize {
         let slot = std::mem::size_of::<(Box<str>, Vec<Touchpoint>)>() + 1;
         self.users.capacity() * slot
-            + self.users.iter().map(|(k, v)| k.len() + v.capacity() * std::mem::size_of::<Touchpoint>()).sum::<usize>()
+            + self
+                .users
+                .iter()
+                .map(|(k, v)| k.len() + v.capacity() * std::mem::size_of::<Touchpoint>())
+                .sum::<usize>()
     }
 }
 
@@ -236,13 +256,28 @@ mod tests {
     fn touchpoints_are_bounded_sorted_and_filtered_by_lookback() {
         let mut tp = Touchpoints::new(3, 1_000);
         for (t, c) in [(500, 1), (100, 2), (900, 3), (700, 4)] {
-            tp.record_click("u", Touchpoint { time_ms: t, campaign: c, ad: 0 });
+            tp.record_click(
+                "u",
+                Touchpoint {
+                    time_ms: t,
+                    campaign: c,
+                    ad: 0,
+                },
+            );
         }
         // Oldest (t=100) dropped; kept sorted.
-        let got: Vec<_> = tp.for_conversion("u", 1_000).iter().map(|t| t.time_ms).collect();
+        let got: Vec<_> = tp
+            .for_conversion("u", 1_000)
+            .iter()
+            .map(|t| t.time_ms)
+            .collect();
         assert_eq!(got, vec![500, 700, 900]);
         // Clicks after the conversion and outside the lookback are excluded.
-        let got: Vec<_> = tp.for_conversion("u", 1_600).iter().map(|t| t.time_ms).collect();
+        let got: Vec<_> = tp
+            .for_conversion("u", 1_600)
+            .iter()
+            .map(|t| t.time_ms)
+            .collect();
         assert_eq!(got, vec![700, 900]);
         assert!(tp.for_conversion("nobody", 1_000).is_empty());
         tp.prune(1_800);

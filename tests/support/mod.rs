@@ -11,19 +11,32 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use admetrics::loadgen::{DeliveryCounter, LoadgenStats};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent")
+        .to_path_buf()
 }
 
 fn tool(env: &str, name: &str, hint: &str) -> PathBuf {
     if let Ok(p) = std::env::var(env) {
         return p.into();
     }
-    let home_bin = std::env::var("HOME").map(|h| PathBuf::from(h).join(".cargo/bin").join(name)).ok();
-    for dir in std::env::var("PATH").unwrap_or_default().split(':').map(PathBuf::from).chain(home_bin.iter().map(|p| p.parent().unwrap().to_path_buf())) {
+    let home_bin = std::env::var("HOME")
+        .map(|h| PathBuf::from(h).join(".cargo/bin").join(name))
+        .ok();
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(PathBuf::from)
+        .chain(home_bin.iter().map(|p| p.parent().unwrap().to_path_buf()))
+    {
         let p = dir.join(name);
         if p.is_file() {
             return p;
@@ -55,16 +68,32 @@ impl Broker {
         let url = format!("tcp://127.0.0.1:{port}");
         let log = std::fs::File::create(dir.path().join("tansu.log")).expect("log file");
         let child = Command::new(&tansu)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine"])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+            ])
             .arg(storage(dir.path(), port))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawn tansu");
-        let broker = Broker { child, port, bootstrap: format!("127.0.0.1:{port}"), tansu, _dir: dir };
+        let broker = Broker {
+            child,
+            port,
+            bootstrap: format!("127.0.0.1:{port}"),
+            tansu,
+            _dir: dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen on {port} within 20 s");
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen on {port} within 20 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         broker
@@ -72,11 +101,22 @@ impl Broker {
 
     pub fn create_topic(&self, topic: &str, partitions: u32) {
         let out = Command::new(&self.tansu)
-            .args(["topic", "create", topic, "--broker", &format!("tcp://127.0.0.1:{}", self.port), "--partitions"])
+            .args([
+                "topic",
+                "create",
+                topic,
+                "--broker",
+                &format!("tcp://127.0.0.1:{}", self.port),
+                "--partitions",
+            ])
             .arg(partitions.to_string())
             .output()
             .expect("run tansu topic create");
-        assert!(out.status.success(), "topic create failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "topic create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn kill(&mut self) {
@@ -92,22 +132,35 @@ impl Drop for Broker {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// The three built plugin components (scripts/build-plugins.sh builds them).
 pub fn plugin_paths() -> Vec<PathBuf> {
     let dir = repo_root().join("target/wasm32-wasip2/release");
-    let paths: Vec<PathBuf> = ["ctr", "cvr", "attribution"].iter().map(|p| dir.join(format!("{p}.wasm"))).collect();
+    let paths: Vec<PathBuf> = ["ctr", "cvr", "attribution"]
+        .iter()
+        .map(|p| dir.join(format!("{p}.wasm")))
+        .collect();
     for p in &paths {
-        assert!(p.is_file(), "{} missing: run scripts/build-plugins.sh", p.display());
+        assert!(
+            p.is_file(),
+            "{} missing: run scripts/build-plugins.sh",
+            p.display()
+        );
     }
     paths
 }
 
 /// The Python of the project's test venv (scripts/setup.sh creates it).
 pub fn python() -> PathBuf {
-    let p = std::env::var("ADMETRICS_PYTHON").map(PathBuf::from).unwrap_or_else(|_| repo_root().join(".venv/bin/python"));
+    let p = std::env::var("ADMETRICS_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join(".venv/bin/python"));
     assert!(p.is_file(), "{} missing: run scripts/setup.sh", p.display());
     p
 }
@@ -125,27 +178,39 @@ pub fn run_python(script: &str, args: &[String]) -> String {
     stdout
 }
 
-/// A producer that puts each message on the partition we choose (tests need to know).
+/// A producer that puts each message on the partition we choose (tests need to know), and
+/// fails loudly if the broker did not acknowledge every message.
 pub struct TestProducer {
-    producer: BaseProducer,
+    producer: BaseProducer<DeliveryCounter>,
+    stats: Arc<LoadgenStats>,
     topic: String,
+    sent: u64,
 }
 
 impl TestProducer {
     pub fn new(bootstrap: &str, topic: &str) -> Self {
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("linger.ms", "2")
-            .set("acks", "all")
-            .create()
-            .expect("producer");
-        TestProducer { producer, topic: topic.into() }
+        let stats = Arc::new(LoadgenStats::default());
+        let producer = admetrics::loadgen::producer(bootstrap, &stats).expect("producer");
+        TestProducer {
+            producer,
+            stats,
+            topic: topic.into(),
+            sent: 0,
+        }
     }
 
-    pub fn send(&self, partition: i32, key: &str, payload: &[u8]) {
+    pub fn send(&mut self, partition: i32, key: &str, payload: &[u8]) {
         loop {
-            match self.producer.send(BaseRecord::to(&self.topic).partition(partition).key(key).payload(payload)) {
-                Ok(()) => return,
+            match self.producer.send(
+                BaseRecord::to(&self.topic)
+                    .partition(partition)
+                    .key(key)
+                    .payload(payload),
+            ) {
+                Ok(()) => {
+                    self.sent += 1;
+                    return;
+                }
                 Err((e, _)) => {
                     assert!(e.to_string().contains("Queue full"), "produce failed: {e}");
                     self.producer.poll(Duration::from_millis(10));
@@ -155,7 +220,17 @@ impl TestProducer {
     }
 
     pub fn flush(&self) {
-        self.producer.flush(Duration::from_secs(30)).expect("flush");
+        self.producer.flush(Duration::from_secs(60)).expect("flush");
+        let (ok, failed) = (
+            self.stats.delivered.load(Relaxed),
+            self.stats.failed.load(Relaxed),
+        );
+        assert_eq!(
+            (ok, failed),
+            (self.sent, 0),
+            "broker acknowledged {ok} of {} messages, {failed} failed",
+            self.sent
+        );
     }
 }
 
@@ -163,7 +238,10 @@ impl TestProducer {
 pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

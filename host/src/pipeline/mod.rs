@@ -54,14 +54,27 @@ pub struct RunSummary {
 
 /// Runs the daemon until `shutdown` completes, then commits what it holds, stores the offsets
 /// and returns. `status` is updated live for observers.
-pub async fn run(cfg: Config, status: Arc<Status>, shutdown: impl Future<Output = ()>) -> anyhow::Result<RunSummary> {
+pub async fn run(
+    cfg: Config,
+    status: Arc<Status>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<RunSummary> {
     let writer_id = format!("admetrics-{}", uuid::Uuid::new_v4().simple());
-    let mut sink = IcebergSink::open(&cfg.iceberg, &cfg.kafka.topic, &writer_id, cfg.commit.target_file_bytes)
-        .await
-        .context("opening the Iceberg catalog and tables")?;
+    let mut sink = IcebergSink::open(
+        &cfg.iceberg,
+        &cfg.kafka.topic,
+        &writer_id,
+        cfg.commit.target_file_bytes,
+    )
+    .await
+    .context("opening the Iceberg catalog and tables")?;
     let committed = sink.committed_offsets();
     *status.committed_offsets.lock().unwrap() = committed.clone();
-    tracing::info!(?committed, writer_id, "resuming from offsets recorded in campaign_events snapshots");
+    tracing::info!(
+        ?committed,
+        writer_id,
+        "resuming from offsets recorded in campaign_events snapshots"
+    );
 
     let runtime = PluginRuntime::new(&cfg.plugins)?;
     let plugins = load_plugins(&runtime, &cfg)?;
@@ -76,10 +89,20 @@ pub async fn run(cfg: Config, status: Arc<Status>, shutdown: impl Future<Output 
         let cfg = cfg.clone();
         let stop = stop.clone();
         let status = status.clone();
-        std::thread::Builder::new().name("ingest".into()).spawn(move || -> anyhow::Result<RunSummary> {
-            let source = KafkaSource::connect(&cfg.kafka).context("connecting to Kafka")?;
-            ingest_loop(&cfg, &source, &mut processor, &status, &stop, &batch_tx, &ack_rx)
-        })?
+        std::thread::Builder::new().name("ingest".into()).spawn(
+            move || -> anyhow::Result<RunSummary> {
+                let source = KafkaSource::connect(&cfg.kafka).context("connecting to Kafka")?;
+                ingest_loop(
+                    &cfg,
+                    &source,
+                    &mut processor,
+                    &status,
+                    &stop,
+                    &batch_tx,
+                    &ack_rx,
+                )
+            },
+        )?
     };
 
     let sink_status = status.clone();
@@ -106,7 +129,9 @@ pub async fn run(cfg: Config, status: Arc<Status>, shutdown: impl Future<Output 
         Some(r) => r,
         None => sink_task.await,
     };
-    sink_result.context("sink task panicked")?.context("committing to Iceberg")?;
+    sink_result
+        .context("sink task panicked")?
+        .context("committing to Iceberg")?;
     match ingest_result {
         Ok(r) => r,
         Err(_) => anyhow::bail!("ingest thread panicked"),
@@ -115,7 +140,10 @@ pub async fn run(cfg: Config, status: Arc<Status>, shutdown: impl Future<Output 
 
 /// Retries retryable commit failures with backoff; gives up after ~1 minute (the daemon then
 /// stops without storing offsets, so nothing is lost: a restart re-reads the batch).
-async fn commit_with_retry(sink: &mut IcebergSink, batch: crate::sink::CommitBatch) -> anyhow::Result<CommitReport> {
+async fn commit_with_retry(
+    sink: &mut IcebergSink,
+    batch: crate::sink::CommitBatch,
+) -> anyhow::Result<CommitReport> {
     let mut delay = Duration::from_millis(50);
     let deadline = Instant::now() + Duration::from_secs(60);
     // The batch is consumed by a commit attempt; keep what a retry needs.
@@ -150,9 +178,13 @@ fn clone_batch(b: &crate::sink::CommitBatch) -> crate::sink::CommitBatch {
 fn record_commit(status: &Status, r: &CommitReport) {
     status.commits.fetch_add(1, Relaxed);
     status.committed_events.fetch_add(r.events as u64, Relaxed);
-    status.committed_dead_letters.fetch_add(r.dead_letters as u64, Relaxed);
+    status
+        .committed_dead_letters
+        .fetch_add(r.dead_letters as u64, Relaxed);
     status.metric_rows.fetch_add(r.metric_rows as u64, Relaxed);
-    status.last_commit_us.store(r.duration.as_micros() as u64, Relaxed);
+    status
+        .last_commit_us
+        .store(r.duration.as_micros() as u64, Relaxed);
     if r.metric_rows > 0 || r.events > 0 {
         let mut h = status.latency.lock().unwrap();
         for ts in &r.produced_at_ms {
@@ -188,7 +220,9 @@ fn ingest_loop(
         let stopping = stop.load(Relaxed);
         if !stopping {
             let clock = Clock::now();
-            let n = source.poll_batch(cfg.kafka.batch_size, Duration::from_millis(20), |m| processor.process(m, &clock));
+            let n = source.poll_batch(cfg.kafka.batch_size, Duration::from_millis(20), |m| {
+                processor.process(m, &clock)
+            });
             summary.messages += n as u64;
             if n > 0 {
                 processor.flush_plugins();
@@ -199,7 +233,7 @@ fn ingest_loop(
             handle_ack(r, &mut summary);
         }
         let now = Instant::now();
-        if now >= next_tick || stopping {
+        if now >= next_tick || stopping || processor.buffered() >= cfg.commit.max_rows {
             let a = source.assignment();
             if a != assignment {
                 tracing::info!(partitions = ?a, "partition assignment changed");

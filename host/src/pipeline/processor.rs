@@ -29,7 +29,10 @@ pub struct Clock {
 
 impl Clock {
     pub fn now() -> Self {
-        Clock { now_ms: chrono::Utc::now().timestamp_millis(), instant: Instant::now() }
+        Clock {
+            now_ms: chrono::Utc::now().timestamp_millis(),
+            instant: Instant::now(),
+        }
     }
 }
 
@@ -108,7 +111,10 @@ impl Processor {
             wants_touchpoints,
             campaigns: Interner::default(),
             ads: Interner::default(),
-            touchpoints: Touchpoints::new(cfg.attribution.max_touchpoints, cfg.attribution.lookback_secs as i64 * 1000),
+            touchpoints: Touchpoints::new(
+                cfg.attribution.max_touchpoints,
+                cfg.attribution.lookback_secs as i64 * 1000,
+            ),
             watermarks: Watermarks::new(cfg.window.out_of_orderness_ms, cfg.window.idle_timeout_ms),
             windows: BTreeMap::new(),
             events: EventsBuffer::new(),
@@ -169,7 +175,15 @@ impl Processor {
                 if self.status.dead_letters.load(Relaxed).is_power_of_two() {
                     tracing::warn!(partition = m.partition, offset = m.offset, reason = %rej, "dead letter (logged at powers of two)");
                 }
-                self.dead.push(&self.topic, m.partition, m.offset, rej.reason.code(), &rej.detail, payload, ingest_us);
+                self.dead.push(
+                    &self.topic,
+                    m.partition,
+                    m.offset,
+                    rej.reason.code(),
+                    &rej.detail,
+                    payload,
+                    ingest_us,
+                );
                 return;
             }
         };
@@ -177,7 +191,8 @@ impl Processor {
         if let Some(ts) = m.timestamp_ms {
             self.produced_at.push(ts);
         }
-        self.watermarks.observe(m.partition, ev.time_ms, clock.instant);
+        self.watermarks
+            .observe(m.partition, ev.time_ms, clock.instant);
 
         let start = window_start(ev.time_ms, self.size_ms);
         let late = start + self.size_ms + self.lateness_ms <= self.watermarks.current();
@@ -186,7 +201,14 @@ impl Processor {
         let mut tps = Vec::new();
         match ev.kind {
             EventKind::Click => {
-                self.touchpoints.record_click(&ev.user_id, Touchpoint { time_ms: ev.time_ms, campaign, ad });
+                self.touchpoints.record_click(
+                    &ev.user_id,
+                    Touchpoint {
+                        time_ms: ev.time_ms,
+                        campaign,
+                        ad,
+                    },
+                );
             }
             EventKind::Conversion if self.wants_touchpoints && !late => {
                 tps = self.touchpoints.for_conversion(&ev.user_id, ev.time_ms);
@@ -217,7 +239,8 @@ impl Processor {
             });
         }
         if self.build_tables {
-            self.events.push(&ev, m.partition, m.offset, ingest_us, late);
+            self.events
+                .push(&ev, m.partition, m.offset, ingest_us, late);
         }
     }
 
@@ -285,13 +308,28 @@ impl Processor {
                 match r {
                     Ok(out) => {
                         for r in out {
-                            let (Some(campaign), ad) = (self.campaigns.name(r.campaign), r.ad.map(|a| self.ads.name(a)))
-                            else {
-                                fail(slot, &self.status, start, &PluginError::Malformed(format!("unknown campaign id {}", r.campaign)));
+                            let (Some(campaign), ad) = (
+                                self.campaigns.name(r.campaign),
+                                r.ad.map(|a| self.ads.name(a)),
+                            ) else {
+                                fail(
+                                    slot,
+                                    &self.status,
+                                    start,
+                                    &PluginError::Malformed(format!(
+                                        "unknown campaign id {}",
+                                        r.campaign
+                                    )),
+                                );
                                 continue;
                             };
                             if ad == Some(None) {
-                                fail(slot, &self.status, start, &PluginError::Malformed(format!("unknown ad id {:?}", r.ad)));
+                                fail(
+                                    slot,
+                                    &self.status,
+                                    start,
+                                    &PluginError::Malformed(format!("unknown ad id {:?}", r.ad)),
+                                );
                                 continue;
                             }
                             rows.push(MetricRecord {
@@ -325,13 +363,19 @@ impl Processor {
         for start in &closed {
             self.windows.remove(start);
         }
-        self.status.windows_finalized.fetch_add(closed.len() as u64, Relaxed);
-        self.status.open_windows.store(self.windows.len() as u64, Relaxed);
+        self.status
+            .windows_finalized
+            .fetch_add(closed.len() as u64, Relaxed);
+        self.status
+            .open_windows
+            .store(self.windows.len() as u64, Relaxed);
         if clock.instant.duration_since(self.last_prune) > Duration::from_secs(30) {
             self.touchpoints.prune(wm);
             self.last_prune = clock.instant;
         }
-        self.status.touchpoint_users.store(self.touchpoints.users() as u64, Relaxed);
+        self.status
+            .touchpoint_users
+            .store(self.touchpoints.users() as u64, Relaxed);
         self.update_current(&rows);
         rows
     }
@@ -342,7 +386,9 @@ impl Processor {
     }
 
     fn update_current(&mut self, rows: &[MetricRecord]) {
-        let Some(newest) = rows.iter().map(|r| r.window_start_ms).max() else { return };
+        let Some(newest) = rows.iter().map(|r| r.window_start_ms).max() else {
+            return;
+        };
         if newest > self.current.0 {
             self.current = (newest, BTreeMap::new());
         }
@@ -350,10 +396,14 @@ impl Processor {
             return;
         }
         for r in rows.iter().filter(|r| r.window_start_ms == newest) {
-            let line = self.current.1.entry(r.campaign_id.clone()).or_insert_with(|| CampaignLine {
-                campaign: r.campaign_id.to_string(),
-                ..Default::default()
-            });
+            let line = self
+                .current
+                .1
+                .entry(r.campaign_id.clone())
+                .or_insert_with(|| CampaignLine {
+                    campaign: r.campaign_id.to_string(),
+                    ..Default::default()
+                });
             match r.metric.as_str() {
                 "ctr" => (line.clicks, line.impressions) = (r.numerator, r.denominator),
                 "cvr" => line.conversions = r.numerator,
@@ -365,7 +415,11 @@ impl Processor {
         for line in self.current.1.values_mut() {
             line.attributed_revenue = rows
                 .iter()
-                .filter(|r| r.window_start_ms == newest && r.metric == "attributed_revenue" && *r.campaign_id == *line.campaign)
+                .filter(|r| {
+                    r.window_start_ms == newest
+                        && r.metric == "attributed_revenue"
+                        && *r.campaign_id == *line.campaign
+                })
                 .map(|r| r.value)
                 .sum::<f64>()
                 .max(line.attributed_revenue);

@@ -22,7 +22,9 @@ use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
 use iceberg::writer::file_writer::ParquetWriterBuilder;
-use iceberg::writer::file_writer::location_generator::{DefaultFileNameGenerator, DefaultLocationGenerator};
+use iceberg::writer::file_writer::location_generator::{
+    DefaultFileNameGenerator, DefaultLocationGenerator,
+};
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
@@ -50,7 +52,10 @@ pub enum SinkError {
     #[error("iceberg: {0}")]
     Iceberg(#[from] iceberg::Error),
     #[error("cannot prepare warehouse {path}: {source}")]
-    Warehouse { path: String, source: std::io::Error },
+    Warehouse {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl SinkError {
@@ -105,17 +110,39 @@ pub struct IcebergSink {
 
 impl IcebergSink {
     /// Opens the catalog and creates the namespace and tables where missing.
-    pub async fn open(cfg: &IcebergConfig, topic: &str, writer_id: &str, target_file_bytes: usize) -> Result<Self, SinkError> {
+    pub async fn open(
+        cfg: &IcebergConfig,
+        topic: &str,
+        writer_id: &str,
+        target_file_bytes: usize,
+    ) -> Result<Self, SinkError> {
         let catalog = Arc::new(open_catalog(cfg).await?);
         let ns = NamespaceIdent::new(cfg.namespace.clone());
         if !catalog.namespace_exists(&ns).await? {
             catalog.create_namespace(&ns, HashMap::new()).await?;
         }
-        let events = ensure_table(&catalog, &ns, EVENTS_TABLE, schema::events_schema(), Some(schema::events_partition_spec())).await?;
-        let metrics = ensure_table(&catalog, &ns, METRICS_TABLE, schema::metrics_schema(), None).await?;
-        let dead_letters = ensure_table(&catalog, &ns, DEAD_LETTERS_TABLE, schema::dead_letters_schema(), None).await?;
+        let events = ensure_table(
+            &catalog,
+            &ns,
+            EVENTS_TABLE,
+            schema::events_schema(),
+            Some(schema::events_partition_spec()),
+        )
+        .await?;
+        let metrics =
+            ensure_table(&catalog, &ns, METRICS_TABLE, schema::metrics_schema(), None).await?;
+        let dead_letters = ensure_table(
+            &catalog,
+            &ns,
+            DEAD_LETTERS_TABLE,
+            schema::dead_letters_schema(),
+            None,
+        )
+        .await?;
         let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid level")))
+            .set_compression(Compression::ZSTD(
+                ZstdLevel::try_new(1).expect("valid level"),
+            ))
             .set_max_row_group_row_count(Some(256 * 1024))
             .build();
         Ok(IcebergSink {
@@ -151,7 +178,9 @@ impl IcebergSink {
                     out.entry(p).or_insert(o);
                 }
             }
-            cursor = snap.parent_snapshot_id().and_then(|id| meta.snapshot_by_id(id).cloned());
+            cursor = snap
+                .parent_snapshot_id()
+                .and_then(|id| meta.snapshot_by_id(id).cloned());
         }
         out
     }
@@ -164,7 +193,10 @@ impl IcebergSink {
         props.insert(summary::WRITER_ID.to_string(), self.writer_id.clone());
         props.insert(summary::COMMIT_SEQ.to_string(), batch.seq.to_string());
         props.insert(summary::TOPIC.to_string(), self.topic.clone());
-        props.insert(summary::OFFSETS.to_string(), serde_json::to_string(&batch.offsets).expect("map serialises"));
+        props.insert(
+            summary::OFFSETS.to_string(),
+            serde_json::to_string(&batch.offsets).expect("map serialises"),
+        );
 
         let mut files = 0;
         let events: usize = batch.events.iter().map(|(_, b)| b.num_rows()).sum();
@@ -204,12 +236,22 @@ impl IcebergSink {
         })
     }
 
-    async fn write(&self, table: &Table, day: Option<i32>, rb: &RecordBatch, seq: u64) -> Result<Vec<DataFile>, SinkError> {
+    async fn write(
+        &self,
+        table: &Table,
+        day: Option<i32>,
+        rb: &RecordBatch,
+        seq: u64,
+    ) -> Result<Vec<DataFile>, SinkError> {
         let meta = table.metadata();
         let schema = meta.current_schema().clone();
         let parquet = ParquetWriterBuilder::new(self.props.clone(), schema.clone());
         let names = DefaultFileNameGenerator::new(
-            format!("{}-{seq:010}-{}", self.writer_id, uuid::Uuid::new_v4().simple()),
+            format!(
+                "{}-{seq:010}-{}",
+                self.writer_id,
+                uuid::Uuid::new_v4().simple()
+            ),
             None,
             DataFileFormat::Parquet,
         );
@@ -232,11 +274,20 @@ impl IcebergSink {
         Ok(writer.close().await?)
     }
 
-    async fn append(&self, table: &Table, files: Vec<DataFile>, props: HashMap<String, String>) -> Result<Table, SinkError> {
+    async fn append(
+        &self,
+        table: &Table,
+        files: Vec<DataFile>,
+        props: HashMap<String, String>,
+    ) -> Result<Table, SinkError> {
         let tx = Transaction::new(table);
         // Our file names are unique by construction; the duplicate check would re-read every
         // manifest on every commit, which grows without bound.
-        let action = tx.fast_append().with_check_duplicate(false).add_data_files(files).set_snapshot_properties(props);
+        let action = tx
+            .fast_append()
+            .with_check_duplicate(false)
+            .add_data_files(files)
+            .set_snapshot_properties(props);
         let tx = action.apply(tx)?;
         Ok(tx.commit(self.catalog.as_ref()).await?)
     }
@@ -244,13 +295,24 @@ impl IcebergSink {
 
 /// Opens the SQLite-backed SQL catalog, creating the database file and warehouse if missing.
 pub async fn open_catalog(cfg: &IcebergConfig) -> Result<SqlCatalog, SinkError> {
-    std::fs::create_dir_all(&cfg.warehouse)
-        .map_err(|source| SinkError::Warehouse { path: cfg.warehouse.display().to_string(), source })?;
-    let warehouse = std::fs::canonicalize(&cfg.warehouse)
-        .map_err(|source| SinkError::Warehouse { path: cfg.warehouse.display().to_string(), source })?;
-    let db = cfg.catalog_uri.trim_start_matches("sqlite:").trim_start_matches("//");
+    std::fs::create_dir_all(&cfg.warehouse).map_err(|source| SinkError::Warehouse {
+        path: cfg.warehouse.display().to_string(),
+        source,
+    })?;
+    let warehouse =
+        std::fs::canonicalize(&cfg.warehouse).map_err(|source| SinkError::Warehouse {
+            path: cfg.warehouse.display().to_string(),
+            source,
+        })?;
+    let db = cfg
+        .catalog_uri
+        .trim_start_matches("sqlite:")
+        .trim_start_matches("//");
     if let Some(dir) = std::path::Path::new(db).parent() {
-        std::fs::create_dir_all(dir).map_err(|source| SinkError::Warehouse { path: dir.display().to_string(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| SinkError::Warehouse {
+            path: dir.display().to_string(),
+            source,
+        })?;
     }
     sqlx::any::install_default_drivers();
     let catalog = SqlCatalogBuilder::default()
@@ -279,7 +341,10 @@ async fn ensure_table(
         .schema(schema)
         .partition_spec_opt(spec)
         .properties([
-            ("write.parquet.compression-codec".to_string(), "zstd".to_string()),
+            (
+                "write.parquet.compression-codec".to_string(),
+                "zstd".to_string(),
+            ),
             ("commit.retry.num-retries".to_string(), "10".to_string()),
         ])
         .build();

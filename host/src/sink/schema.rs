@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    LargeBinaryBuilder, BooleanBuilder, Decimal128Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
-    TimestampMicrosecondBuilder,
+    BooleanBuilder, Decimal128Builder, Float64Builder, Int32Builder, Int64Builder,
+    LargeBinaryBuilder, StringBuilder, TimestampMicrosecondBuilder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::SchemaRef as ArrowSchemaRef;
@@ -39,7 +39,14 @@ pub fn events_schema() -> Schema {
             req(4, "campaign_id", String),
             req(5, "ad_id", String),
             req(6, "user_id", String),
-            opt(7, "revenue", Decimal { precision: 18, scale: 6 }),
+            opt(
+                7,
+                "revenue",
+                Decimal {
+                    precision: 18,
+                    scale: 6,
+                },
+            ),
             opt(8, "currency", String),
             opt(9, "device", String),
             opt(10, "country", String),
@@ -141,7 +148,9 @@ impl EventColumns {
             campaign_id: StringBuilder::new(),
             ad_id: StringBuilder::new(),
             user_id: StringBuilder::new(),
-            revenue: Decimal128Builder::new().with_precision_and_scale(18, 6).expect("valid decimal"),
+            revenue: Decimal128Builder::new()
+                .with_precision_and_scale(18, 6)
+                .expect("valid decimal"),
             currency: StringBuilder::new(),
             device: StringBuilder::new(),
             country: StringBuilder::new(),
@@ -186,7 +195,11 @@ pub struct EventsBuffer {
 
 impl EventsBuffer {
     pub fn new() -> Self {
-        EventsBuffer { schema: arrow_schema(&events_schema()), days: BTreeMap::new(), spare: Vec::new() }
+        EventsBuffer {
+            schema: arrow_schema(&events_schema()),
+            days: BTreeMap::new(),
+            spare: Vec::new(),
+        }
     }
 
     #[inline]
@@ -265,9 +278,23 @@ pub struct MetricRecord {
 
 pub fn metrics_batch(rows: &[MetricRecord]) -> RecordBatch {
     let schema = arrow_schema(&metrics_schema());
-    let mut b = (ts(), ts(), StringBuilder::new(), StringBuilder::new(), StringBuilder::new());
-    let mut f = (Float64Builder::new(), Float64Builder::new(), Float64Builder::new());
-    let mut p = (StringBuilder::new(), StringBuilder::new(), StringBuilder::new());
+    let mut b = (
+        ts(),
+        ts(),
+        StringBuilder::new(),
+        StringBuilder::new(),
+        StringBuilder::new(),
+    );
+    let mut f = (
+        Float64Builder::new(),
+        Float64Builder::new(),
+        Float64Builder::new(),
+    );
+    let mut p = (
+        StringBuilder::new(),
+        StringBuilder::new(),
+        StringBuilder::new(),
+    );
     let mut rev = Int32Builder::new();
     let mut fin = BooleanBuilder::new();
     let mut at = ts();
@@ -335,7 +362,16 @@ impl DeadLetterBuffer {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn push(&mut self, topic: &str, partition: i32, offset: i64, reason: &str, detail: &str, payload: &[u8], ingest_us: i64) {
+    pub fn push(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        reason: &str,
+        detail: &str,
+        payload: &[u8],
+        ingest_us: i64,
+    ) {
         self.topic.append_value(topic);
         self.partition.append_value(partition);
         self.offset.append_value(offset);
@@ -364,7 +400,10 @@ impl DeadLetterBuffer {
             Arc::new(self.payload.finish()),
             Arc::new(self.ingest_time.finish()),
         ];
-        Some(RecordBatch::try_new(self.schema.clone(), cols).expect("columns match the dead-letter schema"))
+        Some(
+            RecordBatch::try_new(self.schema.clone(), cols)
+                .expect("columns match the dead-letter schema"),
+        )
     }
 }
 

@@ -45,12 +45,28 @@ impl Plugin for LastClick {
         for (c, ad, v) in acc.iter() {
             match ad {
                 None => {
-                    rows.push(sum_row(c, None, "revenue", v[0] as f64 / MICROS, v[1] as f64));
-                    rows.push(sum_row(c, None, "unattributed_revenue", v[2] as f64 / MICROS, v[3] as f64));
+                    rows.push(sum_row(
+                        c,
+                        None,
+                        "revenue",
+                        v[0] as f64 / MICROS,
+                        v[1] as f64,
+                    ));
+                    rows.push(sum_row(
+                        c,
+                        None,
+                        "unattributed_revenue",
+                        v[2] as f64 / MICROS,
+                        v[3] as f64,
+                    ));
                 }
-                Some(ad) => {
-                    rows.push(sum_row(c, Some(ad), "attributed_revenue", v[0] as f64 / MICROS, v[1] as f64))
-                }
+                Some(ad) => rows.push(sum_row(
+                    c,
+                    Some(ad),
+                    "attributed_revenue",
+                    v[0] as f64 / MICROS,
+                    v[1] as f64,
+                )),
             }
         }
         rows

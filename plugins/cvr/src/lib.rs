@@ -22,7 +22,9 @@ impl Plugin for Cvr {
     }
 
     fn finish(acc: &Counters) -> Vec<MetricRow> {
-        acc.iter().map(|(c, _, v)| rate_row(c, "cvr", v[1] as f64, v[0] as f64)).collect()
+        acc.iter()
+            .map(|(c, _, v)| rate_row(c, "cvr", v[1] as f64, v[0] as f64))
+            .collect()
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! A plugin implements [`Plugin`] over a [`Counters`] accumulator and calls [`export_plugin!`]:
 //!
-//! ```ignore
+//! ```text
 //! use admetrics_plugin_sdk::*;
 //! struct Impressions;
 //! impl Plugin for Impressions {
@@ -76,13 +76,31 @@ pub fn info(name: &str, version: &str, metrics: &[&str], wants_touchpoints: bool
 
 /// A rate row: `value = numerator / denominator`, 0 when the denominator is 0.
 pub fn rate_row(campaign: u32, metric: &str, numerator: f64, denominator: f64) -> MetricRow {
-    let value = if denominator > 0.0 { numerator / denominator } else { 0.0 };
-    MetricRow { campaign, ad: None, metric: metric.into(), value, numerator, denominator }
+    let value = if denominator > 0.0 {
+        numerator / denominator
+    } else {
+        0.0
+    };
+    MetricRow {
+        campaign,
+        ad: None,
+        metric: metric.into(),
+        value,
+        numerator,
+        denominator,
+    }
 }
 
 /// A sum row: `value = numerator`, `denominator` counts the contributing events.
 pub fn sum_row(campaign: u32, ad: Option<u32>, metric: &str, sum: f64, count: f64) -> MetricRow {
-    MetricRow { campaign, ad, metric: metric.into(), value: sum, numerator: sum, denominator: count }
+    MetricRow {
+        campaign,
+        ad,
+        metric: metric.into(),
+        value: sum,
+        numerator: sum,
+        denominator: count,
+    }
 }
 
 /// Sparse `i64` counters keyed by (campaign, ad), `width` counters per key.
@@ -100,7 +118,11 @@ pub struct Counters {
 impl Counters {
     /// Empty counters with `width` slots per key.
     pub fn new(width: usize) -> Self {
-        Counters { width, keys: Vec::new(), values: Vec::new() }
+        Counters {
+            width,
+            keys: Vec::new(),
+            values: Vec::new(),
+        }
     }
 
     /// Decodes an accumulator; empty bytes give empty counters.
@@ -110,7 +132,9 @@ impl Counters {
         }
         let stored = u32::from_le_bytes(bytes[..4].try_into().map_err(|_| "short accumulator")?);
         if stored as usize != width {
-            return Err(format!("accumulator width {stored}, plugin expects {width}"));
+            return Err(format!(
+                "accumulator width {stored}, plugin expects {width}"
+            ));
         }
         let entry = 8 + 8 * width;
         let body = &bytes[4..];
@@ -118,14 +142,19 @@ impl Counters {
             return Err("accumulator length is not a whole number of entries".into());
         }
         let n = body.len() / entry;
-        let mut c = Counters { width, keys: Vec::with_capacity(n), values: Vec::with_capacity(n * width) };
+        let mut c = Counters {
+            width,
+            keys: Vec::with_capacity(n),
+            values: Vec::with_capacity(n * width),
+        };
         for chunk in body.chunks_exact(entry) {
             let campaign = u32::from_le_bytes(chunk[0..4].try_into().unwrap());
             let ad = u32::from_le_bytes(chunk[4..8].try_into().unwrap());
             c.keys.push((campaign, ad));
             for i in 0..width {
                 let o = 8 + 8 * i;
-                c.values.push(i64::from_le_bytes(chunk[o..o + 8].try_into().unwrap()));
+                c.values
+                    .push(i64::from_le_bytes(chunk[o..o + 8].try_into().unwrap()));
             }
         }
         Ok(c)
@@ -164,7 +193,11 @@ impl Counters {
     /// Iterates `(campaign, ad, counters)` in key order; `ad` is `None` for [`NO_AD`].
     pub fn iter(&self) -> impl Iterator<Item = (u32, Option<u32>, &[i64])> {
         self.keys.iter().enumerate().map(move |(i, &(c, a))| {
-            (c, (a != NO_AD).then_some(a), &self.values[i * self.width..(i + 1) * self.width])
+            (
+                c,
+                (a != NO_AD).then_some(a),
+                &self.values[i * self.width..(i + 1) * self.width],
+            )
         })
     }
 }

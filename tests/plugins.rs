@@ -1,0 +1,158 @@
+//! The plugin author's paths: both builds of every plugin (plain `cargo build --target
+//! wasm32-wasip2` and `cargo component build`) load in the daemon's runtime and compute the same
+//! rows, and `admetrics plugin test` runs a plugin over a sample file.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use admetrics::config::PluginsConfig;
+use admetrics::plugin::{PluginError, PluginRuntime, Touchpoint, WitEvent, WitKind};
+use support::*;
+
+fn sample() -> Vec<WitEvent> {
+    let e = |kind, campaign, ad, revenue_micros, touchpoints: Vec<Touchpoint>| WitEvent {
+        kind,
+        time_ms: 1_767_607_200_000,
+        campaign,
+        ad,
+        revenue_micros,
+        touchpoints,
+    };
+    let tp = |t: i64, c: u32, a: u32| Touchpoint {
+        time_ms: 1_767_607_200_000 - t,
+        campaign: c,
+        ad: a,
+    };
+    vec![
+        e(WitKind::Impression, 0, 0, 0, vec![]),
+        e(WitKind::Impression, 0, 1, 0, vec![]),
+        e(WitKind::Impression, 1, 2, 0, vec![]),
+        e(WitKind::Click, 0, 0, 0, vec![]),
+        e(
+            WitKind::Conversion,
+            0,
+            0,
+            2_500_000,
+            vec![tp(9_000, 1, 2), tp(5_000, 0, 1)],
+        ),
+        e(WitKind::Conversion, 1, 2, 1_000_000, vec![]),
+    ]
+}
+
+#[test]
+fn plain_cargo_and_cargo_component_builds_agree() {
+    let rt = PluginRuntime::new(&PluginsConfig::default()).unwrap();
+    let component_dir = repo_root().join("target/wasm32-wasip1/release");
+    for plain in plugin_paths() {
+        let name = plain.file_name().unwrap().to_owned();
+        let adapted: PathBuf = component_dir.join(&name);
+        assert!(
+            adapted.is_file(),
+            "{} missing: run scripts/build-plugins.sh",
+            adapted.display()
+        );
+        let mut a = rt.load(&plain).unwrap();
+        let mut b = rt.load(&adapted).unwrap();
+        assert_eq!(
+            (&a.info.name, &a.info.version, &a.info.metrics),
+            (&b.info.name, &b.info.version, &b.info.metrics)
+        );
+        assert_ne!(a.info.sha256, b.info.sha256, "two different builds");
+        let acc_a = a.accumulate(&[], &sample()).unwrap();
+        let acc_b = b.accumulate(&[], &sample()).unwrap();
+        let rows_a = a.finish(&acc_a).unwrap();
+        let rows_b = b.finish(&acc_b).unwrap();
+        assert_eq!(rows_a, rows_b, "{name:?}");
+        assert!(!rows_a.is_empty());
+    }
+}
+
+#[test]
+fn attribution_credits_the_latest_click_and_sums_exactly() {
+    let rt = PluginRuntime::new(&PluginsConfig::default()).unwrap();
+    let path = plugin_paths()
+        .into_iter()
+        .find(|p| p.ends_with("attribution.wasm"))
+        .unwrap();
+    let mut p = rt.load(&path).unwrap();
+    let acc = p.accumulate(&[], &sample()).unwrap();
+    let rows = p.finish(&acc).unwrap();
+    let get = |c: u32, ad: Option<u32>, m: &str| {
+        rows.iter()
+            .find(|r| r.campaign == c && r.ad == ad && r.metric == m)
+            .map(|r| (r.value, r.denominator))
+    };
+    // The 2.50 conversion's latest click (5 s before) was campaign 0 / ad 1, not the older one.
+    assert_eq!(get(0, Some(1), "attributed_revenue"), Some((2.5, 1.0)));
+    assert_eq!(get(1, Some(2), "attributed_revenue"), None);
+    assert_eq!(get(1, None, "unattributed_revenue"), Some((1.0, 1.0)));
+    assert_eq!(get(0, None, "revenue"), Some((2.5, 1.0)));
+}
+
+#[test]
+fn garbage_is_rejected_with_a_clear_error() {
+    let rt = PluginRuntime::new(&PluginsConfig::default()).unwrap();
+    let err = rt
+        .load_bytes(std::path::Path::new("junk.wasm"), b"\0asm not really")
+        .err()
+        .expect("rejected");
+    assert!(matches!(err, PluginError::Invalid { .. }), "{err}");
+    assert!(err.to_string().contains("junk.wasm"), "{err}");
+    let err = rt
+        .load(std::path::Path::new("/nonexistent/plugin.wasm"))
+        .err()
+        .expect("rejected");
+    assert!(err.to_string().contains("cannot read"), "{err}");
+}
+
+#[test]
+fn plugin_test_command_prints_rows_for_sample_events() {
+    let sample = repo_root().join("plugins/samples/events.jsonl");
+    for plugin in plugin_paths() {
+        let out = Command::new(env!("CARGO_BIN_EXE_admetrics"))
+            .args(["plugin", "test"])
+            .arg(&plugin)
+            .arg("--events")
+            .arg(&sample)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("# 10 events"), "{stdout}");
+        assert!(
+            stdout.contains("rejected unknown_event_type: 1"),
+            "{stdout}"
+        );
+        if plugin.ends_with("ctr.wasm") {
+            // 10:00 window: spring-sale 3 impressions + 1 click; 10:01 window: 2 impressions.
+            assert!(
+                stdout.contains(
+                    "2026-01-05T10:00:00+00:00\tspring-sale\t-\tctr\t0.3333333333333333\t1\t3"
+                ),
+                "{stdout}"
+            );
+            assert!(
+                stdout.contains("2026-01-05T10:01:00+00:00\tspring-sale\t-\tctr\t0\t0\t2"),
+                "{stdout}"
+            );
+        }
+        if plugin.ends_with("attribution.wasm") {
+            // u1's conversion goes to its latest click (winter-clearance/video-1); u2 never clicked.
+            assert!(
+                stdout.contains("winter-clearance\tvideo-1\tattributed_revenue\t49.9\t49.9\t1"),
+                "{stdout}"
+            );
+            assert!(
+                stdout.contains("spring-sale\t-\tunattributed_revenue\t12.5\t12.5\t1"),
+                "{stdout}"
+            );
+        }
+    }
+}
