@@ -8,37 +8,32 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use admetrics::config::PluginsConfig;
-use admetrics::plugin::{PluginError, PluginRuntime, Touchpoint, WitEvent, WitKind};
+use admetrics::plugin::{self, EventBatch, PluginError, PluginRuntime, Touchpoint, kind};
 use support::*;
 
-fn sample() -> Vec<WitEvent> {
-    let e = |kind, campaign, ad, revenue_micros, touchpoints: Vec<Touchpoint>| WitEvent {
-        kind,
-        time_ms: 1_767_607_200_000,
-        campaign,
-        ad,
-        revenue_micros,
-        touchpoints,
-    };
-    let tp = |t: i64, c: u32, a: u32| Touchpoint {
-        time_ms: 1_767_607_200_000 - t,
+fn sample() -> EventBatch {
+    let t = 1_767_607_200_000;
+    let tp = |dt: i64, c: u32, a: u32| Touchpoint {
+        time_ms: t - dt,
         campaign: c,
         ad: a,
     };
-    vec![
-        e(WitKind::Impression, 0, 0, 0, vec![]),
-        e(WitKind::Impression, 0, 1, 0, vec![]),
-        e(WitKind::Impression, 1, 2, 0, vec![]),
-        e(WitKind::Click, 0, 0, 0, vec![]),
-        e(
-            WitKind::Conversion,
-            0,
-            0,
-            2_500_000,
-            vec![tp(9_000, 1, 2), tp(5_000, 0, 1)],
-        ),
-        e(WitKind::Conversion, 1, 2, 1_000_000, vec![]),
-    ]
+    let mut b = plugin::new_batch();
+    plugin::push_event(&mut b, kind::IMPRESSION, t, 0, 0, 0, Some(&[]));
+    plugin::push_event(&mut b, kind::IMPRESSION, t, 0, 1, 0, Some(&[]));
+    plugin::push_event(&mut b, kind::IMPRESSION, t, 1, 2, 0, Some(&[]));
+    plugin::push_event(&mut b, kind::CLICK, t, 0, 0, 0, Some(&[]));
+    plugin::push_event(
+        &mut b,
+        kind::CONVERSION,
+        t,
+        0,
+        0,
+        2_500_000,
+        Some(&[tp(9_000, 1, 2), tp(5_000, 0, 1)]),
+    );
+    plugin::push_event(&mut b, kind::CONVERSION, t, 1, 2, 1_000_000, Some(&[]));
+    b
 }
 
 #[test]

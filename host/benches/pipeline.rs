@@ -20,7 +20,7 @@ use admetrics::config::Config;
 use admetrics::event;
 use admetrics::loadgen::{EventGen, LoadgenArgs};
 use admetrics::pipeline::{Clock, Processor};
-use admetrics::plugin::{PluginRuntime, WitEvent, WitKind};
+use admetrics::plugin::{self, PluginRuntime, kind};
 use admetrics::sink::IcebergSink;
 use admetrics::source::RawMessage;
 use admetrics::status::Status;
@@ -97,7 +97,7 @@ fn run_processor(
         }
         p.flush_plugins();
         // The daemon ticks once per commit interval; do the same in (benchmark) wall time.
-        if last_tick.elapsed() >= cfg.commit_interval() {
+        if last_tick.elapsed() >= cfg.commit_interval() || p.buffered() >= cfg.commit.max_rows {
             let _ = p.tick(&Clock::now());
             last_tick = Instant::now();
         }
@@ -177,20 +177,24 @@ fn main() {
 
     // 5. each plugin alone on pre-built batches, vs native Rust doing the same counting
     let mut rng = fastrand::Rng::with_seed(1);
-    let batch: Vec<WitEvent> = (0..4096)
-        .map(|i| WitEvent {
-            kind: match i % 100 {
-                0 => WitKind::Conversion,
-                1..=9 => WitKind::Click,
-                _ => WitKind::Impression,
-            },
-            time_ms: now,
-            campaign: rng.u32(0..100),
-            ad: rng.u32(0..500),
-            revenue_micros: if i % 100 == 0 { 12_340_000 } else { 0 },
-            touchpoints: vec![],
-        })
-        .collect();
+    let mut batch = plugin::new_batch();
+    for i in 0..4096 {
+        let k = match i % 100 {
+            0 => kind::CONVERSION,
+            1..=9 => kind::CLICK,
+            _ => kind::IMPRESSION,
+        };
+        let revenue = if k == kind::CONVERSION { 12_340_000 } else { 0 };
+        plugin::push_event(
+            &mut batch,
+            k,
+            now,
+            rng.u32(0..100),
+            rng.u32(0..500),
+            revenue,
+            Some(&[]),
+        );
+    }
     let rt = PluginRuntime::new(&config(true).plugins).unwrap();
     let calls = 500;
     println!();
@@ -208,16 +212,16 @@ fn main() {
         println!(
             "    {:<12} {:>12.0} events/s",
             p.info.name,
-            rate(calls * batch.len(), d)
+            rate(calls * batch.kinds.len(), d)
         );
     }
     let t = Instant::now();
     let mut counts = vec![[0i64; 2]; 100];
     for _ in 0..calls {
-        for e in &batch {
-            match e.kind {
-                WitKind::Impression => counts[e.campaign as usize][0] += 1,
-                WitKind::Click => counts[e.campaign as usize][1] += 1,
+        for (k, c) in batch.kinds.iter().zip(&batch.campaigns) {
+            match *k {
+                kind::IMPRESSION => counts[*c as usize][0] += 1,
+                kind::CLICK => counts[*c as usize][1] += 1,
                 _ => {}
             }
         }
@@ -226,7 +230,7 @@ fn main() {
     println!(
         "    {:<12} {:>12.0} events/s  (native Rust, same counting as ctr)",
         "baseline",
-        rate(calls * batch.len(), t.elapsed())
+        rate(calls * batch.kinds.len(), t.elapsed())
     );
 
     // 6. Iceberg sink: Parquet encode + commit of the full run's tables

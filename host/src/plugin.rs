@@ -32,9 +32,65 @@ mod bindings {
 }
 
 /// The WIT types, as the host sees them.
-pub use bindings::admetrics::metrics::types::{
-    Event as WitEvent, EventKind as WitKind, MetricRow, Touchpoint,
-};
+pub use bindings::admetrics::metrics::types::{EventBatch, MetricRow, Touchpoint};
+
+/// `event-batch.kinds` codes.
+pub mod kind {
+    pub const IMPRESSION: u8 = 0;
+    pub const CLICK: u8 = 1;
+    pub const CONVERSION: u8 = 2;
+}
+
+/// An empty batch.
+pub fn new_batch() -> EventBatch {
+    EventBatch {
+        kinds: vec![],
+        times_ms: vec![],
+        campaigns: vec![],
+        ads: vec![],
+        revenue_micros: vec![],
+        touchpoint_ends: vec![],
+        touchpoints: vec![],
+    }
+}
+
+/// Appends one event. `touchpoints` is `Some` (possibly empty) when the batch carries
+/// touchpoints: then every event of the batch must be pushed with `Some`.
+pub fn push_event(
+    b: &mut EventBatch,
+    kind: u8,
+    time_ms: i64,
+    campaign: u32,
+    ad: u32,
+    revenue_micros: i64,
+    touchpoints: Option<&[Touchpoint]>,
+) {
+    b.kinds.push(kind);
+    b.times_ms.push(time_ms);
+    b.campaigns.push(campaign);
+    b.ads.push(ad);
+    b.revenue_micros.push(revenue_micros);
+    if let Some(tps) = touchpoints {
+        b.touchpoints.extend(tps.iter().map(|t| Touchpoint {
+            time_ms: t.time_ms,
+            campaign: t.campaign,
+            ad: t.ad,
+        }));
+        b.touchpoint_ends.push(b.touchpoints.len() as u32);
+    }
+}
+
+/// Empties a batch, keeping its capacity.
+pub fn clear_batch(b: &mut EventBatch) {
+    b.kinds.clear();
+    b.times_ms.clear();
+    b.campaigns.clear();
+    b.ads.clear();
+    b.revenue_micros.clear();
+    b.touchpoint_ends.clear();
+    b.touchpoints.clear();
+}
+
 use bindings::{MetricPlugin, MetricPluginPre};
 
 /// How often the epoch advances; call deadlines are counted in these ticks.
@@ -318,7 +374,7 @@ impl Plugin {
     }
 
     /// Folds `events` into `acc` (empty for a new window).
-    pub fn accumulate(&mut self, acc: &[u8], events: &[WitEvent]) -> Result<Vec<u8>, PluginError> {
+    pub fn accumulate(&mut self, acc: &[u8], events: &EventBatch) -> Result<Vec<u8>, PluginError> {
         self.call(|p, s| p.call_accumulate(s, acc, events))?
             .map_err(PluginError::Guest)
     }
@@ -360,45 +416,16 @@ impl Plugin {
     /// One call over sample events of every kind must succeed before a plugin is used.
     fn smoke_test(&mut self) -> Result<(), PluginError> {
         let t = 1_700_000_000_000;
-        let tp = Touchpoint {
+        let tp = [Touchpoint {
             time_ms: t - 1000,
             campaign: 0,
             ad: 0,
-        };
-        let sample = [
-            WitEvent {
-                kind: WitKind::Impression,
-                time_ms: t,
-                campaign: 0,
-                ad: 0,
-                revenue_micros: 0,
-                touchpoints: vec![],
-            },
-            WitEvent {
-                kind: WitKind::Click,
-                time_ms: t,
-                campaign: 0,
-                ad: 0,
-                revenue_micros: 0,
-                touchpoints: vec![],
-            },
-            WitEvent {
-                kind: WitKind::Conversion,
-                time_ms: t,
-                campaign: 1,
-                ad: 1,
-                revenue_micros: 1_500_000,
-                touchpoints: vec![tp],
-            },
-            WitEvent {
-                kind: WitKind::Conversion,
-                time_ms: t,
-                campaign: 1,
-                ad: 1,
-                revenue_micros: 1,
-                touchpoints: vec![],
-            },
-        ];
+        }];
+        let mut sample = new_batch();
+        push_event(&mut sample, kind::IMPRESSION, t, 0, 0, 0, Some(&[]));
+        push_event(&mut sample, kind::CLICK, t, 0, 0, 0, Some(&[]));
+        push_event(&mut sample, kind::CONVERSION, t, 1, 1, 1_500_000, Some(&tp));
+        push_event(&mut sample, kind::CONVERSION, t, 1, 1, 1, Some(&[]));
         let acc = self.accumulate(&[], &sample)?;
         let rows = self.finish(&acc)?;
         if rows.is_empty() {

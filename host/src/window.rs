@@ -140,19 +140,14 @@ impl Touchpoints {
     }
 
     /// The user's clicks with `t − lookback ≤ click time ≤ t`, oldest first.
-    pub fn for_conversion(&self, user: &str, t_ms: i64) -> Vec<Touchpoint> {
-        match self.users.get(user) {
-            None => Vec::new(),
-            Some(list) => list
-                .iter()
-                .filter(|tp| tp.time_ms <= t_ms && tp.time_ms >= t_ms - self.lookback_ms)
-                .map(|tp| Touchpoint {
-                    time_ms: tp.time_ms,
-                    campaign: tp.campaign,
-                    ad: tp.ad,
-                })
-                .collect(),
-        }
+    pub fn for_conversion(&self, user: &str, t_ms: i64) -> &[Touchpoint] {
+        let Some(list) = self.users.get(user) else {
+            return &[];
+        };
+        // The list is sorted by time: the window is one contiguous run.
+        let lo = list.partition_point(|tp| tp.time_ms < t_ms - self.lookback_ms);
+        let hi = list.partition_point(|tp| tp.time_ms <= t_ms);
+        &list[lo..hi.max(lo)]
     }
 
     /// Forgets clicks that no future on-time conversion can use: older than `watermark − lookback`.

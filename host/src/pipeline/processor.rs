@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::event::{self, EventKind, Reason};
-use crate::plugin::{Plugin, PluginError, Touchpoint, WitEvent, WitKind};
+use crate::plugin::{self, EventBatch, Plugin, PluginError, Touchpoint};
 use crate::sink::CommitBatch;
 use crate::sink::schema::{DeadLetterBuffer, EventsBuffer, MetricRecord, metrics_batch};
 use crate::source::RawMessage;
@@ -40,7 +40,7 @@ impl Clock {
 /// accumulator (`None` once that plugin failed on this window: its rows would be wrong, so
 /// none are published for the window).
 struct Window {
-    pending: Vec<WitEvent>,
+    pending: EventBatch,
     accs: Vec<Option<Vec<u8>>>,
     dirty: bool,
     revision: i32,
@@ -198,45 +198,47 @@ impl Processor {
         let late = start + self.size_ms + self.lateness_ms <= self.watermarks.current();
         let campaign = self.campaigns.intern(&ev.campaign_id);
         let ad = self.ads.intern(&ev.ad_id);
-        let mut tps = Vec::new();
-        match ev.kind {
-            EventKind::Click => {
-                self.touchpoints.record_click(
-                    &ev.user_id,
-                    Touchpoint {
-                        time_ms: ev.time_ms,
-                        campaign,
-                        ad,
-                    },
-                );
-            }
-            EventKind::Conversion if self.wants_touchpoints && !late => {
-                tps = self.touchpoints.for_conversion(&ev.user_id, ev.time_ms);
-            }
-            _ => {}
+        if ev.kind == EventKind::Click {
+            self.touchpoints.record_click(
+                &ev.user_id,
+                Touchpoint {
+                    time_ms: ev.time_ms,
+                    campaign,
+                    ad,
+                },
+            );
         }
         if late {
             self.status.late_events.fetch_add(1, Relaxed);
         } else {
             let n = self.slots.len();
             let w = self.windows.entry(start).or_insert_with(|| Window {
-                pending: Vec::new(),
+                pending: plugin::new_batch(),
                 accs: vec![Some(Vec::new()); n],
                 dirty: false,
                 revision: 0,
             });
-            w.pending.push(WitEvent {
-                kind: match ev.kind {
-                    EventKind::Impression => WitKind::Impression,
-                    EventKind::Click => WitKind::Click,
-                    EventKind::Conversion => WitKind::Conversion,
-                },
-                time_ms: ev.time_ms,
+            let kind = match ev.kind {
+                EventKind::Impression => plugin::kind::IMPRESSION,
+                EventKind::Click => plugin::kind::CLICK,
+                EventKind::Conversion => plugin::kind::CONVERSION,
+            };
+            let tps = match (self.wants_touchpoints, ev.kind) {
+                (false, _) => None,
+                (true, EventKind::Conversion) => {
+                    Some(self.touchpoints.for_conversion(&ev.user_id, ev.time_ms))
+                }
+                (true, _) => Some(&[][..]),
+            };
+            plugin::push_event(
+                &mut w.pending,
+                kind,
+                ev.time_ms,
                 campaign,
                 ad,
-                revenue_micros: ev.revenue_micros,
-                touchpoints: tps,
-            });
+                ev.revenue_micros,
+                tps,
+            );
         }
         if self.build_tables {
             self.events
@@ -247,7 +249,7 @@ impl Processor {
     /// Hands each window's pending events to every plugin, one call per plugin per window.
     pub fn flush_plugins(&mut self) {
         for (start, w) in self.windows.iter_mut() {
-            if w.pending.is_empty() {
+            if w.pending.kinds.is_empty() {
                 continue;
             }
             for (slot, acc) in self.slots.iter_mut().zip(w.accs.iter_mut()) {
@@ -264,7 +266,7 @@ impl Processor {
                     }
                 }
             }
-            w.pending.clear();
+            plugin::clear_batch(&mut w.pending);
             w.dirty = true;
         }
     }

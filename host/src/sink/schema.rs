@@ -140,25 +140,28 @@ struct EventColumns {
 }
 
 impl EventColumns {
-    fn new() -> Self {
+    /// Builders pre-sized for `rows` rows, so a commit's worth of appends does not regrow
+    /// (and re-fault) every buffer from empty.
+    fn with_capacity(rows: usize) -> Self {
+        let s = |bytes_per_row: usize| StringBuilder::with_capacity(rows, rows * bytes_per_row);
         EventColumns {
-            event_id: StringBuilder::new(),
-            event_type: StringBuilder::new(),
-            event_time: ts(),
-            campaign_id: StringBuilder::new(),
-            ad_id: StringBuilder::new(),
-            user_id: StringBuilder::new(),
-            revenue: Decimal128Builder::new()
+            event_id: s(20),
+            event_type: s(10),
+            event_time: TimestampMicrosecondBuilder::with_capacity(rows).with_timezone(UTC),
+            campaign_id: s(12),
+            ad_id: s(12),
+            user_id: s(12),
+            revenue: Decimal128Builder::with_capacity(rows)
                 .with_precision_and_scale(18, 6)
                 .expect("valid decimal"),
-            currency: StringBuilder::new(),
-            device: StringBuilder::new(),
-            country: StringBuilder::new(),
-            placement: StringBuilder::new(),
-            partition: Int32Builder::new(),
-            offset: Int64Builder::new(),
-            ingest_time: ts(),
-            is_late: BooleanBuilder::new(),
+            currency: s(1),
+            device: s(8),
+            country: s(2),
+            placement: s(8),
+            partition: Int32Builder::with_capacity(rows),
+            offset: Int64Builder::with_capacity(rows),
+            ingest_time: TimestampMicrosecondBuilder::with_capacity(rows).with_timezone(UTC),
+            is_late: BooleanBuilder::with_capacity(rows),
             rows: 0,
         }
     }
@@ -190,7 +193,8 @@ impl EventColumns {
 pub struct EventsBuffer {
     schema: ArrowSchemaRef,
     days: BTreeMap<i32, EventColumns>,
-    spare: Vec<EventColumns>,
+    /// Rows of the last batch taken: the size new builders are given.
+    last_rows: usize,
 }
 
 impl EventsBuffer {
@@ -198,7 +202,7 @@ impl EventsBuffer {
         EventsBuffer {
             schema: arrow_schema(&events_schema()),
             days: BTreeMap::new(),
-            spare: Vec::new(),
+            last_rows: 1024,
         }
     }
 
@@ -207,10 +211,10 @@ impl EventsBuffer {
         let day = e.time_ms.div_euclid(86_400_000) as i32;
         let c = match self.days.get_mut(&day) {
             Some(c) => c,
-            None => {
-                let c = self.spare.pop().unwrap_or_else(EventColumns::new);
-                self.days.entry(day).or_insert(c)
-            }
+            None => self
+                .days
+                .entry(day)
+                .or_insert_with(|| EventColumns::with_capacity(self.last_rows)),
         };
         c.event_id.append_value(&e.event_id);
         c.event_type.append_value(e.kind.as_str());
@@ -241,12 +245,12 @@ impl EventsBuffer {
     /// Takes the buffered rows as one batch per day (days since epoch).
     pub fn take(&mut self) -> Vec<(i32, RecordBatch)> {
         let days = std::mem::take(&mut self.days);
+        let rows: usize = days.values().map(|c| c.rows).sum();
+        if rows > 0 {
+            self.last_rows = rows.next_power_of_two();
+        }
         days.into_iter()
-            .map(|(day, mut c)| {
-                let b = c.finish(&self.schema);
-                self.spare.push(c);
-                (day, b)
-            })
+            .map(|(day, mut c)| (day, c.finish(&self.schema)))
             .collect()
     }
 }

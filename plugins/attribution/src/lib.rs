@@ -25,7 +25,7 @@ impl Plugin for LastClick {
         )
     }
 
-    fn accumulate(acc: &mut Counters, events: &[Event]) -> Result<(), String> {
+    fn accumulate(acc: &mut Counters, events: &Events) -> Result<(), String> {
         for e in events.iter().filter(|e| e.kind == EventKind::Conversion) {
             let r = e.revenue_micros;
             // Latest click wins; on equal times the one received later (later in the list).

@@ -10,8 +10,8 @@ impl Plugin for Ctr {
         info("ctr", env!("CARGO_PKG_VERSION"), &["ctr"], false)
     }
 
-    fn accumulate(acc: &mut Counters, events: &[Event]) -> Result<(), String> {
-        for e in events {
+    fn accumulate(acc: &mut Counters, events: &Events) -> Result<(), String> {
+        for e in events.iter() {
             match e.kind {
                 EventKind::Impression => acc.add(e.campaign, NO_AD, &[1, 0]),
                 EventKind::Click => acc.add(e.campaign, NO_AD, &[0, 1]),

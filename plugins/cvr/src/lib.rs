@@ -10,8 +10,8 @@ impl Plugin for Cvr {
         info("cvr", env!("CARGO_PKG_VERSION"), &["cvr"], false)
     }
 
-    fn accumulate(acc: &mut Counters, events: &[Event]) -> Result<(), String> {
-        for e in events {
+    fn accumulate(acc: &mut Counters, events: &Events) -> Result<(), String> {
+        for e in events.iter() {
             match e.kind {
                 EventKind::Click => acc.add(e.campaign, NO_AD, &[1, 0]),
                 EventKind::Conversion => acc.add(e.campaign, NO_AD, &[0, 1]),

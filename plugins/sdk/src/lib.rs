@@ -8,7 +8,7 @@
 //! impl Plugin for Impressions {
 //!     const WIDTH: usize = 1;
 //!     fn info() -> PluginInfo { info("impressions", env!("CARGO_PKG_VERSION"), &["impressions"], false) }
-//!     fn accumulate(acc: &mut Counters, events: &[Event]) -> Result<(), String> {
+//!     fn accumulate(acc: &mut Counters, events: &Events) -> Result<(), String> {
 //!         for e in events.iter().filter(|e| e.kind == EventKind::Impression) {
 //!             acc.add(e.campaign, NO_AD, &[1]);
 //!         }
@@ -46,8 +46,102 @@ pub mod bindings {
 pub use wit_bindgen;
 
 pub use bindings::admetrics::metrics::types::{
-    Event, EventKind, MetricRow, PluginInfo, Touchpoint,
+    EventBatch, EventKind, MetricRow, PluginInfo, Touchpoint,
 };
+
+/// One event of a batch, as a plugin sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Event<'a> {
+    /// What happened.
+    pub kind: EventKind,
+    /// Event time, ms since the Unix epoch (UTC).
+    pub time_ms: i64,
+    /// Interned campaign id.
+    pub campaign: u32,
+    /// Interned ad id.
+    pub ad: u32,
+    /// Conversion revenue in micro-units; 0 for other kinds.
+    pub revenue_micros: i64,
+    /// For conversions, when the plugin wants touchpoints: the user's clicks inside the
+    /// lookback at or before the conversion, oldest first.
+    pub touchpoints: &'a [Touchpoint],
+}
+
+/// A validated batch of one window's events (the WIT `event-batch`, columns checked).
+pub struct Events {
+    batch: EventBatch,
+}
+
+impl Events {
+    /// Checks that the columns agree; the host guarantees it, a fuzzing host may not.
+    pub fn new(batch: EventBatch) -> Result<Self, String> {
+        let n = batch.kinds.len();
+        let cols = [
+            batch.times_ms.len(),
+            batch.campaigns.len(),
+            batch.ads.len(),
+            batch.revenue_micros.len(),
+        ];
+        if cols.iter().any(|&l| l != n) {
+            return Err(format!(
+                "event-batch columns differ in length: kinds {n}, others {cols:?}"
+            ));
+        }
+        if let Some(k) = batch.kinds.iter().find(|&&k| k > 2) {
+            return Err(format!("event-batch has unknown kind {k}"));
+        }
+        let ends = &batch.touchpoint_ends;
+        if !ends.is_empty()
+            && (ends.len() != n
+                || ends.windows(2).any(|w| w[0] > w[1])
+                || ends
+                    .last()
+                    .is_some_and(|&e| e as usize > batch.touchpoints.len()))
+        {
+            return Err("event-batch touchpoint-ends are inconsistent".into());
+        }
+        Ok(Events { batch })
+    }
+
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        self.batch.kinds.len()
+    }
+
+    /// True for an empty batch.
+    pub fn is_empty(&self) -> bool {
+        self.batch.kinds.is_empty()
+    }
+
+    /// The events in order.
+    pub fn iter(&self) -> impl Iterator<Item = Event<'_>> + '_ {
+        let b = &self.batch;
+        (0..b.kinds.len()).map(move |i| {
+            let touchpoints = if b.touchpoint_ends.is_empty() {
+                &[][..]
+            } else {
+                let start = if i == 0 {
+                    0
+                } else {
+                    b.touchpoint_ends[i - 1] as usize
+                };
+                &b.touchpoints[start..b.touchpoint_ends[i] as usize]
+            };
+            Event {
+                kind: match b.kinds[i] {
+                    0 => EventKind::Impression,
+                    1 => EventKind::Click,
+                    _ => EventKind::Conversion,
+                },
+                time_ms: b.times_ms[i],
+                campaign: b.campaigns[i],
+                ad: b.ads[i],
+                revenue_micros: b.revenue_micros[i],
+                touchpoints,
+            }
+        })
+    }
+}
 
 /// Key value meaning "no ad": counters kept per campaign only.
 pub const NO_AD: u32 = u32::MAX;
@@ -59,7 +153,7 @@ pub trait Plugin {
     /// The plugin's self-description.
     fn info() -> PluginInfo;
     /// Folds a batch of events (all of one window) into the accumulator.
-    fn accumulate(acc: &mut Counters, events: &[Event]) -> Result<(), String>;
+    fn accumulate(acc: &mut Counters, events: &Events) -> Result<(), String>;
     /// The window's metric rows from the accumulator.
     fn finish(acc: &Counters) -> Vec<MetricRow>;
 }
@@ -203,7 +297,8 @@ impl Counters {
 }
 
 #[doc(hidden)]
-pub fn __accumulate<P: Plugin>(acc: Vec<u8>, events: Vec<Event>) -> Result<Vec<u8>, String> {
+pub fn __accumulate<P: Plugin>(acc: Vec<u8>, events: EventBatch) -> Result<Vec<u8>, String> {
+    let events = Events::new(events)?;
     let mut c = Counters::decode(&acc, P::WIDTH)?;
     P::accumulate(&mut c, &events)?;
     Ok(c.encode())
@@ -226,7 +321,7 @@ macro_rules! export_plugin {
             }
             fn accumulate(
                 acc: ::std::vec::Vec<u8>,
-                events: ::std::vec::Vec<$crate::Event>,
+                events: $crate::EventBatch,
             ) -> ::std::result::Result<::std::vec::Vec<u8>, ::std::string::String> {
                 $crate::__accumulate::<$plugin>(acc, events)
             }
