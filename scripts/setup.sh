@@ -4,6 +4,7 @@
 #
 #   scripts/setup.sh          # broker, wasm targets, cargo-component, Python test venv
 #   scripts/setup.sh --demo   # only what the demo needs (broker + wasm target)
+#   scripts/setup.sh --python # only the Python venv (scripts/query.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,25 @@ mode=${1:-all}
 
 log() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
 export PATH="$HOME/.cargo/bin:$PATH"
+
+setup_python() {
+  # Python readers for the tests (PyIceberg, DuckDB + its offline iceberg/avro extensions).
+  if [[ ! -x .venv/bin/python ]]; then
+    log "creating .venv"
+    python3 -m venv .venv
+  fi
+  local stamp=.venv/.requirements.sha256 want
+  want=$(sha256sum tests/requirements.txt | cut -d' ' -f1)
+  if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
+    log "installing Python test requirements"
+    .venv/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+    echo "$want" > "$stamp"
+  fi
+}
+if [[ $mode == --python ]]; then
+  setup_python
+  exit 0
+fi
 
 # WebAssembly targets: wasip2 for plain cargo builds, wasip1 for cargo-component's adapter.
 installed_targets=$(rustup target list --installed)
@@ -42,16 +62,5 @@ fi
 
 install_crate cargo-component "$CARGO_COMPONENT_VERSION" "cargo component --version"
 
-# Python readers for the tests (PyIceberg, DuckDB + its offline iceberg/avro extensions).
-if [[ ! -x .venv/bin/python ]]; then
-  log "creating .venv"
-  python3 -m venv .venv
-fi
-stamp=.venv/.requirements.sha256
-want=$(sha256sum tests/requirements.txt | cut -d' ' -f1)
-if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
-  log "installing Python test requirements"
-  .venv/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
-  echo "$want" > "$stamp"
-fi
+setup_python
 log "ready"
