@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Builds the metric plugins both ways a plugin author can:
-#   plain cargo  → target/wasm32-wasip2/release/NAME.wasm   (what config/default.toml loads)
+#   plain cargo     → target/wasm32-wasip2/release/NAME.wasm (what config/default.toml loads)
 #   cargo component → target/wasm32-wasip1/release/NAME.wasm (adapter-wrapped component)
-#   scripts/build-plugins.sh [--plain-only]
+# plus the test fixtures (faulty plugins, a second ctr version) with plain cargo.
+#   scripts/build-plugins.sh [--plain-only]   # --plain-only: the three plugins, plain cargo (demo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 plugins=(-p ctr -p cvr -p attribution)
-cargo build --release --target wasm32-wasip2 "${plugins[@]}"
-if [[ ${1:-} != --plain-only ]]; then
-  cargo component build --release "${plugins[@]}"
+if [[ ${1:-} == --plain-only ]]; then
+  exec cargo build --release --target wasm32-wasip2 "${plugins[@]}"
 fi
+fixtures=()
+for f in plugins/fixtures/*/; do fixtures+=(-p "fixture-$(basename "$f")"); done
+cargo build --release --target wasm32-wasip2 "${plugins[@]}" "${fixtures[@]}"
+cargo component build --release "${plugins[@]}"

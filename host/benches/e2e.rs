@@ -232,9 +232,21 @@ fn main() {
     // Steady state: from the first commit past 10% to the last commit before the end. The final
     // commit is excluded: after the last message it waits for the commit interval by design,
     // which says nothing about throughput (the bare consumer likewise stops at its last message).
-    let a = samples.iter().find(|(_, d)| *d >= lo as i64).copied().unwrap();
-    let b = samples.iter().rev().find(|(_, d)| *d < n as i64).copied().unwrap();
-    assert!(b.1 - a.1 >= n as i64 / 2, "too few commits between 10% and the end for a steady-state figure");
+    let a = samples
+        .iter()
+        .find(|(_, d)| *d >= lo as i64)
+        .copied()
+        .unwrap();
+    let b = samples
+        .iter()
+        .rev()
+        .find(|(_, d)| *d < n as i64)
+        .copied()
+        .unwrap();
+    assert!(
+        b.1 - a.1 >= n as i64 / 2,
+        "too few commits between 10% and the end for a steady-state figure"
+    );
     let sustained = (b.1 - a.1) as f64 / b.0.duration_since(a.0).as_secs_f64();
     println!(
         "  admetrics daemon: {n} events into committed Iceberg snapshots in {daemon_secs:.2} s from process start = {:.0} events/s; \
