@@ -33,6 +33,9 @@ pub struct Config {
     pub plugins: PluginsConfig,
     pub iceberg: IcebergConfig,
     pub commit: CommitConfig,
+    /// The file this configuration was loaded from (watched for live changes).
+    #[serde(skip)]
+    pub source_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -134,6 +137,13 @@ pub struct PluginsConfig {
     pub call_deadline_ms: u64,
     /// WebAssembly stack limit, bytes.
     pub max_wasm_stack_bytes: usize,
+    /// A directory whose `*.wasm` files are loaded too (sorted by file name) and watched: drop a
+    /// plugin in, replace or remove it, and the running daemon follows.
+    pub dir: Option<PathBuf>,
+    /// How often the config file and plugin files are checked for changes.
+    pub watch_interval_ms: u64,
+    /// A plugin version that fails this many calls in a row is quarantined.
+    pub quarantine_after: u32,
 }
 
 impl Default for PluginsConfig {
@@ -143,6 +153,9 @@ impl Default for PluginsConfig {
             max_memory_bytes: 64 << 20,
             call_deadline_ms: 1_000,
             max_wasm_stack_bytes: 512 << 10,
+            dir: None,
+            watch_interval_ms: 500,
+            quarantine_after: 3,
         }
     }
 }
@@ -200,7 +213,9 @@ impl Config {
             source,
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Self::from_toml(&text, &path.display().to_string(), &base, std::env::vars())
+        let mut cfg = Self::from_toml(&text, &path.display().to_string(), &base, std::env::vars())?;
+        cfg.source_path = Some(path.to_path_buf());
+        Ok(cfg)
     }
 
     /// Parses TOML text; `env` supplies `ADMETRICS__SECTION__KEY=value` overrides.
@@ -268,6 +283,9 @@ impl Config {
         for p in &mut self.plugins.paths {
             *p = abs(p);
         }
+        if let Some(d) = &self.plugins.dir {
+            self.plugins.dir = Some(abs(d));
+        }
         self.iceberg.warehouse = abs(&self.iceberg.warehouse);
         if let Some(file) = self.iceberg.catalog_uri.strip_prefix("sqlite:") {
             let file = file.trim_start_matches("//");
@@ -297,8 +315,14 @@ impl Config {
         if self.kafka.batch_size == 0 {
             return bad("kafka.batch_size", "must be at least 1");
         }
-        if self.plugins.paths.is_empty() {
-            return bad("plugins.paths", "at least one plugin is needed");
+        if self.plugins.paths.is_empty() && self.plugins.dir.is_none() {
+            return bad(
+                "plugins.paths",
+                "at least one plugin (or plugins.dir) is needed",
+            );
+        }
+        if self.plugins.quarantine_after == 0 {
+            return bad("plugins.quarantine_after", "must be at least 1");
         }
         if self.attribution.max_touchpoints == 0 {
             return bad("attribution.max_touchpoints", "must be at least 1");

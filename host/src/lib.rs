@@ -12,6 +12,7 @@
 //! | [`sink`]    | Iceberg tables (SQLite SQL catalog + local warehouse), fast appends    |
 //! | [`pipeline`]| the processor that chains the stages, and the daemon's threads         |
 //! | [`config`]  | TOML configuration with env overrides and strict keys                  |
+//! | [`watch`]   | hot reload: plugin files and config watched, compiled off the event path |
 //!
 //! Around them: [`loadgen`] (synthetic traffic), [`status`] + [`progress`] (live counters and
 //! the terminal view), [`cli`] (the `admetrics` command; `main.rs` only calls it).
@@ -26,4 +27,5 @@ pub mod progress;
 pub mod sink;
 pub mod source;
 pub mod status;
+pub mod watch;
 pub mod window;

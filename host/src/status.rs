@@ -17,6 +17,12 @@ pub struct Status {
     pub dead_by_reason: [AtomicU64; Reason::ALL.len()],
     pub late_events: AtomicU64,
     pub plugin_errors: AtomicU64,
+    pub plugin_swaps: AtomicU64,
+    pub plugin_rejections: AtomicU64,
+    pub plugins_quarantined: AtomicU64,
+    pub plugin_rollbacks: AtomicU64,
+    /// How long the last plugin-set install held the event path, microseconds.
+    pub last_swap_us: AtomicU64,
     pub commits: AtomicU64,
     pub committed_events: AtomicU64,
     pub committed_dead_letters: AtomicU64,

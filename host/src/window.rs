@@ -95,6 +95,12 @@ impl Watermarks {
         self.current
     }
 
+    /// Changes the bounds while running (the watermark still never moves backwards).
+    pub fn set_params(&mut self, out_of_orderness_ms: u64, idle_timeout_ms: u64) {
+        self.out_of_orderness_ms = out_of_orderness_ms as i64;
+        self.idle_timeout = std::time::Duration::from_millis(idle_timeout_ms);
+    }
+
     /// Partition → max event time seen, for status output.
     pub fn partitions(&self) -> impl Iterator<Item = (i32, Option<i64>)> + '_ {
         self.partitions.iter().map(|(p, c)| (*p, c.max_event_ms))
@@ -157,6 +163,12 @@ impl Touchpoints {
             list.retain(|t| t.time_ms >= horizon);
             !list.is_empty()
         });
+    }
+
+    /// Changes the bounds while running; they apply to conversions from now on.
+    pub fn set_params(&mut self, max_per_user: usize, lookback_ms: i64) {
+        self.max_per_user = max_per_user;
+        self.lookback_ms = lookback_ms;
     }
 
     pub fn users(&self) -> usize {

@@ -25,24 +25,11 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::plugin::{Plugin, PluginRuntime};
+use crate::plugin::PluginRuntime;
 use crate::sink::{CommitReport, IcebergSink};
 use crate::source::KafkaSource;
 use crate::status::Status;
 pub use processor::{Clock, Processor};
-
-/// Loads every configured plugin; any failure is fatal at start-up (a daemon that silently runs
-/// without a metric is worse than one that refuses to start).
-pub fn load_plugins(runtime: &PluginRuntime, cfg: &Config) -> anyhow::Result<Vec<Plugin>> {
-    let mut plugins = Vec::new();
-    for path in &cfg.plugins.paths {
-        let p = runtime.load(path)?;
-        tracing::info!(plugin = %p.info.name, version = %p.info.version, sha256 = %&p.info.sha256[..12],
-            path = %path.display(), "plugin loaded");
-        plugins.push(p);
-    }
-    Ok(plugins)
-}
 
 /// Summary of a finished run.
 #[derive(Debug, Clone, Default)]
@@ -77,9 +64,17 @@ pub async fn run(
     );
 
     let runtime = PluginRuntime::new(&cfg.plugins)?;
-    let plugins = load_plugins(&runtime, &cfg)?;
+    let (plugins, installed) = crate::watch::load_initial(&runtime, &cfg)?;
     let mut processor = Processor::new(&cfg, plugins, status.clone());
     processor.set_committed_offsets(committed);
+    let (control_tx, control_rx) = std::sync::mpsc::channel();
+    let _watcher = crate::watch::spawn(
+        cfg.clone(),
+        runtime.clone(),
+        installed,
+        control_tx,
+        status.clone(),
+    )?;
 
     let (batch_tx, mut batch_rx) = mpsc::channel(2);
     let (ack_tx, ack_rx) = std::sync::mpsc::channel::<CommitReport>();
@@ -100,6 +95,7 @@ pub async fn run(
                     &stop,
                     &batch_tx,
                     &ack_rx,
+                    &control_rx,
                 )
             },
         )?
@@ -201,6 +197,7 @@ fn ingest_loop(
     stop: &AtomicBool,
     batch_tx: &mpsc::Sender<crate::sink::CommitBatch>,
     ack_rx: &std::sync::mpsc::Receiver<CommitReport>,
+    control_rx: &std::sync::mpsc::Receiver<crate::watch::Control>,
 ) -> anyhow::Result<RunSummary> {
     let interval = cfg.commit_interval();
     let mut next_tick = Instant::now() + interval;
@@ -231,6 +228,17 @@ fn ingest_loop(
         while let Ok(r) = ack_rx.try_recv() {
             in_flight -= 1;
             handle_ack(r, &mut summary);
+        }
+        // Ready-made plugin sets and settings from the watcher: a pointer swap, no compiling.
+        while let Ok(c) = control_rx.try_recv() {
+            let t = Instant::now();
+            match c {
+                crate::watch::Control::Plugins(specs) => processor.install(specs),
+                crate::watch::Control::Settings(s) => processor.apply_settings(&s),
+            }
+            status
+                .last_swap_us
+                .store(t.elapsed().as_micros() as u64, Relaxed);
         }
         let now = Instant::now();
         if now >= next_tick || stopping || processor.buffered() >= cfg.commit.max_rows {

@@ -36,17 +36,30 @@ impl Clock {
     }
 }
 
-/// One event-time window: pending events not yet given to the plugins, and each plugin's
-/// accumulator (`None` once that plugin failed on this window: its rows would be wrong, so
-/// none are published for the window).
+/// One event-time window: pending events not yet given to the plugins, and for each plugin
+/// version that was active when the window opened, its accumulator. A window is computed
+/// entirely by the versions it opened with, so a swap never mixes versions inside a window.
+/// An accumulator becomes `None` once its plugin failed on this window: its rows would be wrong,
+/// so none are published for the window.
 struct Window {
     pending: EventBatch,
-    accs: Vec<Option<Vec<u8>>>,
+    accs: Vec<(usize, Option<Vec<u8>>)>,
     dirty: bool,
     revision: i32,
 }
 
-/// A plugin with the strings its rows are stamped with.
+/// Where a loaded plugin version stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotState {
+    /// In the active set: new windows use it.
+    Active,
+    /// Replaced by a swap; still finishing the windows it opened with.
+    Retired,
+    /// Failed `quarantine_after` times in a row: no longer called.
+    Quarantined,
+}
+
+/// A loaded plugin version with the strings its rows are stamped with and its health.
 pub struct Slot {
     pub plugin: Plugin,
     name: Arc<str>,
@@ -55,10 +68,14 @@ pub struct Slot {
     pub calls: u64,
     pub errors: u64,
     pub busy: Duration,
+    pub state: SlotState,
+    consecutive_failures: u32,
+    /// The version of the same plugin this one replaced, for automatic rollback.
+    previous: Option<usize>,
 }
 
 impl Slot {
-    pub fn new(plugin: Plugin) -> Self {
+    pub fn new(plugin: Plugin, previous: Option<usize>) -> Self {
         Slot {
             name: plugin.info.name.as_str().into(),
             version: plugin.info.version.as_str().into(),
@@ -67,6 +84,42 @@ impl Slot {
             calls: 0,
             errors: 0,
             busy: Duration::ZERO,
+            state: SlotState::Active,
+            consecutive_failures: 0,
+            previous,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// One entry of a new plugin set sent by the watcher: a version already loaded (by sha256), or
+/// a freshly compiled and validated one.
+pub enum PluginSpec {
+    Keep(String),
+    New(Plugin),
+}
+
+/// Settings that can change while running (see `watch`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveSettings {
+    pub out_of_orderness_ms: u64,
+    pub allowed_lateness_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub lookback_secs: u64,
+    pub max_touchpoints: usize,
+}
+
+impl LiveSettings {
+    pub fn from_config(cfg: &Config) -> Self {
+        LiveSettings {
+            out_of_orderness_ms: cfg.window.out_of_orderness_ms,
+            allowed_lateness_ms: cfg.window.allowed_lateness_ms,
+            idle_timeout_ms: cfg.window.idle_timeout_ms,
+            lookback_secs: cfg.attribution.lookback_secs,
+            max_touchpoints: cfg.attribution.max_touchpoints,
         }
     }
 }
@@ -76,7 +129,11 @@ pub struct Processor {
     size_ms: i64,
     lateness_ms: i64,
     validation: crate::config::ValidationConfig,
-    slots: Vec<Slot>,
+    /// Every loaded plugin version, by id; `None` once no window or set needs it any more.
+    versions: Vec<Option<Slot>>,
+    /// The active set: version ids new windows open with, in configuration order.
+    active: Vec<usize>,
+    quarantine_after: u32,
     wants_touchpoints: bool,
     campaigns: Interner,
     ads: Interner,
@@ -107,7 +164,12 @@ impl Processor {
             size_ms: cfg.window_size_ms(),
             lateness_ms: cfg.window.allowed_lateness_ms as i64,
             validation: cfg.validation.clone(),
-            slots: plugins.into_iter().map(Slot::new).collect(),
+            active: (0..plugins.len()).collect(),
+            versions: plugins
+                .into_iter()
+                .map(|p| Some(Slot::new(p, None)))
+                .collect(),
+            quarantine_after: cfg.plugins.quarantine_after,
             wants_touchpoints,
             campaigns: Interner::default(),
             ads: Interner::default(),
@@ -143,8 +205,172 @@ impl Processor {
         self.watermarks.set_assignment(partitions, now);
     }
 
-    pub fn slots(&self) -> &[Slot] {
-        &self.slots
+    /// Every loaded plugin version.
+    pub fn slots(&self) -> impl Iterator<Item = &Slot> {
+        self.versions.iter().flatten()
+    }
+
+    /// (name, version, sha256) of the active set, in order.
+    pub fn active_set(&self) -> Vec<(String, String, String)> {
+        self.active
+            .iter()
+            .filter_map(|&v| self.versions[v].as_ref())
+            .map(|s| {
+                (
+                    s.name.to_string(),
+                    s.version.to_string(),
+                    s.sha256.to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// Installs a new active set. Windows already open finish on the versions they opened
+    /// with; windows opened from now on use the new set. Cheap (no compilation happens here),
+    /// so it can run on the event path between two poll batches.
+    pub fn install(&mut self, specs: Vec<PluginSpec>) {
+        let mut next = Vec::new();
+        for spec in specs {
+            let id = match spec {
+                PluginSpec::Keep(sha) => {
+                    match self.versions.iter().position(|v| {
+                        v.as_ref()
+                            .is_some_and(|s| *s.sha256 == *sha && s.state != SlotState::Quarantined)
+                    }) {
+                        Some(id) => id,
+                        None => {
+                            tracing::warn!(sha256 = %sha, "plugin version to keep is no longer loaded; skipped");
+                            continue;
+                        }
+                    }
+                }
+                PluginSpec::New(p) => {
+                    if let Some(id) = self.versions.iter().position(|v| {
+                        v.as_ref()
+                            .is_some_and(|s| s.sha256.as_ref() == p.info.sha256)
+                    }) {
+                        id
+                    } else {
+                        let previous = self.active.iter().copied().find(|&a| {
+                            self.versions[a]
+                                .as_ref()
+                                .is_some_and(|s| s.plugin.info.name == p.info.name)
+                        });
+                        self.versions.push(Some(Slot::new(p, previous)));
+                        self.versions.len() - 1
+                    }
+                }
+            };
+            if !next.contains(&id) {
+                next.push(id);
+            }
+        }
+        for &old in &self.active {
+            if !next.contains(&old)
+                && let Some(s) = self.versions[old].as_mut()
+                && s.state == SlotState::Active
+            {
+                s.state = SlotState::Retired;
+            }
+        }
+        for &id in &next {
+            if let Some(s) = self.versions[id].as_mut() {
+                s.state = SlotState::Active;
+                s.consecutive_failures = 0;
+            }
+        }
+        self.active = next;
+        self.refresh_wants_touchpoints();
+        self.status.plugin_swaps.fetch_add(1, Relaxed);
+        tracing::info!(active = ?self.active_set().iter().map(|(n, v, s)| format!("{n} {v} {}", &s[..12])).collect::<Vec<_>>(),
+            "plugin set installed; open windows finish on their versions");
+    }
+
+    /// Applies settings that are safe to change while running.
+    pub fn apply_settings(&mut self, s: &LiveSettings) {
+        self.lateness_ms = s.allowed_lateness_ms as i64;
+        self.watermarks
+            .set_params(s.out_of_orderness_ms, s.idle_timeout_ms);
+        self.touchpoints
+            .set_params(s.max_touchpoints, s.lookback_secs as i64 * 1000);
+        tracing::info!(?s, "live settings applied");
+    }
+
+    fn refresh_wants_touchpoints(&mut self) {
+        self.wants_touchpoints = self
+            .versions
+            .iter()
+            .flatten()
+            .any(|s| s.plugin.info.wants_touchpoints);
+    }
+
+    /// Records a failure of version `id`; after `quarantine_after` in a row the version is
+    /// quarantined, and if it replaced an earlier version that is still healthy, that one is
+    /// restored in the active set (a swap that went bad rolls itself back).
+    fn on_failure(&mut self, id: usize, window: i64, e: &PluginError) {
+        let Some(slot) = self.versions[id].as_mut() else {
+            return;
+        };
+        slot.errors += 1;
+        slot.consecutive_failures += 1;
+        self.status.plugin_errors.fetch_add(1, Relaxed);
+        tracing::error!(plugin = %slot.name, version = %slot.version, window_start_ms = window, error = %e,
+            "plugin failed; its rows for this window are withheld");
+        if slot.consecutive_failures < self.quarantine_after || slot.state == SlotState::Quarantined
+        {
+            return;
+        }
+        slot.state = SlotState::Quarantined;
+        let (name, version, previous) = (slot.name.clone(), slot.version.clone(), slot.previous);
+        self.status.plugins_quarantined.fetch_add(1, Relaxed);
+        let Some(pos) = self.active.iter().position(|&a| a == id) else {
+            return;
+        };
+        let healthy_previous = previous.filter(|&p| {
+            self.versions[p]
+                .as_ref()
+                .is_some_and(|s| s.state != SlotState::Quarantined)
+        });
+        match healthy_previous {
+            Some(p) => {
+                self.active[pos] = p;
+                let prev = self.versions[p].as_mut().expect("checked above");
+                prev.state = SlotState::Active;
+                self.status.plugin_rollbacks.fetch_add(1, Relaxed);
+                tracing::error!(plugin = %name, version = %version, restored = %prev.version,
+                    "plugin quarantined after repeated failures; previous version restored for new windows");
+            }
+            None => {
+                self.active.remove(pos);
+                tracing::error!(plugin = %name, version = %version,
+                    "plugin quarantined after repeated failures; it computes nothing until a new version is installed");
+            }
+        }
+    }
+
+    fn on_success(&mut self, id: usize) {
+        if let Some(s) = self.versions[id].as_mut() {
+            s.consecutive_failures = 0;
+        }
+    }
+
+    /// Drops versions that neither the active set nor any open window uses.
+    fn collect_versions(&mut self) {
+        let mut used = vec![false; self.versions.len()];
+        for &a in &self.active {
+            used[a] = true;
+        }
+        for w in self.windows.values() {
+            for (v, _) in &w.accs {
+                used[*v] = true;
+            }
+        }
+        for (id, v) in self.versions.iter_mut().enumerate() {
+            if !used[id] && v.as_ref().is_some_and(|s| s.state != SlotState::Active) {
+                *v = None;
+            }
+        }
+        self.refresh_wants_touchpoints();
     }
 
     pub fn watermark(&self) -> i64 {
@@ -211,10 +437,10 @@ impl Processor {
         if late {
             self.status.late_events.fetch_add(1, Relaxed);
         } else {
-            let n = self.slots.len();
+            let active = &self.active;
             let w = self.windows.entry(start).or_insert_with(|| Window {
                 pending: plugin::new_batch(),
-                accs: vec![Some(Vec::new()); n],
+                accs: active.iter().map(|&v| (v, Some(Vec::new()))).collect(),
                 dirty: false,
                 revision: 0,
             });
@@ -248,26 +474,44 @@ impl Processor {
 
     /// Hands each window's pending events to every plugin, one call per plugin per window.
     pub fn flush_plugins(&mut self) {
+        let mut failures = Vec::new();
+        let mut successes = Vec::new();
         for (start, w) in self.windows.iter_mut() {
             if w.pending.kinds.is_empty() {
                 continue;
             }
-            for (slot, acc) in self.slots.iter_mut().zip(w.accs.iter_mut()) {
+            for (id, acc) in w.accs.iter_mut() {
                 let Some(a) = acc else { continue };
+                let Some(slot) = self.versions[*id]
+                    .as_mut()
+                    .filter(|s| s.state != SlotState::Quarantined)
+                else {
+                    *acc = None;
+                    continue;
+                };
                 let t = Instant::now();
                 let r = slot.plugin.accumulate(a, &w.pending);
                 slot.busy += t.elapsed();
                 slot.calls += 1;
                 match r {
-                    Ok(next) => *a = next,
+                    Ok(next) => {
+                        *a = next;
+                        successes.push(*id);
+                    }
                     Err(e) => {
-                        fail(slot, &self.status, *start, &e);
+                        failures.push((*id, *start, e));
                         *acc = None;
                     }
                 }
             }
             plugin::clear_batch(&mut w.pending);
             w.dirty = true;
+        }
+        for id in successes {
+            self.on_success(id);
+        }
+        for (id, start, e) in failures {
+            self.on_failure(id, start, &e);
         }
     }
 
@@ -294,6 +538,8 @@ impl Processor {
         self.status.watermark_ms.store(wm, Relaxed);
         let mut rows = Vec::new();
         let mut closed = Vec::new();
+        let mut failures = Vec::new();
+        let mut successes = Vec::new();
         for (&start, w) in self.windows.iter_mut() {
             let is_final = start + self.size_ms + self.lateness_ms <= wm;
             if !w.dirty && !is_final {
@@ -301,44 +547,42 @@ impl Processor {
             }
             w.revision += 1;
             w.dirty = false;
-            for (slot, acc) in self.slots.iter_mut().zip(w.accs.iter_mut()) {
+            for (id, acc) in w.accs.iter_mut() {
                 let Some(a) = acc else { continue };
+                let Some(slot) = self.versions[*id]
+                    .as_mut()
+                    .filter(|s| s.state != SlotState::Quarantined)
+                else {
+                    *acc = None;
+                    continue;
+                };
                 let t = Instant::now();
-                let r = slot.plugin.finish(a);
-                slot.busy += t.elapsed();
-                slot.calls += 1;
-                match r {
-                    Ok(out) => {
-                        for r in out {
-                            let (Some(campaign), ad) = (
-                                self.campaigns.name(r.campaign),
-                                r.ad.map(|a| self.ads.name(a)),
-                            ) else {
-                                fail(
-                                    slot,
-                                    &self.status,
-                                    start,
-                                    &PluginError::Malformed(format!(
-                                        "unknown campaign id {}",
-                                        r.campaign
-                                    )),
-                                );
-                                continue;
+                let r = slot.plugin.finish(a).and_then(|out| {
+                    // Every row must name ids the host handed out: a plugin cannot invent campaigns.
+                    out.into_iter()
+                        .map(|r| {
+                            let campaign = self.campaigns.name(r.campaign).ok_or_else(|| {
+                                PluginError::Malformed(format!(
+                                    "unknown campaign id {}",
+                                    r.campaign
+                                ))
+                            })?;
+                            let ad = match r.ad {
+                                None => None,
+                                Some(a) => Some(
+                                    self.ads
+                                        .name(a)
+                                        .ok_or_else(|| {
+                                            PluginError::Malformed(format!("unknown ad id {a}"))
+                                        })?
+                                        .clone(),
+                                ),
                             };
-                            if ad == Some(None) {
-                                fail(
-                                    slot,
-                                    &self.status,
-                                    start,
-                                    &PluginError::Malformed(format!("unknown ad id {:?}", r.ad)),
-                                );
-                                continue;
-                            }
-                            rows.push(MetricRecord {
+                            Ok(MetricRecord {
                                 window_start_ms: start,
                                 window_end_ms: start + self.size_ms,
                                 campaign_id: campaign.clone(),
-                                ad_id: ad.flatten().cloned(),
+                                ad_id: ad,
                                 metric: r.metric,
                                 value: r.value,
                                 numerator: r.numerator,
@@ -349,11 +593,19 @@ impl Processor {
                                 revision: w.revision,
                                 is_final,
                                 computed_at_ms: clock.now_ms,
-                            });
-                        }
+                            })
+                        })
+                        .collect::<Result<Vec<_>, PluginError>>()
+                });
+                slot.busy += t.elapsed();
+                slot.calls += 1;
+                match r {
+                    Ok(out) => {
+                        rows.extend(out);
+                        successes.push(*id);
                     }
                     Err(e) => {
-                        fail(slot, &self.status, start, &e);
+                        failures.push((*id, start, e));
                         *acc = None;
                     }
                 }
@@ -365,6 +617,13 @@ impl Processor {
         for start in &closed {
             self.windows.remove(start);
         }
+        for id in successes {
+            self.on_success(id);
+        }
+        for (id, start, e) in failures {
+            self.on_failure(id, start, &e);
+        }
+        self.collect_versions();
         self.status
             .windows_finalized
             .fetch_add(closed.len() as u64, Relaxed);
@@ -428,13 +687,6 @@ impl Processor {
         }
         *self.status.current.lock().unwrap() = (newest, self.current.1.values().cloned().collect());
     }
-}
-
-fn fail(slot: &mut Slot, status: &Status, window: i64, e: &PluginError) {
-    slot.errors += 1;
-    status.plugin_errors.fetch_add(1, Relaxed);
-    tracing::error!(plugin = %slot.name, version = %slot.version, window_start_ms = window, error = %e,
-        "plugin failed; its rows for this window are withheld");
 }
 
 /// Dead-letter reasons in a stable order, for reports.

@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Generic checks of admetrics' tables, read with PyIceberg (used by the hot-swap and fault tests).
+
+- campaign_events holds exactly --expect-events rows, each (partition, offset) once;
+- for every window, the latest revision of the ctr and cvr rows equals the counts computed here
+  from campaign_events (on-time events only): ctr = clicks / impressions, cvr = conversions / clicks;
+- every window's rows of each plugin come from exactly one plugin build (sha256);
+- at least --min-ctr-builds distinct ctr builds appear overall (the swaps really happened).
+"""
+import argparse
+import sys
+from collections import Counter, defaultdict
+
+import pyarrow as pa
+from pyiceberg.catalog.sql import SqlCatalog
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--catalog", required=True)
+ap.add_argument("--warehouse", required=True)
+ap.add_argument("--expect-events", type=int, required=True)
+ap.add_argument("--window-secs", type=int, required=True)
+ap.add_argument("--min-ctr-builds", type=int, default=1)
+a = ap.parse_args()
+failures = []
+
+cat = SqlCatalog("admetrics", uri=f"sqlite:///{a.catalog}", warehouse=f"file://{a.warehouse}")
+ev = cat.load_table(("ads", "campaign_events")).scan().to_arrow()
+mt = cat.load_table(("ads", "campaign_metrics")).scan().to_arrow()
+
+coords = list(zip(ev.column("kafka_partition").to_pylist(), ev.column("kafka_offset").to_pylist()))
+if len(coords) != a.expect_events:
+    failures.append(f"campaign_events has {len(coords)} rows, expected {a.expect_events}")
+dups = [k for k, n in Counter(coords).items() if n > 1]
+if dups:
+    failures.append(f"{len(dups)} (partition, offset) pairs appear more than once, e.g. {dups[:3]}")
+
+size_us = a.window_secs * 1_000_000
+counts = defaultdict(lambda: [0, 0, 0])  # (window_start_us, campaign) -> [impressions, clicks, conversions]
+times = ev.column("event_time").cast(pa.int64()).to_pylist()
+for t, kind, camp, late in zip(times, ev.column("event_type").to_pylist(), ev.column("campaign_id").to_pylist(), ev.column("is_late").to_pylist()):
+    if late:
+        continue
+    c = counts[(t // size_us * size_us, camp)]
+    c[("impression", "click", "conversion").index(kind)] += 1
+
+ws = mt.column("window_start").cast(pa.int64()).to_pylist()
+latest = {}
+builds_per_window = defaultdict(set)
+for i, (w, camp, metric, plugin, sha, rev) in enumerate(zip(ws, mt.column("campaign_id").to_pylist(), mt.column("metric").to_pylist(),
+                                                            mt.column("plugin").to_pylist(), mt.column("plugin_sha256").to_pylist(),
+                                                            mt.column("revision").to_pylist())):
+    builds_per_window[(w, plugin)].add(sha)
+    key = (w, camp, metric)
+    if key not in latest or rev > latest[key][0]:
+        latest[key] = (rev, mt.column("numerator")[i].as_py(), mt.column("denominator")[i].as_py())
+
+mixed = {k: v for k, v in builds_per_window.items() if len(v) > 1}
+if mixed:
+    failures.append(f"{len(mixed)} windows mix plugin builds, e.g. {list(mixed.items())[:2]}")
+ctr_builds = set().union(*[v for (w, p), v in builds_per_window.items() if p == "ctr"]) if builds_per_window else set()
+if len(ctr_builds) < a.min_ctr_builds:
+    failures.append(f"only {len(ctr_builds)} distinct ctr builds, expected at least {a.min_ctr_builds}")
+
+checked = 0
+for (w, camp), (imp, clk, conv) in counts.items():
+    for metric, num, den in (("ctr", clk, imp), ("cvr", conv, clk)):
+        if metric == "cvr" and clk == 0 and conv == 0:
+            continue
+        got = latest.get((w, camp, metric))
+        if got is None:
+            failures.append(f"no {metric} row for window {w} campaign {camp}")
+        elif (got[1], got[2]) != (num, den):
+            failures.append(f"{metric} window {w} {camp}: got {got[1]}/{got[2]}, want {num}/{den}")
+        else:
+            checked += 1
+
+print(f"events {len(coords)}; windows {len({w for w, _ in counts})}; rate rows checked {checked}; ctr builds {len(ctr_builds)}; "
+      f"metric rows {len(mt)}")
+if failures:
+    print(f"{len(failures)} FAILURES")
+    for f in failures[:30]:
+        print("  -", f)
+    sys.exit(1)
+print("OK")
