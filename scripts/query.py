@@ -40,7 +40,7 @@ SELECT campaign_id,
        sum(numerator)   FILTER (metric = 'cvr') / nullif(sum(denominator) FILTER (metric = 'cvr'), 0) AS cvr,
        coalesce(sum(value) FILTER (metric = 'revenue'), 0) AS revenue,
        coalesce(sum(value) FILTER (metric = 'attributed_revenue'), 0) AS attributed
-FROM latest WHERE rn = 1
+FROM latest WHERE rn = 1 AND NOT withheld
 GROUP BY campaign_id ORDER BY revenue DESC, impressions DESC LIMIT {a.limit}
 """).fetchall()
 print(f"top campaigns, last {a.minutes} minutes of event time (latest revision per window):")

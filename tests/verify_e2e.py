@@ -181,7 +181,8 @@ def main():
         key = (ws[i] // 1000, cols["campaign_id"][i].as_py(), cols["ad_id"][i].as_py(), cols["metric"][i].as_py())
         rev = cols["revision"][i].as_py()
         if key not in rows or rev > rows[key]["revision"]:
-            rows[key] = {n: cols[n][i].as_py() for n in ("value", "numerator", "denominator", "revision", "is_final", "plugin", "plugin_version", "plugin_sha256")}
+            rows[key] = {n: cols[n][i].as_py() for n in ("value", "numerator", "denominator", "revision", "is_final", "plugin", "plugin_version", "plugin_sha256", "withheld")}
+    check(not any(r["withheld"] for r in rows.values()), "no plugin failed, so nothing may be withheld")
     data_windows = {k[0] for k in exp}
     got_data = {k: v for k, v in rows.items() if k[0] in data_windows}
     check(set(got_data) == set(exp), f"metric keys differ: missing {sorted(set(exp) - set(got_data))[:5]}, extra {sorted(set(got_data) - set(exp))[:5]}")

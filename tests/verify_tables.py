@@ -20,6 +20,8 @@ ap.add_argument("--warehouse", required=True)
 ap.add_argument("--expect-events", type=int, required=True)
 ap.add_argument("--window-secs", type=int, required=True)
 ap.add_argument("--min-ctr-builds", type=int, default=1)
+ap.add_argument("--allow-missing-ctr-windows", type=int, default=0,
+                help="windows whose ctr rows may be withheld (a plugin failed on them)")
 a = ap.parse_args()
 failures = []
 
@@ -52,7 +54,9 @@ for i, (w, camp, metric, plugin, sha, rev) in enumerate(zip(ws, mt.column("campa
     builds_per_window[(w, plugin)].add(sha)
     key = (w, camp, metric)
     if key not in latest or rev > latest[key][0]:
-        latest[key] = (rev, mt.column("numerator")[i].as_py(), mt.column("denominator")[i].as_py())
+        latest[key] = (rev, mt.column("numerator")[i].as_py(), mt.column("denominator")[i].as_py(), mt.column("withheld")[i].as_py())
+# A withheld latest revision means "no value": the plugin failed on that window.
+latest = {k: v for k, v in latest.items() if not v[3]}
 
 mixed = {k: v for k, v in builds_per_window.items() if len(v) > 1}
 if mixed:
@@ -62,11 +66,17 @@ if len(ctr_builds) < a.min_ctr_builds:
     failures.append(f"only {len(ctr_builds)} distinct ctr builds, expected at least {a.min_ctr_builds}")
 
 checked = 0
+ctr_windows = {w for (w, _, m) in latest if m == "ctr"}
+missing_ctr = {w for (w, _) in counts} - ctr_windows
+if len(missing_ctr) > a.allow_missing_ctr_windows:
+    failures.append(f"{len(missing_ctr)} windows have no ctr rows (allowed {a.allow_missing_ctr_windows})")
 for (w, camp), (imp, clk, conv) in counts.items():
     for metric, num, den in (("ctr", clk, imp), ("cvr", conv, clk)):
         if metric == "cvr" and clk == 0 and conv == 0:
             continue
         got = latest.get((w, camp, metric))
+        if got is None and metric == "ctr" and w in missing_ctr:
+            continue
         if got is None:
             failures.append(f"no {metric} row for window {w} campaign {camp}")
         elif (got[1], got[2]) != (num, den):
@@ -74,6 +84,7 @@ for (w, camp), (imp, clk, conv) in counts.items():
         else:
             checked += 1
 
+print(f"windows without ctr rows (withheld): {len(missing_ctr)}")
 print(f"events {len(coords)}; windows {len({w for w, _ in counts})}; rate rows checked {checked}; ctr builds {len(ctr_builds)}; "
       f"metric rows {len(mt)}")
 if failures:

@@ -142,8 +142,10 @@ pub struct PluginsConfig {
     pub dir: Option<PathBuf>,
     /// How often the config file and plugin files are checked for changes.
     pub watch_interval_ms: u64,
-    /// A plugin version that fails this many calls in a row is quarantined.
+    /// A plugin version that fails this many calls within `quarantine_window_secs` is
+    /// quarantined (and rolled back to the version it replaced, if that one is healthy).
     pub quarantine_after: u32,
+    pub quarantine_window_secs: u64,
 }
 
 impl Default for PluginsConfig {
@@ -156,6 +158,7 @@ impl Default for PluginsConfig {
             dir: None,
             watch_interval_ms: 500,
             quarantine_after: 3,
+            quarantine_window_secs: 60,
         }
     }
 }

@@ -320,3 +320,27 @@ fn unsafe_changes(old: &Config, new: &Config) -> Vec<(&'static str, &'static str
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsafe_live_changes_are_named() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.window.allowed_lateness_ms = 5_000;
+        new.attribution.lookback_secs = 60;
+        assert!(
+            unsafe_changes(&old, &new).is_empty(),
+            "lateness and lookback are safe live"
+        );
+        new.window.size_secs = 30;
+        new.kafka.topic = "other".into();
+        let keys: Vec<_> = unsafe_changes(&old, &new)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, vec!["window.size_secs", "kafka"]);
+    }
+}

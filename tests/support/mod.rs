@@ -17,6 +17,17 @@ use std::sync::atomic::Ordering::Relaxed;
 use admetrics::loadgen::{DeliveryCounter, LoadgenStats};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
+/// Daemon logs go to the test's captured output (shown when a test fails).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ADMETRICS_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -44,8 +44,24 @@ impl Clock {
 struct Window {
     pending: EventBatch,
     accs: Vec<(usize, Option<Vec<u8>>)>,
+    /// Per entry of `accs`: the rows last published from it (to retract if it fails later).
+    published: Vec<Vec<MetricRecord>>,
+    /// Rows to publish as withheld at the next revision.
+    retract: Vec<MetricRecord>,
     dirty: bool,
     revision: i32,
+}
+
+impl Window {
+    /// A plugin failed on this window: whatever it published before is incomplete now.
+    fn poison(&mut self, i: usize) {
+        self.accs[i].1 = None;
+        let rows = std::mem::take(&mut self.published[i]);
+        if !rows.is_empty() {
+            self.retract.extend(rows);
+            self.dirty = true;
+        }
+    }
 }
 
 /// Where a loaded plugin version stands.
@@ -55,7 +71,7 @@ pub enum SlotState {
     Active,
     /// Replaced by a swap; still finishing the windows it opened with.
     Retired,
-    /// Failed `quarantine_after` times in a row: no longer called.
+    /// Failed `quarantine_after` times within `quarantine_window_secs`: no longer called.
     Quarantined,
 }
 
@@ -69,7 +85,8 @@ pub struct Slot {
     pub errors: u64,
     pub busy: Duration,
     pub state: SlotState,
-    consecutive_failures: u32,
+    /// Times of recent failures (within the quarantine window).
+    recent_failures: std::collections::VecDeque<Instant>,
     /// The version of the same plugin this one replaced, for automatic rollback.
     previous: Option<usize>,
 }
@@ -85,7 +102,7 @@ impl Slot {
             errors: 0,
             busy: Duration::ZERO,
             state: SlotState::Active,
-            consecutive_failures: 0,
+            recent_failures: Default::default(),
             previous,
         }
     }
@@ -134,6 +151,7 @@ pub struct Processor {
     /// The active set: version ids new windows open with, in configuration order.
     active: Vec<usize>,
     quarantine_after: u32,
+    quarantine_window: Duration,
     wants_touchpoints: bool,
     campaigns: Interner,
     ads: Interner,
@@ -170,6 +188,7 @@ impl Processor {
                 .map(|p| Some(Slot::new(p, None)))
                 .collect(),
             quarantine_after: cfg.plugins.quarantine_after,
+            quarantine_window: Duration::from_secs(cfg.plugins.quarantine_window_secs),
             wants_touchpoints,
             campaigns: Interner::default(),
             ads: Interner::default(),
@@ -276,7 +295,7 @@ impl Processor {
         for &id in &next {
             if let Some(s) = self.versions[id].as_mut() {
                 s.state = SlotState::Active;
-                s.consecutive_failures = 0;
+                s.recent_failures.clear();
             }
         }
         self.active = next;
@@ -304,7 +323,8 @@ impl Processor {
             .any(|s| s.plugin.info.wants_touchpoints);
     }
 
-    /// Records a failure of version `id`; after `quarantine_after` in a row the version is
+    /// Records a failure of version `id`; after `quarantine_after` failures within the
+    /// quarantine window (successes in between do not excuse a plugin that keeps failing) it is
     /// quarantined, and if it replaced an earlier version that is still healthy, that one is
     /// restored in the active set (a swap that went bad rolls itself back).
     fn on_failure(&mut self, id: usize, window: i64, e: &PluginError) {
@@ -312,11 +332,20 @@ impl Processor {
             return;
         };
         slot.errors += 1;
-        slot.consecutive_failures += 1;
+        let now = Instant::now();
+        slot.recent_failures.push_back(now);
+        while slot
+            .recent_failures
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.quarantine_window)
+        {
+            slot.recent_failures.pop_front();
+        }
         self.status.plugin_errors.fetch_add(1, Relaxed);
         tracing::error!(plugin = %slot.name, version = %slot.version, window_start_ms = window, error = %e,
             "plugin failed; its rows for this window are withheld");
-        if slot.consecutive_failures < self.quarantine_after || slot.state == SlotState::Quarantined
+        if (slot.recent_failures.len() as u32) < self.quarantine_after
+            || slot.state == SlotState::Quarantined
         {
             return;
         }
@@ -348,17 +377,15 @@ impl Processor {
         }
     }
 
-    fn on_success(&mut self, id: usize) {
-        if let Some(s) = self.versions[id].as_mut() {
-            s.consecutive_failures = 0;
-        }
-    }
-
-    /// Drops versions that neither the active set nor any open window uses.
+    /// Drops versions that neither the active set, nor any open window, nor a rollback (the
+    /// version an active one replaced) can use.
     fn collect_versions(&mut self) {
         let mut used = vec![false; self.versions.len()];
         for &a in &self.active {
             used[a] = true;
+            if let Some(p) = self.versions[a].as_ref().and_then(|s| s.previous) {
+                used[p] = true;
+            }
         }
         for w in self.windows.values() {
             for (v, _) in &w.accs {
@@ -441,6 +468,8 @@ impl Processor {
             let w = self.windows.entry(start).or_insert_with(|| Window {
                 pending: plugin::new_batch(),
                 accs: active.iter().map(|&v| (v, Some(Vec::new()))).collect(),
+                published: vec![Vec::new(); active.len()],
+                retract: Vec::new(),
                 dirty: false,
                 revision: 0,
             });
@@ -475,18 +504,18 @@ impl Processor {
     /// Hands each window's pending events to every plugin, one call per plugin per window.
     pub fn flush_plugins(&mut self) {
         let mut failures = Vec::new();
-        let mut successes = Vec::new();
         for (start, w) in self.windows.iter_mut() {
             if w.pending.kinds.is_empty() {
                 continue;
             }
-            for (id, acc) in w.accs.iter_mut() {
-                let Some(a) = acc else { continue };
-                let Some(slot) = self.versions[*id]
+            for i in 0..w.accs.len() {
+                let id = w.accs[i].0;
+                let Some(a) = &w.accs[i].1 else { continue };
+                let Some(slot) = self.versions[id]
                     .as_mut()
                     .filter(|s| s.state != SlotState::Quarantined)
                 else {
-                    *acc = None;
+                    w.poison(i);
                     continue;
                 };
                 let t = Instant::now();
@@ -494,21 +523,15 @@ impl Processor {
                 slot.busy += t.elapsed();
                 slot.calls += 1;
                 match r {
-                    Ok(next) => {
-                        *a = next;
-                        successes.push(*id);
-                    }
+                    Ok(next) => w.accs[i].1 = Some(next),
                     Err(e) => {
-                        failures.push((*id, *start, e));
-                        *acc = None;
+                        failures.push((id, *start, e));
+                        w.poison(i);
                     }
                 }
             }
             plugin::clear_batch(&mut w.pending);
             w.dirty = true;
-        }
-        for id in successes {
-            self.on_success(id);
         }
         for (id, start, e) in failures {
             self.on_failure(id, start, &e);
@@ -539,7 +562,6 @@ impl Processor {
         let mut rows = Vec::new();
         let mut closed = Vec::new();
         let mut failures = Vec::new();
-        let mut successes = Vec::new();
         for (&start, w) in self.windows.iter_mut() {
             let is_final = start + self.size_ms + self.lateness_ms <= wm;
             if !w.dirty && !is_final {
@@ -547,13 +569,14 @@ impl Processor {
             }
             w.revision += 1;
             w.dirty = false;
-            for (id, acc) in w.accs.iter_mut() {
-                let Some(a) = acc else { continue };
-                let Some(slot) = self.versions[*id]
+            for i in 0..w.accs.len() {
+                let id = w.accs[i].0;
+                let Some(a) = &w.accs[i].1 else { continue };
+                let Some(slot) = self.versions[id]
                     .as_mut()
                     .filter(|s| s.state != SlotState::Quarantined)
                 else {
-                    *acc = None;
+                    w.poison(i);
                     continue;
                 };
                 let t = Instant::now();
@@ -593,6 +616,7 @@ impl Processor {
                                 revision: w.revision,
                                 is_final,
                                 computed_at_ms: clock.now_ms,
+                                withheld: false,
                             })
                         })
                         .collect::<Result<Vec<_>, PluginError>>()
@@ -601,14 +625,20 @@ impl Processor {
                 slot.calls += 1;
                 match r {
                     Ok(out) => {
-                        rows.extend(out);
-                        successes.push(*id);
+                        rows.extend(out.iter().cloned());
+                        w.published[i] = out;
                     }
                     Err(e) => {
-                        failures.push((*id, start, e));
-                        *acc = None;
+                        failures.push((id, start, e));
+                        w.poison(i);
                     }
                 }
+            }
+            for mut r in std::mem::take(&mut w.retract) {
+                (r.value, r.numerator, r.denominator) = (0.0, 0.0, 0.0);
+                (r.revision, r.is_final, r.withheld, r.computed_at_ms) =
+                    (w.revision, is_final, true, clock.now_ms);
+                rows.push(r);
             }
             if is_final {
                 closed.push(start);
@@ -616,9 +646,6 @@ impl Processor {
         }
         for start in &closed {
             self.windows.remove(start);
-        }
-        for id in successes {
-            self.on_success(id);
         }
         for (id, start, e) in failures {
             self.on_failure(id, start, &e);

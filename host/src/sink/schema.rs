@@ -88,6 +88,7 @@ pub fn metrics_schema() -> Schema {
             req(12, "revision", Int),
             req(13, "is_final", Boolean),
             req(14, "computed_at", Timestamptz),
+            req(15, "withheld", Boolean),
         ])
         .build()
         .expect("static schema")
@@ -278,6 +279,9 @@ pub struct MetricRecord {
     pub revision: i32,
     pub is_final: bool,
     pub computed_at_ms: i64,
+    /// The plugin failed on this window after earlier revisions were published: those values
+    /// are incomplete. Readers treat a withheld latest revision as "no value".
+    pub withheld: bool,
 }
 
 pub fn metrics_batch(rows: &[MetricRecord]) -> RecordBatch {
@@ -302,6 +306,7 @@ pub fn metrics_batch(rows: &[MetricRecord]) -> RecordBatch {
     let mut rev = Int32Builder::new();
     let mut fin = BooleanBuilder::new();
     let mut at = ts();
+    let mut withheld = BooleanBuilder::new();
     for r in rows {
         b.0.append_value(r.window_start_ms * 1000);
         b.1.append_value(r.window_end_ms * 1000);
@@ -317,6 +322,7 @@ pub fn metrics_batch(rows: &[MetricRecord]) -> RecordBatch {
         rev.append_value(r.revision);
         fin.append_value(r.is_final);
         at.append_value(r.computed_at_ms * 1000);
+        withheld.append_value(r.withheld);
     }
     let cols: Vec<ArrayRef> = vec![
         Arc::new(b.0.finish()),
@@ -333,6 +339,7 @@ pub fn metrics_batch(rows: &[MetricRecord]) -> RecordBatch {
         Arc::new(rev.finish()),
         Arc::new(fin.finish()),
         Arc::new(at.finish()),
+        Arc::new(withheld.finish()),
     ];
     RecordBatch::try_new(schema, cols).expect("columns match the metrics schema")
 }
