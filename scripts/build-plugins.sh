@@ -8,10 +8,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 plugins=(-p ctr -p cvr -p attribution)
+extra=(-p metric-template)
 if [[ ${1:-} == --plain-only ]]; then
   exec cargo build --release --target wasm32-wasip2 "${plugins[@]}"
 fi
 fixtures=()
 for f in plugins/fixtures/*/; do fixtures+=(-p "fixture-$(basename "$f")"); done
-cargo build --release --target wasm32-wasip2 "${plugins[@]}" "${fixtures[@]}"
-cargo component build --release "${plugins[@]}"
+cargo build --release --target wasm32-wasip2 "${plugins[@]}" "${extra[@]}" "${fixtures[@]}"
+cargo component build --release "${plugins[@]}" "${extra[@]}"
