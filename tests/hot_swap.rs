@@ -313,3 +313,71 @@ fn a_swapped_in_version_that_keeps_failing_is_rolled_back() {
     );
     println!("{out}");
 }
+
+#[test]
+fn config_reload_applies_safe_changes_and_refuses_unsafe_ones() {
+    let broker = Broker::start();
+    broker.create_topic(TOPIC, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let plugin_dir = dir.path().join("plugins");
+    std::fs::create_dir(&plugin_dir).unwrap();
+    install(&wasm("ctr"), &plugin_dir, "ctr.wasm");
+    let cfg = config(dir.path(), &broker.bootstrap, &plugin_dir);
+    let path = cfg.source_path.clone().unwrap();
+    let daemon = Daemon::start(cfg);
+    wait_for("daemon assigned", Duration::from_secs(30), || {
+        daemon.status.commits.load(Relaxed) > 2
+    });
+    let (producer, _) = load(&broker.bootstrap, 2_000, 6_000);
+    // Add a plugin through plugins.paths, change the lookback (safe) and the window size (unsafe).
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text
+        .replace(
+            "[plugins]\n",
+            &format!(
+                "[plugins]\npaths = [{:?}]\n",
+                wasm("cvr").display().to_string()
+            ),
+        )
+        .replace(&format!("size_secs = {WINDOW_SECS}"), "size_secs = 5")
+        + "[attribution]\nlookback_secs = 3600\n";
+    std::fs::write(&path, text).unwrap();
+    wait_for("reload", Duration::from_secs(10), || {
+        daemon.status.config_reloads.load(Relaxed) == 1
+    });
+    wait_for("cvr installed", Duration::from_secs(10), || {
+        daemon.status.plugin_swaps.load(Relaxed) >= 1
+    });
+    assert_eq!(
+        daemon.status.config_refusals.load(Relaxed),
+        1,
+        "window.size_secs refused"
+    );
+    wait_for("lookback applied", Duration::from_secs(5), || {
+        daemon.status.lookback_secs.load(Relaxed) == 3600
+    });
+    // An invalid file is refused whole; the running configuration stays.
+    std::fs::write(&path, "[window]\nsize_sec = 1\n").unwrap();
+    wait_for("refusal", Duration::from_secs(10), || {
+        daemon.status.config_refusals.load(Relaxed) == 2
+    });
+    assert_eq!(producer.join().unwrap(), 6_000);
+    wait_for("all events committed", Duration::from_secs(60), || {
+        daemon.committed() >= 6_000
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    daemon.stop();
+    // The window size did not change (1 s windows throughout) and cvr rows appear after the reload.
+    let out = run_python(
+        "verify_tables.py",
+        &[
+            format!("--catalog={}", dir.path().join("catalog.db").display()),
+            format!("--warehouse={}", dir.path().join("warehouse").display()),
+            "--expect-events=6000".into(),
+            format!("--window-secs={WINDOW_SECS}"),
+            "--allow-missing-cvr-windows=10".into(),
+            "--require-plugin=cvr".into(),
+        ],
+    );
+    println!("{out}");
+}

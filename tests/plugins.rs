@@ -155,15 +155,26 @@ fn plugin_test_command_prints_rows_for_sample_events() {
 #[test]
 fn the_template_builds_both_ways_and_computes_shares() {
     let rt = PluginRuntime::new(&PluginsConfig::default()).unwrap();
-    for dir in ["target/wasm32-wasip2/release", "target/wasm32-wasip1/release"] {
+    for dir in [
+        "target/wasm32-wasip2/release",
+        "target/wasm32-wasip1/release",
+    ] {
         let path = repo_root().join(dir).join("metric_template.wasm");
-        assert!(path.is_file(), "{} missing: run scripts/build-plugins.sh", path.display());
+        assert!(
+            path.is_file(),
+            "{} missing: run scripts/build-plugins.sh",
+            path.display()
+        );
         let mut p = rt.load(&path).unwrap();
         assert_eq!(p.info.name, "impression-share");
         let acc = p.accumulate(&[], &sample()).unwrap();
         let rows = p.finish(&acc).unwrap();
         // Campaign 0 had impressions on ads 0 and 1: one each, half the share each.
-        let share = |ad: u32| rows.iter().find(|r| r.campaign == 0 && r.ad == Some(ad)).map(|r| (r.numerator, r.denominator));
+        let share = |ad: u32| {
+            rows.iter()
+                .find(|r| r.campaign == 0 && r.ad == Some(ad))
+                .map(|r| (r.numerator, r.denominator))
+        };
         assert_eq!(share(0), Some((1.0, 2.0)));
         assert_eq!(share(1), Some((1.0, 2.0)));
     }

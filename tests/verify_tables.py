@@ -20,6 +20,9 @@ ap.add_argument("--warehouse", required=True)
 ap.add_argument("--expect-events", type=int, required=True)
 ap.add_argument("--window-secs", type=int, required=True)
 ap.add_argument("--min-ctr-builds", type=int, default=1)
+ap.add_argument("--allow-missing-cvr-windows", type=int, default=0,
+                help="windows that may have no cvr rows (cvr installed later)")
+ap.add_argument("--require-plugin", action="append", default=[], help="a plugin whose rows must appear")
 ap.add_argument("--allow-missing-ctr-windows", type=int, default=0,
                 help="windows whose ctr rows may be withheld (a plugin failed on them)")
 a = ap.parse_args()
@@ -70,8 +73,21 @@ ctr_windows = {w for (w, _, m) in latest if m == "ctr"}
 missing_ctr = {w for (w, _) in counts} - ctr_windows
 if len(missing_ctr) > a.allow_missing_ctr_windows:
     failures.append(f"{len(missing_ctr)} windows have no ctr rows (allowed {a.allow_missing_ctr_windows})")
+cvr_windows = {w for (w, _, m) in latest if m == "cvr"}
+missing_cvr = {w for (w, _) in counts} - cvr_windows
+if len(missing_cvr) > a.allow_missing_cvr_windows:
+    failures.append(f"{len(missing_cvr)} windows have no cvr rows (allowed {a.allow_missing_cvr_windows})")
+plugins_seen = {p for (_, p) in builds_per_window}
+for req in a.require_plugin:
+    if req not in plugins_seen:
+        failures.append(f"no rows from plugin {req}")
+window_size_seen = {(e - s) for s, e in zip(mt.column("window_start").cast(pa.int64()).to_pylist(), mt.column("window_end").cast(pa.int64()).to_pylist())}
+if window_size_seen - {size_us}:
+    failures.append(f"windows of other sizes appeared: {window_size_seen}")
 for (w, camp), (imp, clk, conv) in counts.items():
     for metric, num, den in (("ctr", clk, imp), ("cvr", conv, clk)):
+        if metric == "cvr" and w in missing_cvr:
+            continue
         if metric == "cvr" and clk == 0 and conv == 0:
             continue
         got = latest.get((w, camp, metric))

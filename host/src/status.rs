@@ -21,6 +21,11 @@ pub struct Status {
     pub plugin_rejections: AtomicU64,
     pub plugins_quarantined: AtomicU64,
     pub plugin_rollbacks: AtomicU64,
+    /// Config file changes applied (fully or partly) and refused (per unsafe key).
+    pub config_reloads: AtomicU64,
+    pub config_refusals: AtomicU64,
+    /// The attribution lookback in force, seconds (changes live).
+    pub lookback_secs: AtomicU64,
     /// How long the last plugin-set install held the event path, microseconds.
     pub last_swap_us: AtomicU64,
     pub commits: AtomicU64,

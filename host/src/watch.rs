@@ -171,13 +171,16 @@ impl State {
         let new = match Config::load(path) {
             Ok(c) => c,
             Err(e) => {
+                self.status.config_refusals.fetch_add(1, Relaxed);
                 tracing::error!(error = %e, "config change refused; the running configuration stays");
                 return;
             }
         };
         for (key, reason) in unsafe_changes(&self.cfg, &new) {
+            self.status.config_refusals.fetch_add(1, Relaxed);
             tracing::warn!(key, reason, "config change needs a restart; not applied");
         }
+        self.status.config_reloads.fetch_add(1, Relaxed);
         let (old_live, new_live) = (
             LiveSettings::from_config(&self.cfg),
             LiveSettings::from_config(&new),

@@ -152,6 +152,8 @@ pub struct Processor {
     active: Vec<usize>,
     quarantine_after: u32,
     quarantine_window: Duration,
+    /// The live-changeable settings in force.
+    settings: LiveSettings,
     wants_touchpoints: bool,
     campaigns: Interner,
     ads: Interner,
@@ -176,6 +178,9 @@ pub struct Processor {
 
 impl Processor {
     pub fn new(cfg: &Config, plugins: Vec<Plugin>, status: Arc<Status>) -> Self {
+        status
+            .lookback_secs
+            .store(cfg.attribution.lookback_secs, Relaxed);
         let wants_touchpoints = plugins.iter().any(|p| p.info.wants_touchpoints);
         Processor {
             topic: cfg.kafka.topic.clone(),
@@ -189,6 +194,7 @@ impl Processor {
                 .collect(),
             quarantine_after: cfg.plugins.quarantine_after,
             quarantine_window: Duration::from_secs(cfg.plugins.quarantine_window_secs),
+            settings: LiveSettings::from_config(cfg),
             wants_touchpoints,
             campaigns: Interner::default(),
             ads: Interner::default(),
@@ -305,8 +311,14 @@ impl Processor {
             "plugin set installed; open windows finish on their versions");
     }
 
+    pub fn settings(&self) -> &LiveSettings {
+        &self.settings
+    }
+
     /// Applies settings that are safe to change while running.
     pub fn apply_settings(&mut self, s: &LiveSettings) {
+        self.settings = s.clone();
+        self.status.lookback_secs.store(s.lookback_secs, Relaxed);
         self.lateness_ms = s.allowed_lateness_ms as i64;
         self.watermarks
             .set_params(s.out_of_orderness_ms, s.idle_timeout_ms);

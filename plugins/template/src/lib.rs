@@ -17,7 +17,12 @@ impl Plugin for Template {
     fn info() -> PluginInfo {
         // name: [a-z0-9_-]+, unique among loaded plugins; version: your plugin's semver;
         // metrics: every metric name you may emit; last: whether you need touchpoints.
-        info("impression-share", env!("CARGO_PKG_VERSION"), &["impression_share"], false)
+        info(
+            "impression-share",
+            env!("CARGO_PKG_VERSION"),
+            &["impression_share"],
+            false,
+        )
     }
 
     fn accumulate(acc: &mut Counters, events: &Events) -> Result<(), String> {
@@ -29,7 +34,11 @@ impl Plugin for Template {
     }
 
     fn finish(acc: &Counters) -> Vec<MetricRow> {
-        let totals: Vec<(u32, i64)> = acc.iter().filter(|(_, ad, _)| ad.is_none()).map(|(c, _, v)| (c, v[0])).collect();
+        let totals: Vec<(u32, i64)> = acc
+            .iter()
+            .filter(|(_, ad, _)| ad.is_none())
+            .map(|(c, _, v)| (c, v[0]))
+            .collect();
         acc.iter()
             .filter_map(|(c, ad, v)| {
                 let total = totals.iter().find(|(tc, _)| *tc == c)?.1;
