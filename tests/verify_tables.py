@@ -74,7 +74,7 @@ missing_ctr = {w for (w, _) in counts} - ctr_windows
 if len(missing_ctr) > a.allow_missing_ctr_windows:
     failures.append(f"{len(missing_ctr)} windows have no ctr rows (allowed {a.allow_missing_ctr_windows})")
 cvr_windows = {w for (w, _, m) in latest if m == "cvr"}
-missing_cvr = {w for (w, _) in counts} - cvr_windows
+missing_cvr = {w for (w, _), (_, clk, conv) in counts.items() if clk + conv > 0} - cvr_windows
 if len(missing_cvr) > a.allow_missing_cvr_windows:
     failures.append(f"{len(missing_cvr)} windows have no cvr rows (allowed {a.allow_missing_cvr_windows})")
 plugins_seen = {p for (_, p) in builds_per_window}

@@ -7,11 +7,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use std::sync::Mutex;
+
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::config::KafkaConfig;
 
@@ -30,13 +33,60 @@ pub struct RawMessage<'a> {
     pub timestamp_ms: Option<i64>,
 }
 
+/// Starts every newly assigned partition at the position recorded in Iceberg (the replay
+/// point), not at the group's committed offset: the tables, not Kafka, say what is done. This
+/// runs on every rebalance, so a partition moving to another daemon of the group resumes from
+/// the same record.
+struct StartFromIceberg {
+    topic: String,
+    start: Mutex<BTreeMap<i32, i64>>,
+}
+
+impl ClientContext for StartFromIceberg {}
+
+impl ConsumerContext for StartFromIceberg {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let start = self.start.lock().unwrap();
+                for e in tpl.elements() {
+                    if e.topic() == self.topic
+                        && let Some(&o) = start.get(&e.partition())
+                    {
+                        tracing::info!(partition = e.partition(), offset = o, "assigned; starting at the position recorded in Iceberg");
+                    }
+                }
+                let mut seeded = tpl.clone();
+                for (p, o) in start.iter() {
+                    if seeded.find_partition(&self.topic, *p).is_some() {
+                        let _ = seeded.set_partition_offset(&self.topic, *p, Offset::Offset(*o));
+                    }
+                }
+                if cooperative { consumer.incremental_assign(&seeded) } else { consumer.assign(&seeded) }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error");
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "applying the partition assignment failed");
+        }
+    }
+}
+
 pub struct KafkaSource {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<StartFromIceberg>,
     topic: String,
 }
 
 impl KafkaSource {
-    pub fn connect(cfg: &KafkaConfig) -> Result<Self, SourceError> {
+    /// Joins the group; partitions with an entry in `start` begin there when assigned.
+    pub fn connect(cfg: &KafkaConfig, start: BTreeMap<i32, i64>) -> Result<Self, SourceError> {
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", &cfg.brokers)
             .set("group.id", &cfg.group_id)
@@ -51,7 +101,8 @@ impl KafkaSource {
         for (k, v) in &cfg.consumer {
             cc.set(k, v);
         }
-        let consumer: BaseConsumer = cc.create()?;
+        let ctx = StartFromIceberg { topic: cfg.topic.clone(), start: Mutex::new(start) };
+        let consumer: BaseConsumer<StartFromIceberg> = cc.create_with_context(ctx)?;
         consumer.subscribe(&[&cfg.topic])?;
         Ok(KafkaSource {
             consumer,

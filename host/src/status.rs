@@ -12,6 +12,8 @@ use crate::event::Reason;
 pub struct Status {
     /// Messages read from the source (valid + dead letters).
     pub messages: AtomicU64,
+    /// Messages re-read after a restart to rebuild state (already in the tables).
+    pub replayed: AtomicU64,
     pub valid_events: AtomicU64,
     pub dead_letters: AtomicU64,
     pub dead_by_reason: [AtomicU64; Reason::ALL.len()],

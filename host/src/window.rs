@@ -95,6 +95,11 @@ impl Watermarks {
         self.current
     }
 
+    /// Continues from a watermark recorded before a restart.
+    pub fn restore(&mut self, watermark_ms: i64) {
+        self.current = self.current.max(watermark_ms);
+    }
+
     /// Changes the bounds while running (the watermark still never moves backwards).
     pub fn set_params(&mut self, out_of_orderness_ms: u64, idle_timeout_ms: u64) {
         self.out_of_orderness_ms = out_of_orderness_ms as i64;

@@ -55,18 +55,15 @@ pub async fn run(
     )
     .await
     .context("opening the Iceberg catalog and tables")?;
-    let committed = sink.committed_offsets();
-    *status.committed_offsets.lock().unwrap() = committed.clone();
-    tracing::info!(
-        ?committed,
-        writer_id,
-        "resuming from offsets recorded in campaign_events snapshots"
-    );
+    let resume = sink.resume();
+    *status.committed_offsets.lock().unwrap() = resume.offsets.clone();
+    tracing::info!(offsets = ?resume.offsets, replay_from = ?resume.replay_from, watermark = ?resume.watermark_ms,
+        seq = resume.seq, writer_id, "resuming from campaign_events snapshot summaries");
 
     let runtime = PluginRuntime::new(&cfg.plugins)?;
     let (plugins, installed) = crate::watch::load_initial(&runtime, &cfg)?;
     let mut processor = Processor::new(&cfg, plugins, status.clone());
-    processor.set_committed_offsets(committed);
+    processor.resume(&resume);
     let (control_tx, control_rx) = std::sync::mpsc::channel();
     let _watcher = crate::watch::spawn(
         cfg.clone(),
@@ -86,7 +83,7 @@ pub async fn run(
         let status = status.clone();
         std::thread::Builder::new().name("ingest".into()).spawn(
             move || -> anyhow::Result<RunSummary> {
-                let source = KafkaSource::connect(&cfg.kafka).context("connecting to Kafka")?;
+                let source = KafkaSource::connect(&cfg.kafka, resume.replay_from.clone()).context("connecting to Kafka")?;
                 ingest_loop(
                     &cfg,
                     &source,
@@ -167,6 +164,8 @@ fn clone_batch(b: &crate::sink::CommitBatch) -> crate::sink::CommitBatch {
         metrics: b.metrics.clone(),
         dead_letters: b.dead_letters.clone(),
         offsets: b.offsets.clone(),
+        replay_from: b.replay_from.clone(),
+        watermark_ms: b.watermark_ms,
         produced_at_ms: Vec::new(),
     }
 }

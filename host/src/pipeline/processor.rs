@@ -48,6 +48,9 @@ struct Window {
     published: Vec<Vec<MetricRecord>>,
     /// Rows to publish as withheld at the next revision.
     retract: Vec<MetricRecord>,
+    /// Per partition, the smallest offset of an event in this window: a restart replays from
+    /// there to rebuild the window.
+    min_offsets: Vec<(i32, i64)>,
     dirty: bool,
     revision: i32,
 }
@@ -164,8 +167,13 @@ pub struct Processor {
     dead: DeadLetterBuffer,
     /// Partition → next offset, over everything processed (committed or not).
     offsets: BTreeMap<i32, i64>,
-    /// Partition → first offset not yet in Iceberg when we started: anything below is skipped.
+    /// Partition → first offset not yet in Iceberg when we started: anything below is replayed
+    /// into windows and attribution state but not written again.
     floors: BTreeMap<i32, i64>,
+    /// Per partition, per minute of event time, the smallest offset of a click: how far back a
+    /// restart must replay to rebuild the touchpoints still inside the lookback.
+    click_offsets: BTreeMap<i32, BTreeMap<i64, i64>>,
+    lookback_ms: i64,
     produced_at: Vec<i64>,
     seq: u64,
     last_prune: Instant,
@@ -208,6 +216,8 @@ impl Processor {
             dead: DeadLetterBuffer::new(),
             offsets: BTreeMap::new(),
             floors: BTreeMap::new(),
+            click_offsets: BTreeMap::new(),
+            lookback_ms: cfg.attribution.lookback_secs as i64 * 1000,
             produced_at: Vec::new(),
             seq: 0,
             last_prune: Instant::now(),
@@ -217,13 +227,23 @@ impl Processor {
         }
     }
 
-    /// Positions already committed to Iceberg (from snapshot summaries): messages below them
-    /// are skipped, so a redelivery after a crash cannot duplicate rows.
-    pub fn set_committed_offsets(&mut self, offsets: BTreeMap<i32, i64>) {
-        for (p, o) in &offsets {
+    /// Restores the position recorded in Iceberg: messages below `offsets` are replayed (state
+    /// only), the watermark continues from where it was (so windows closed before a crash stay
+    /// closed), and revisions continue above every sequence already published.
+    pub fn resume(&mut self, r: &crate::sink::Resume) {
+        for (p, o) in &r.offsets {
             self.offsets.insert(*p, *o);
         }
-        self.floors = offsets;
+        self.floors = r.offsets.clone();
+        self.seq = r.seq;
+        if let Some(wm) = r.watermark_ms {
+            self.watermarks.restore(wm);
+        }
+    }
+
+    /// For tests and tools: only skip-below offsets, nothing else.
+    pub fn set_committed_offsets(&mut self, offsets: BTreeMap<i32, i64>) {
+        self.resume(&crate::sink::Resume { offsets, ..Default::default() });
     }
 
     pub fn set_assignment(&mut self, partitions: &[i32], now: Instant) {
@@ -423,17 +443,20 @@ impl Processor {
     /// Processes one message. Never fails: a bad message becomes a dead letter.
     #[inline]
     pub fn process(&mut self, m: RawMessage<'_>, clock: &Clock) {
-        if let Some(&floor) = self.floors.get(&m.partition)
-            && m.offset < floor
-        {
-            return;
+        // Below the committed position: already in the tables. Replay it into windows and
+        // attribution state (to rebuild what a crash lost), write nothing, count nothing twice.
+        let replay = self.floors.get(&m.partition).is_some_and(|&floor| m.offset < floor);
+        if replay {
+            self.status.replayed.fetch_add(1, Relaxed);
+        } else {
+            self.offsets.insert(m.partition, m.offset + 1);
+            self.status.messages.fetch_add(1, Relaxed);
         }
-        self.offsets.insert(m.partition, m.offset + 1);
-        self.status.messages.fetch_add(1, Relaxed);
         let ingest_us = clock.now_ms * 1000;
         let payload = m.payload.unwrap_or_default();
         let ev = match event::decode(payload, clock.now_ms, &self.validation) {
             Ok(ev) => ev,
+            Err(_) if replay => return,
             Err(rej) => {
                 self.status.dead_letters.fetch_add(1, Relaxed);
                 self.status.dead_by_reason[rej.reason as usize].fetch_add(1, Relaxed);
@@ -452,9 +475,11 @@ impl Processor {
                 return;
             }
         };
-        self.status.valid_events.fetch_add(1, Relaxed);
-        if let Some(ts) = m.timestamp_ms {
-            self.produced_at.push(ts);
+        if !replay {
+            self.status.valid_events.fetch_add(1, Relaxed);
+            if let Some(ts) = m.timestamp_ms {
+                self.produced_at.push(ts);
+            }
         }
         self.watermarks
             .observe(m.partition, ev.time_ms, clock.instant);
@@ -464,17 +489,14 @@ impl Processor {
         let campaign = self.campaigns.intern(&ev.campaign_id);
         let ad = self.ads.intern(&ev.ad_id);
         if ev.kind == EventKind::Click {
-            self.touchpoints.record_click(
-                &ev.user_id,
-                Touchpoint {
-                    time_ms: ev.time_ms,
-                    campaign,
-                    ad,
-                },
-            );
+            self.touchpoints.record_click(&ev.user_id, Touchpoint { time_ms: ev.time_ms, campaign, ad });
+            let first = self.click_offsets.entry(m.partition).or_default().entry(ev.time_ms.div_euclid(60_000)).or_insert(m.offset);
+            *first = (*first).min(m.offset);
         }
         if late {
-            self.status.late_events.fetch_add(1, Relaxed);
+            if !replay {
+                self.status.late_events.fetch_add(1, Relaxed);
+            }
         } else {
             let active = &self.active;
             let w = self.windows.entry(start).or_insert_with(|| Window {
@@ -482,6 +504,7 @@ impl Processor {
                 accs: active.iter().map(|&v| (v, Some(Vec::new()))).collect(),
                 published: vec![Vec::new(); active.len()],
                 retract: Vec::new(),
+                min_offsets: Vec::new(),
                 dirty: false,
                 revision: 0,
             });
@@ -497,19 +520,14 @@ impl Processor {
                 }
                 (true, _) => Some(&[][..]),
             };
-            plugin::push_event(
-                &mut w.pending,
-                kind,
-                ev.time_ms,
-                campaign,
-                ad,
-                ev.revenue_micros,
-                tps,
-            );
+            plugin::push_event(&mut w.pending, kind, ev.time_ms, campaign, ad, ev.revenue_micros, tps);
+            match w.min_offsets.iter_mut().find(|(p, _)| *p == m.partition) {
+                Some((_, o)) => *o = (*o).min(m.offset),
+                None => w.min_offsets.push((m.partition, m.offset)),
+            }
         }
-        if self.build_tables {
-            self.events
-                .push(&ev, m.partition, m.offset, ingest_us, late);
+        if self.build_tables && !replay {
+            self.events.push(&ev, m.partition, m.offset, ingest_us, late);
         }
     }
 
@@ -555,7 +573,10 @@ impl Processor {
     pub fn tick(&mut self, clock: &Clock) -> CommitBatch {
         let rows = self.publish(clock);
         self.seq += 1;
+        let replay_from = self.replay_from();
         CommitBatch {
+            replay_from,
+            watermark_ms: self.watermarks.current(),
             seq: self.seq,
             events: self.events.take(),
             metrics: (!rows.is_empty()).then(|| metrics_batch(&rows)),
@@ -579,7 +600,9 @@ impl Processor {
             if !w.dirty && !is_final {
                 continue;
             }
-            w.revision += 1;
+            // Revisions are commit sequence numbers: monotonic across windows and restarts, so
+            // "latest revision wins" stays true after a recovery rebuilt a window.
+            w.revision = (self.seq + 1) as i32;
             w.dirty = false;
             for i in 0..w.accs.len() {
                 let id = w.accs[i].0;
@@ -678,6 +701,34 @@ impl Processor {
             .store(self.touchpoints.users() as u64, Relaxed);
         self.update_current(&rows);
         rows
+    }
+
+    /// Per partition: the first offset a restart must replay, i.e. the smallest of the next
+    /// offset, the first offset of every open window, and the first click still inside the
+    /// attribution lookback (minute buckets, pruned as the watermark moves).
+    fn replay_from(&mut self) -> BTreeMap<i32, i64> {
+        let mut out = self.offsets.clone();
+        for w in self.windows.values() {
+            for (p, o) in &w.min_offsets {
+                let e = out.entry(*p).or_insert(*o);
+                *e = (*e).min(*o);
+            }
+        }
+        let horizon_min = self.watermarks.current().saturating_sub(self.lookback_ms).div_euclid(60_000);
+        for (p, buckets) in self.click_offsets.iter_mut() {
+            // Buckets wholly before the horizon can no longer be needed.
+            while let Some((&b, _)) = buckets.first_key_value() {
+                if b >= horizon_min {
+                    break;
+                }
+                buckets.pop_first();
+            }
+            if let Some(o) = buckets.values().min() {
+                let e = out.entry(*p).or_insert(*o);
+                *e = (*e).min(*o);
+            }
+        }
+        out
     }
 
     /// Events and dead letters buffered since the last tick.

@@ -45,6 +45,23 @@ pub mod summary {
     pub const TOPIC: &str = "admetrics.topic";
     /// JSON object partition → next offset to read, for the partitions this writer owns.
     pub const OFFSETS: &str = "admetrics.offsets";
+    /// JSON object partition → first offset a restart must replay to rebuild open windows and
+    /// attribution state (≤ the offset above).
+    pub const REPLAY_FROM: &str = "admetrics.replay-from";
+    /// The watermark (ms) when the commit was made: windows it had closed stay closed.
+    pub const WATERMARK: &str = "admetrics.watermark";
+}
+
+/// Where a restarted daemon resumes, read from snapshot summaries.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resume {
+    /// Partition → next offset not yet in `campaign_events`.
+    pub offsets: BTreeMap<i32, i64>,
+    /// Partition → first offset to replay from.
+    pub replay_from: BTreeMap<i32, i64>,
+    pub watermark_ms: Option<i64>,
+    /// Highest commit sequence seen: revisions continue above it.
+    pub seq: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +95,9 @@ pub struct CommitBatch {
     pub dead_letters: Option<RecordBatch>,
     /// Partition → next offset to read once this batch is committed.
     pub offsets: BTreeMap<i32, i64>,
+    /// Partition → first offset a restart must replay (see `summary::REPLAY_FROM`).
+    pub replay_from: BTreeMap<i32, i64>,
+    pub watermark_ms: i64,
     /// Producer timestamps (ms) of the events in this batch, for produce→visible latency.
     pub produced_at_ms: Vec<i64>,
 }
@@ -161,26 +181,39 @@ impl IcebergSink {
         self.catalog.clone()
     }
 
-    /// Partition → next offset, from the newest snapshot summaries of `campaign_events` for our
-    /// topic (walking the snapshot ancestry, so every partition's latest committed position is
-    /// found even when the head commit came from another writer).
-    pub fn committed_offsets(&self) -> BTreeMap<i32, i64> {
+    /// The resume position from `campaign_events` snapshot summaries for our topic, walking the
+    /// snapshot ancestry newest first: each partition's newest entry wins, so a commit by another
+    /// writer (owning other partitions) at the head hides nothing, and an ambiguous last commit
+    /// (did it land before the crash?) is settled by what the table actually holds.
+    pub fn resume(&self) -> Resume {
         let meta = self.events.metadata();
-        let mut out = BTreeMap::new();
+        let mut out = Resume::default();
         let mut cursor = meta.current_snapshot().cloned();
         while let Some(snap) = cursor {
             let props = &snap.summary().additional_properties;
-            if props.get(summary::TOPIC).map(String::as_str) == Some(self.topic.as_str())
-                && let Some(json) = props.get(summary::OFFSETS)
-                && let Ok(map) = serde_json::from_str::<BTreeMap<i32, i64>>(json)
-            {
-                for (p, o) in map {
-                    out.entry(p).or_insert(o);
+            if props.get(summary::TOPIC).map(String::as_str) == Some(self.topic.as_str()) {
+                let map = |k: &str| props.get(k).and_then(|j| serde_json::from_str::<BTreeMap<i32, i64>>(j).ok()).unwrap_or_default();
+                for (p, o) in map(summary::OFFSETS) {
+                    out.offsets.entry(p).or_insert(o);
+                }
+                for (p, o) in map(summary::REPLAY_FROM) {
+                    out.replay_from.entry(p).or_insert(o);
+                }
+                if out.watermark_ms.is_none() {
+                    out.watermark_ms = props.get(summary::WATERMARK).and_then(|w| w.parse().ok());
+                }
+                if let Some(seq) = props.get(summary::COMMIT_SEQ).and_then(|s| s.parse::<u64>().ok()) {
+                    out.seq = out.seq.max(seq);
                 }
             }
-            cursor = snap
-                .parent_snapshot_id()
-                .and_then(|id| meta.snapshot_by_id(id).cloned());
+            cursor = snap.parent_snapshot_id().and_then(|id| meta.snapshot_by_id(id).cloned());
+        }
+        // The metrics table's sequence too: revisions must stay above everything published.
+        let m = self.metrics.metadata();
+        for snap in m.snapshots() {
+            if let Some(seq) = snap.summary().additional_properties.get(summary::COMMIT_SEQ).and_then(|s| s.parse::<u64>().ok()) {
+                out.seq = out.seq.max(seq);
+            }
         }
         out
     }
