@@ -204,7 +204,9 @@ fn demo(config: &std::path::Path, duration: Option<u64>, load: LoadgenArgs) -> a
     let summary = summary?;
     print!("{}", Progress::new().render(&status, Some(produced)));
     println!(
-        "\nstopped: produced {produced}, consumed {}, {} commits. Tables: {} (catalog {}).",
+        "\nstopped: {produced} events acknowledged by the broker, {} messages consumed, {} commits. Tables: {} (catalog {}).\n\
+         (More consumed than acknowledged means the producer retried batches the broker had already stored:\n\
+         duplicate messages on the topic; deduplication by event_id is open work.)",
         summary.messages,
         summary.commits,
         cfg.iceberg.warehouse.display(),

@@ -49,6 +49,9 @@ pub struct KafkaConfig {
     pub consumer: std::collections::BTreeMap<String, String>,
     /// Maximum messages handed to the pipeline per poll batch.
     pub batch_size: usize,
+    /// Consume at most this many messages per second (0 = unlimited), e.g. to keep a backfill
+    /// from starving live traffic.
+    pub max_events_per_sec: u64,
 }
 
 impl Default for KafkaConfig {
@@ -59,6 +62,7 @@ impl Default for KafkaConfig {
             group_id: "admetrics".into(),
             consumer: Default::default(),
             batch_size: 4096,
+            max_events_per_sec: 0,
         }
     }
 }

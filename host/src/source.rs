@@ -45,8 +45,16 @@ struct StartFromIceberg {
 impl ClientContext for StartFromIceberg {}
 
 impl ConsumerContext for StartFromIceberg {
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let start = self.start.lock().unwrap();
@@ -54,7 +62,11 @@ impl ConsumerContext for StartFromIceberg {
                     if e.topic() == self.topic
                         && let Some(&o) = start.get(&e.partition())
                     {
-                        tracing::info!(partition = e.partition(), offset = o, "assigned; starting at the position recorded in Iceberg");
+                        tracing::info!(
+                            partition = e.partition(),
+                            offset = o,
+                            "assigned; starting at the position recorded in Iceberg"
+                        );
                     }
                 }
                 let mut seeded = tpl.clone();
@@ -63,10 +75,18 @@ impl ConsumerContext for StartFromIceberg {
                         let _ = seeded.set_partition_offset(&self.topic, *p, Offset::Offset(*o));
                     }
                 }
-                if cooperative { consumer.incremental_assign(&seeded) } else { consumer.assign(&seeded) }
+                if cooperative {
+                    consumer.incremental_assign(&seeded)
+                } else {
+                    consumer.assign(&seeded)
+                }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() }
+                if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                }
             }
             other => {
                 tracing::error!(error = ?other, "rebalance error");
@@ -101,7 +121,10 @@ impl KafkaSource {
         for (k, v) in &cfg.consumer {
             cc.set(k, v);
         }
-        let ctx = StartFromIceberg { topic: cfg.topic.clone(), start: Mutex::new(start) };
+        let ctx = StartFromIceberg {
+            topic: cfg.topic.clone(),
+            start: Mutex::new(start),
+        };
         let consumer: BaseConsumer<StartFromIceberg> = cc.create_with_context(ctx)?;
         consumer.subscribe(&[&cfg.topic])?;
         Ok(KafkaSource {

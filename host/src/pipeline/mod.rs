@@ -83,7 +83,8 @@ pub async fn run(
         let status = status.clone();
         std::thread::Builder::new().name("ingest".into()).spawn(
             move || -> anyhow::Result<RunSummary> {
-                let source = KafkaSource::connect(&cfg.kafka, resume.replay_from.clone()).context("connecting to Kafka")?;
+                let source = KafkaSource::connect(&cfg.kafka, resume.replay_from.clone())
+                    .context("connecting to Kafka")?;
                 ingest_loop(
                     &cfg,
                     &source,
@@ -204,6 +205,7 @@ fn ingest_loop(
     let mut assignment: Vec<i32> = Vec::new();
     let mut last_lag = Instant::now();
     let mut summary = RunSummary::default();
+    let (mut tokens, mut refilled) = (0.0f64, Instant::now());
     let handle_ack = |r: CommitReport, summary: &mut RunSummary| {
         if let Err(e) = source.commit(&r.offsets) {
             tracing::warn!(error = %e, "storing offsets in Kafka failed; Iceberg holds them too");
@@ -222,6 +224,18 @@ fn ingest_loop(
             summary.messages += n as u64;
             if n > 0 {
                 processor.flush_plugins();
+            }
+            if cfg.kafka.max_events_per_sec > 0 {
+                // Token bucket, at most one second of burst: waiting for an assignment does not
+                // bank budget for a flood afterwards.
+                let rate = cfg.kafka.max_events_per_sec as f64;
+                let now = Instant::now();
+                tokens = (tokens + now.duration_since(refilled).as_secs_f64() * rate).min(rate)
+                    - n as f64;
+                refilled = now;
+                if tokens < 0.0 {
+                    std::thread::sleep(Duration::from_secs_f64((-tokens / rate).min(1.0)));
+                }
             }
         }
         while let Ok(r) = ack_rx.try_recv() {

@@ -174,6 +174,8 @@ pub struct Processor {
     /// restart must replay to rebuild the touchpoints still inside the lookback.
     click_offsets: BTreeMap<i32, BTreeMap<i64, i64>>,
     lookback_ms: i64,
+    /// Partition → first offset not yet in `dead_letters` (committed before the events table).
+    dead_letter_floors: BTreeMap<i32, i64>,
     produced_at: Vec<i64>,
     seq: u64,
     last_prune: Instant,
@@ -217,6 +219,7 @@ impl Processor {
             offsets: BTreeMap::new(),
             floors: BTreeMap::new(),
             click_offsets: BTreeMap::new(),
+            dead_letter_floors: BTreeMap::new(),
             lookback_ms: cfg.attribution.lookback_secs as i64 * 1000,
             produced_at: Vec::new(),
             seq: 0,
@@ -235,6 +238,7 @@ impl Processor {
             self.offsets.insert(*p, *o);
         }
         self.floors = r.offsets.clone();
+        self.dead_letter_floors = r.dead_letter_offsets.clone();
         self.seq = r.seq;
         if let Some(wm) = r.watermark_ms {
             self.watermarks.restore(wm);
@@ -243,7 +247,10 @@ impl Processor {
 
     /// For tests and tools: only skip-below offsets, nothing else.
     pub fn set_committed_offsets(&mut self, offsets: BTreeMap<i32, i64>) {
-        self.resume(&crate::sink::Resume { offsets, ..Default::default() });
+        self.resume(&crate::sink::Resume {
+            offsets,
+            ..Default::default()
+        });
     }
 
     pub fn set_assignment(&mut self, partitions: &[i32], now: Instant) {
@@ -445,7 +452,10 @@ impl Processor {
     pub fn process(&mut self, m: RawMessage<'_>, clock: &Clock) {
         // Below the committed position: already in the tables. Replay it into windows and
         // attribution state (to rebuild what a crash lost), write nothing, count nothing twice.
-        let replay = self.floors.get(&m.partition).is_some_and(|&floor| m.offset < floor);
+        let replay = self
+            .floors
+            .get(&m.partition)
+            .is_some_and(|&floor| m.offset < floor);
         if replay {
             self.status.replayed.fetch_add(1, Relaxed);
         } else {
@@ -456,7 +466,16 @@ impl Processor {
         let payload = m.payload.unwrap_or_default();
         let ev = match event::decode(payload, clock.now_ms, &self.validation) {
             Ok(ev) => ev,
-            Err(_) if replay => return,
+            // Replayed and already in dead_letters (committed before the events): nothing to do.
+            Err(_)
+                if replay
+                    && self
+                        .dead_letter_floors
+                        .get(&m.partition)
+                        .is_some_and(|&f| m.offset < f) =>
+            {
+                return;
+            }
             Err(rej) => {
                 self.status.dead_letters.fetch_add(1, Relaxed);
                 self.status.dead_by_reason[rej.reason as usize].fetch_add(1, Relaxed);
@@ -489,8 +508,20 @@ impl Processor {
         let campaign = self.campaigns.intern(&ev.campaign_id);
         let ad = self.ads.intern(&ev.ad_id);
         if ev.kind == EventKind::Click {
-            self.touchpoints.record_click(&ev.user_id, Touchpoint { time_ms: ev.time_ms, campaign, ad });
-            let first = self.click_offsets.entry(m.partition).or_default().entry(ev.time_ms.div_euclid(60_000)).or_insert(m.offset);
+            self.touchpoints.record_click(
+                &ev.user_id,
+                Touchpoint {
+                    time_ms: ev.time_ms,
+                    campaign,
+                    ad,
+                },
+            );
+            let first = self
+                .click_offsets
+                .entry(m.partition)
+                .or_default()
+                .entry(ev.time_ms.div_euclid(60_000))
+                .or_insert(m.offset);
             *first = (*first).min(m.offset);
         }
         if late {
@@ -520,14 +551,23 @@ impl Processor {
                 }
                 (true, _) => Some(&[][..]),
             };
-            plugin::push_event(&mut w.pending, kind, ev.time_ms, campaign, ad, ev.revenue_micros, tps);
+            plugin::push_event(
+                &mut w.pending,
+                kind,
+                ev.time_ms,
+                campaign,
+                ad,
+                ev.revenue_micros,
+                tps,
+            );
             match w.min_offsets.iter_mut().find(|(p, _)| *p == m.partition) {
                 Some((_, o)) => *o = (*o).min(m.offset),
                 None => w.min_offsets.push((m.partition, m.offset)),
             }
         }
         if self.build_tables && !replay {
-            self.events.push(&ev, m.partition, m.offset, ingest_us, late);
+            self.events
+                .push(&ev, m.partition, m.offset, ingest_us, late);
         }
     }
 
@@ -714,7 +754,11 @@ impl Processor {
                 *e = (*e).min(*o);
             }
         }
-        let horizon_min = self.watermarks.current().saturating_sub(self.lookback_ms).div_euclid(60_000);
+        let horizon_min = self
+            .watermarks
+            .current()
+            .saturating_sub(self.lookback_ms)
+            .div_euclid(60_000);
         for (p, buckets) in self.click_offsets.iter_mut() {
             // Buckets wholly before the horizon can no longer be needed.
             while let Some((&b, _)) = buckets.first_key_value() {

@@ -62,6 +62,8 @@ pub struct Resume {
     pub watermark_ms: Option<i64>,
     /// Highest commit sequence seen: revisions continue above it.
     pub seq: u64,
+    /// Partition → next offset not yet in `dead_letters`.
+    pub dead_letter_offsets: BTreeMap<i32, i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -192,7 +194,12 @@ impl IcebergSink {
         while let Some(snap) = cursor {
             let props = &snap.summary().additional_properties;
             if props.get(summary::TOPIC).map(String::as_str) == Some(self.topic.as_str()) {
-                let map = |k: &str| props.get(k).and_then(|j| serde_json::from_str::<BTreeMap<i32, i64>>(j).ok()).unwrap_or_default();
+                let map = |k: &str| {
+                    props
+                        .get(k)
+                        .and_then(|j| serde_json::from_str::<BTreeMap<i32, i64>>(j).ok())
+                        .unwrap_or_default()
+                };
                 for (p, o) in map(summary::OFFSETS) {
                     out.offsets.entry(p).or_insert(o);
                 }
@@ -202,24 +209,51 @@ impl IcebergSink {
                 if out.watermark_ms.is_none() {
                     out.watermark_ms = props.get(summary::WATERMARK).and_then(|w| w.parse().ok());
                 }
-                if let Some(seq) = props.get(summary::COMMIT_SEQ).and_then(|s| s.parse::<u64>().ok()) {
+                if let Some(seq) = props
+                    .get(summary::COMMIT_SEQ)
+                    .and_then(|s| s.parse::<u64>().ok())
+                {
                     out.seq = out.seq.max(seq);
                 }
             }
-            cursor = snap.parent_snapshot_id().and_then(|id| meta.snapshot_by_id(id).cloned());
+            cursor = snap
+                .parent_snapshot_id()
+                .and_then(|id| meta.snapshot_by_id(id).cloned());
+        }
+        let d = self.dead_letters.metadata();
+        let mut cursor = d.current_snapshot().cloned();
+        while let Some(snap) = cursor {
+            let props = &snap.summary().additional_properties;
+            if props.get(summary::TOPIC).map(String::as_str) == Some(self.topic.as_str())
+                && let Some(map) = props
+                    .get(summary::OFFSETS)
+                    .and_then(|j| serde_json::from_str::<BTreeMap<i32, i64>>(j).ok())
+            {
+                for (p, o) in map {
+                    out.dead_letter_offsets.entry(p).or_insert(o);
+                }
+            }
+            cursor = snap
+                .parent_snapshot_id()
+                .and_then(|id| d.snapshot_by_id(id).cloned());
         }
         // The metrics table's sequence too: revisions must stay above everything published.
         let m = self.metrics.metadata();
         for snap in m.snapshots() {
-            if let Some(seq) = snap.summary().additional_properties.get(summary::COMMIT_SEQ).and_then(|s| s.parse::<u64>().ok()) {
+            if let Some(seq) = snap
+                .summary()
+                .additional_properties
+                .get(summary::COMMIT_SEQ)
+                .and_then(|s| s.parse::<u64>().ok())
+            {
                 out.seq = out.seq.max(seq);
             }
         }
         out
     }
 
-    /// Writes and commits one batch: `campaign_events` first (its summary carries the offsets the
-    /// consumer may then store), then `dead_letters`, then `campaign_metrics`.
+    /// Writes and commits one batch: `dead_letters`, then `campaign_events` (its summary carries
+    /// the authoritative position), then `campaign_metrics` (rebuilt by replay if lost).
     pub async fn commit(&mut self, batch: CommitBatch) -> Result<CommitReport, SinkError> {
         let started = Instant::now();
         let mut props = HashMap::new();
@@ -230,6 +264,14 @@ impl IcebergSink {
             summary::OFFSETS.to_string(),
             serde_json::to_string(&batch.offsets).expect("map serialises"),
         );
+        props.insert(
+            summary::REPLAY_FROM.to_string(),
+            serde_json::to_string(&batch.replay_from).expect("map serialises"),
+        );
+        props.insert(
+            summary::WATERMARK.to_string(),
+            batch.watermark_ms.to_string(),
+        );
 
         let mut files = 0;
         let events: usize = batch.events.iter().map(|(_, b)| b.num_rows()).sum();
@@ -238,6 +280,13 @@ impl IcebergSink {
 
         // The events commit also happens with no rows when offsets moved (e.g. a batch of only
         // dead letters), so the summary always holds the position.
+        // Dead letters first: their summary offsets are their own floor, so a crash between this
+        // commit and the events commit neither loses nor repeats a dead letter on replay.
+        if let Some(rb) = &batch.dead_letters {
+            let data = self.write(&self.dead_letters, None, rb, batch.seq).await?;
+            files += data.len();
+            self.dead_letters = self.append(&self.dead_letters, data, props.clone()).await?;
+        }
         if events > 0 || dead_letters > 0 || batch.metrics.is_none() {
             let mut data = Vec::new();
             for (day, rb) in &batch.events {
@@ -245,11 +294,6 @@ impl IcebergSink {
             }
             files += data.len();
             self.events = self.append(&self.events, data, props.clone()).await?;
-        }
-        if let Some(rb) = &batch.dead_letters {
-            let data = self.write(&self.dead_letters, None, rb, batch.seq).await?;
-            files += data.len();
-            self.dead_letters = self.append(&self.dead_letters, data, props.clone()).await?;
         }
         if let Some(rb) = &batch.metrics {
             let data = self.write(&self.metrics, None, rb, batch.seq).await?;
