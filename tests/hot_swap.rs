@@ -143,6 +143,19 @@ fn load(
     (h, stats)
 }
 
+/// A broker with the topic, a temp dir and a plugin directory holding `plugins` (file stems).
+fn setup(plugins: &[&str]) -> (Broker, tempfile::TempDir, PathBuf) {
+    let broker = Broker::start();
+    broker.create_topic(TOPIC, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let plugin_dir = dir.path().join("plugins");
+    std::fs::create_dir(&plugin_dir).unwrap();
+    for p in plugins {
+        install(&wasm(p), &plugin_dir, &format!("{p}.wasm"));
+    }
+    (broker, dir, plugin_dir)
+}
+
 fn verify(dir: &Path, events: i64, min_ctr_builds: u32) {
     let out = run_python(
         "verify_tables.py",
@@ -159,12 +172,7 @@ fn verify(dir: &Path, events: i64, min_ctr_builds: u32) {
 
 #[test]
 fn faulty_plugins_are_quarantined_while_events_and_other_plugins_keep_flowing() {
-    let broker = Broker::start();
-    broker.create_topic(TOPIC, 2);
-    let dir = tempfile::tempdir().unwrap();
-    let plugin_dir = dir.path().join("plugins");
-    std::fs::create_dir(&plugin_dir).unwrap();
-    for p in [
+    let (broker, dir, plugin_dir) = setup(&[
         "ctr",
         "cvr",
         "attribution",
@@ -173,9 +181,7 @@ fn faulty_plugins_are_quarantined_while_events_and_other_plugins_keep_flowing() 
         "fixture_spin",
         "fixture_membomb",
         "fixture_malformed",
-    ] {
-        install(&wasm(p), &plugin_dir, &format!("{p}.wasm"));
-    }
+    ]);
     let daemon = Daemon::start(config(dir.path(), &broker.bootstrap, &plugin_dir));
     let (producer, stats) = load(&broker.bootstrap, 5_000, 20_000);
     let delivered = producer.join().unwrap();
@@ -210,15 +216,8 @@ fn faulty_plugins_are_quarantined_while_events_and_other_plugins_keep_flowing() 
 
 #[test]
 fn ctr_swapped_six_times_under_load_loses_nothing_and_never_mixes_builds() {
-    let broker = Broker::start();
-    broker.create_topic(TOPIC, 2);
-    let dir = tempfile::tempdir().unwrap();
-    let plugin_dir = dir.path().join("plugins");
-    std::fs::create_dir(&plugin_dir).unwrap();
+    let (broker, dir, plugin_dir) = setup(&["ctr", "cvr", "attribution"]);
     let (v1, v2) = (wasm("ctr"), wasm("fixture_ctr_v2"));
-    install(&v1, &plugin_dir, "ctr.wasm");
-    install(&wasm("cvr"), &plugin_dir, "cvr.wasm");
-    install(&wasm("attribution"), &plugin_dir, "attribution.wasm");
     let daemon = Daemon::start(config(dir.path(), &broker.bootstrap, &plugin_dir));
     wait_for("daemon assigned", Duration::from_secs(30), || {
         daemon.status.commits.load(Relaxed) > 2
@@ -269,13 +268,7 @@ fn ctr_swapped_six_times_under_load_loses_nothing_and_never_mixes_builds() {
 
 #[test]
 fn a_swapped_in_version_that_keeps_failing_is_rolled_back() {
-    let broker = Broker::start();
-    broker.create_topic(TOPIC, 2);
-    let dir = tempfile::tempdir().unwrap();
-    let plugin_dir = dir.path().join("plugins");
-    std::fs::create_dir(&plugin_dir).unwrap();
-    install(&wasm("ctr"), &plugin_dir, "ctr.wasm");
-    install(&wasm("cvr"), &plugin_dir, "cvr.wasm");
+    let (broker, dir, plugin_dir) = setup(&["ctr", "cvr"]);
     let daemon = Daemon::start(config(dir.path(), &broker.bootstrap, &plugin_dir));
     wait_for("daemon assigned", Duration::from_secs(30), || {
         daemon.status.commits.load(Relaxed) > 2
@@ -316,12 +309,7 @@ fn a_swapped_in_version_that_keeps_failing_is_rolled_back() {
 
 #[test]
 fn config_reload_applies_safe_changes_and_refuses_unsafe_ones() {
-    let broker = Broker::start();
-    broker.create_topic(TOPIC, 2);
-    let dir = tempfile::tempdir().unwrap();
-    let plugin_dir = dir.path().join("plugins");
-    std::fs::create_dir(&plugin_dir).unwrap();
-    install(&wasm("ctr"), &plugin_dir, "ctr.wasm");
+    let (broker, dir, plugin_dir) = setup(&["ctr"]);
     let cfg = config(dir.path(), &broker.bootstrap, &plugin_dir);
     let path = cfg.source_path.clone().unwrap();
     let daemon = Daemon::start(cfg);
