@@ -238,6 +238,12 @@ fn ctr_swapped_six_times_under_load_loses_nothing_and_never_mixes_builds() {
         assert!(daemon.alive());
     }
     assert_eq!(producer.join().unwrap(), total);
+    // Removing a plugin file is noticed within 2 s too (a new set without it is installed).
+    let swaps = daemon.status.plugin_swaps.load(Relaxed);
+    std::fs::remove_file(plugin_dir.join("attribution.wasm")).unwrap();
+    wait_for("removal noticed", Duration::from_secs(2), || {
+        daemon.status.plugin_swaps.load(Relaxed) > swaps
+    });
     wait_for("all events committed", Duration::from_secs(60), || {
         daemon.committed() >= total as i64
     });
