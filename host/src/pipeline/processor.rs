@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::event::{self, EventKind, Reason};
+use crate::event::{self, EventKind};
 use crate::plugin::{self, EventBatch, Plugin, PluginError, Touchpoint};
 use crate::sink::CommitBatch;
 use crate::sink::schema::{DeadLetterBuffer, EventsBuffer, MetricRecord, metrics_batch};
@@ -243,14 +243,6 @@ impl Processor {
         if let Some(wm) = r.watermark_ms {
             self.watermarks.restore(wm);
         }
-    }
-
-    /// For tests and tools: only skip-below offsets, nothing else.
-    pub fn set_committed_offsets(&mut self, offsets: BTreeMap<i32, i64>) {
-        self.resume(&crate::sink::Resume {
-            offsets,
-            ..Default::default()
-        });
     }
 
     pub fn set_assignment(&mut self, partitions: &[i32], now: Instant) {
@@ -581,10 +573,7 @@ impl Processor {
             for i in 0..w.accs.len() {
                 let id = w.accs[i].0;
                 let Some(a) = &w.accs[i].1 else { continue };
-                let Some(slot) = self.versions[id]
-                    .as_mut()
-                    .filter(|s| s.state != SlotState::Quarantined)
-                else {
+                let Some(slot) = live_slot(&mut self.versions, id) else {
                     w.poison(i);
                     continue;
                 };
@@ -647,10 +636,7 @@ impl Processor {
             for i in 0..w.accs.len() {
                 let id = w.accs[i].0;
                 let Some(a) = &w.accs[i].1 else { continue };
-                let Some(slot) = self.versions[id]
-                    .as_mut()
-                    .filter(|s| s.state != SlotState::Quarantined)
-                else {
+                let Some(slot) = live_slot(&mut self.versions, id) else {
                     w.poison(i);
                     continue;
                 };
@@ -823,7 +809,9 @@ impl Processor {
     }
 }
 
-/// Dead-letter reasons in a stable order, for reports.
-pub fn reasons() -> impl Iterator<Item = Reason> {
-    Reason::ALL.into_iter()
+/// The loaded, not quarantined version `id`, if any: what a window may still call.
+fn live_slot(versions: &mut [Option<Slot>], id: usize) -> Option<&mut Slot> {
+    versions[id]
+        .as_mut()
+        .filter(|s| s.state != SlotState::Quarantined)
 }
