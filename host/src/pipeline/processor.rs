@@ -176,6 +176,18 @@ pub struct Processor {
     lookback_ms: i64,
     /// Partition → first offset not yet in `dead_letters` (committed before the events table).
     dead_letter_floors: BTreeMap<i32, i64>,
+    /// Partitions still replaying (partition → floor): until every assigned one has reached
+    /// its floor, no metric revision is published, so a rebuilt window never shows a reader a
+    /// smaller number than the revision it replaces.
+    replaying: BTreeMap<i32, i64>,
+    /// The replay point we started from: kept in summaries until the replay has passed it, so
+    /// a crash during the replay does not lose the state still to be rebuilt.
+    resumed_replay_from: BTreeMap<i32, i64>,
+    /// Partitions assigned to this member (see `set_assignment`).
+    assignment: Vec<i32>,
+    /// `offsets` as of the previous tick: partitions whose position moved since belong in the
+    /// next summary even if they were revoked meanwhile.
+    ticked_offsets: BTreeMap<i32, i64>,
     produced_at: Vec<i64>,
     seq: u64,
     last_prune: Instant,
@@ -220,6 +232,10 @@ impl Processor {
             floors: BTreeMap::new(),
             click_offsets: BTreeMap::new(),
             dead_letter_floors: BTreeMap::new(),
+            replaying: BTreeMap::new(),
+            resumed_replay_from: BTreeMap::new(),
+            assignment: Vec::new(),
+            ticked_offsets: BTreeMap::new(),
             lookback_ms: cfg.attribution.lookback_secs as i64 * 1000,
             produced_at: Vec::new(),
             seq: 0,
@@ -238,7 +254,15 @@ impl Processor {
             self.offsets.insert(*p, *o);
         }
         self.floors = r.offsets.clone();
+        self.ticked_offsets = r.offsets.clone();
         self.dead_letter_floors = r.dead_letter_offsets.clone();
+        self.resumed_replay_from = r.replay_from.clone();
+        self.replaying = r
+            .offsets
+            .iter()
+            .filter(|(p, o)| r.replay_from.get(p).is_some_and(|f| f < o))
+            .map(|(p, o)| (*p, *o))
+            .collect();
         self.seq = r.seq;
         if let Some(wm) = r.watermark_ms {
             self.watermarks.restore(wm);
@@ -247,6 +271,12 @@ impl Processor {
 
     pub fn set_assignment(&mut self, partitions: &[i32], now: Instant) {
         self.watermarks.set_assignment(partitions, now);
+        self.assignment = partitions.to_vec();
+    }
+
+    /// Whether an assigned partition is still replaying below its floor.
+    pub fn replaying(&self) -> bool {
+        self.replaying.keys().any(|p| self.assignment.contains(p))
     }
 
     /// Every loaded plugin version.
@@ -454,17 +484,25 @@ impl Processor {
             self.offsets.insert(m.partition, m.offset + 1);
             self.status.messages.fetch_add(1, Relaxed);
         }
+        if !self.replaying.is_empty()
+            && self
+                .replaying
+                .get(&m.partition)
+                .is_some_and(|&floor| m.offset + 1 >= floor)
+        {
+            self.replaying.remove(&m.partition);
+        }
         let ingest_us = clock.now_ms * 1000;
         let payload = m.payload.unwrap_or_default();
         let ev = match event::decode(payload, clock.now_ms, &self.validation) {
             Ok(ev) => ev,
-            // Replayed and already in dead_letters (committed before the events): nothing to do.
+            // Already in dead_letters: committed before the events table, so this holds for
+            // replayed messages and for the first ones above the events floor alike.
             Err(_)
-                if replay
-                    && self
-                        .dead_letter_floors
-                        .get(&m.partition)
-                        .is_some_and(|&f| m.offset < f) =>
+                if self
+                    .dead_letter_floors
+                    .get(&m.partition)
+                    .is_some_and(|&f| m.offset < f) =>
             {
                 return;
             }
@@ -602,7 +640,17 @@ impl Processor {
     pub fn tick(&mut self, clock: &Clock) -> CommitBatch {
         let rows = self.publish(clock);
         self.seq += 1;
-        let replay_from = self.replay_from();
+        // Only partitions this member owns or moved since the last tick: a summary must not
+        // repeat a stale position for a partition another writer of the group now owns.
+        let offsets: BTreeMap<i32, i64> = self
+            .offsets
+            .iter()
+            .filter(|(p, o)| self.assignment.contains(p) || self.ticked_offsets.get(p) != Some(o))
+            .map(|(p, o)| (*p, *o))
+            .collect();
+        self.ticked_offsets = self.offsets.clone();
+        let mut replay_from = self.replay_from();
+        replay_from.retain(|p, _| offsets.contains_key(p));
         CommitBatch {
             replay_from,
             watermark_ms: self.watermarks.current(),
@@ -610,7 +658,7 @@ impl Processor {
             events: self.events.take(),
             metrics: (!rows.is_empty()).then(|| metrics_batch(&rows)),
             dead_letters: self.dead.take(),
-            offsets: self.offsets.clone(),
+            offsets,
             produced_at_ms: std::mem::take(&mut self.produced_at),
         }
     }
@@ -619,6 +667,11 @@ impl Processor {
     /// every changed or closing window (closing ones marked final and dropped).
     pub fn publish(&mut self, clock: &Clock) -> Vec<MetricRecord> {
         self.flush_plugins();
+        if self.replaying() {
+            // Windows are half rebuilt: publishing now would replace complete revisions with
+            // partial ones, and advancing the watermark could close a window too early.
+            return Vec::new();
+        }
         let wm = self.watermarks.advance(clock.instant);
         self.status.watermark_ms.store(wm, Relaxed);
         let mut rows = Vec::new();
@@ -719,7 +772,10 @@ impl Processor {
             .open_windows
             .store(self.windows.len() as u64, Relaxed);
         if clock.instant.duration_since(self.last_prune) > Duration::from_secs(30) {
-            self.touchpoints.prune(wm);
+            // Keep every click an on-time conversion can still use: the oldest open window
+            // starts at `wm − size − lateness`, and its conversions look back from there.
+            self.touchpoints
+                .prune(wm.saturating_sub(self.size_ms + self.lateness_ms));
             self.last_prune = clock.instant;
         }
         self.status
@@ -740,10 +796,11 @@ impl Processor {
                 *e = (*e).min(*o);
             }
         }
+        // Same horizon as `Touchpoints::prune`: clicks the oldest still-open window may need.
         let horizon_min = self
             .watermarks
             .current()
-            .saturating_sub(self.lookback_ms)
+            .saturating_sub(self.size_ms + self.lateness_ms + self.lookback_ms)
             .div_euclid(60_000);
         for (p, buckets) in self.click_offsets.iter_mut() {
             // Buckets wholly before the horizon can no longer be needed.
@@ -756,6 +813,11 @@ impl Processor {
             if let Some(o) = buckets.values().min() {
                 let e = out.entry(*p).or_insert(*o);
                 *e = (*e).min(*o);
+            }
+        }
+        for p in self.replaying.keys() {
+            if let (Some(e), Some(&r)) = (out.get_mut(p), self.resumed_replay_from.get(p)) {
+                *e = (*e).min(r);
             }
         }
         out

@@ -128,6 +128,12 @@ pub struct IcebergSink {
     topic: String,
     target_file_bytes: usize,
     props: WriterProperties,
+    /// (offsets, replay-from, watermark) of the last `campaign_events` commit: an interval that
+    /// changed nothing makes no snapshot.
+    last_position: Option<(BTreeMap<i32, i64>, BTreeMap<i32, i64>, i64)>,
+    /// Set after a failed attempt: the next one first reloads the tables and skips every table
+    /// that already holds this commit (a commit whose outcome was unknown may have landed).
+    retrying: bool,
 }
 
 impl IcebergSink {
@@ -176,7 +182,37 @@ impl IcebergSink {
             topic: topic.into(),
             target_file_bytes,
             props,
+            last_position: None,
+            retrying: false,
         })
+    }
+
+    /// Reloads the three tables from the catalog (after a failed or ambiguous commit).
+    async fn refresh(&mut self) -> Result<(), SinkError> {
+        for t in [&mut self.events, &mut self.metrics, &mut self.dead_letters] {
+            *t = self.catalog.load_table(t.identifier()).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether `table` already holds commit `seq` of this writer (found in its snapshot
+    /// ancestry).
+    fn holds(&self, table: &Table, seq: u64) -> bool {
+        let meta = table.metadata();
+        let seq = seq.to_string();
+        let mut cursor = meta.current_snapshot().cloned();
+        while let Some(snap) = cursor {
+            let p = &snap.summary().additional_properties;
+            if p.get(summary::WRITER_ID) == Some(&self.writer_id)
+                && p.get(summary::COMMIT_SEQ) == Some(&seq)
+            {
+                return true;
+            }
+            cursor = snap
+                .parent_snapshot_id()
+                .and_then(|id| meta.snapshot_by_id(id).cloned());
+        }
+        false
     }
 
     pub fn catalog(&self) -> Arc<SqlCatalog> {
@@ -252,10 +288,27 @@ impl IcebergSink {
         out
     }
 
-    /// Writes and commits one batch: `dead_letters`, then `campaign_events` (its summary carries
-    /// the authoritative position), then `campaign_metrics` (rebuilt by replay if lost).
+    /// Writes and commits one batch: `dead_letters`, then `campaign_metrics`, then
+    /// `campaign_events`, whose summary is the commit point: a crash before it makes a restart
+    /// replay the whole batch (dead letters below their own floor are not written again; metric
+    /// windows are rebuilt and republished under a higher revision with the same values).
+    /// Committing metrics last instead would lose the final revision of windows the crash
+    /// closed, since the restored watermark keeps them closed.
+    ///
+    /// Safe to call again with the same batch after an error: a table that already holds the
+    /// commit (an ambiguous failure that in fact landed) is skipped.
     pub async fn commit(&mut self, batch: CommitBatch) -> Result<CommitReport, SinkError> {
+        let r = self.commit_once(batch).await;
+        self.retrying = r.is_err();
+        r
+    }
+
+    async fn commit_once(&mut self, batch: CommitBatch) -> Result<CommitReport, SinkError> {
         let started = Instant::now();
+        if self.retrying {
+            self.refresh().await?;
+        }
+        let retrying = self.retrying;
         let mut props = HashMap::new();
         props.insert(summary::WRITER_ID.to_string(), self.writer_id.clone());
         props.insert(summary::COMMIT_SEQ.to_string(), batch.seq.to_string());
@@ -278,28 +331,42 @@ impl IcebergSink {
         let dead_letters = batch.dead_letters.as_ref().map_or(0, |b| b.num_rows());
         let metric_rows = batch.metrics.as_ref().map_or(0, |b| b.num_rows());
 
-        // The events commit also happens with no rows when offsets moved (e.g. a batch of only
-        // dead letters), so the summary always holds the position.
         // Dead letters first: their summary offsets are their own floor, so a crash between this
         // commit and the events commit neither loses nor repeats a dead letter on replay.
-        if let Some(rb) = &batch.dead_letters {
+        if let Some(rb) = &batch.dead_letters
+            && !(retrying && self.holds(&self.dead_letters, batch.seq))
+        {
             let data = self.write(&self.dead_letters, None, rb, batch.seq).await?;
             files += data.len();
             self.dead_letters = self.append(&self.dead_letters, data, props.clone()).await?;
         }
-        if events > 0 || dead_letters > 0 || batch.metrics.is_none() {
+        if let Some(rb) = &batch.metrics
+            && !(retrying && self.holds(&self.metrics, batch.seq))
+        {
+            let data = self.write(&self.metrics, None, rb, batch.seq).await?;
+            files += data.len();
+            self.metrics = self.append(&self.metrics, data, props.clone()).await?;
+        }
+        // The events commit also happens with no rows when the position moved (a batch of only
+        // dead letters or metrics), so the newest summary always holds it; an interval that
+        // changed nothing makes no snapshot.
+        let position = (
+            batch.offsets.clone(),
+            batch.replay_from.clone(),
+            batch.watermark_ms,
+        );
+        let moved = self.last_position.as_ref() != Some(&position);
+        if (events > 0 || dead_letters > 0 || metric_rows > 0 || moved)
+            && !(retrying && self.holds(&self.events, batch.seq))
+        {
             let mut data = Vec::new();
             for (day, rb) in &batch.events {
                 data.extend(self.write(&self.events, Some(*day), rb, batch.seq).await?);
             }
             files += data.len();
-            self.events = self.append(&self.events, data, props.clone()).await?;
+            self.events = self.append(&self.events, data, props).await?;
         }
-        if let Some(rb) = &batch.metrics {
-            let data = self.write(&self.metrics, None, rb, batch.seq).await?;
-            files += data.len();
-            self.metrics = self.append(&self.metrics, data, props).await?;
-        }
+        self.last_position = Some(position);
         Ok(CommitReport {
             seq: batch.seq,
             offsets: batch.offsets,
