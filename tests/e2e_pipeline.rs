@@ -67,6 +67,7 @@ fn build_input(base: i64) -> Vec<Msg> {
         id += 1;
         format!("e{id:06}")
     };
+    let mut phase1_of: Vec<Vec<(i64, String, String)>> = Vec::new();
     for p in 0..PARTITIONS {
         // Phase 1, as (nominal time, key, payload), sent in nominal-time order. Event times carry
         // up to 3 s of jitter: inside the 5 s out-of-orderness, so none of them is late.
@@ -203,6 +204,31 @@ fn build_input(base: i64) -> Vec<Msg> {
         ] {
             phase1.push((base + 100_000, "bad".into(), bad));
         }
+        // Duplicate deliveries (a producer retry): ~3% of the generated events sent again 1–20 s
+        // later on the same partition. They must count once.
+        let copies: Vec<_> = phase1
+            .iter()
+            .filter_map(|(t, key, payload)| {
+                (key.starts_with("user-") && rng.f64() < 0.03).then(|| {
+                    (t + rng.i64(1_000..20_000), key.clone(), payload.clone())
+                })
+            })
+            .collect();
+        phase1.extend(copies);
+        phase1_of.push(phase1);
+    }
+    // One impression per partition delivered again on the next partition at the same moment
+    // (whichever copy is read first counts).
+    for p in 0..PARTITIONS as usize {
+        let (t, key, payload) = phase1_of[p]
+            .iter()
+            .find(|(_, k, pl)| k.starts_with("user-") && pl.contains(r#""impression""#))
+            .cloned()
+            .expect("an impression");
+        phase1_of[(p + 1) % PARTITIONS as usize].push((t, key, payload));
+    }
+    for (p, mut phase1) in phase1_of.into_iter().enumerate() {
+        let p = p as i32;
         phase1.sort_by_key(|(t, _, _)| *t);
         for (_, key, payload) in phase1 {
             msgs.push(Msg {

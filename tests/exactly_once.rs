@@ -116,17 +116,30 @@ fn sigterm(child: &mut Child) -> Duration {
 }
 
 /// Produces `n` generated events keyed (and partitioned) by user, 20 minutes of event time
-/// ending 30 minutes ago, then one far-ahead event per partition that closes every data window.
-/// Returns the number of messages.
+/// ending 30 minutes ago, some delivered twice, then one far-ahead event per partition that
+/// closes every data window. Returns the number of messages.
 fn produce(bootstrap: &str, n: u64, seed: u64) -> i64 {
     let mut producer = TestProducer::new(bootstrap, TOPIC);
     let mut g = EventGen::new(LoadgenArgs { campaigns: 20, users: 20_000, seed, ..Default::default() });
     let now = chrono::Utc::now().timestamp_millis();
     let start = now - 50 * 60_000;
+    // ~2% of the events are delivered a second time up to 20 000 messages later (a producer
+    // retry): often after a restart, so the remembered ids must survive it.
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0xd0b1e);
+    let mut copies: std::collections::BTreeMap<u64, Vec<(i32, String, String)>> = Default::default();
+    let mut sent = 0i64;
     for i in 0..n {
         let (key, payload) = g.next(start + (i as i64 * 20 * 60_000 / n as i64));
         let p = (key.bytes().fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32)) % PARTITIONS as u32) as i32;
         producer.send(p, &key, payload.as_bytes());
+        sent += 1;
+        if rng.f64() < 0.02 {
+            copies.entry(i + rng.u64(1..20_000)).or_default().push((p, key, payload));
+        }
+        for (p, key, payload) in copies.remove(&i).unwrap_or_default() {
+            producer.send(p, &key, payload.as_bytes());
+            sent += 1;
+        }
     }
     let flush_t = chrono::DateTime::from_timestamp_millis(now - 5 * 60_000).unwrap().format("%Y-%m-%dT%H:%M:%S%.3fZ");
     for p in 0..PARTITIONS {
@@ -134,7 +147,7 @@ fn produce(bootstrap: &str, n: u64, seed: u64) -> i64 {
         producer.send(p, "flush", flush.as_bytes());
     }
     producer.flush();
-    n as i64 + PARTITIONS as i64
+    sent + PARTITIONS as i64
 }
 
 /// An uninterrupted run over the whole topic into `dir`, stopped with SIGTERM at the end.

@@ -85,13 +85,21 @@ def main():
         msgs.append(m)
     valid = [m for m in msgs if m["event"]]
     invalid = [m for m in msgs if not m["event"]]
+    # Deliveries of an event_id seen before count once (the first in produce order; the input
+    # only repeats identical payloads, so which copy counts does not change the numbers).
+    deliveries = defaultdict(list)
+    for m in valid:
+        m["dup"] = bool(deliveries[m["event"]["event_id"]])
+        deliveries[m["event"]["event_id"]].append(m)
+    n_dup = sum(1 for m in valid if m["dup"])
+    check(n_dup > 0, "input design: no duplicate deliveries")
 
     # ---- lateness: phase 1 stays within the out-of-orderness bound of its own partition (so it
     # is never late); phase 2 arrives after phase 1 was committed, when the watermark was at
     # least min over partitions of (max phase-1 time) - ooo.
     running_max = {}
     for m in valid:
-        if m["phase"] != 1:
+        if m["phase"] != 1 or m["dup"]:
             continue
         p, t = m["partition"], m["event"]["time_ms"]
         check(t >= running_max.get(p, t) - a.ooo_ms, f"input design: phase-1 event {m['event']['event_id']} is behind its partition by more than ooo")
@@ -100,7 +108,7 @@ def main():
     for m in valid:
         t = m["event"]["time_ms"]
         window_end = (t // size) * size + size
-        m["late"] = m["phase"] == 2 and window_end <= wm1
+        m["late"] = m["phase"] == 2 and window_end <= wm1 and not m["dup"]
 
     # ---- expected metrics, computed from scratch
     exp = {}  # (window_start, campaign, ad, metric) -> [num, den]  (revenue in micros)
@@ -112,6 +120,8 @@ def main():
 
     clicks_by_user = defaultdict(list)  # user -> [(time, campaign, ad)] in arrival order
     for m in valid:  # produce order; a user's messages all sit in one partition, in order
+        if m["dup"]:
+            continue
         e = m["event"]
         t, c, ad, kind = e["time_ms"], e["campaign_id"], e["ad_id"], e["event_type"]
         w = (t // size) * size
@@ -160,6 +170,14 @@ def main():
             check(ids[k] == m["event"]["event_id"], f"event at {k}: id {ids[k]} != {m['event']['event_id']}")
             check(lates[k] == m["late"], f"event {m['event']['event_id']}: is_late {lates[k]} != expected {m['late']}")
     n_late = sum(1 for m in valid if m["late"])
+    # duplicates: every delivery is in the table, exactly one per event_id is not flagged, and on
+    # one partition it is the first one
+    dups = dict(zip(coords, events.column("is_duplicate").to_pylist()))
+    for eid, ms in deliveries.items():
+        flags = [(m["partition"], m["offset"], dups.get((m["partition"], m["offset"]))) for m in ms]
+        check(sum(1 for f in flags if f[2] is False) == 1, f"{eid}: deliveries {flags} should have exactly one unflagged")
+        if len({f[0] for f in flags}) == 1:
+            check(min(flags)[2] is False, f"{eid}: the first delivery on its partition should count: {flags}")
     check(n_late > 0, "input design: no late events")
 
     # dead_letters: every invalid message, with the reason we expect
@@ -222,7 +240,7 @@ def main():
     n_events = con.execute(f"SELECT count(*) FROM iceberg_scan('{events_t.metadata_location}')").fetchone()[0]
     check(n_events == len(valid), f"DuckDB reads {n_events} events, want {len(valid)}")
     impressions = con.execute(
-        f"SELECT count(*) FROM iceberg_scan('{events_t.metadata_location}') WHERE event_type = 'impression' AND NOT is_late AND campaign_id <> 'flush'"
+        f"SELECT count(*) FROM iceberg_scan('{events_t.metadata_location}') WHERE event_type = 'impression' AND NOT is_late AND NOT is_duplicate AND campaign_id <> 'flush'"
     ).fetchone()[0]
     # The dashboard's query shape: the latest revision of each window, numerators summed.
     latest_ctr_den = con.execute(f"""
@@ -232,7 +250,7 @@ def main():
     """).fetchone()[0]
     check(impressions == latest_ctr_den, f"DuckDB: on-time impressions {impressions} != summed CTR denominators {latest_ctr_den}")
 
-    print(f"messages {len(msgs)}: valid {len(valid)} (late {n_late}), dead letters {len(invalid)}")
+    print(f"messages {len(msgs)}: valid {len(valid)} (late {n_late}, duplicate deliveries {n_dup}), dead letters {len(invalid)}")
     print(f"metric keys checked {len(exp)} over {len(data_windows)} windows; metric rows in table {len(metrics)}")
     print(f"snapshots: events {len(events_t.snapshots())}, metrics {len(metrics_t.snapshots())}, dead letters {len(dead_t.snapshots())}")
     if failures:

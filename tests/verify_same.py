@@ -38,6 +38,7 @@ def final_metrics(mt):
 
 
 results = {}
+flagged = {}
 for name, d in (("reference", args.a), ("interrupted", args.b)):
     ev, mt = load(d)
     coords = list(zip(ev.column("kafka_partition").to_pylist(), ev.column("kafka_offset").to_pylist()))
@@ -46,7 +47,16 @@ for name, d in (("reference", args.a), ("interrupted", args.b)):
     print(f"{name}: events {len(coords)}, duplicated {dup}, lost {lost}, metric rows {len(mt)}")
     if dup or lost:
         failures.append(f"{name}: duplicated {dup}, lost {lost}")
+    flagged[name] = {c for c, d in zip(coords, ev.column("is_duplicate").to_pylist()) if d}
     results[name] = final_metrics(mt)
+
+# Duplicate deliveries of an event_id: the same copies flagged (not counted) in both runs.
+print(f"duplicate deliveries flagged: reference {len(flagged['reference'])}, interrupted {len(flagged['interrupted'])}")
+if not flagged["reference"]:
+    failures.append("input design: no duplicate deliveries")
+if flagged["reference"] != flagged["interrupted"]:
+    d = flagged["reference"] ^ flagged["interrupted"]
+    failures.append(f"{len(d)} deliveries flagged as duplicate in one run only, e.g. {sorted(d)[:5]}")
 
 (ref, _), (got, got_all) = results["reference"], results["interrupted"]
 ref_windows = {k[0] for k in ref}

@@ -8,6 +8,7 @@
 //! | [`source`]  | Kafka consumer-group member (rdkafka `BaseConsumer`), offset commits   |
 //! | [`event`]   | decode + validate JSON events; rejections carry a dead-letter reason   |
 //! | [`window`]  | watermarks, tumbling windows, per-user touchpoints, id interning       |
+//! | [`dedup`]   | event ids remembered for the dedup horizon: copies count once          |
 //! | [`plugin`]  | wasmtime component runtime for the `wit/` metric-plugin world          |
 //! | [`sink`]    | Iceberg tables (SQLite SQL catalog + local warehouse), fast appends    |
 //! | [`pipeline`]| the processor that chains the stages, and the daemon's threads         |
@@ -19,6 +20,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod dedup;
 pub mod event;
 pub mod loadgen;
 pub mod pipeline;

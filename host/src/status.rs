@@ -18,6 +18,11 @@ pub struct Status {
     pub dead_letters: AtomicU64,
     pub dead_by_reason: [AtomicU64; Reason::ALL.len()],
     pub late_events: AtomicU64,
+    /// Deliveries of an event id already seen within the dedup horizon (not counted in metrics).
+    pub duplicates: AtomicU64,
+    /// Ids remembered for deduplication and the table's heap bytes.
+    pub dedup_ids: AtomicU64,
+    pub dedup_bytes: AtomicU64,
     pub plugin_errors: AtomicU64,
     pub plugin_swaps: AtomicU64,
     pub plugin_rejections: AtomicU64,

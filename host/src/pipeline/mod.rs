@@ -64,6 +64,19 @@ pub async fn run(
     let (plugins, installed) = crate::watch::load_initial(&runtime, &cfg)?;
     let mut processor = Processor::new(&cfg, plugins, status.clone());
     processor.resume(&resume);
+    if let (Some(horizon), Some(wm)) = (processor.dedup_horizon_ms(), resume.watermark_ms)
+        && wm > i64::MIN
+    {
+        // Copies of events committed before the restart must still count once.
+        let t = Instant::now();
+        let n = sink
+            .committed_ids(wm.saturating_sub(horizon), |id, p, o, time| {
+                processor.remember_id(id, p, o, time)
+            })
+            .await
+            .context("loading the event ids of the dedup horizon from campaign_events")?;
+        tracing::info!(ids = n, took_ms = t.elapsed().as_millis() as u64, "dedup: ids within the horizon loaded");
+    }
     let (control_tx, control_rx) = std::sync::mpsc::channel();
     let _watcher = crate::watch::spawn(
         cfg.clone(),
@@ -117,12 +130,27 @@ pub async fn run(
         _ = &mut shutdown => { stop.store(true, Relaxed); None }
         r = &mut sink_task => { stop.store(true, Relaxed); Some(r) }
     };
-    // Let the ingest thread finish its last commit (it waits for the sink's acks).
-    let ingest_result = tokio::task::spawn_blocking(move || ingest.join()).await?;
-    let sink_result = match sink_result {
-        Some(r) => r,
-        None => sink_task.await,
+    // Let the ingest thread finish its last commit (it waits for the sink's acks), within a
+    // bound: past it we exit with an error and without storing offsets in Kafka. Nothing is
+    // lost that way either: the Iceberg summaries hold the position a restart resumes from.
+    let limit = Duration::from_millis(cfg.commit.shutdown_timeout_ms);
+    let finish = async move {
+        let ingest_result = tokio::task::spawn_blocking(move || ingest.join()).await?;
+        let sink_result = match sink_result {
+            Some(r) => r,
+            None => sink_task.await,
+        };
+        anyhow::Ok((ingest_result, sink_result))
     };
+    let (ingest_result, sink_result) = tokio::time::timeout(limit, finish)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "shutdown: the final commit did not finish within commit.shutdown_timeout_ms = {} ms; \
+                 exiting without it (a restart resumes from the last Iceberg commit)",
+                limit.as_millis()
+            )
+        })??;
     sink_result
         .context("sink task panicked")?
         .context("committing to Iceberg")?;
@@ -218,6 +246,7 @@ fn ingest_loop(
         let stopping = stop.load(Relaxed);
         if !stopping {
             let clock = Clock::now();
+            let new_before = status.messages.load(Relaxed);
             let n = source.poll_batch(cfg.kafka.batch_size, Duration::from_millis(20), |m| {
                 processor.process(m, &clock)
             });
@@ -230,8 +259,11 @@ fn ingest_loop(
                 // bank budget for a flood afterwards.
                 let rate = cfg.kafka.max_events_per_sec as f64;
                 let now = Instant::now();
+                // Only new messages spend budget: a replay after a restart rebuilds state at full
+                // speed (it is what recovery time is made of).
+                let new = status.messages.load(Relaxed) - new_before;
                 tokens = (tokens + now.duration_since(refilled).as_secs_f64() * rate).min(rate)
-                    - n as f64;
+                    - new as f64;
                 refilled = now;
                 if tokens < 0.0 {
                     std::thread::sleep(Duration::from_secs_f64((-tokens / rate).min(1.0)));

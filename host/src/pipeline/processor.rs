@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::dedup::{Delivery, SeenIds};
 use crate::event::{self, EventKind};
 use crate::plugin::{self, EventBatch, Plugin, PluginError, Touchpoint};
 use crate::sink::CommitBatch;
@@ -162,6 +163,8 @@ pub struct Processor {
     ads: Interner,
     touchpoints: Touchpoints,
     watermarks: Watermarks,
+    /// Event ids seen within the dedup horizon.
+    seen: SeenIds,
     windows: BTreeMap<i64, Window>,
     events: EventsBuffer,
     dead: DeadLetterBuffer,
@@ -225,6 +228,7 @@ impl Processor {
                 cfg.attribution.lookback_secs as i64 * 1000,
             ),
             watermarks: Watermarks::new(cfg.window.out_of_orderness_ms, cfg.window.idle_timeout_ms),
+            seen: SeenIds::new(cfg.dedup.horizon_secs, cfg.dedup.max_ids),
             windows: BTreeMap::new(),
             events: EventsBuffer::new(),
             dead: DeadLetterBuffer::new(),
@@ -267,6 +271,16 @@ impl Processor {
         if let Some(wm) = r.watermark_ms {
             self.watermarks.restore(wm);
         }
+    }
+
+    /// Event-time horizon (ms before the watermark) of remembered ids; `None` when dedup is off.
+    pub fn dedup_horizon_ms(&self) -> Option<i64> {
+        self.seen.horizon_ms()
+    }
+
+    /// Remembers an event id already committed to `campaign_events` (start-up).
+    pub fn remember_id(&mut self, id_hash: u64, partition: i32, offset: i64, time_ms: i64) {
+        self.seen.remember(id_hash, partition, offset, time_ms);
     }
 
     pub fn set_assignment(&mut self, partitions: &[i32], now: Instant) {
@@ -530,6 +544,23 @@ impl Processor {
                 self.produced_at.push(ts);
             }
         }
+        let duplicate = self.seen.check(
+            crate::dedup::hash_id(&ev.event_id),
+            m.partition,
+            m.offset,
+            ev.time_ms,
+        ) == Delivery::Duplicate;
+        if duplicate {
+            // In campaign_events (flagged), nowhere else: no window, no touchpoint, no watermark.
+            if !replay {
+                self.status.duplicates.fetch_add(1, Relaxed);
+                if self.build_tables {
+                    self.events
+                        .push(&ev, m.partition, m.offset, ingest_us, false, true);
+                }
+            }
+            return;
+        }
         self.watermarks
             .observe(m.partition, ev.time_ms, clock.instant);
 
@@ -597,7 +628,7 @@ impl Processor {
         }
         if self.build_tables && !replay {
             self.events
-                .push(&ev, m.partition, m.offset, ingest_us, late);
+                .push(&ev, m.partition, m.offset, ingest_us, late, false);
         }
     }
 
@@ -776,6 +807,11 @@ impl Processor {
             // starts at `wm − size − lateness`, and its conversions look back from there.
             self.touchpoints
                 .prune(wm.saturating_sub(self.size_ms + self.lateness_ms));
+            self.seen.expire(wm);
+            self.status.dedup_ids.store(self.seen.len() as u64, Relaxed);
+            self.status
+                .dedup_bytes
+                .store(self.seen.bytes_estimate() as u64, Relaxed);
             self.last_prune = clock.instant;
         }
         self.status

@@ -288,6 +288,72 @@ impl IcebergSink {
         out
     }
 
+    /// Calls `f(id hash, partition, offset, event time ms)` for every event committed to
+    /// `campaign_events` with event time ≥ `since_ms` that was not itself a duplicate: the ids a
+    /// restarted daemon must remember to keep counting copies once. Reads only those columns,
+    /// and only the day partitions that can match. Returns how many ids were handed over.
+    pub async fn committed_ids(
+        &self,
+        since_ms: i64,
+        mut f: impl FnMut(u64, i32, i64, i64),
+    ) -> Result<u64, SinkError> {
+        use arrow_array::cast::AsArray;
+        use arrow_array::types::{Int32Type, Int64Type, TimestampMicrosecondType};
+        use futures::TryStreamExt;
+        use iceberg::expr::Reference;
+        use iceberg::spec::Datum;
+
+        if self.events.metadata().current_snapshot().is_none() {
+            return Ok(0);
+        }
+        let since_us = since_ms.saturating_mul(1000);
+        let scan = self
+            .events
+            .scan()
+            .select([
+                "event_id",
+                "event_time",
+                "kafka_partition",
+                "kafka_offset",
+                "is_duplicate",
+            ])
+            .with_filter(
+                Reference::new("event_time")
+                    .greater_than_or_equal_to(Datum::timestamptz_micros(since_us)),
+            )
+            .build()?;
+        let mut stream = scan.to_arrow().await?;
+        let mut n = 0;
+        while let Some(b) = stream.try_next().await? {
+            let col = |name: &str| b.column_by_name(name).expect("selected column").clone();
+            let (ids, times, parts, offs, dups) = (
+                col("event_id"),
+                col("event_time"),
+                col("kafka_partition"),
+                col("kafka_offset"),
+                col("is_duplicate"),
+            );
+            let ids = ids.as_string::<i32>();
+            let times = times.as_primitive::<TimestampMicrosecondType>();
+            let parts = parts.as_primitive::<Int32Type>();
+            let offs = offs.as_primitive::<Int64Type>();
+            let dups = dups.as_boolean();
+            for i in 0..b.num_rows() {
+                if dups.value(i) || times.value(i) < since_us {
+                    continue;
+                }
+                f(
+                    crate::dedup::hash_id(ids.value(i)),
+                    parts.value(i),
+                    offs.value(i),
+                    times.value(i) / 1000,
+                );
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Writes and commits one batch: `dead_letters`, then `campaign_metrics`, then
     /// `campaign_events`, whose summary is the commit point: a crash before it makes a restart
     /// replay the whole batch (dead letters below their own floor are not written again; metric

@@ -55,6 +55,9 @@ pub fn events_schema() -> Schema {
             req(13, "kafka_offset", Long),
             req(14, "ingest_time", Timestamptz),
             req(15, "is_late", Boolean),
+            // Another delivery of an event_id already seen within the dedup horizon: kept here
+            // (every message is accounted for) but not counted in the metrics.
+            req(16, "is_duplicate", Boolean),
         ])
         .build()
         .expect("static schema")
@@ -137,6 +140,7 @@ struct EventColumns {
     offset: Int64Builder,
     ingest_time: TimestampMicrosecondBuilder,
     is_late: BooleanBuilder,
+    is_duplicate: BooleanBuilder,
     rows: usize,
 }
 
@@ -163,6 +167,7 @@ impl EventColumns {
             offset: Int64Builder::with_capacity(rows),
             ingest_time: TimestampMicrosecondBuilder::with_capacity(rows).with_timezone(UTC),
             is_late: BooleanBuilder::with_capacity(rows),
+            is_duplicate: BooleanBuilder::with_capacity(rows),
             rows: 0,
         }
     }
@@ -184,6 +189,7 @@ impl EventColumns {
             Arc::new(self.offset.finish()),
             Arc::new(self.ingest_time.finish()),
             Arc::new(self.is_late.finish()),
+            Arc::new(self.is_duplicate.finish()),
         ];
         self.rows = 0;
         RecordBatch::try_new(schema.clone(), cols).expect("columns match the events schema")
@@ -208,7 +214,15 @@ impl EventsBuffer {
     }
 
     #[inline]
-    pub fn push(&mut self, e: &Event, partition: i32, offset: i64, ingest_us: i64, late: bool) {
+    pub fn push(
+        &mut self,
+        e: &Event,
+        partition: i32,
+        offset: i64,
+        ingest_us: i64,
+        late: bool,
+        duplicate: bool,
+    ) {
         let day = e.time_ms.div_euclid(86_400_000) as i32;
         let c = match self.days.get_mut(&day) {
             Some(c) => c,
@@ -236,6 +250,7 @@ impl EventsBuffer {
         c.offset.append_value(offset);
         c.ingest_time.append_value(ingest_us);
         c.is_late.append_value(late);
+        c.is_duplicate.append_value(duplicate);
         c.rows += 1;
     }
 
