@@ -20,9 +20,10 @@ if (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null; then
   echo "a broker is already listening on 127.0.0.1:$PORT; using it"
 else
   echo "starting tansu on 127.0.0.1:$PORT (log: .state/tansu.log)"
-  # Durable broker storage, so a restarted demo resumes where it stopped.
+  # Durable broker storage, so a restarted demo resumes where it stopped. tansu 0.6 resolves the
+  # sqlite path against its working directory even when it starts with "/": keep it relative.
   tansu broker --listener-url "tcp://127.0.0.1:$PORT" --advertised-listener-url "tcp://127.0.0.1:$PORT" \
-    --storage-engine "sqlite://$PWD/.state/tansu.db" > .state/tansu.log 2>&1 &
+    --storage-engine "sqlite://.state/tansu.db" > .state/tansu.log 2>&1 &
   broker=$!
   trap 'kill $broker 2>/dev/null; wait $broker 2>/dev/null' EXIT
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done

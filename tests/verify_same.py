@@ -5,16 +5,19 @@ the final metrics (latest non-withheld revision per window, campaign, ad and met
 window the reference finalised) must be identical.
 """
 import argparse
+import json
 import sys
 from collections import Counter
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyiceberg.catalog.sql import SqlCatalog
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--a", required=True, help="directory of the reference run (catalog.db, warehouse)")
 ap.add_argument("--b", required=True, help="directory of the interrupted run")
 ap.add_argument("--expect-events", type=int, required=True)
+ap.add_argument("--second-writer", help="JSON printed by second_writer.py for the --b tables")
 args = ap.parse_args()
 failures = []
 
@@ -23,7 +26,11 @@ def load(d):
     cat = SqlCatalog("admetrics", uri=f"sqlite:///{d}/catalog.db", warehouse=f"file://{d}/warehouse")
     ev = cat.load_table(("ads", "campaign_events")).scan().to_arrow()
     mt = cat.load_table(("ads", "campaign_metrics")).scan().to_arrow()
-    return ev, mt
+    # Rows of the second writer (tests/second_writer.py) are checked on their own.
+    others = (ev.filter(pc.equal(ev.column("kafka_partition"), -1)), mt.filter(pc.equal(mt.column("campaign_id"), "second-writer")))
+    ev = ev.filter(pc.not_equal(ev.column("kafka_partition"), -1))
+    mt = mt.filter(pc.not_equal(mt.column("campaign_id"), "second-writer"))
+    return ev, mt, others
 
 
 def final_metrics(mt):
@@ -40,7 +47,13 @@ def final_metrics(mt):
 results = {}
 flagged = {}
 for name, d in (("reference", args.a), ("interrupted", args.b)):
-    ev, mt = load(d)
+    ev, mt, (other_ev, other_mt) = load(d)
+    if name == "interrupted" and args.second_writer:
+        sw = json.loads(args.second_writer)
+        ids = other_ev.column("event_id").to_pylist()
+        print(f"second writer: {len(other_ev)} event rows, {len(other_mt)} metric rows; it reported {sw}")
+        if len(ids) != len(set(ids)) or len(ids) != sw["commits"]["campaign_events"] or len(other_mt) != sw["commits"]["campaign_metrics"]:
+            failures.append(f"second writer's rows: events {len(ids)} ({len(set(ids))} distinct), metrics {len(other_mt)}; it committed {sw['commits']}")
     coords = list(zip(ev.column("kafka_partition").to_pylist(), ev.column("kafka_offset").to_pylist()))
     dup = sum(n - 1 for n in Counter(coords).values() if n > 1)
     lost = args.expect_events - len(set(coords))

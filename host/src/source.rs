@@ -34,9 +34,10 @@ pub struct RawMessage<'a> {
 }
 
 /// Starts every newly assigned partition at the position recorded in Iceberg (the replay
-/// point), not at the group's committed offset: the tables, not Kafka, say what is done. This
-/// runs on every rebalance, so a partition moving to another daemon of the group resumes from
-/// the same record.
+/// point), not at the group's committed offset: the tables, not Kafka, say what is done. Once
+/// this process has read a partition, its entry follows what was handed to the pipeline, so a
+/// re-assignment (e.g. the group rebalancing after a broker restart) continues where the
+/// in-memory state is instead of replaying into it twice.
 struct StartFromIceberg {
     topic: String,
     start: Mutex<BTreeMap<i32, i64>>,
@@ -144,10 +145,15 @@ impl KafkaSource {
     ) -> usize {
         let mut n = 0;
         let mut wait = timeout;
+        let mut read: Vec<(i32, i64)> = Vec::new();
         while n < max {
             match self.consumer.poll(wait) {
                 None => break,
                 Some(Ok(m)) => {
+                    match read.iter_mut().find(|(p, _)| *p == m.partition()) {
+                        Some((_, o)) => *o = m.offset() + 1,
+                        None => read.push((m.partition(), m.offset() + 1)),
+                    }
                     f(RawMessage {
                         partition: m.partition(),
                         offset: m.offset(),
@@ -162,6 +168,9 @@ impl KafkaSource {
                 }
             }
             wait = Duration::ZERO;
+        }
+        if !read.is_empty() {
+            self.consumer.context().start.lock().unwrap().extend(read);
         }
         n
     }

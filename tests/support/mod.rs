@@ -62,6 +62,7 @@ pub struct Broker {
     pub port: u16,
     pub bootstrap: String,
     tansu: PathBuf,
+    storage: String,
     _dir: tempfile::TempDir,
 }
 
@@ -76,9 +77,30 @@ impl Broker {
         let tansu = tool("TANSU", "tansu", "scripts/setup.sh");
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
+        let storage = storage(dir.path(), port);
+        let child = Self::spawn(&tansu, dir.path(), port, &storage);
+        let broker = Broker {
+            child,
+            port,
+            bootstrap: format!("127.0.0.1:{port}"),
+            tansu,
+            storage,
+            _dir: dir,
+        };
+        broker.wait_listening();
+        broker
+    }
+
+    fn spawn(tansu: &Path, dir: &Path, port: u16, storage: &str) -> Child {
         let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::fs::File::create(dir.path().join("tansu.log")).expect("log file");
-        let child = Command::new(&tansu)
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("tansu.log"))
+            .expect("log file");
+        Command::new(tansu)
+            // Storage paths (sqlite://FILE) are resolved against the working directory.
+            .current_dir(dir)
             .args([
                 "broker",
                 "--listener-url",
@@ -86,19 +108,22 @@ impl Broker {
                 "--advertised-listener-url",
                 &url,
                 "--storage-engine",
+                storage,
             ])
-            .arg(storage(dir.path(), port))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("spawn tansu");
-        let broker = Broker {
-            child,
-            port,
-            bootstrap: format!("127.0.0.1:{port}"),
-            tansu,
-            _dir: dir,
-        };
+            .expect("spawn tansu")
+    }
+
+    /// Starts the broker again on the same port and storage (after `kill`).
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(&self.tansu, self._dir.path(), self.port, &self.storage);
+        self.wait_listening();
+    }
+
+    fn wait_listening(&self) {
+        let port = self.port;
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -107,7 +132,6 @@ impl Broker {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        broker
     }
 
     pub fn create_topic(&self, topic: &str, partitions: u32) {
