@@ -201,6 +201,21 @@ fn build_input(base: i64) -> Vec<Msg> {
                 "u",
                 Some("-5.00"),
             ),
+            // One problem each: oversized, times out of bounds, mistyped and empty fields, bad
+            // revenue and currency, not an object, empty and truncated input.
+            ev("big", "impression", base + 1_000, &"c".repeat(70_000), "a", "u", None),
+            ev("future", "impression", base + 3 * 86_400_000, "camp-0", "ad-0-0", "u", None),
+            ev("past", "impression", base - 40 * 86_400_000, "camp-0", "ad-0-0", "u", None),
+            ev("empty-user", "click", base + 1_000, "camp-0", "ad-0-0", "", None),
+            ev("bad-rev-text", "conversion", base + 1_000, "camp-0", "ad-0-0", "u", Some("abc")),
+            ev("bad-currency", "conversion", base + 1_000, "camp-0", "ad-0-0", "u", Some("5.00"))
+                .replace(r#""USD""#, r#""usd""#),
+            r#"{"event_id":"typed","event_type":"click","event_time":"2025-01-01T00:00:00Z","campaign_id":5,"ad_id":"a","user_id":"u"}"#.to_string(),
+            r#"{"event_id":"bool-time","event_type":"click","event_time":true,"campaign_id":"c","ad_id":"a","user_id":"u"}"#.to_string(),
+            r#"{"event_id":"word-time","event_type":"click","event_time":"yesterday","campaign_id":"c","ad_id":"a","user_id":"u"}"#.to_string(),
+            "[1,2]".to_string(),
+            String::new(),
+            r#"{"event_id":"e"#.to_string(),
         ] {
             phase1.push((base + 100_000, "bad".into(), bad));
         }

@@ -10,6 +10,7 @@ import argparse
 import importlib.util
 import json
 import sys
+import time
 from collections import defaultdict
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -35,29 +36,55 @@ def parse_time_ms(v):
     return int(dt.timestamp() * 1000 + 0.5) if dt.microsecond % 1000 == 0 else int(dt.timestamp() * 1000)
 
 
-def classify(payload):
-    """(event, None) for a valid event, (None, reason) otherwise."""
+STR_FIELDS = ("event_id", "event_type", "campaign_id", "ad_id", "user_id", "currency", "device", "country", "placement")
+MAX_BYTES, MAX_FUTURE_MS, MAX_PAST_MS = 64 * 1024, 3_600_000, 30 * 86_400_000
+
+
+def classify(payload, now_ms):
+    """(event, None) for a valid event, (None, reason) otherwise: the validation rules of the
+    README, re-implemented here (checked in the order a streaming decoder meets them)."""
+    if len(payload.encode()) > MAX_BYTES:
+        return None, "oversized"
     try:
         d = json.loads(payload)
     except ValueError:
         return None, "malformed_json"
     if not isinstance(d, dict):
         return None, "invalid_field"
+    for k, v in d.items():  # a field of the wrong JSON type fails where it is met
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if (k in STR_FIELDS and not isinstance(v, str)) or (k == "event_time" and not (isinstance(v, str) or (number and isinstance(v, int)))) \
+                or (k == "revenue" and not (isinstance(v, str) or number)):
+            return None, "invalid_field"
     for f in REQUIRED:
         if f not in d:
             return None, "missing_field"
     if d["event_type"] not in KINDS:
         return None, "unknown_event_type"
-    d["time_ms"] = parse_time_ms(d["event_time"])
+    for f in ("event_id", "campaign_id", "ad_id", "user_id"):
+        if not d[f] or len(d[f].encode()) > 256:
+            return None, "invalid_field"
+    try:
+        d["time_ms"] = parse_time_ms(d["event_time"])
+    except ValueError:
+        return None, "invalid_field"
+    if d["time_ms"] > now_ms + MAX_FUTURE_MS or d["time_ms"] < now_ms - MAX_PAST_MS:
+        return None, "time_out_of_range"
     d["micros"] = 0
     if d["event_type"] == "conversion":
+        if "revenue" not in d:
+            return None, "missing_field"
         try:
             rev = Decimal(str(d["revenue"]))
-        except (KeyError, InvalidOperation):
-            return None, "missing_field"
+        except InvalidOperation:
+            return None, "invalid_field"
         if rev < 0:
             return None, "negative_revenue"
         d["micros"] = int(rev * 1_000_000)
+        if "currency" not in d:
+            return None, "missing_field"
+        if len(d["currency"]) != 3 or not all("A" <= c <= "Z" for c in d["currency"]):
+            return None, "invalid_field"
     return d, None
 
 
@@ -76,12 +103,13 @@ def main():
 
     # ---- the input, in produce order, with Kafka coordinates (offsets count up per partition)
     msgs = []
+    now_ms = int(time.time() * 1000)
     next_offset = defaultdict(int)
     for line in open(a.input):
         m = json.loads(line)
         m["offset"] = next_offset[m["partition"]]
         next_offset[m["partition"]] += 1
-        m["event"], m["reason"] = classify(m["payload"])
+        m["event"], m["reason"] = classify(m["payload"], now_ms)
         msgs.append(m)
     valid = [m for m in msgs if m["event"]]
     invalid = [m for m in msgs if not m["event"]]
@@ -184,6 +212,16 @@ def main():
     got_dead = {(p, o): r for p, o, r in zip(dead.column("kafka_partition").to_pylist(), dead.column("kafka_offset").to_pylist(), dead.column("reason").to_pylist())}
     want_dead = {(m["partition"], m["offset"]): m["reason"] for m in invalid}
     check(got_dead == want_dead, f"dead_letters differ: got {sorted(got_dead.items())[:8]}, want {sorted(want_dead.items())[:8]}")
+    if got_dead != want_dead:
+        for k in sorted(set(got_dead) | set(want_dead)):
+            if got_dead.get(k) != want_dead.get(k):
+                m = next(m for m in invalid if (m["partition"], m["offset"]) == k) if k in want_dead else None
+                failures.append(f"  {k}: got {got_dead.get(k)}, want {want_dead.get(k)}: {m['payload'][:120] if m else ''}")
+    got_payload = dict(zip(zip(dead.column("kafka_partition").to_pylist(), dead.column("kafka_offset").to_pylist()), dead.column("payload").to_pylist()))
+    check(all(got_payload.get((m["partition"], m["offset"])) == m["payload"].encode() for m in invalid), "dead_letters: a raw payload differs from the message")
+    per_reason = defaultdict(int)
+    for r in got_dead.values():
+        per_reason[r] += 1
     check(len(events) + len(dead) == len(msgs), f"messages {len(msgs)} != events {len(events)} + dead letters {len(dead)}")
 
     # Kafka offsets of the last commit are in the snapshot summary
@@ -251,6 +289,7 @@ def main():
     check(impressions == latest_ctr_den, f"DuckDB: on-time impressions {impressions} != summed CTR denominators {latest_ctr_den}")
 
     print(f"messages {len(msgs)}: valid {len(valid)} (late {n_late}, duplicate deliveries {n_dup}), dead letters {len(invalid)}")
+    print(f"dead letters per reason: {dict(sorted(per_reason.items()))}")
     print(f"metric keys checked {len(exp)} over {len(data_windows)} windows; metric rows in table {len(metrics)}")
     print(f"snapshots: events {len(events_t.snapshots())}, metrics {len(metrics_t.snapshots())}, dead letters {len(dead_t.snapshots())}")
     if failures:

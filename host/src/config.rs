@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use admetrics_event::ValidationConfig;
+
 /// Errors loading or validating configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -106,27 +108,6 @@ impl Default for AttributionConfig {
         AttributionConfig {
             lookback_secs: 7 * 24 * 3600,
             max_touchpoints: 8,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ValidationConfig {
-    /// Events whose time is further in the future than this (vs. the host clock) are rejected.
-    pub max_future_ms: i64,
-    /// Events older than this (vs. the host clock) are rejected.
-    pub max_past_ms: i64,
-    /// Messages larger than this many bytes are rejected unparsed.
-    pub max_message_bytes: usize,
-}
-
-impl Default for ValidationConfig {
-    fn default() -> Self {
-        ValidationConfig {
-            max_future_ms: 3_600_000,
-            max_past_ms: 30 * 24 * 3_600_000,
-            max_message_bytes: 64 * 1024,
         }
     }
 }

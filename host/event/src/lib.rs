@@ -11,7 +11,6 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
-use crate::config::ValidationConfig;
 
 /// The three event types of the ad funnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -455,6 +454,28 @@ pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146_097 + doe - 719_468
+}
+
+/// Bounds applied while validating (the `[validation]` config section).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidationConfig {
+    /// Events whose time is further in the future than this (vs. the host clock) are rejected.
+    pub max_future_ms: i64,
+    /// Events older than this (vs. the host clock) are rejected.
+    pub max_past_ms: i64,
+    /// Messages larger than this many bytes are rejected unparsed.
+    pub max_message_bytes: usize,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        ValidationConfig {
+            max_future_ms: 3_600_000,
+            max_past_ms: 30 * 24 * 3_600_000,
+            max_message_bytes: 64 * 1024,
+        }
+    }
 }
 
 #[cfg(test)]
