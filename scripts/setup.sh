@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 
 TANSU_VERSION=0.6.0
 CARGO_COMPONENT_VERSION=0.21.1
+CARGO_FUZZ_VERSION=0.13.2
 mode=${1:-all}
 
 log() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
@@ -61,6 +62,8 @@ if [[ $mode == --demo ]]; then
 fi
 
 install_crate cargo-component "$CARGO_COMPONENT_VERSION" "cargo component --version"
+# The fuzzer driver (scripts/fuzz.sh); runs on stable without a sanitizer.
+install_crate cargo-fuzz "$CARGO_FUZZ_VERSION" "cargo fuzz --version"
 
 setup_python
 log "ready"

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs what is missing, builds the plugins (both
-# ways) and runs every test. End-to-end tests start their own broker on loopback.
+# ways), runs every test and fuzzes the event decoder briefly. End-to-end tests start their own broker on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 scripts/setup.sh
 scripts/build-plugins.sh
-cargo test --release -p admetrics -p admetrics-plugin-sdk
+cargo test --release -p admetrics -p admetrics-event -p admetrics-plugin-sdk
+# The event decoder under libFuzzer, 30 s per target (longer: scripts/fuzz.sh 600).
+scripts/fuzz.sh 30
