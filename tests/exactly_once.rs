@@ -342,3 +342,61 @@ fn a_second_writer_committing_to_the_same_tables_loses_nothing() {
     );
     println!("{out}");
 }
+
+#[test]
+fn copies_of_events_committed_before_a_restart_are_still_recognised() {
+    // Run 1 consumes everything and stops cleanly: every data window is closed, so a restart
+    // replays almost nothing and must get the remembered ids from campaign_events itself.
+    let broker = Broker::start();
+    broker.create_topic(TOPIC, PARTITIONS as u32);
+    let total = produce(&broker.bootstrap, 20_000, 41);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &broker.bootstrap, 0);
+    let probe = Probe::new(&cfg);
+    let mut child = spawn(&cfg, "copies-1");
+    wait_for("run 1", Duration::from_secs(120), || probe.committed() >= total);
+    sigterm(&mut child);
+    let after = probe.offsets();
+
+    // Producer retries, long after: the first 50 messages of every partition again.
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &broker.bootstrap).set("group.id", "copies-reader").create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(TOPIC, p, Offset::Beginning).unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut first: BTreeMap<i32, Vec<(String, Vec<u8>)>> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while first.values().map(Vec::len).sum::<usize>() < 50 * PARTITIONS as usize {
+        assert!(Instant::now() < deadline, "could not read back the first messages");
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            use rdkafka::Message;
+            let v = first.entry(m.partition()).or_default();
+            if v.len() < 50 {
+                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).to_string();
+                v.push((key, m.payload().unwrap_or_default().to_vec()));
+            }
+        }
+    }
+    let mut producer = TestProducer::new(&broker.bootstrap, TOPIC);
+    for (p, msgs) in &first {
+        for (key, payload) in msgs {
+            producer.send(*p, key, payload);
+        }
+    }
+    producer.flush();
+
+    let mut child = spawn(&cfg, "copies-2");
+    let total2 = total + 50 * PARTITIONS as i64;
+    wait_for("run 2", Duration::from_secs(120), || probe.committed() >= total2);
+    sigterm(&mut child);
+    let out = run_python(
+        "verify_copies.py",
+        &[
+            format!("--dir={}", dir.path().display()),
+            format!("--after={}", serde_json::to_string(&after).unwrap()),
+            format!("--expect={}", 50 * PARTITIONS),
+        ],
+    );
+    println!("{out}");
+}
