@@ -26,6 +26,8 @@ def load(d):
     cat = SqlCatalog("admetrics", uri=f"sqlite:///{d}/catalog.db", warehouse=f"file://{d}/warehouse")
     ev = cat.load_table(("ads", "campaign_events")).scan().to_arrow()
     mt = cat.load_table(("ads", "campaign_metrics")).scan().to_arrow()
+    dl = cat.load_table(("ads", "dead_letters")).scan().to_arrow()
+    dead[d] = list(zip(dl.column("kafka_partition").to_pylist(), dl.column("kafka_offset").to_pylist()))
     # Rows of the second writer (tests/second_writer.py) are checked on their own.
     others = (ev.filter(pc.equal(ev.column("kafka_partition"), -1)), mt.filter(pc.equal(mt.column("campaign_id"), "second-writer")))
     ev = ev.filter(pc.not_equal(ev.column("kafka_partition"), -1))
@@ -46,6 +48,7 @@ def final_metrics(mt):
 
 results = {}
 flagged = {}
+dead = {}
 for name, d in (("reference", args.a), ("interrupted", args.b)):
     ev, mt, (other_ev, other_mt) = load(d)
     if name == "interrupted" and args.second_writer:
@@ -56,12 +59,23 @@ for name, d in (("reference", args.a), ("interrupted", args.b)):
             failures.append(f"second writer's rows: events {len(ids)} ({len(set(ids))} distinct), metrics {len(other_mt)}; it committed {sw['commits']}")
     coords = list(zip(ev.column("kafka_partition").to_pylist(), ev.column("kafka_offset").to_pylist()))
     dup = sum(n - 1 for n in Counter(coords).values() if n > 1)
-    lost = args.expect_events - len(set(coords))
+    lost = args.expect_events - len(set(coords)) - len(set(dead[d]))  # every message: an event or a dead letter
     print(f"{name}: events {len(coords)}, duplicated {dup}, lost {lost}, metric rows {len(mt)}")
     if dup or lost:
         failures.append(f"{name}: duplicated {dup}, lost {lost}")
     flagged[name] = {c for c, d in zip(coords, ev.column("is_duplicate").to_pylist()) if d}
     results[name] = final_metrics(mt)
+
+# Dead letters: each bad message once, the same in both runs.
+for name, d in (("reference", args.a), ("interrupted", args.b)):
+    c = Counter(dead[d])
+    print(f"{name}: dead letters {len(dead[d])}, duplicated {sum(n - 1 for n in c.values())}")
+    if len(c) != len(dead[d]):
+        failures.append(f"{name}: dead letters duplicated")
+if not dead[args.a]:
+    failures.append("input design: no dead letters")
+if set(dead[args.a]) != set(dead[args.b]):
+    failures.append(f"dead letters differ: lost {len(set(dead[args.a]) - set(dead[args.b]))}, extra {len(set(dead[args.b]) - set(dead[args.a]))}")
 
 # Duplicate deliveries of an event_id: the same copies flagged (not counted) in both runs.
 print(f"duplicate deliveries flagged: reference {len(flagged['reference'])}, interrupted {len(flagged['interrupted'])}")

@@ -101,7 +101,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let cfg = Config::load(&config)?;
             let rt = tokio_runtime()?;
             let status = Arc::new(Status::default());
-            let summary = rt.block_on(pipeline::run(cfg, status, shutdown_signal()))?;
+            // Handlers installed before anything else: a SIGTERM during start-up (catalog, plugin
+            // compilation, group join) is a graceful stop too, not the default kill.
+            let signal = rt.block_on(async { shutdown_signal() })?;
+            let summary = rt.block_on(pipeline::run(cfg, status, signal))?;
             tracing::info!(messages = summary.messages, commits = summary.commits, offsets = ?summary.committed_offsets, "stopped");
             Ok(())
         }
@@ -143,15 +146,19 @@ fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("signal handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutdown requested: committing what we hold");
+/// Installs the SIGINT/SIGTERM handlers now (call inside the runtime) and returns a future that
+/// completes on the first of them.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutdown requested: committing what we hold");
+    })
 }
 
 fn ctrlc_flag(stop: Arc<AtomicBool>) {
@@ -160,7 +167,10 @@ fn ctrlc_flag(stop: Arc<AtomicBool>) {
             .enable_all()
             .build()
             .expect("runtime");
-        rt.block_on(shutdown_signal());
+        let signal = rt
+            .block_on(async { shutdown_signal() })
+            .expect("signal handler");
+        rt.block_on(signal);
         stop.store(true, Relaxed);
     });
 }
@@ -176,6 +186,7 @@ fn demo(config: &std::path::Path, duration: Option<u64>, load: LoadgenArgs) -> a
         let (stop, stats) = (stop_load.clone(), load_stats.clone());
         std::thread::spawn(move || crate::loadgen::produce(&brokers, &topic, &load, &stop, &stats))
     };
+    let signal = rt.block_on(async { shutdown_signal() })?;
     let shutdown = {
         let status = status.clone();
         let load_stats = load_stats.clone();
@@ -183,7 +194,7 @@ fn demo(config: &std::path::Path, duration: Option<u64>, load: LoadgenArgs) -> a
             let mut progress = Progress::new();
             let deadline = duration.map(|d| tokio::time::Instant::now() + Duration::from_secs(d));
             let mut every = tokio::time::interval(Duration::from_secs(1));
-            let signal = shutdown_signal();
+            let signal = signal;
             tokio::pin!(signal);
             loop {
                 tokio::select! {

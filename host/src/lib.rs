@@ -21,6 +21,7 @@
 pub mod cli;
 pub mod config;
 pub mod dedup;
+pub mod fault;
 /// Decode + validate lives in its own crate (`host/event`) so the fuzzer builds it alone.
 pub use admetrics_event as event;
 pub mod loadgen;

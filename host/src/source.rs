@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
@@ -38,9 +39,24 @@ pub struct RawMessage<'a> {
 /// this process has read a partition, its entry follows what was handed to the pipeline, so a
 /// re-assignment (e.g. the group rebalancing after a broker restart) continues where the
 /// in-memory state is instead of replaying into it twice.
+/// A just-started partition: the offset it must deliver first, how far the next rewind goes,
+/// and whether it has already been rewound to offset 0.
+#[derive(Clone, Copy)]
+struct Expect {
+    want: i64,
+    step: i64,
+    at_zero: bool,
+    /// When the partition was (re)started or last checked: silence past a second is suspect.
+    since: std::time::Instant,
+}
+
 struct StartFromIceberg {
     topic: String,
     start: Mutex<BTreeMap<i32, i64>>,
+    /// Partitions just (re)started: partition → (offset we must see first, rewind step). See
+    /// `KafkaSource::poll_batch`.
+    expect: Mutex<BTreeMap<i32, Expect>>,
+    checking: AtomicBool,
 }
 
 impl ClientContext for StartFromIceberg {}
@@ -71,9 +87,20 @@ impl ConsumerContext for StartFromIceberg {
                     }
                 }
                 let mut seeded = tpl.clone();
+                let mut expect = self.expect.lock().unwrap();
                 for (p, o) in start.iter() {
                     if seeded.find_partition(&self.topic, *p).is_some() {
                         let _ = seeded.set_partition_offset(&self.topic, *p, Offset::Offset(*o));
+                        expect.insert(
+                            *p,
+                            Expect {
+                                want: *o,
+                                step: 1024,
+                                at_zero: *o == 0,
+                                since: std::time::Instant::now(),
+                            },
+                        );
+                        self.checking.store(true, Ordering::Relaxed);
                     }
                 }
                 if cooperative {
@@ -125,6 +152,8 @@ impl KafkaSource {
         let ctx = StartFromIceberg {
             topic: cfg.topic.clone(),
             start: Mutex::new(start),
+            expect: Mutex::new(BTreeMap::new()),
+            checking: AtomicBool::new(false),
         };
         let consumer: BaseConsumer<StartFromIceberg> = cc.create_with_context(ctx)?;
         consumer.subscribe(&[&cfg.topic])?;
@@ -137,6 +166,13 @@ impl KafkaSource {
     /// Polls up to `max` messages, waiting at most `timeout` for the first one, and hands each
     /// to `f` while it is borrowed from the consumer (no copy). Returns how many were handed.
     /// Transient client errors are logged and skipped: librdkafka retries on its own.
+    ///
+    /// A partition started at offset X must deliver X first. Some Kafka-protocol brokers (tansu
+    /// 0.6) answer a fetch from the middle of a record batch with the *next* batch, silently
+    /// skipping the rest of the one holding X; seen here, a restart would then lose or half
+    /// replay messages. So when the first message is past X, the partition is rewound (1K, 8K,
+    /// 64K … offsets back, down to 0) until a batch at or before X arrives, and messages below X
+    /// are dropped. A real gap (compaction, transaction markers) ends the search at offset 0.
     pub fn poll_batch(
         &self,
         max: usize,
@@ -150,6 +186,12 @@ impl KafkaSource {
             match self.consumer.poll(wait) {
                 None => break,
                 Some(Ok(m)) => {
+                    if self.consumer.context().checking.load(Ordering::Relaxed)
+                        && !self.check_start(m.partition(), m.offset())
+                    {
+                        wait = Duration::ZERO;
+                        continue;
+                    }
                     match read.iter_mut().find(|(p, _)| *p == m.partition()) {
                         Some((_, o)) => *o = m.offset() + 1,
                         None => read.push((m.partition(), m.offset() + 1)),
@@ -172,7 +214,90 @@ impl KafkaSource {
         if !read.is_empty() {
             self.consumer.context().start.lock().unwrap().extend(read);
         }
+        if self.consumer.context().checking.load(Ordering::Relaxed) {
+            self.check_silent_starts();
+        }
         n
+    }
+
+    /// A just-started partition that has delivered nothing for a second: its start may be inside
+    /// the last record batch, which such a broker answers with nothing at all (and tansu's high
+    /// watermark cannot tell: it reports the last batch's base). Rewind it like `check_start`
+    /// does; reading the message just before the start proves the position either way.
+    fn check_silent_starts(&self) {
+        let ctx = self.consumer.context();
+        let mut seeks = Vec::new();
+        {
+            let mut expect = ctx.expect.lock().unwrap();
+            for (p, e) in expect.iter_mut() {
+                if e.since.elapsed() < Duration::from_secs(1) || e.at_zero {
+                    continue;
+                }
+                let to = (e.want - e.step).max(0);
+                tracing::info!(partition = *p, expected = e.want, rewind_to = to,
+                    "nothing delivered from the start offset; rewinding to check the record batch");
+                e.step = e.step.saturating_mul(8);
+                e.at_zero = to == 0;
+                e.since = std::time::Instant::now();
+                seeks.push((*p, to));
+            }
+        }
+        for (p, to) in seeks {
+            if let Err(err) = self.consumer.seek(&self.topic, p, Offset::Offset(to), Duration::from_secs(5)) {
+                tracing::warn!(partition = p, error = %err, "seek failed; retrying later");
+            }
+        }
+    }
+
+    /// Whether a message at `offset` of a just-started partition may be delivered (see
+    /// `poll_batch`); rewinds the partition when the broker skipped its start.
+    fn check_start(&self, partition: i32, offset: i64) -> bool {
+        let ctx = self.consumer.context();
+        let mut expect = ctx.expect.lock().unwrap();
+        let Some(&e) = expect.get(&partition) else {
+            return true;
+        };
+        if offset < e.want {
+            // Re-read below the start after a rewind. The message just before the start means
+            // the consumer now stands exactly at it (the next one, if any, is the start).
+            if offset == e.want - 1 {
+                expect.remove(&partition);
+                if expect.is_empty() {
+                    ctx.checking.store(false, Ordering::Relaxed);
+                }
+            } else if let Some(e) = expect.get_mut(&partition) {
+                e.since = std::time::Instant::now();
+            }
+            return false;
+        }
+        if offset == e.want || e.at_zero {
+            // Found the start (or read from offset 0 and the gap is real).
+            expect.remove(&partition);
+            if expect.is_empty() {
+                ctx.checking.store(false, Ordering::Relaxed);
+            }
+            if offset != e.want {
+                tracing::warn!(partition, expected = e.want, got = offset,
+                    "offsets missing before the first message (compaction or retention?)");
+            }
+            return true;
+        }
+        let to = (e.want - e.step).max(0);
+        tracing::info!(partition, expected = e.want, got = offset, rewind_to = to,
+            "the broker skipped the start of a record batch; rewinding to read it");
+        expect.insert(
+            partition,
+            Expect {
+                want: e.want,
+                step: e.step.saturating_mul(8),
+                at_zero: to == 0,
+                since: std::time::Instant::now(),
+            },
+        );
+        if let Err(e) = self.consumer.seek(&self.topic, partition, Offset::Offset(to), Duration::from_secs(5)) {
+            tracing::warn!(partition, error = %e, "seek failed; retrying on the next message");
+        }
+        false
     }
 
     /// Partitions of our topic currently assigned to this member.

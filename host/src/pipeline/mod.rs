@@ -196,6 +196,7 @@ fn clone_batch(b: &crate::sink::CommitBatch) -> crate::sink::CommitBatch {
         replay_from: b.replay_from.clone(),
         watermark_ms: b.watermark_ms,
         produced_at_ms: Vec::new(),
+        has_final: b.has_final,
     }
 }
 
@@ -235,6 +236,7 @@ fn ingest_loop(
     let mut summary = RunSummary::default();
     let (mut tokens, mut refilled) = (0.0f64, Instant::now());
     let handle_ack = |r: CommitReport, summary: &mut RunSummary| {
+        crate::fault::point("before-offset-store", r.has_final);
         if let Err(e) = source.commit(&r.offsets) {
             tracing::warn!(error = %e, "storing offsets in Kafka failed; Iceberg holds them too");
         }

@@ -687,6 +687,7 @@ impl Processor {
             watermark_ms: self.watermarks.current(),
             seq: self.seq,
             events: self.events.take(),
+            has_final: rows.iter().any(|r| r.is_final),
             metrics: (!rows.is_empty()).then(|| metrics_batch(&rows)),
             dead_letters: self.dead.take(),
             offsets,

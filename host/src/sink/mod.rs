@@ -102,6 +102,8 @@ pub struct CommitBatch {
     pub watermark_ms: i64,
     /// Producer timestamps (ms) of the events in this batch, for produce→visible latency.
     pub produced_at_ms: Vec<i64>,
+    /// Whether `metrics` holds final rows of a closing window (fault-injection tests aim there).
+    pub has_final: bool,
 }
 
 /// What a commit did.
@@ -117,6 +119,7 @@ pub struct CommitReport {
     /// Wall clock (ms) when the metrics snapshot became visible.
     pub visible_at_ms: i64,
     pub produced_at_ms: Vec<i64>,
+    pub has_final: bool,
 }
 
 pub struct IcebergSink {
@@ -404,14 +407,18 @@ impl IcebergSink {
         {
             let data = self.write(&self.dead_letters, None, rb, batch.seq).await?;
             files += data.len();
+            crate::fault::point("before-commit:dead_letters", batch.has_final);
             self.dead_letters = self.append(&self.dead_letters, data, props.clone()).await?;
+            crate::fault::point("after-commit:dead_letters", batch.has_final);
         }
         if let Some(rb) = &batch.metrics
             && !(retrying && self.holds(&self.metrics, batch.seq))
         {
             let data = self.write(&self.metrics, None, rb, batch.seq).await?;
             files += data.len();
+            crate::fault::point("before-commit:campaign_metrics", batch.has_final);
             self.metrics = self.append(&self.metrics, data, props.clone()).await?;
+            crate::fault::point("after-commit:campaign_metrics", batch.has_final);
         }
         // The events commit also happens with no rows when the position moved (a batch of only
         // dead letters or metrics), so the newest summary always holds it; an interval that
@@ -430,7 +437,9 @@ impl IcebergSink {
                 data.extend(self.write(&self.events, Some(*day), rb, batch.seq).await?);
             }
             files += data.len();
+            crate::fault::point("before-commit:campaign_events", batch.has_final);
             self.events = self.append(&self.events, data, props).await?;
+            crate::fault::point("after-commit:campaign_events", batch.has_final);
         }
         self.last_position = Some(position);
         Ok(CommitReport {
@@ -443,6 +452,7 @@ impl IcebergSink {
             duration: started.elapsed(),
             visible_at_ms: chrono::Utc::now().timestamp_millis(),
             produced_at_ms: batch.produced_at_ms,
+            has_final: batch.has_final,
         })
     }
 
