@@ -149,8 +149,12 @@ impl IcebergSink {
     ) -> Result<Self, SinkError> {
         let catalog = Arc::new(open_catalog(cfg).await?);
         let ns = NamespaceIdent::new(cfg.namespace.clone());
-        if !catalog.namespace_exists(&ns).await? {
-            catalog.create_namespace(&ns, HashMap::new()).await?;
+        if !catalog.namespace_exists(&ns).await?
+            && let Err(e) = catalog.create_namespace(&ns, HashMap::new()).await
+            // Another writer (or a reader's probe) created it between our check and our create.
+            && !catalog.namespace_exists(&ns).await?
+        {
+            return Err(e.into());
         }
         let events = ensure_table(
             &catalog,
