@@ -224,9 +224,8 @@ fn build_input(base: i64) -> Vec<Msg> {
         let copies: Vec<_> = phase1
             .iter()
             .filter_map(|(t, key, payload)| {
-                (key.starts_with("user-") && rng.f64() < 0.03).then(|| {
-                    (t + rng.i64(1_000..20_000), key.clone(), payload.clone())
-                })
+                (key.starts_with("user-") && rng.f64() < 0.03)
+                    .then(|| (t + rng.i64(1_000..20_000), key.clone(), payload.clone()))
             })
             .collect();
         phase1.extend(copies);

@@ -32,7 +32,10 @@ const TOPIC: &str = "campaign-events";
 const PARTITIONS: i32 = 4;
 
 fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Daemon config for one table set. The idle timeout is long so that lateness depends only on
@@ -50,7 +53,10 @@ fn write_config(dir: &Path, bootstrap: &str, rate: u64) -> std::path::PathBuf {
          [plugins]\npaths = {:?}\n\
          [iceberg]\ncatalog_uri = \"sqlite:{d}/catalog.db\"\nwarehouse = \"{d}/warehouse\"\n\
          [commit]\ninterval_ms = 300\nmax_rows = 20000\n",
-        plugins.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        plugins
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>(),
         d = dir.display()
     );
     let path = dir.join("admetrics.toml");
@@ -84,13 +90,18 @@ impl std::ops::DerefMut for Daemon {
 
 /// One daemon start, in a consumer group of its own.
 fn spawn(config: &Path, group: &str) -> Daemon {
-    Daemon(Command::new(env!("CARGO_BIN_EXE_admetrics"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("ADMETRICS__KAFKA__GROUP_ID", group)
-        .env("ADMETRICS_LOG", std::env::var("ADMETRICS_CHILD_LOG").unwrap_or_else(|_| "warn".into()))
-        .spawn()
-        .expect("spawn admetrics"))
+    Daemon(
+        Command::new(env!("CARGO_BIN_EXE_admetrics"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("ADMETRICS__KAFKA__GROUP_ID", group)
+            .env(
+                "ADMETRICS_LOG",
+                std::env::var("ADMETRICS_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .spawn()
+            .expect("spawn admetrics"),
+    )
 }
 
 /// The position recorded in the tables (what a restart resumes from), read the way the
@@ -102,7 +113,10 @@ struct Probe {
 
 impl Probe {
     fn new(config: &Path) -> Probe {
-        Probe { rt: tokio::runtime::Runtime::new().unwrap(), cfg: Config::load(config).unwrap() }
+        Probe {
+            rt: tokio::runtime::Runtime::new().unwrap(),
+            cfg: Config::load(config).unwrap(),
+        }
     }
 
     fn offsets(&self) -> BTreeMap<i32, i64> {
@@ -121,7 +135,8 @@ impl Probe {
     /// Writer ids of the `campaign_metrics` snapshots.
     fn metric_writers(&self) -> std::collections::BTreeSet<String> {
         self.rt.block_on(async {
-            let Ok(sink) = IcebergSink::open(&self.cfg.iceberg, TOPIC, "probe", 1 << 20).await else {
+            let Ok(sink) = IcebergSink::open(&self.cfg.iceberg, TOPIC, "probe", 1 << 20).await
+            else {
                 return Default::default();
             };
             let t = iceberg::Catalog::load_table(
@@ -132,7 +147,12 @@ impl Probe {
             .unwrap();
             t.metadata()
                 .snapshots()
-                .filter_map(|s| s.summary().additional_properties.get("admetrics.writer-id").cloned())
+                .filter_map(|s| {
+                    s.summary()
+                        .additional_properties
+                        .get("admetrics.writer-id")
+                        .cloned()
+                })
                 .collect()
         })
     }
@@ -140,15 +160,27 @@ impl Probe {
 
 /// Offsets the group `group` committed to Kafka.
 fn kafka_committed(bootstrap: &str, group: &str) -> BTreeMap<i32, i64> {
-    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().unwrap();
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTITIONS {
         tpl.add_partition(TOPIC, p);
     }
-    let t = c.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
+    let t = c
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
     t.elements()
         .iter()
-        .filter_map(|e| if let Offset::Offset(o) = e.offset() { Some((e.partition(), o)) } else { None })
+        .filter_map(|e| {
+            if let Offset::Offset(o) = e.offset() {
+                Some((e.partition(), o))
+            } else {
+                None
+            }
+        })
         .collect()
 }
 
@@ -164,7 +196,9 @@ fn wait_running(child: &mut Daemon, what: &str, timeout: Duration, mut cond: imp
 
 fn sigterm(child: &mut Daemon) -> Duration {
     let t = Instant::now();
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     let status = child.wait().unwrap();
     assert!(status.success(), "graceful shutdown exits 0, got {status}");
     t.elapsed()
@@ -175,21 +209,33 @@ fn sigterm(child: &mut Daemon) -> Duration {
 /// closes every data window. Returns the number of messages.
 fn produce(bootstrap: &str, n: u64, seed: u64) -> i64 {
     let mut producer = TestProducer::new(bootstrap, TOPIC);
-    let mut g = EventGen::new(LoadgenArgs { campaigns: 20, users: 20_000, seed, ..Default::default() });
+    let mut g = EventGen::new(LoadgenArgs {
+        campaigns: 20,
+        users: 20_000,
+        seed,
+        ..Default::default()
+    });
     let now = chrono::Utc::now().timestamp_millis();
     let start = now - 50 * 60_000;
     // ~2% of the events are delivered a second time up to 20 000 messages later (a producer
     // retry): often after a restart, so the remembered ids must survive it.
     let mut rng = fastrand::Rng::with_seed(seed ^ 0xd0b1e);
-    let mut copies: std::collections::BTreeMap<u64, Vec<(i32, String, String)>> = Default::default();
+    let mut copies: std::collections::BTreeMap<u64, Vec<(i32, String, String)>> =
+        Default::default();
     let mut sent = 0i64;
     for i in 0..n {
         let (key, payload) = g.next(start + (i as i64 * 20 * 60_000 / n as i64));
-        let p = (key.bytes().fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32)) % PARTITIONS as u32) as i32;
+        let p = (key
+            .bytes()
+            .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32))
+            % PARTITIONS as u32) as i32;
         producer.send(p, &key, payload.as_bytes());
         sent += 1;
         if rng.f64() < 0.02 {
-            copies.entry(i + rng.u64(1..20_000)).or_default().push((p, key, payload));
+            copies
+                .entry(i + rng.u64(1..20_000))
+                .or_default()
+                .push((p, key, payload));
         }
         for (p, key, payload) in copies.remove(&i).unwrap_or_default() {
             producer.send(p, &key, payload.as_bytes());
@@ -201,9 +247,13 @@ fn produce(bootstrap: &str, n: u64, seed: u64) -> i64 {
             sent += 1;
         }
     }
-    let flush_t = chrono::DateTime::from_timestamp_millis(now - 5 * 60_000).unwrap().format("%Y-%m-%dT%H:%M:%S%.3fZ");
+    let flush_t = chrono::DateTime::from_timestamp_millis(now - 5 * 60_000)
+        .unwrap()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ");
     for p in 0..PARTITIONS {
-        let flush = format!(r#"{{"event_id":"flush-{p}","event_type":"impression","event_time":"{flush_t}","campaign_id":"flush","ad_id":"flush","user_id":"flush-{p}"}}"#);
+        let flush = format!(
+            r#"{{"event_id":"flush-{p}","event_type":"impression","event_time":"{flush_t}","campaign_id":"flush","ad_id":"flush","user_id":"flush-{p}"}}"#
+        );
         producer.send(p, "flush", flush.as_bytes());
     }
     producer.flush();
@@ -215,14 +265,23 @@ fn reference_run(dir: &Path, bootstrap: &str, total: i64) -> Duration {
     let cfg = write_config(dir, bootstrap, 0);
     let probe = Probe::new(&cfg);
     let mut child = spawn(&cfg, "reference");
-    wait_running(&mut child, "reference run", Duration::from_secs(300), || probe.committed() >= total);
+    wait_running(
+        &mut child,
+        "reference run",
+        Duration::from_secs(300),
+        || probe.committed() >= total,
+    );
     sigterm(&mut child)
 }
 
 fn verify(reference: &Path, other: &Path, total: i64) -> String {
     let out = run_python(
         "verify_same.py",
-        &[format!("--a={}", reference.display()), format!("--b={}", other.display()), format!("--expect-events={total}")],
+        &[
+            format!("--a={}", reference.display()),
+            format!("--b={}", other.display()),
+            format!("--expect-events={total}"),
+        ],
     );
     println!("{out}");
     out
@@ -259,7 +318,12 @@ fn killed_and_restarted_runs_equal_an_uninterrupted_one() {
         let started = Instant::now();
         let group = format!("interrupted-{k}");
         let mut child = spawn(&cfg, &group);
-        wait_running(&mut child, "progress after restart", Duration::from_secs(120), || probe.committed() > before);
+        wait_running(
+            &mut child,
+            "progress after restart",
+            Duration::from_secs(120),
+            || probe.committed() > before,
+        );
         recoveries.push(started.elapsed());
         let life = Duration::from_millis(rng.u64(0..1_500));
         std::thread::sleep(life);
@@ -267,14 +331,30 @@ fn killed_and_restarted_runs_equal_an_uninterrupted_one() {
             // Graceful: commits what it holds, stores the same position in Kafka, exits 0.
             term_time = Some(sigterm(&mut child));
             let iceberg = probe.offsets();
-            assert_eq!(kafka_committed(&broker.bootstrap, &group), iceberg, "after SIGTERM Kafka holds the Iceberg position");
-            println!("start {}: SIGTERM after {life:?}; exit took {:?}; position {iceberg:?}", k + 1, term_time.unwrap());
+            assert_eq!(
+                kafka_committed(&broker.bootstrap, &group),
+                iceberg,
+                "after SIGTERM Kafka holds the Iceberg position"
+            );
+            println!(
+                "start {}: SIGTERM after {life:?}; exit took {:?}; position {iceberg:?}",
+                k + 1,
+                term_time.unwrap()
+            );
         } else {
             child.kill().unwrap(); // SIGKILL
             child.wait().unwrap();
-            println!("start {}: SIGKILL {life:?} after its first commit; position {} of {total}", k + 1, probe.committed());
+            println!(
+                "start {}: SIGKILL {life:?} after its first commit; position {} of {total}",
+                k + 1,
+                probe.committed()
+            );
         }
-        assert!(probe.committed() < total, "the input ran out before stop {}: raise ADMETRICS_CRASH_EVENTS", k + 1);
+        assert!(
+            probe.committed() < total,
+            "the input ran out before stop {}: raise ADMETRICS_CRASH_EVENTS",
+            k + 1
+        );
     }
     // Then one start per named crash point, aborting (SIGABRT, as abrupt as SIGKILL) at a
     // seeded pass: files written but not committed, between the three catalog commits (on a
@@ -292,7 +372,11 @@ fn killed_and_restarted_runs_equal_an_uninterrupted_one() {
     ] {
         let before = probe.committed();
         // The first commit that closes windows after a restart may be one of the last.
-        let pass = if point.ends_with("@final") { 1 } else { rng.u64(1..4) };
+        let pass = if point.ends_with("@final") {
+            1
+        } else {
+            rng.u64(1..4)
+        };
         let fault = format!("{point}:{pass}");
         let mut child = Daemon(
             Command::new(env!("CARGO_BIN_EXE_admetrics"))
@@ -312,16 +396,27 @@ fn killed_and_restarted_runs_equal_an_uninterrupted_one() {
             assert!(Instant::now() < deadline, "fault {fault} was never reached");
             std::thread::sleep(Duration::from_millis(50));
         };
-        assert!(!status.success(), "fault {fault}: the daemon should have aborted, got {status}");
-        println!("fault {fault}: aborted; position {} -> {} of {total} {:?}", before, probe.committed(), probe.offsets());
+        assert!(
+            !status.success(),
+            "fault {fault}: the daemon should have aborted, got {status}"
+        );
+        println!(
+            "fault {fault}: aborted; position {} -> {} of {total} {:?}",
+            before,
+            probe.committed(),
+            probe.offsets()
+        );
     }
     // The last start may find the position already at the end (a fault hit the last commit):
     // it is done once it has replayed and published metrics of its own.
     let writers = probe.metric_writers();
     let mut child = spawn(&cfg, "interrupted-last");
-    wait_running(&mut child, "interrupted run to finish", Duration::from_secs(300), || {
-        probe.committed() >= total && probe.metric_writers().len() > writers.len()
-    });
+    wait_running(
+        &mut child,
+        "interrupted run to finish",
+        Duration::from_secs(300),
+        || probe.committed() >= total && probe.metric_writers().len() > writers.len(),
+    );
     sigterm(&mut child);
 
     recoveries.sort();
@@ -336,7 +431,11 @@ fn killed_and_restarted_runs_equal_an_uninterrupted_one() {
         ref_stop.as_millis()
     );
     if std::env::var("ADMETRICS_KEEP_DIRS").is_ok() {
-        println!("kept: reference {} interrupted {}", ref_dir.path().display(), dir.path().display());
+        println!(
+            "kept: reference {} interrupted {}",
+            ref_dir.path().display(),
+            dir.path().display()
+        );
         std::mem::forget(ref_dir);
         std::mem::forget(dir);
         return;
@@ -358,13 +457,23 @@ fn broker_killed_and_restarted_mid_run_loses_and_duplicates_nothing() {
     let cfg = write_config(dir.path(), &broker.bootstrap, 10_000);
     let probe = Probe::new(&cfg);
     let mut child = spawn(&cfg, "broker-fault");
-    wait_running(&mut child, "a first part committed", Duration::from_secs(120), || probe.committed() > total / 5);
+    wait_running(
+        &mut child,
+        "a first part committed",
+        Duration::from_secs(120),
+        || probe.committed() > total / 5,
+    );
     broker.kill(); // SIGKILL
     let at = probe.committed();
     std::thread::sleep(Duration::from_secs(3));
     broker.restart();
     println!("broker killed at position {at} of {total}, restarted after 3 s");
-    wait_running(&mut child, "the run to finish after the broker restart", Duration::from_secs(300), || probe.committed() >= total);
+    wait_running(
+        &mut child,
+        "the run to finish after the broker restart",
+        Duration::from_secs(300),
+        || probe.committed() >= total,
+    );
     sigterm(&mut child);
     verify(ref_dir.path(), dir.path(), total);
 }
@@ -384,14 +493,32 @@ fn a_second_writer_committing_to_the_same_tables_loses_nothing() {
     let cfg = write_config(dir.path(), &broker.bootstrap, 10_000);
     let probe = Probe::new(&cfg);
     let mut child = spawn(&cfg, "two-writers");
-    wait_running(&mut child, "the tables exist", Duration::from_secs(60), || probe.committed() > 0);
-    let second = run_python("second_writer.py", &[format!("--dir={}", dir.path().display()), "--seconds=8".into()]);
-    wait_running(&mut child, "the run to finish", Duration::from_secs(300), || probe.committed() >= total);
+    wait_running(
+        &mut child,
+        "the tables exist",
+        Duration::from_secs(60),
+        || probe.committed() > 0,
+    );
+    let second = run_python(
+        "second_writer.py",
+        &[
+            format!("--dir={}", dir.path().display()),
+            "--seconds=8".into(),
+        ],
+    );
+    wait_running(
+        &mut child,
+        "the run to finish",
+        Duration::from_secs(300),
+        || probe.committed() >= total,
+    );
     sigterm(&mut child);
 
     // Both writers' snapshots interleave in the history: the race really happened.
     let switches = probe.rt.block_on(async {
-        let sink = IcebergSink::open(&probe.cfg.iceberg, TOPIC, "probe", 1 << 20).await.unwrap();
+        let sink = IcebergSink::open(&probe.cfg.iceberg, TOPIC, "probe", 1 << 20)
+            .await
+            .unwrap();
         let catalog = sink.catalog();
         let t = iceberg::Catalog::load_table(
             catalog.as_ref(),
@@ -402,15 +529,28 @@ fn a_second_writer_committing_to_the_same_tables_loses_nothing() {
         let mut history: Vec<(i64, bool)> = t
             .metadata()
             .snapshots()
-            .map(|s| (s.sequence_number(), s.summary().additional_properties.contains_key("admetrics.writer-id")))
+            .map(|s| {
+                (
+                    s.sequence_number(),
+                    s.summary()
+                        .additional_properties
+                        .contains_key("admetrics.writer-id"),
+                )
+            })
             .collect();
         history.sort();
         history.windows(2).filter(|w| !w[0].1 && w[1].1).count()
     });
     // Each such commit of ours was built on a table state the other writer had already moved
     // on from, and was re-applied on top of the new one (iceberg-rust reloads and retries).
-    println!("our campaign_events commits made on top of a second-writer snapshot: {switches}; second writer: {}", second.trim());
-    assert!(switches >= 2, "the writers did not interleave ({switches} of our commits follow one of theirs)");
+    println!(
+        "our campaign_events commits made on top of a second-writer snapshot: {switches}; second writer: {}",
+        second.trim()
+    );
+    assert!(
+        switches >= 2,
+        "the writers did not interleave ({switches} of our commits follow one of theirs)"
+    );
     let out = run_python(
         "verify_same.py",
         &[
@@ -434,21 +574,31 @@ fn copies_of_events_committed_before_a_restart_are_still_recognised() {
     let cfg = write_config(dir.path(), &broker.bootstrap, 0);
     let probe = Probe::new(&cfg);
     let mut child = spawn(&cfg, "copies-1");
-    wait_running(&mut child, "run 1", Duration::from_secs(120), || probe.committed() >= total);
+    wait_running(&mut child, "run 1", Duration::from_secs(120), || {
+        probe.committed() >= total
+    });
     sigterm(&mut child);
     let after = probe.offsets();
 
     // Producer retries, long after: the first 50 messages of every partition again.
-    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &broker.bootstrap).set("group.id", "copies-reader").create().unwrap();
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .set("group.id", "copies-reader")
+        .create()
+        .unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTITIONS {
-        tpl.add_partition_offset(TOPIC, p, Offset::Beginning).unwrap();
+        tpl.add_partition_offset(TOPIC, p, Offset::Beginning)
+            .unwrap();
     }
     c.assign(&tpl).unwrap();
     let mut first: BTreeMap<i32, Vec<(String, Vec<u8>)>> = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while first.values().map(Vec::len).sum::<usize>() < 50 * PARTITIONS as usize {
-        assert!(Instant::now() < deadline, "could not read back the first messages");
+        assert!(
+            Instant::now() < deadline,
+            "could not read back the first messages"
+        );
         if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
             use rdkafka::Message;
             let v = first.entry(m.partition()).or_default();
@@ -468,7 +618,9 @@ fn copies_of_events_committed_before_a_restart_are_still_recognised() {
 
     let mut child = spawn(&cfg, "copies-2");
     let total2 = total + 50 * PARTITIONS as i64;
-    wait_running(&mut child, "run 2", Duration::from_secs(120), || probe.committed() >= total2);
+    wait_running(&mut child, "run 2", Duration::from_secs(120), || {
+        probe.committed() >= total2
+    });
     sigterm(&mut child);
     let out = run_python(
         "verify_copies.py",
@@ -501,12 +653,17 @@ fn a_partition_started_inside_a_record_batch_delivers_from_exactly_there() {
             ..Default::default()
         };
         let source = admetrics::source::KafkaSource::connect(&cfg, [(0, start)].into()).unwrap();
-        let want: Vec<(i64, String)> = (start..(start + 3).min(25_000)).map(|o| (o, format!("m{o}"))).collect();
+        let want: Vec<(i64, String)> = (start..(start + 3).min(25_000))
+            .map(|o| (o, format!("m{o}")))
+            .collect();
         let mut got = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         while got.len() < want.len() && Instant::now() < deadline {
             source.poll_batch(want.len() - got.len(), Duration::from_millis(100), |m| {
-                got.push((m.offset, String::from_utf8_lossy(m.payload.unwrap_or_default()).to_string()))
+                got.push((
+                    m.offset,
+                    String::from_utf8_lossy(m.payload.unwrap_or_default()).to_string(),
+                ))
             });
         }
         assert_eq!(got, want, "start {start}");

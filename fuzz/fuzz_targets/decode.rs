@@ -11,22 +11,44 @@ fuzz_target!(|data: &[u8]| {
     let limits = ValidationConfig::default();
     match decode(data, NOW_MS, &limits) {
         Ok(ev) => {
-            assert!(data.len() <= limits.max_message_bytes, "oversized message accepted");
+            assert!(
+                data.len() <= limits.max_message_bytes,
+                "oversized message accepted"
+            );
             for id in [&ev.event_id, &ev.campaign_id, &ev.ad_id, &ev.user_id] {
                 assert!(!id.is_empty() && id.len() <= 256, "id {id:?} accepted");
             }
-            assert!(ev.time_ms <= NOW_MS + limits.max_future_ms, "future time accepted");
-            assert!(ev.time_ms >= NOW_MS - limits.max_past_ms, "past time accepted");
+            assert!(
+                ev.time_ms <= NOW_MS + limits.max_future_ms,
+                "future time accepted"
+            );
+            assert!(
+                ev.time_ms >= NOW_MS - limits.max_past_ms,
+                "past time accepted"
+            );
             assert!(ev.revenue_micros >= 0, "negative revenue accepted");
             if ev.kind == EventKind::Conversion {
-                let c = ev.currency.as_deref().expect("conversion without currency accepted");
-                assert!(c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()), "currency {c:?} accepted");
+                let c = ev
+                    .currency
+                    .as_deref()
+                    .expect("conversion without currency accepted");
+                assert!(
+                    c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()),
+                    "currency {c:?} accepted"
+                );
             } else {
                 assert_eq!(ev.revenue_micros, 0, "revenue on a non-conversion");
             }
             // Whatever was accepted is valid JSON to an independent parser too.
-            assert!(std::str::from_utf8(data).is_ok(), "non-UTF-8 payload accepted");
+            assert!(
+                std::str::from_utf8(data).is_ok(),
+                "non-UTF-8 payload accepted"
+            );
         }
-        Err(r) => assert!(!r.detail.is_empty(), "rejection {:?} without detail", r.reason),
+        Err(r) => assert!(
+            !r.detail.is_empty(),
+            "rejection {:?} without detail",
+            r.reason
+        ),
     }
 });

@@ -9,6 +9,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let ours = admetrics_event::parse_rfc3339_ms(s);
-    let chrono = chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis());
+    let chrono = chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.timestamp_millis());
     assert_eq!(ours, chrono, "{s:?}");
 });

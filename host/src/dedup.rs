@@ -91,7 +91,9 @@ impl SeenIds {
         if !self.enabled {
             return Delivery::First;
         }
-        let minute = time_ms.div_euclid(60_000).clamp(i32::MIN as i64, i32::MAX as i64) as i32;
+        let minute = time_ms
+            .div_euclid(60_000)
+            .clamp(i32::MIN as i64, i32::MAX as i64) as i32;
         match self.ids.entry(id_hash) {
             std::collections::hash_map::Entry::Occupied(e) => {
                 let s = e.get();
@@ -129,7 +131,11 @@ impl SeenIds {
         }
         let cutoff = (watermark_ms.div_euclid(60_000) - self.horizon_min as i64)
             .clamp(i32::MIN as i64, i32::MAX as i64) as i32;
-        if self.per_minute.first_key_value().is_some_and(|(&m, _)| m < cutoff) {
+        if self
+            .per_minute
+            .first_key_value()
+            .is_some_and(|(&m, _)| m < cutoff)
+        {
             self.forget_before(cutoff);
         }
     }
@@ -147,8 +153,12 @@ impl SeenIds {
         let before = self.ids.len();
         self.forget_before(cutoff);
         self.evicted += (before - self.ids.len()) as u64;
-        tracing::warn!(remembered = self.ids.len(), max_ids = self.max_ids, forgot_before_minute = cutoff,
-            "dedup table full: forgot the oldest ids early (raise dedup.max_ids or shorten dedup.horizon_secs)");
+        tracing::warn!(
+            remembered = self.ids.len(),
+            max_ids = self.max_ids,
+            forgot_before_minute = cutoff,
+            "dedup table full: forgot the oldest ids early (raise dedup.max_ids or shorten dedup.horizon_secs)"
+        );
     }
 
     fn forget_before(&mut self, cutoff: i32) {

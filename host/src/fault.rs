@@ -40,7 +40,10 @@ pub fn point(name: &str, final_rows: bool) {
         && (!s.only_final || final_rows)
         && HITS.fetch_add(1, Ordering::Relaxed) + 1 == s.n
     {
-        eprintln!("admetrics: fault injection: aborting at {name} (pass {})", s.n);
+        eprintln!(
+            "admetrics: fault injection: aborting at {name} (pass {})",
+            s.n
+        );
         std::process::abort();
     }
 }

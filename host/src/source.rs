@@ -234,8 +234,12 @@ impl KafkaSource {
                     continue;
                 }
                 let to = (e.want - e.step).max(0);
-                tracing::info!(partition = *p, expected = e.want, rewind_to = to,
-                    "nothing delivered from the start offset; rewinding to check the record batch");
+                tracing::info!(
+                    partition = *p,
+                    expected = e.want,
+                    rewind_to = to,
+                    "nothing delivered from the start offset; rewinding to check the record batch"
+                );
                 e.step = e.step.saturating_mul(8);
                 e.at_zero = to == 0;
                 e.since = std::time::Instant::now();
@@ -243,7 +247,10 @@ impl KafkaSource {
             }
         }
         for (p, to) in seeks {
-            if let Err(err) = self.consumer.seek(&self.topic, p, Offset::Offset(to), Duration::from_secs(5)) {
+            if let Err(err) =
+                self.consumer
+                    .seek(&self.topic, p, Offset::Offset(to), Duration::from_secs(5))
+            {
                 tracing::warn!(partition = p, error = %err, "seek failed; retrying later");
             }
         }
@@ -277,14 +284,23 @@ impl KafkaSource {
                 ctx.checking.store(false, Ordering::Relaxed);
             }
             if offset != e.want {
-                tracing::warn!(partition, expected = e.want, got = offset,
-                    "offsets missing before the first message (compaction or retention?)");
+                tracing::warn!(
+                    partition,
+                    expected = e.want,
+                    got = offset,
+                    "offsets missing before the first message (compaction or retention?)"
+                );
             }
             return true;
         }
         let to = (e.want - e.step).max(0);
-        tracing::info!(partition, expected = e.want, got = offset, rewind_to = to,
-            "the broker skipped the start of a record batch; rewinding to read it");
+        tracing::info!(
+            partition,
+            expected = e.want,
+            got = offset,
+            rewind_to = to,
+            "the broker skipped the start of a record batch; rewinding to read it"
+        );
         expect.insert(
             partition,
             Expect {
@@ -294,7 +310,12 @@ impl KafkaSource {
                 since: std::time::Instant::now(),
             },
         );
-        if let Err(e) = self.consumer.seek(&self.topic, partition, Offset::Offset(to), Duration::from_secs(5)) {
+        if let Err(e) = self.consumer.seek(
+            &self.topic,
+            partition,
+            Offset::Offset(to),
+            Duration::from_secs(5),
+        ) {
             tracing::warn!(partition, error = %e, "seek failed; retrying on the next message");
         }
         false

@@ -321,9 +321,11 @@ fn unsafe_changes(old: &Config, new: &Config) -> Vec<(&'static str, &'static str
     {
         out.push(("plugins limits", "the engine's limits are set at start-up"));
     }
-    if old.dedup.horizon_secs != new.dedup.horizon_secs || old.dedup.max_ids != new.dedup.max_ids
-    {
-        out.push(("dedup", "the remembered ids are loaded for the horizon at start-up"));
+    if old.dedup.horizon_secs != new.dedup.horizon_secs || old.dedup.max_ids != new.dedup.max_ids {
+        out.push((
+            "dedup",
+            "the remembered ids are loaded for the horizon at start-up",
+        ));
     }
     out
 }

@@ -75,7 +75,11 @@ pub async fn run(
             })
             .await
             .context("loading the event ids of the dedup horizon from campaign_events")?;
-        tracing::info!(ids = n, took_ms = t.elapsed().as_millis() as u64, "dedup: ids within the horizon loaded");
+        tracing::info!(
+            ids = n,
+            took_ms = t.elapsed().as_millis() as u64,
+            "dedup: ids within the horizon loaded"
+        );
     }
     let (control_tx, control_rx) = std::sync::mpsc::channel();
     let _watcher = crate::watch::spawn(
