@@ -21,6 +21,10 @@ new = [r for r in ev if r["kafka_offset"] >= after.get(r["kafka_partition"], 0) 
 flagged = sum(1 for r in new if r["is_duplicate"])
 late_only = sum(1 for r in new if not r["is_duplicate"] and r["is_late"])
 print(f"copies after the restart: {len(new)}, flagged duplicate {flagged}, merely late {late_only}")
+by_p = {}
+for r in new:
+    by_p.setdefault(r["kafka_partition"], []).append(r["kafka_offset"])
+print("after:", after, {p: (min(o), max(o), len(o)) for p, o in sorted(by_p.items())})
 if len(new) != a.expect or flagged != a.expect:
     print("FAIL: every copy of an event committed before the restart must be flagged is_duplicate")
     sys.exit(1)

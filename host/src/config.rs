@@ -101,6 +101,9 @@ pub struct AttributionConfig {
     pub lookback_secs: u64,
     /// At most this many recent clicks are remembered per user.
     pub max_touchpoints: usize,
+    /// A restart with a longer lookback than the tables' replay point covers is refused unless
+    /// this is set (then conversions just after the restart may miss older clicks).
+    pub accept_partial_lookback: bool,
 }
 
 impl Default for AttributionConfig {
@@ -108,6 +111,7 @@ impl Default for AttributionConfig {
         AttributionConfig {
             lookback_secs: 7 * 24 * 3600,
             max_touchpoints: 8,
+            accept_partial_lookback: false,
         }
     }
 }

@@ -212,7 +212,13 @@ impl KafkaSource {
             wait = Duration::ZERO;
         }
         if !read.is_empty() {
-            self.consumer.context().start.lock().unwrap().extend(read);
+            // Never backwards: a re-delivery after a seek is skipped downstream (the processor
+            // drops offsets it has seen), and the restart point stays past it.
+            let mut start = self.consumer.context().start.lock().unwrap();
+            for (p, o) in read {
+                let e = start.entry(p).or_insert(o);
+                *e = (*e).max(o);
+            }
         }
         if self.consumer.context().checking.load(Ordering::Relaxed) {
             self.check_silent_starts();

@@ -14,6 +14,8 @@ pub struct Status {
     pub messages: AtomicU64,
     /// Messages re-read after a restart to rebuild state (already in the tables).
     pub replayed: AtomicU64,
+    /// Messages the source delivered again (after a rebalance or seek); skipped.
+    pub redelivered: AtomicU64,
     pub valid_events: AtomicU64,
     pub dead_letters: AtomicU64,
     pub dead_by_reason: [AtomicU64; Reason::ALL.len()],

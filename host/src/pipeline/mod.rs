@@ -60,6 +60,23 @@ pub async fn run(
     tracing::info!(offsets = ?resume.offsets, replay_from = ?resume.replay_from, watermark = ?resume.watermark_ms,
         seq = resume.seq, writer_id, "resuming from campaign_events snapshot summaries");
 
+    // The recorded replay point keeps clicks for the lookback in force when it was written; a
+    // longer one now would silently under-attribute conversions right after the restart.
+    let horizon = cfg.window_size_ms()
+        + cfg.window.allowed_lateness_ms as i64
+        + cfg.attribution.lookback_secs as i64 * 1000;
+    if let Some(recorded) = resume.click_horizon_ms
+        && horizon > recorded
+        && !cfg.attribution.accept_partial_lookback
+    {
+        anyhow::bail!(
+            "attribution.lookback_secs (with window size and lateness: {horizon} ms of event time) is longer than \
+             the click history the tables' replay point covers ({recorded} ms): conversions in the next \
+             {} s of event time could miss clicks the longer lookback should credit. Restart with the \
+             previous lookback, or set attribution.accept_partial_lookback = true to accept that",
+            (horizon - recorded) / 1000
+        );
+    }
     let runtime = PluginRuntime::new(&cfg.plugins)?;
     let (plugins, installed) = crate::watch::load_initial(&runtime, &cfg)?;
     let mut processor = Processor::new(&cfg, plugins, status.clone());
@@ -201,6 +218,7 @@ fn clone_batch(b: &crate::sink::CommitBatch) -> crate::sink::CommitBatch {
         watermark_ms: b.watermark_ms,
         produced_at_ms: Vec::new(),
         has_final: b.has_final,
+        click_horizon_ms: b.click_horizon_ms,
     }
 }
 

@@ -188,6 +188,9 @@ pub struct Processor {
     resumed_replay_from: BTreeMap<i32, i64>,
     /// Partitions assigned to this member (see `set_assignment`).
     assignment: Vec<i32>,
+    /// Partition → next offset handed to this processor (replayed or new): a message below it is
+    /// a re-delivery (a rebalance or seek in the source) and must not count twice.
+    seen_to: BTreeMap<i32, i64>,
     /// `offsets` as of the previous tick: partitions whose position moved since belong in the
     /// next summary even if they were revoked meanwhile.
     ticked_offsets: BTreeMap<i32, i64>,
@@ -239,6 +242,7 @@ impl Processor {
             replaying: BTreeMap::new(),
             resumed_replay_from: BTreeMap::new(),
             assignment: Vec::new(),
+            seen_to: BTreeMap::new(),
             ticked_offsets: BTreeMap::new(),
             lookback_ms: cfg.attribution.lookback_secs as i64 * 1000,
             produced_at: Vec::new(),
@@ -387,6 +391,7 @@ impl Processor {
             .set_params(s.out_of_orderness_ms, s.idle_timeout_ms);
         self.touchpoints
             .set_params(s.max_touchpoints, s.lookback_secs as i64 * 1000);
+        self.lookback_ms = s.lookback_secs as i64 * 1000;
         tracing::info!(?s, "live settings applied");
     }
 
@@ -486,6 +491,19 @@ impl Processor {
     /// Processes one message. Never fails: a bad message becomes a dead letter.
     #[inline]
     pub fn process(&mut self, m: RawMessage<'_>, clock: &Clock) {
+        match self.seen_to.get_mut(&m.partition) {
+            Some(next) if m.offset < *next => {
+                if self.status.redelivered.fetch_add(1, Relaxed).is_power_of_two() {
+                    tracing::warn!(partition = m.partition, offset = m.offset, next = *next,
+                        "message delivered again by the source; skipped (logged at powers of two)");
+                }
+                return;
+            }
+            Some(next) => *next = m.offset + 1,
+            None => {
+                self.seen_to.insert(m.partition, m.offset + 1);
+            }
+        }
         // Below the committed position: already in the tables. Replay it into windows and
         // attribution state (to rebuild what a crash lost), write nothing, count nothing twice.
         let replay = self
@@ -688,6 +706,7 @@ impl Processor {
             seq: self.seq,
             events: self.events.take(),
             has_final: rows.iter().any(|r| r.is_final),
+            click_horizon_ms: self.size_ms + self.lateness_ms + self.lookback_ms,
             metrics: (!rows.is_empty()).then(|| metrics_batch(&rows)),
             dead_letters: self.dead.take(),
             offsets,

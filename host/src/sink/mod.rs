@@ -50,6 +50,8 @@ pub mod summary {
     pub const REPLAY_FROM: &str = "admetrics.replay-from";
     /// The watermark (ms) when the commit was made: windows it had closed stay closed.
     pub const WATERMARK: &str = "admetrics.watermark";
+    /// How far back (ms of event time) the replay-from above keeps clicks for attribution.
+    pub const CLICK_HORIZON: &str = "admetrics.click-horizon-ms";
 }
 
 /// Where a restarted daemon resumes, read from snapshot summaries.
@@ -64,6 +66,8 @@ pub struct Resume {
     pub seq: u64,
     /// Partition → next offset not yet in `dead_letters`.
     pub dead_letter_offsets: BTreeMap<i32, i64>,
+    /// The click horizon (lookback + window + lateness, ms) the recorded replay-from covers.
+    pub click_horizon_ms: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +108,8 @@ pub struct CommitBatch {
     pub produced_at_ms: Vec<i64>,
     /// Whether `metrics` holds final rows of a closing window (fault-injection tests aim there).
     pub has_final: bool,
+    /// See `summary::CLICK_HORIZON`.
+    pub click_horizon_ms: i64,
 }
 
 /// What a commit did.
@@ -252,6 +258,10 @@ impl IcebergSink {
                 if out.watermark_ms.is_none() {
                     out.watermark_ms = props.get(summary::WATERMARK).and_then(|w| w.parse().ok());
                 }
+                if out.click_horizon_ms.is_none() {
+                    out.click_horizon_ms =
+                        props.get(summary::CLICK_HORIZON).and_then(|w| w.parse().ok());
+                }
                 if let Some(seq) = props
                     .get(summary::COMMIT_SEQ)
                     .and_then(|s| s.parse::<u64>().ok())
@@ -397,6 +407,10 @@ impl IcebergSink {
         props.insert(
             summary::WATERMARK.to_string(),
             batch.watermark_ms.to_string(),
+        );
+        props.insert(
+            summary::CLICK_HORIZON.to_string(),
+            batch.click_horizon_ms.to_string(),
         );
 
         let mut files = 0;
