@@ -679,14 +679,19 @@ fn a_restart_with_a_longer_lookback_than_the_replay_covers_is_refused_clearly() 
     let cfg = write_config(dir.path(), &broker.bootstrap, 0); // lookback 300 s
     let probe = Probe::new(&cfg);
     let mut child = spawn(&cfg, "lookback-1");
-    wait_running(&mut child, "run 1", Duration::from_secs(120), || probe.committed() >= total);
+    wait_running(&mut child, "run 1", Duration::from_secs(120), || {
+        probe.committed() >= total
+    });
     sigterm(&mut child);
 
     let run = |lookback: &str, accept: &str| {
         Command::new(env!("CARGO_BIN_EXE_admetrics"))
             .args(["run", "--config"])
             .arg(&cfg)
-            .env("ADMETRICS__KAFKA__GROUP_ID", format!("lookback-{lookback}-{accept}"))
+            .env(
+                "ADMETRICS__KAFKA__GROUP_ID",
+                format!("lookback-{lookback}-{accept}"),
+            )
             .env("ADMETRICS__ATTRIBUTION__LOOKBACK_SECS", lookback)
             .env("ADMETRICS__ATTRIBUTION__ACCEPT_PARTIAL_LOOKBACK", accept)
             .env("ADMETRICS_LOG", "warn")
@@ -697,13 +702,19 @@ fn a_restart_with_a_longer_lookback_than_the_replay_covers_is_refused_clearly() 
     let out = run("3600", "false").wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("attribution.lookback_secs") && err.contains("accept_partial_lookback"), "{err}");
+    assert!(
+        err.contains("attribution.lookback_secs") && err.contains("accept_partial_lookback"),
+        "{err}"
+    );
     println!("refused: {}", err.lines().last().unwrap_or_default());
     // A shorter lookback, or an explicit acceptance, starts normally.
     for (lookback, accept) in [("120", "false"), ("3600", "true")] {
         let mut child = Daemon(run(lookback, accept));
         std::thread::sleep(Duration::from_secs(2));
-        assert!(child.try_wait().unwrap().is_none(), "lookback {lookback} accept {accept} should run");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "lookback {lookback} accept {accept} should run"
+        );
         sigterm(&mut child);
     }
 }

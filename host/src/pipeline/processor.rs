@@ -493,9 +493,18 @@ impl Processor {
     pub fn process(&mut self, m: RawMessage<'_>, clock: &Clock) {
         match self.seen_to.get_mut(&m.partition) {
             Some(next) if m.offset < *next => {
-                if self.status.redelivered.fetch_add(1, Relaxed).is_power_of_two() {
-                    tracing::warn!(partition = m.partition, offset = m.offset, next = *next,
-                        "message delivered again by the source; skipped (logged at powers of two)");
+                if self
+                    .status
+                    .redelivered
+                    .fetch_add(1, Relaxed)
+                    .is_power_of_two()
+                {
+                    tracing::warn!(
+                        partition = m.partition,
+                        offset = m.offset,
+                        next = *next,
+                        "message delivered again by the source; skipped (logged at powers of two)"
+                    );
                 }
                 return;
             }

@@ -259,8 +259,9 @@ impl IcebergSink {
                     out.watermark_ms = props.get(summary::WATERMARK).and_then(|w| w.parse().ok());
                 }
                 if out.click_horizon_ms.is_none() {
-                    out.click_horizon_ms =
-                        props.get(summary::CLICK_HORIZON).and_then(|w| w.parse().ok());
+                    out.click_horizon_ms = props
+                        .get(summary::CLICK_HORIZON)
+                        .and_then(|w| w.parse().ok());
                 }
                 if let Some(seq) = props
                     .get(summary::COMMIT_SEQ)
