@@ -187,6 +187,7 @@ fn demo(config: &std::path::Path, duration: Option<u64>, load: LoadgenArgs) -> a
         std::thread::spawn(move || crate::loadgen::produce(&brokers, &topic, &load, &stop, &stats))
     };
     let signal = rt.block_on(async { shutdown_signal() })?;
+    let started = std::time::Instant::now();
     let shutdown = {
         let status = status.clone();
         let load_stats = load_stats.clone();
@@ -213,7 +214,10 @@ fn demo(config: &std::path::Path, duration: Option<u64>, load: LoadgenArgs) -> a
         .join()
         .map_err(|_| anyhow::anyhow!("load generator panicked"))??;
     let summary = summary?;
-    print!("{}", Progress::new().render(&status, Some(produced)));
+    print!(
+        "{}",
+        Progress::since(started).render(&status, Some(produced))
+    );
     println!(
         "\nstopped: {produced} events acknowledged by the broker, {} messages consumed, {} commits. Tables: {} (catalog {}).",
         summary.messages,

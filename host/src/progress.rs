@@ -32,6 +32,16 @@ impl Progress {
         }
     }
 
+    /// A view whose uptime and rate count from `started` (for the summary frame at the end of a
+    /// run: the rate is then the whole run's average).
+    pub fn since(started: Instant) -> Self {
+        Progress {
+            started,
+            last: started,
+            ..Self::new()
+        }
+    }
+
     /// Renders one frame; `produced` is the load generator's count when one runs in-process.
     pub fn render(&mut self, s: &Status, produced: Option<u64>) -> String {
         let now = Instant::now();
