@@ -91,17 +91,23 @@ impl std::ops::DerefMut for Daemon {
 /// One daemon start, in a consumer group of its own.
 fn spawn(config: &Path, group: &str) -> Daemon {
     Daemon(
-        Command::new(env!("CARGO_BIN_EXE_admetrics"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("ADMETRICS__KAFKA__GROUP_ID", group)
-            .env(
-                "ADMETRICS_LOG",
-                std::env::var("ADMETRICS_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+        daemon_command(config, group)
             .spawn()
             .expect("spawn admetrics"),
     )
+}
+
+/// The `admetrics run` command line of `spawn`, for starts that need more environment.
+fn daemon_command(config: &Path, group: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_admetrics"));
+    c.args(["run", "--config"])
+        .arg(config)
+        .env("ADMETRICS__KAFKA__GROUP_ID", group)
+        .env(
+            "ADMETRICS_LOG",
+            std::env::var("ADMETRICS_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+        );
+    c
 }
 
 /// The position recorded in the tables (what a restart resumes from), read the way the
@@ -379,12 +385,8 @@ fn killed_and_restarted_runs_equal_an_uninterrupted_one() {
         };
         let fault = format!("{point}:{pass}");
         let mut child = Daemon(
-            Command::new(env!("CARGO_BIN_EXE_admetrics"))
-                .args(["run", "--config"])
-                .arg(&cfg)
-                .env("ADMETRICS__KAFKA__GROUP_ID", format!("fault-{point}"))
+            daemon_command(&cfg, &format!("fault-{point}"))
                 .env("ADMETRICS_FAULT", &fault)
-                .env("ADMETRICS_LOG", "warn")
                 .spawn()
                 .unwrap(),
         );
@@ -685,16 +687,9 @@ fn a_restart_with_a_longer_lookback_than_the_replay_covers_is_refused_clearly() 
     sigterm(&mut child);
 
     let run = |lookback: &str, accept: &str| {
-        Command::new(env!("CARGO_BIN_EXE_admetrics"))
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .env(
-                "ADMETRICS__KAFKA__GROUP_ID",
-                format!("lookback-{lookback}-{accept}"),
-            )
+        daemon_command(&cfg, &format!("lookback-{lookback}-{accept}"))
             .env("ADMETRICS__ATTRIBUTION__LOOKBACK_SECS", lookback)
             .env("ADMETRICS__ATTRIBUTION__ACCEPT_PARTIAL_LOOKBACK", accept)
-            .env("ADMETRICS_LOG", "warn")
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap()

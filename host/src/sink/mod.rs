@@ -211,21 +211,11 @@ impl IcebergSink {
     /// Whether `table` already holds commit `seq` of this writer (found in its snapshot
     /// ancestry).
     fn holds(&self, table: &Table, seq: u64) -> bool {
-        let meta = table.metadata();
         let seq = seq.to_string();
-        let mut cursor = meta.current_snapshot().cloned();
-        while let Some(snap) = cursor {
-            let p = &snap.summary().additional_properties;
-            if p.get(summary::WRITER_ID) == Some(&self.writer_id)
+        ancestry(table).any(|p| {
+            p.get(summary::WRITER_ID) == Some(&self.writer_id)
                 && p.get(summary::COMMIT_SEQ) == Some(&seq)
-            {
-                return true;
-            }
-            cursor = snap
-                .parent_snapshot_id()
-                .and_then(|id| meta.snapshot_by_id(id).cloned());
-        }
-        false
+        })
     }
 
     pub fn catalog(&self) -> Arc<SqlCatalog> {
@@ -237,11 +227,8 @@ impl IcebergSink {
     /// writer (owning other partitions) at the head hides nothing, and an ambiguous last commit
     /// (did it land before the crash?) is settled by what the table actually holds.
     pub fn resume(&self) -> Resume {
-        let meta = self.events.metadata();
         let mut out = Resume::default();
-        let mut cursor = meta.current_snapshot().cloned();
-        while let Some(snap) = cursor {
-            let props = &snap.summary().additional_properties;
+        for props in ancestry(&self.events) {
             if props.get(summary::TOPIC).map(String::as_str) == Some(self.topic.as_str()) {
                 let map = |k: &str| {
                     props
@@ -270,14 +257,8 @@ impl IcebergSink {
                     out.seq = out.seq.max(seq);
                 }
             }
-            cursor = snap
-                .parent_snapshot_id()
-                .and_then(|id| meta.snapshot_by_id(id).cloned());
         }
-        let d = self.dead_letters.metadata();
-        let mut cursor = d.current_snapshot().cloned();
-        while let Some(snap) = cursor {
-            let props = &snap.summary().additional_properties;
+        for props in ancestry(&self.dead_letters) {
             if props.get(summary::TOPIC).map(String::as_str) == Some(self.topic.as_str())
                 && let Some(map) = props
                     .get(summary::OFFSETS)
@@ -287,9 +268,6 @@ impl IcebergSink {
                     out.dead_letter_offsets.entry(p).or_insert(o);
                 }
             }
-            cursor = snap
-                .parent_snapshot_id()
-                .and_then(|id| d.snapshot_by_id(id).cloned());
         }
         // The metrics table's sequence too: revisions must stay above everything published.
         let m = self.metrics.metadata();
@@ -530,6 +508,17 @@ impl IcebergSink {
         let tx = action.apply(tx)?;
         Ok(tx.commit(self.catalog.as_ref()).await?)
     }
+}
+
+/// Summary properties of `table`'s current snapshot and its ancestors, newest first (the
+/// history a commit builds on, not snapshots of abandoned branches).
+fn ancestry(table: &Table) -> impl Iterator<Item = HashMap<String, String>> + '_ {
+    let meta = table.metadata();
+    std::iter::successors(meta.current_snapshot().cloned(), move |s| {
+        s.parent_snapshot_id()
+            .and_then(|id| meta.snapshot_by_id(id).cloned())
+    })
+    .map(|s| s.summary().additional_properties.clone())
 }
 
 /// Opens the SQLite-backed SQL catalog, creating the database file and warehouse if missing.
