@@ -32,6 +32,8 @@ pub struct Watermarks {
     out_of_orderness_ms: i64,
     idle_timeout: std::time::Duration,
     partitions: BTreeMap<i32, PartitionClock>,
+    /// Event time reached by partitions no longer assigned (see `set_assignment`).
+    revoked: BTreeMap<i32, i64>,
     current: i64,
 }
 
@@ -41,6 +43,7 @@ impl Watermarks {
             out_of_orderness_ms: out_of_orderness_ms as i64,
             idle_timeout: std::time::Duration::from_millis(idle_timeout_ms),
             partitions: BTreeMap::new(),
+            revoked: BTreeMap::new(),
             current: i64::MIN,
         }
     }
@@ -48,11 +51,27 @@ impl Watermarks {
     /// Declares the partitions this consumer owns. New ones hold the watermark back (until they
     /// produce or go idle) so a partition read later than the others does not see its events
     /// declared late; revoked ones stop counting.
+    /// A partition revoked and later assigned again (e.g. the group rebalancing after a broker
+    /// restart) keeps the event time it had reached: its messages were already read, and a
+    /// fresh clock would hold the watermark back until it produced again.
     pub fn set_assignment(&mut self, partitions: &[i32], now: Instant) {
-        self.partitions.retain(|p, _| partitions.contains(p));
+        let revoked: Vec<i32> = self
+            .partitions
+            .keys()
+            .filter(|p| !partitions.contains(p))
+            .copied()
+            .collect();
+        for p in revoked {
+            if let Some(c) = self.partitions.remove(&p)
+                && let Some(m) = c.max_event_ms
+            {
+                self.revoked.insert(p, m);
+            }
+        }
         for &p in partitions {
+            let max_event_ms = self.revoked.remove(&p);
             self.partitions.entry(p).or_insert(PartitionClock {
-                max_event_ms: None,
+                max_event_ms,
                 last_active: now,
             });
         }
@@ -252,6 +271,23 @@ mod tests {
         // It never moves backwards, even when partition 1 wakes up with old events.
         w.observe(1, 60_000, t0 + Duration::from_secs(12));
         assert_eq!(w.advance(t0 + Duration::from_secs(12)), 115_000);
+    }
+
+    #[test]
+    fn a_partition_assigned_again_keeps_its_event_time() {
+        let t0 = Instant::now();
+        let mut w = Watermarks::new(1_000, 600_000);
+        w.set_assignment(&[0, 1], t0);
+        w.observe(0, 10_000, t0);
+        w.observe(1, 20_000, t0);
+        assert_eq!(w.advance(t0), 9_000);
+        // A rebalance revokes everything, then gives both back; nothing new is read.
+        w.set_assignment(&[], t0);
+        w.set_assignment(&[0, 1], t0);
+        w.observe(1, 30_000, t0);
+        assert_eq!(w.advance(t0), 9_000);
+        w.observe(0, 40_000, t0);
+        assert_eq!(w.advance(t0), 29_000);
     }
 
     #[test]
