@@ -5,6 +5,7 @@
 #   scripts/setup.sh          # broker, wasm targets, cargo-component, Python test venv
 #   scripts/setup.sh --demo   # only what the demo needs (broker + wasm target)
 #   scripts/setup.sh --python # only the Python venv (scripts/query.sh)
+#   scripts/setup.sh --flink  # the test venv plus PyFlink in .venv-flink (scripts/flink-compare.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,8 +31,26 @@ setup_python() {
     echo "$want" > "$stamp"
   fi
 }
+setup_flink() {
+  # PyFlink for the side-by-side benchmark, in its own venv (it pins its own Python packages);
+  # its local mini-cluster runs on the machine's Java 17.
+  command -v java >/dev/null || { echo "setup: Flink needs Java 17 (apt-get install openjdk-17-jre-headless)" >&2; exit 1; }
+  [[ -x .venv-flink/bin/python ]] || { log "creating .venv-flink"; python3 -m venv .venv-flink; }
+  local stamp=.venv-flink/.requirements.sha256 want
+  want=$(sha256sum scripts/flink/requirements.txt | cut -d' ' -f1)
+  if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
+    log "installing PyFlink (scripts/flink/requirements.txt)"
+    .venv-flink/bin/pip install --quiet --disable-pip-version-check -r scripts/flink/requirements.txt
+    echo "$want" > "$stamp"
+  fi
+}
 if [[ $mode == --python ]]; then
   setup_python
+  exit 0
+fi
+if [[ $mode == --flink ]]; then
+  setup_python
+  setup_flink
   exit 0
 fi
 

@@ -28,6 +28,7 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    pub source: SourceConfig,
     pub kafka: KafkaConfig,
     pub window: WindowConfig,
     pub attribution: AttributionConfig,
@@ -39,6 +40,30 @@ pub struct Config {
     /// The file this configuration was loaded from (watched for live changes).
     #[serde(skip)]
     pub source_path: Option<PathBuf>,
+}
+
+/// Where events come from.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// The `[kafka]` topic (a long-running daemon).
+    #[default]
+    Kafka,
+    /// JSON lines from `[source] path` (`-` = stdin): reads to the end, closes every window,
+    /// commits and exits. For backfills, offline demos and the benchmark against Flink.
+    File,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    pub kind: SourceKind,
+    /// For `kind = "file"`: the JSON-lines file (relative to this config file) or `-`.
+    pub path: Option<PathBuf>,
+    /// The name the tables record positions and dead letters under (the `topic` of snapshot
+    /// summaries). Default: the Kafka topic, or `file:<file name>` (`stdin`) for a file. Two
+    /// inputs must not share a name: a position means nothing in another input.
+    pub stream: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -300,6 +325,9 @@ impl Config {
         for p in &mut self.plugins.paths {
             *p = abs(p);
         }
+        if let Some(p) = &self.source.path {
+            self.source.path = Some(crate::source::file::resolve(base, p));
+        }
         if let Some(d) = &self.plugins.dir {
             self.plugins.dir = Some(abs(d));
         }
@@ -320,6 +348,12 @@ impl Config {
                 reason: reason.into(),
             })
         };
+        if self.source.kind == SourceKind::File && self.source.path.is_none() {
+            return bad(
+                "source.path",
+                "kind = \"file\" needs a path (a JSON-lines file, or - for stdin)",
+            );
+        }
         if self.window.size_secs == 0 {
             return bad("window.size_secs", "must be at least 1");
         }
@@ -348,6 +382,17 @@ impl Config {
             return bad("iceberg.catalog_uri", "only sqlite: catalogs are supported");
         }
         Ok(())
+    }
+
+    /// The name positions and dead letters are recorded under (see [`SourceConfig::stream`]).
+    pub fn stream(&self) -> String {
+        if let Some(s) = &self.source.stream {
+            return s.clone();
+        }
+        match (self.source.kind, &self.source.path) {
+            (SourceKind::File, Some(p)) => crate::source::FileSource::default_stream(p),
+            _ => self.kafka.topic.clone(),
+        }
     }
 
     pub fn window_size_ms(&self) -> i64 {
@@ -402,6 +447,33 @@ mod tests {
                 .topic,
             "other-topic"
         );
+    }
+
+    #[test]
+    fn a_file_source_needs_a_path_and_names_its_stream() {
+        let err = Config::from_toml(
+            &format!("{MIN}[source]\nkind = \"file\"\n"),
+            "t",
+            Path::new("/"),
+            [],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("source.path"), "{err}");
+        let c = Config::from_toml(
+            &format!("{MIN}[source]\nkind = \"file\"\npath = \"in/events.jsonl\"\n"),
+            "t",
+            Path::new("/data"),
+            [],
+        )
+        .unwrap();
+        assert_eq!(
+            c.source.path.as_deref(),
+            Some(Path::new("/data/in/events.jsonl"))
+        );
+        assert_eq!(c.stream(), "file:events.jsonl");
+        let c = Config::from_toml(MIN, "t", Path::new("/"), []).unwrap();
+        assert_eq!(c.stream(), "campaign-events");
     }
 
     #[test]

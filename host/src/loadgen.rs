@@ -203,6 +203,28 @@ impl EventGen {
     }
 }
 
+/// Writes `args.total` events (default 1M) as JSON lines to `out` in simulated time: event time
+/// starts at `start_ms` and advances `1000 / args.rate` ms per event, so the file spans
+/// `total / rate` seconds of event time whatever the wall clock does. Deterministic for a seed
+/// (the side-by-side benchmark's input). Returns how many lines were written.
+pub fn write_events(
+    out: &mut impl std::io::Write,
+    args: &LoadgenArgs,
+    start_ms: i64,
+) -> std::io::Result<u64> {
+    let mut generator = EventGen::new(args.clone());
+    let total = args.total.unwrap_or(1_000_000);
+    let step = 1000.0 / args.rate.max(1) as f64;
+    for i in 0..total {
+        let now_ms = start_ms + (i as f64 * step) as i64;
+        let (_, payload) = generator.next(now_ms);
+        out.write_all(payload.as_bytes())?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(total)
+}
+
 /// Counters the producer updates while it runs.
 #[derive(Debug, Default)]
 pub struct LoadgenStats {

@@ -292,6 +292,15 @@ fn unsafe_changes(old: &Config, new: &Config) -> Vec<(&'static str, &'static str
             "open windows would no longer align with the new size",
         ));
     }
+    if old.source.kind != new.source.kind
+        || old.source.path != new.source.path
+        || old.source.stream != new.source.stream
+    {
+        out.push((
+            "source",
+            "the position in the tables belongs to the old input",
+        ));
+    }
     if old.kafka.brokers != new.kafka.brokers
         || old.kafka.topic != new.kafka.topic
         || old.kafka.group_id != new.kafka.group_id

@@ -114,6 +114,20 @@ impl Watermarks {
         self.current
     }
 
+    /// End of a bounded input: the watermark moves `past_ms` beyond the latest event seen, which
+    /// closes every window holding an event (given `past_ms` ≥ window size + lateness).
+    pub fn end_of_input(&mut self, past_ms: i64) {
+        let latest = self
+            .partitions
+            .values()
+            .filter_map(|c| c.max_event_ms)
+            .chain(self.revoked.values().copied())
+            .max();
+        if let Some(t) = latest {
+            self.current = self.current.max(t.saturating_add(past_ms));
+        }
+    }
+
     /// Continues from a watermark recorded before a restart.
     pub fn restore(&mut self, watermark_ms: i64) {
         self.current = self.current.max(watermark_ms);

@@ -3,7 +3,7 @@
 //! ```text
 //!  ingest thread (blocking)                         sink task (tokio)
 //!  ┌──────────────────────────────────────┐  batch  ┌───────────────────────────┐
-//!  │ KafkaSource::poll_batch              │ ──────▶ │ IcebergSink::commit        │
+//!  │ Source::poll_batch (Kafka or file)   │ ──────▶ │ IcebergSink::commit        │
 //!  │ Processor::process / flush_plugins   │ (≤ 2    │ events → dead letters →    │
 //!  │ every commit interval: tick()        │ queued) │ metrics, offsets in summary│
 //!  │ on ack: commit offsets to Kafka      │ ◀────── │ ack (CommitReport)         │
@@ -12,6 +12,9 @@
 //!
 //! Offsets reach Kafka only after the Iceberg commit that contains their messages. The bounded
 //! batch queue is the backpressure: a slow catalog slows consumption, it never drops data.
+//!
+//! A bounded source (a file) ends the run by itself: at its end every window is closed (like
+//! Flink's final watermark), the last batch is committed and `run` returns.
 
 pub mod processor;
 
@@ -24,10 +27,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::sync::mpsc;
 
-use crate::config::Config;
+use crate::config::{Config, SourceKind};
 use crate::plugin::PluginRuntime;
 use crate::sink::{CommitReport, IcebergSink};
-use crate::source::KafkaSource;
+use crate::source::{FileSource, KafkaSource, Source};
 use crate::status::Status;
 pub use processor::{Clock, Processor};
 
@@ -47,9 +50,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<RunSummary> {
     let writer_id = format!("admetrics-{}", uuid::Uuid::new_v4().simple());
+    let stream = cfg.stream();
     let mut sink = IcebergSink::open(
         &cfg.iceberg,
-        &cfg.kafka.topic,
+        &stream,
         &writer_id,
         cfg.commit.target_file_bytes,
     )
@@ -57,7 +61,7 @@ pub async fn run(
     .context("opening the Iceberg catalog and tables")?;
     let resume = sink.resume();
     *status.committed_offsets.lock().unwrap() = resume.offsets.clone();
-    tracing::info!(offsets = ?resume.offsets, replay_from = ?resume.replay_from, watermark = ?resume.watermark_ms,
+    tracing::info!(stream, offsets = ?resume.offsets, replay_from = ?resume.replay_from, watermark = ?resume.watermark_ms,
         seq = resume.seq, writer_id, "resuming from campaign_events snapshot summaries");
 
     // The recorded replay point keeps clicks for the lookback in force when it was written; a
@@ -117,18 +121,27 @@ pub async fn run(
         let status = status.clone();
         std::thread::Builder::new().name("ingest".into()).spawn(
             move || -> anyhow::Result<RunSummary> {
-                let source = KafkaSource::connect(&cfg.kafka, resume.replay_from.clone())
-                    .context("connecting to Kafka")?;
-                ingest_loop(
-                    &cfg,
-                    &source,
-                    &mut processor,
-                    &status,
-                    &stop,
-                    &batch_tx,
-                    &ack_rx,
-                    &control_rx,
-                )
+                let (batch_tx, ack_rx, control_rx) = (&batch_tx, &ack_rx, &control_rx);
+                match (cfg.source.kind, &cfg.source.path) {
+                    (SourceKind::File, Some(path)) => {
+                        let start = resume.replay_from.get(&0).copied().unwrap_or(0);
+                        let mut source = FileSource::open(path, start)?;
+                        tracing::info!(path = %path.display(), start_line = start, "reading events from a file");
+                        ingest_loop(
+                            &cfg, &mut source, &mut processor, &status, &stop, batch_tx,
+                            ack_rx, control_rx,
+                        )
+                    }
+                    _ => {
+                        let mut source =
+                            KafkaSource::connect(&cfg.kafka, resume.replay_from.clone())
+                                .context("connecting to Kafka")?;
+                        ingest_loop(
+                            &cfg, &mut source, &mut processor, &status, &stop, batch_tx,
+                            ack_rx, control_rx,
+                        )
+                    }
+                }
             },
         )?
     };
@@ -240,9 +253,21 @@ fn record_commit(status: &Status, r: &CommitReport) {
     }
 }
 
+/// Stores the offsets of a committed batch in the source (Kafka's group) and in the summary.
+fn on_ack(source: &impl Source, status: &Status, r: CommitReport, summary: &mut RunSummary) {
+    crate::fault::point("before-offset-store", r.has_final);
+    if let Err(e) = source.commit(&r.offsets) {
+        tracing::warn!(error = %e, "storing offsets in Kafka failed; Iceberg holds them too");
+    }
+    *status.committed_offsets.lock().unwrap() = r.offsets.clone();
+    summary.commits += 1;
+    summary.committed_offsets = r.offsets;
+}
+
+#[allow(clippy::too_many_arguments)]
 fn ingest_loop(
     cfg: &Config,
-    source: &KafkaSource,
+    source: &mut impl Source,
     processor: &mut Processor,
     status: &Status,
     stop: &AtomicBool,
@@ -257,17 +282,8 @@ fn ingest_loop(
     let mut last_lag = Instant::now();
     let mut summary = RunSummary::default();
     let (mut tokens, mut refilled) = (0.0f64, Instant::now());
-    let handle_ack = |r: CommitReport, summary: &mut RunSummary| {
-        crate::fault::point("before-offset-store", r.has_final);
-        if let Err(e) = source.commit(&r.offsets) {
-            tracing::warn!(error = %e, "storing offsets in Kafka failed; Iceberg holds them too");
-        }
-        *status.committed_offsets.lock().unwrap() = r.offsets.clone();
-        summary.commits += 1;
-        summary.committed_offsets = r.offsets;
-    };
     loop {
-        let stopping = stop.load(Relaxed);
+        let mut stopping = stop.load(Relaxed);
         if !stopping {
             let clock = Clock::now();
             let new_before = status.messages.load(Relaxed);
@@ -293,10 +309,21 @@ fn ingest_loop(
                     std::thread::sleep(Duration::from_secs_f64((-tokens / rate).min(1.0)));
                 }
             }
+            if source.finished()? {
+                // A bounded input is complete: close every window (Flink's final watermark),
+                // then commit and stop like a SIGTERM would.
+                processor.end_of_input()?;
+                tracing::info!(
+                    messages = summary.messages,
+                    "end of input: every window closed; committing"
+                );
+                stop.store(true, Relaxed);
+                stopping = true;
+            }
         }
         while let Ok(r) = ack_rx.try_recv() {
             in_flight -= 1;
-            handle_ack(r, &mut summary);
+            on_ack(source, status, r, &mut summary);
         }
         // Ready-made plugin sets and settings from the watcher: a pointer swap, no compiling.
         while let Ok(c) = control_rx.try_recv() {
@@ -335,7 +362,7 @@ fn ingest_loop(
                 match ack_rx.recv() {
                     Ok(r) => {
                         in_flight -= 1;
-                        handle_ack(r, &mut summary);
+                        on_ack(source, status, r, &mut summary);
                     }
                     Err(_) => anyhow::bail!("the sink stopped before acknowledging every batch"),
                 }

@@ -211,7 +211,7 @@ impl Processor {
             .store(cfg.attribution.lookback_secs, Relaxed);
         let wants_touchpoints = plugins.iter().any(|p| p.info.wants_touchpoints);
         Processor {
-            topic: cfg.kafka.topic.clone(),
+            topic: cfg.stream(),
             size_ms: cfg.window_size_ms(),
             lateness_ms: cfg.window.allowed_lateness_ms as i64,
             validation: cfg.validation.clone(),
@@ -888,6 +888,25 @@ impl Processor {
         out
     }
 
+    /// The input ended (a file source): moves the watermark past every window that holds an
+    /// event so the next tick publishes them all as final. Not to `i64::MAX`: a later run over
+    /// a longer version of the input keeps its new events on time. Fails if the input ended
+    /// below the position the tables record: a different or truncated input.
+    pub fn end_of_input(&mut self) -> Result<(), EndOfInputError> {
+        self.flush_plugins();
+        if let Some((&partition, &recorded)) = self.replaying.iter().next() {
+            return Err(EndOfInputError {
+                stream: self.topic.clone(),
+                partition,
+                read: self.seen_to.get(&partition).copied().unwrap_or(0),
+                recorded,
+            });
+        }
+        self.watermarks
+            .end_of_input(self.size_ms + self.lateness_ms);
+        Ok(())
+    }
+
     /// Events and dead letters buffered since the last tick.
     pub fn buffered(&self) -> usize {
         self.events.rows() + self.dead.rows()
@@ -934,6 +953,20 @@ impl Processor {
         }
         *self.status.current.lock().unwrap() = (newest, self.current.1.values().cloned().collect());
     }
+}
+
+/// A bounded input ended before the position the tables record for it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the input ended at offset {read} of partition {partition}, but the tables record {recorded} \
+     for stream {stream:?}: a different or truncated input? Give it its own name ([source] stream) \
+     or use fresh tables"
+)]
+pub struct EndOfInputError {
+    pub stream: String,
+    pub partition: i32,
+    pub read: i64,
+    pub recorded: i64,
 }
 
 /// The loaded, not quarantined version `id`, if any: what a window may still call.

@@ -1,4 +1,4 @@
-//! Kafka source stage: a consumer-group member that hands the pipeline batches of raw messages.
+//! Kafka source: a consumer-group member that hands the pipeline batches of raw messages.
 //!
 //! `BaseConsumer` (not the async `StreamConsumer`): it is several times faster for small messages
 //! and the ingest loop is a dedicated thread anyway. Auto-commit is off: offsets are committed
@@ -12,27 +12,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use super::{RawMessage, Source, SourceError};
 use crate::config::KafkaConfig;
-
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    #[error("kafka: {0}")]
-    Kafka(#[from] KafkaError),
-}
-
-/// One message as the pipeline sees it.
-pub struct RawMessage<'a> {
-    pub partition: i32,
-    pub offset: i64,
-    pub payload: Option<&'a [u8]>,
-    /// Producer (create) timestamp, ms, when the broker has one.
-    pub timestamp_ms: Option<i64>,
-}
 
 /// Starts every newly assigned partition at the position recorded in Iceberg (the replay
 /// point), not at the group's committed offset: the tables, not Kafka, say what is done. Once
@@ -381,5 +366,32 @@ impl KafkaSource {
 
     pub fn topic(&self) -> &str {
         &self.topic
+    }
+}
+
+impl Source for KafkaSource {
+    fn poll_batch<F: FnMut(RawMessage<'_>)>(
+        &mut self,
+        max: usize,
+        timeout: Duration,
+        f: F,
+    ) -> usize {
+        KafkaSource::poll_batch(self, max, timeout, f)
+    }
+
+    fn assignment(&self) -> Vec<i32> {
+        KafkaSource::assignment(self)
+    }
+
+    fn commit(&self, offsets: &BTreeMap<i32, i64>) -> Result<(), SourceError> {
+        KafkaSource::commit(self, offsets)
+    }
+
+    fn commit_sync(&self, offsets: &BTreeMap<i32, i64>) -> Result<(), SourceError> {
+        KafkaSource::commit_sync(self, offsets)
+    }
+
+    fn end_offsets(&self, partitions: &[i32]) -> BTreeMap<i32, i64> {
+        KafkaSource::end_offsets(self, partitions)
     }
 }
