@@ -1,15 +1,22 @@
-//! The event decoder on arbitrary bytes: it must never panic, and whatever it accepts must
-//! satisfy every rule the dead-letter reasons promise to enforce.
+//! The event decoder on arbitrary bytes: it must never panic, whatever it accepts must satisfy
+//! every rule the dead-letter reasons promise to enforce, and its fast path must give exactly
+//! what the general (sonic-rs + serde) decoder gives.
 #![no_main]
 
-use admetrics_event::{EventKind, ValidationConfig, decode};
+use admetrics_event::{EventKind, ValidationConfig, decode, decode_reference};
 use libfuzzer_sys::fuzz_target;
 
 const NOW_MS: i64 = 1_764_000_000_000; // 2025-11-24
 
 fuzz_target!(|data: &[u8]| {
     let limits = ValidationConfig::default();
-    match decode(data, NOW_MS, &limits) {
+    let decoded = decode(data, NOW_MS, &limits);
+    assert_eq!(
+        decoded,
+        decode_reference(data, NOW_MS, &limits),
+        "fast path differs from the general decoder"
+    );
+    match decoded {
         Ok(ev) => {
             assert!(
                 data.len() <= limits.max_message_bytes,

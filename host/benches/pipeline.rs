@@ -106,6 +106,48 @@ fn run_processor(
     (t.elapsed(), p)
 }
 
+fn rss_bytes() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0)
+        * 4096
+}
+
+/// Attribution state for 1M users with recent clicks (1.3 clicks per user), measured as the
+/// process's RSS growth (run first, before anything else has been allocated and freed).
+fn attribution_state_at_a_million_users() {
+    let before = rss_bytes();
+    let mut tp = admetrics::window::Touchpoints::new(8, 7 * 86_400_000);
+    let mut rng = fastrand::Rng::with_seed(3);
+    let mut id = String::new();
+    for u in 0..1_000_000u32 {
+        let clicks = if u % 10 < 8 { 1 } else { 1 + rng.usize(1..4) };
+        for c in 0..clicks {
+            use std::fmt::Write;
+            id.clear();
+            let _ = write!(id, "user-{u:09}");
+            tp.record_click(
+                &id,
+                plugin::Touchpoint {
+                    time_ms: c as i64 * 1000,
+                    campaign: rng.u32(0..100),
+                    ad: rng.u32(0..500),
+                },
+            );
+        }
+    }
+    let grown = rss_bytes().saturating_sub(before);
+    println!(
+        "  attribution state, 1M users with recent clicks: {:.0} MB RSS growth ({} B/user; estimate {} B/user) [target ≤ 128 MB]",
+        grown as f64 / (1 << 20) as f64,
+        grown / tp.users(),
+        tp.bytes_estimate() / tp.users()
+    );
+}
+
 fn main() {
     let n: usize = std::env::var("ADMETRICS_BENCH_EVENTS")
         .ok()
@@ -119,6 +161,7 @@ fn main() {
         );
     }
     println!("admetrics in-process benchmark: {n} events, one thread");
+    attribution_state_at_a_million_users();
     let t = Instant::now();
     let payloads = generate(n);
     let bytes: usize = payloads.iter().map(Vec::len).sum();

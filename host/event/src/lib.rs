@@ -11,6 +11,8 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
+mod fast;
+
 /// The three event types of the ad funnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventKind {
@@ -203,10 +205,32 @@ impl<'de: 'a, 'a> Deserialize<'de> for WireDecimal<'a> {
 const MAX_REVENUE_UNITS: i64 = 1_000_000_000_000;
 
 /// Decodes and validates one message. `now_ms` is the host clock, for the time bounds.
+#[inline]
 pub fn decode<'a>(
     payload: &'a [u8],
     now_ms: i64,
     limits: &ValidationConfig,
+) -> Result<Event<'a>, Rejection> {
+    decode_with(payload, now_ms, limits, true)
+}
+
+/// [`decode`] without the fast path: the general sonic-rs + serde decoder alone. What the fast
+/// path is tested against (unit tests, fuzz target); not for production use.
+#[doc(hidden)]
+pub fn decode_reference<'a>(
+    payload: &'a [u8],
+    now_ms: i64,
+    limits: &ValidationConfig,
+) -> Result<Event<'a>, Rejection> {
+    decode_with(payload, now_ms, limits, false)
+}
+
+#[inline]
+fn decode_with<'a>(
+    payload: &'a [u8],
+    now_ms: i64,
+    limits: &ValidationConfig,
+    fast_path: bool,
 ) -> Result<Event<'a>, Rejection> {
     if payload.len() > limits.max_message_bytes {
         return Err(reject(
@@ -218,8 +242,12 @@ pub fn decode<'a>(
             ),
         ));
     }
-    // sonic-rs: SIMD JSON with serde support, ~2x serde_json on these messages (borrows the same way).
-    let w: Wire<'a> = sonic_rs::from_slice(payload).map_err(classify_json_error)?;
+    // The common shape is scanned directly (see `fast`); anything else, and every error, goes
+    // through sonic-rs (SIMD JSON with serde support, ~2x serde_json on these messages).
+    let w: Wire<'a> = match fast_path.then(|| fast::scan(payload)).flatten() {
+        Some(w) => w,
+        None => sonic_rs::from_slice(payload).map_err(classify_json_error)?,
+    };
     let kind = match &*w.event_type {
         "impression" => EventKind::Impression,
         "click" => EventKind::Click,
@@ -614,6 +642,91 @@ mod tests {
         assert_eq!(
             decode(b"", NOW, &limits()).unwrap_err().reason,
             Reason::MalformedJson
+        );
+    }
+
+    /// The fast path must agree with the general decoder on every message: valid ones, each kind
+    /// of bad one, and shapes only one of them handles (escapes, nesting, null, floats, dups …).
+    #[test]
+    fn fast_path_agrees_with_the_general_decoder() {
+        let good = format!(
+            r#"{{"event_id":"e1","event_type":"conversion","event_time":"2025-11-24T16:00:00.250Z","campaign_id":"c1","ad_id":"a1","user_id":"u1","revenue":"19.99","currency":"USD","device":"ios","country":"DE","placement":"feed"}}"#
+        );
+        let mut cases: Vec<String> = vec![
+            good.clone(),
+            format!(" \n\t{good}\r\n "),
+            good.replace(r#""revenue":"19.99""#, r#""revenue":19"#),
+            good.replace(r#""revenue":"19.99""#, r#""revenue":19.5"#),
+            good.replace(r#""revenue":"19.99""#, r#""revenue":-19"#),
+            good.replace(r#""revenue":"19.99""#, r#""revenue":019"#),
+            good.replace(r#""revenue":"19.99""#, r#""revenue":1e2"#),
+            good.replace(r#""revenue":"19.99""#, r#""revenue":null"#),
+            good.replace(r#""revenue":"19.99""#, r#""revenue":99999999999999999999"#),
+            good.replace(r#""2025-11-24T16:00:00.250Z""#, &NOW.to_string()),
+            good.replace(r#""2025-11-24T16:00:00.250Z""#, &format!("{NOW}.0")),
+            good.replace(r#""2025-11-24T16:00:00.250Z""#, &format!("-{NOW}")),
+            good.replace(r#""2025-11-24T16:00:00.250Z""#, "1234567890123456789"),
+            good.replace(r#""2025-11-24T16:00:00.250Z""#, &"7".repeat(40)), // found by the fuzzer
+            good.replace("\"u1\"", "\"u\\\"1\""),
+            good.replace("\"u1\"", "\"u\\u00e91\""),
+            good.replace("\"u1\"", "\"u\t1\""),
+            good.replace("\"u1\"", "\"user-0000ü-longer-than-8\u{1}x\""),
+            good.replace("\"u1\"", "\"üser-ümlaut-😀-longer-than-eight\""),
+            good.replace("\"u1\"", "\"user-0000-1234567\\\"x\""),
+            good.replace("\"u1\"", "\"\""),
+            good.replace("\"u1\"", "1"),
+            good.replace("\"u1\"", "true"),
+            good.replace("\"u1\"", "[\"u1\"]"),
+            good.replace("\"ios\"", "null"),
+            good.replace("\"ios\"", "7"),
+            good.replace("\"ios\"", "{\"a\":1}"),
+            good.replace(r#","currency":"USD""#, ""),
+            good.replace(r#","currency":"USD""#, r#","currency":"usd""#),
+            good.replace(r#""event_id":"e1","#, ""),
+            good.replace(r#""event_id":"e1","#, r#""event_id":"e1","event_id":"e2","#),
+            good.replace(r#""event_id":"e1","#, r#""extra":"x","extra":"y","#),
+            good.replace(
+                r#""event_id":"e1","#,
+                r#""extra":{"deep":[1,2,{"x":null}]},"#,
+            ),
+            good.replace(r#""event_id":"e1","#, r#""extra":1,"#),
+            good.replace(r#""event_id":"e1","#, r#""ev\u0065nt_id":"e1","#),
+            good.replace("conversion", "click"),
+            good.replace("conversion", "view"),
+            good.replace(":", " : "),
+            good.replace(",", " , "),
+            good.replace("}", ",}"),
+            good.replace("{", "{,"),
+            format!("{good}x"),
+            format!("{good}{{}}"),
+            good[..good.len() - 1].to_string(),
+            good.replace("\"", "'"),
+            "{}".into(),
+            "[]".into(),
+            "".into(),
+            "null".into(),
+            "\"x\"".into(),
+        ];
+        for i in 1..good.len() {
+            cases.push(good[..i].to_string()); // every truncation
+        }
+        let mut bytes: Vec<Vec<u8>> = cases.into_iter().map(String::into_bytes).collect();
+        let mut bad_utf8 = good.clone().into_bytes();
+        bad_utf8[20] = 0xc3;
+        bytes.push(bad_utf8);
+        for b in &bytes {
+            let fast = decode(b, NOW, &limits());
+            let general = decode_reference(b, NOW, &limits());
+            assert_eq!(
+                fast,
+                general,
+                "fast path and general decoder differ on {:?}",
+                String::from_utf8_lossy(b)
+            );
+        }
+        assert!(
+            fast::scan(good.as_bytes()).is_some(),
+            "the common shape takes the fast path"
         );
     }
 

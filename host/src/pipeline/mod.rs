@@ -90,9 +90,11 @@ pub async fn run(
     {
         // Copies of events committed before the restart must still count once.
         let t = Instant::now();
+        let since = wm.saturating_sub(horizon);
+        processor.loading_ids_since(since);
         let n = sink
-            .committed_ids(wm.saturating_sub(horizon), |id, p, o, time| {
-                processor.remember_id(id, p, o, time)
+            .committed_ids(since, |id, p, o, time, was_copy| {
+                processor.remember_id(id, p, o, time, was_copy)
             })
             .await
             .context("loading the event ids of the dedup horizon from campaign_events")?;

@@ -282,9 +282,22 @@ impl Processor {
         self.seen.horizon_ms()
     }
 
-    /// Remembers an event id already committed to `campaign_events` (start-up).
-    pub fn remember_id(&mut self, id_hash: u64, partition: i32, offset: i64, time_ms: i64) {
-        self.seen.remember(id_hash, partition, offset, time_ms);
+    /// Start-up: rows of `campaign_events` from `since_ms` on are about to be remembered.
+    pub fn loading_ids_since(&mut self, since_ms: i64) {
+        self.seen.loading_since(since_ms);
+    }
+
+    /// Remembers a message already committed to `campaign_events` (start-up), with its verdict.
+    pub fn remember_id(
+        &mut self,
+        id_hash: u64,
+        partition: i32,
+        offset: i64,
+        time_ms: i64,
+        was_copy: bool,
+    ) {
+        self.seen
+            .remember(id_hash, partition, offset, time_ms, was_copy);
     }
 
     pub fn set_assignment(&mut self, partitions: &[i32], now: Instant) {
@@ -571,12 +584,13 @@ impl Processor {
                 self.produced_at.push(ts);
             }
         }
-        let duplicate = self.seen.check(
-            crate::dedup::hash_id(&ev.event_id),
-            m.partition,
-            m.offset,
-            ev.time_ms,
-        ) == Delivery::Duplicate;
+        let id = crate::dedup::hash_id(&ev.event_id);
+        let verdict = if replay {
+            self.seen.replayed(id, m.partition, m.offset, ev.time_ms)
+        } else {
+            self.seen.check(id, ev.time_ms)
+        };
+        let duplicate = verdict == Delivery::Duplicate;
         if duplicate {
             // In campaign_events (flagged), nowhere else: no window, no touchpoint, no watermark.
             if !replay {

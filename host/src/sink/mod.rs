@@ -284,14 +284,15 @@ impl IcebergSink {
         out
     }
 
-    /// Calls `f(id hash, partition, offset, event time ms)` for every event committed to
-    /// `campaign_events` with event time ≥ `since_ms` that was not itself a duplicate: the ids a
-    /// restarted daemon must remember to keep counting copies once. Reads only those columns,
-    /// and only the day partitions that can match. Returns how many ids were handed over.
+    /// Calls `f(id hash, partition, offset, event time ms, is_duplicate)` for every event
+    /// committed to `campaign_events` with event time ≥ `since_ms`: the ids a restarted daemon
+    /// must remember to keep counting copies once, and the verdicts its replay must repeat.
+    /// Reads only those columns, and only the day partitions that can match. Returns how many
+    /// rows were handed over.
     pub async fn committed_ids(
         &self,
         since_ms: i64,
-        mut f: impl FnMut(u64, i32, i64, i64),
+        mut f: impl FnMut(u64, i32, i64, i64, bool),
     ) -> Result<u64, SinkError> {
         use arrow_array::cast::AsArray;
         use arrow_array::types::{Int32Type, Int64Type, TimestampMicrosecondType};
@@ -335,7 +336,7 @@ impl IcebergSink {
             let offs = offs.as_primitive::<Int64Type>();
             let dups = dups.as_boolean();
             for i in 0..b.num_rows() {
-                if dups.value(i) || times.value(i) < since_us {
+                if times.value(i) < since_us {
                     continue;
                 }
                 f(
@@ -343,6 +344,7 @@ impl IcebergSink {
                     parts.value(i),
                     offs.value(i),
                     times.value(i) / 1000,
+                    dups.value(i),
                 );
                 n += 1;
             }

@@ -22,8 +22,8 @@ use super::{RawMessage, Source, SourceError};
 const BLOCK: usize = 1 << 20;
 
 enum Block {
-    /// Whole lines, each ending with `\n`.
-    Lines(Vec<u8>),
+    /// Whole lines, each ending with `\n`: the buffer's first `usize` bytes.
+    Lines(Vec<u8>, usize),
     End,
     Failed(std::io::Error),
 }
@@ -31,7 +31,10 @@ enum Block {
 pub struct FileSource {
     name: String,
     rx: Receiver<Block>,
+    /// Spent buffers go back to the reader: no allocation or page faults per block.
+    recycle: SyncSender<Vec<u8>>,
     block: Vec<u8>,
+    block_len: usize,
     pos: usize,
     /// Line number of the next line in `block`.
     next_offset: i64,
@@ -54,9 +57,10 @@ impl FileSource {
             })?)
         };
         let (tx, rx) = sync_channel(8);
+        let (recycle, recycled) = sync_channel(8);
         std::thread::Builder::new()
             .name("file-reader".into())
-            .spawn(move || read_blocks(reader, tx))
+            .spawn(move || read_blocks(reader, tx, recycled))
             .map_err(|source| SourceError::Io {
                 path: name.clone(),
                 source,
@@ -64,7 +68,9 @@ impl FileSource {
         Ok(FileSource {
             name,
             rx,
+            recycle,
             block: Vec::new(),
+            block_len: 0,
             pos: 0,
             next_offset: 0,
             start,
@@ -94,15 +100,27 @@ impl FileSource {
 
 /// The reader thread: blocks of whole lines until the end of input (a last line without a
 /// newline gets one) or an error.
-fn read_blocks(mut reader: Box<dyn Read + Send>, tx: SyncSender<Block>) {
+fn read_blocks(
+    mut reader: Box<dyn Read + Send>,
+    tx: SyncSender<Block>,
+    recycled: Receiver<Vec<u8>>,
+) {
     let mut carry: Vec<u8> = Vec::new();
+    let mut spare: Option<Vec<u8>> = None;
     loop {
-        let mut buf = Vec::with_capacity(carry.len() + BLOCK);
-        buf.append(&mut carry);
-        let filled = buf.len();
-        buf.resize(filled + BLOCK, 0);
+        // Buffers keep their length when recycled: only a new one is zero-filled, once.
+        let mut buf = spare
+            .take()
+            .or_else(|| recycled.try_recv().ok())
+            .unwrap_or_default();
+        let filled = carry.len();
+        if buf.len() < filled + BLOCK + 1 {
+            buf.resize(filled + BLOCK + 1, 0);
+        }
+        buf[..filled].copy_from_slice(&carry);
+        carry.clear();
         let n = loop {
-            match reader.read(&mut buf[filled..]) {
+            match reader.read(&mut buf[filled..filled + BLOCK]) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -111,27 +129,29 @@ fn read_blocks(mut reader: Box<dyn Read + Send>, tx: SyncSender<Block>) {
                 }
             }
         };
-        buf.truncate(filled + n);
+        let end = filled + n;
         if n == 0 {
-            if !buf.is_empty() {
-                buf.push(b'\n');
-                if tx.send(Block::Lines(buf)).is_err() {
+            if end > 0 {
+                buf[end] = b'\n'; // the last line had none
+                if tx.send(Block::Lines(buf, end + 1)).is_err() {
                     return;
                 }
             }
             let _ = tx.send(Block::End);
             return;
         }
-        match memchr::memrchr(b'\n', &buf) {
+        match memchr::memrchr(b'\n', &buf[..end]) {
             Some(i) => {
-                carry.extend_from_slice(&buf[i + 1..]);
-                buf.truncate(i + 1);
-                if tx.send(Block::Lines(buf)).is_err() {
+                carry.extend_from_slice(&buf[i + 1..end]);
+                if tx.send(Block::Lines(buf, i + 1)).is_err() {
                     return; // the source was dropped
                 }
             }
             // A line longer than what we have so far: keep reading.
-            None => carry = buf,
+            None => {
+                carry.extend_from_slice(&buf[..end]);
+                spare = Some(buf);
+            }
         }
     }
 }
@@ -146,12 +166,16 @@ impl Source for FileSource {
         let mut n = 0;
         let mut wait = timeout;
         while n < max {
-            if self.pos >= self.block.len() {
+            if self.pos >= self.block_len {
                 if self.done {
                     break;
                 }
                 match self.rx.recv_timeout(wait) {
-                    Ok(Block::Lines(b)) => (self.block, self.pos) = (b, 0),
+                    Ok(Block::Lines(b, len)) => {
+                        let spent = std::mem::replace(&mut self.block, b);
+                        (self.block_len, self.pos) = (len, 0);
+                        let _ = self.recycle.try_send(spent);
+                    }
                     Ok(Block::End) | Err(RecvTimeoutError::Disconnected) => {
                         self.done = true;
                         break;
@@ -166,7 +190,7 @@ impl Source for FileSource {
                 wait = Duration::ZERO;
                 continue;
             }
-            let rest = &self.block[self.pos..];
+            let rest = &self.block[self.pos..self.block_len];
             let len = memchr::memchr(b'\n', rest).expect("blocks hold whole lines");
             self.pos += len + 1;
             let offset = self.next_offset;
@@ -213,7 +237,7 @@ impl Source for FileSource {
                 source: e,
             });
         }
-        Ok(self.done && self.pos >= self.block.len())
+        Ok(self.done && self.pos >= self.block_len)
     }
 }
 
