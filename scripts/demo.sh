@@ -4,11 +4,20 @@
 #
 #   scripts/demo.sh                       # until Ctrl-C
 #   scripts/demo.sh --rate 20000 --duration 60 --campaigns 50 --seed 7
+#   scripts/demo.sh --dashboard           # also serve the Superset dashboard on 127.0.0.1:8088
 #
 # Extra arguments go to `admetrics demo` (see `target/release/admetrics demo --help`).
+# The daemon serves /metrics, /health and /ready on 127.0.0.1:9464 (config/default.toml [http]).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
+
+dashboard=false
+args=()
+for a in "$@"; do
+  if [[ $a == --dashboard ]]; then dashboard=true; else args+=("$a"); fi
+done
+set -- "${args[@]+"${args[@]}"}"
 
 scripts/setup.sh --demo
 scripts/build-plugins.sh --plain-only
@@ -29,6 +38,13 @@ else
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
 fi
 tansu topic create campaign-events --broker "tcp://127.0.0.1:$PORT" --partitions 4 >/dev/null 2>&1 || true
+if $dashboard; then
+  scripts/setup.sh --superset
+  echo "starting the Superset dashboard (log: .state/dashboard.log): http://127.0.0.1:8088/superset/dashboard/admetrics/ (admin / admin)"
+  setsid scripts/dashboard.sh > .state/dashboard.log 2>&1 &
+  dash=$!
+  trap 'kill -- -$dash 2>/dev/null; kill ${broker:-} 2>/dev/null; wait 2>/dev/null' EXIT
+fi
 
 ADMETRICS__KAFKA__BROKERS="127.0.0.1:$PORT" target/release/admetrics demo --config config/default.toml "$@"
 echo

@@ -6,6 +6,8 @@
 #   scripts/setup.sh --demo   # only what the demo needs (broker + wasm target)
 #   scripts/setup.sh --python # only the Python venv (scripts/query.sh)
 #   scripts/setup.sh --flink  # the test venv plus PyFlink in .venv-flink (scripts/flink-compare.sh)
+#   scripts/setup.sh --superset  # Superset + DuckDB in .venv-superset (scripts/dashboard.sh)
+#   scripts/setup.sh --browser   # Debian's Chromium for the dashboard's browser test
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,6 +46,38 @@ setup_flink() {
     echo "$want" > "$stamp"
   fi
 }
+setup_venv() { # dir requirements-file what
+  local dir=$1 req=$2 what=$3
+  [[ -x $dir/bin/python ]] || { log "creating $dir"; python3 -m venv "$dir"; }
+  local stamp=$dir/.requirements.sha256 want
+  want=$(sha256sum "$req" | cut -d' ' -f1)
+  if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
+    log "installing $what ($req)"
+    "$dir/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+    echo "$want" > "$stamp"
+  fi
+}
+setup_browser() {
+  # Headless Chromium from Debian for the dashboard's browser test (Playwright drives it through
+  # executable_path; its own browser download cannot work offline), and Debian's docker-compose
+  # (1.29, Python) whose `config` validates docker-compose.yml without a Docker engine.
+  local missing=()
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v docker-compose >/dev/null || missing+=(docker-compose)
+  if [[ ${#missing[@]} -gt 0 ]]; then
+    log "installing Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+if [[ $mode == --superset ]]; then
+  setup_venv .venv-superset dashboard/requirements.txt "Superset"
+  exit 0
+fi
+if [[ $mode == --browser ]]; then
+  setup_browser
+  exit 0
+fi
 if [[ $mode == --python ]]; then
   setup_python
   exit 0
@@ -85,4 +119,6 @@ install_crate cargo-component "$CARGO_COMPONENT_VERSION" "cargo component --vers
 install_crate cargo-fuzz "$CARGO_FUZZ_VERSION" "cargo fuzz --version"
 
 setup_python
+setup_venv .venv-superset dashboard/requirements.txt "Superset"
+setup_browser
 log "ready"

@@ -22,8 +22,18 @@ use crate::status::Status;
 #[derive(Parser)]
 #[command(name = "admetrics", version, about, long_about = None)]
 struct Cli {
+    /// Log format on stderr: `text` for people, `json` (one object per line) for collectors.
+    /// The level comes from ADMETRICS_LOG (e.g. `info`, `admetrics=debug`).
+    #[arg(long, global = true, env = "ADMETRICS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -99,10 +109,17 @@ pub fn main() -> ExitCode {
         tracing_subscriber::EnvFilter::try_from_env("ADMETRICS_LOG").unwrap_or_else(|_| {
             tracing_subscriber::EnvFilter::new(if quiet { "warn" } else { "info" })
         });
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -37,6 +37,7 @@ pub struct Config {
     pub iceberg: IcebergConfig,
     pub commit: CommitConfig,
     pub dedup: DedupConfig,
+    pub http: HttpConfig,
     /// The file this configuration was loaded from (watched for live changes).
     #[serde(skip)]
     pub source_path: Option<PathBuf>,
@@ -244,6 +245,15 @@ impl Default for DedupConfig {
             max_ids: 20_000_000,
         }
     }
+}
+
+/// The operator endpoints (`observe`): `/metrics`, `/health`, `/ready`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address to serve them on, e.g. `"127.0.0.1:9464"` (port 0 = any free port; the bound
+    /// address is logged). Unset: no HTTP server.
+    pub listen: Option<String>,
 }
 
 impl Config {

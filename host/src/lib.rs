@@ -16,7 +16,7 @@
 //! | [`watch`]   | hot reload: plugin files and config watched, compiled off the event path |
 //!
 //! Around them: [`loadgen`] (synthetic traffic), [`status`] + [`progress`] (live counters and
-//! the terminal view), [`cli`] (the `admetrics` command; `main.rs` only calls it).
+//! the terminal view), [`observe`] (`/metrics`, `/health`, `/ready` for operators), [`cli`] (the `admetrics` command; `main.rs` only calls it).
 
 pub mod cli;
 pub mod config;
@@ -25,6 +25,7 @@ pub mod fault;
 /// Decode + validate lives in its own crate (`host/event`) so the fuzzer builds it alone.
 pub use admetrics_event as event;
 pub mod loadgen;
+pub mod observe;
 pub mod pipeline;
 pub mod plugin;
 pub mod progress;

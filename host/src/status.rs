@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use crate::event::Reason;
 
@@ -53,6 +53,52 @@ pub struct Status {
     pub latency: Mutex<LatencyHistogram>,
     /// The newest window with metrics: (window start ms, per-campaign lines).
     pub current: Mutex<(i64, Vec<CampaignLine>)>,
+    /// Partition → messages read (replays excluded), published once per commit interval.
+    pub partitions: Mutex<BTreeMap<i32, u64>>,
+    /// Every loaded plugin version's counters, published once per commit interval.
+    pub plugins: Mutex<Vec<PluginStat>>,
+    /// Iceberg commit durations.
+    pub commit_seconds: Mutex<CommitHistogram>,
+    pub committed_files: AtomicU64,
+    /// Estimated heap bytes of window, attribution and dedup state.
+    pub state_bytes: AtomicU64,
+    /// Consuming new input: started, partitions assigned, any replay after a restart done.
+    pub ready: AtomicBool,
+    /// Set when the daemon is going down on an error (the sink gave up, say): `/health` fails.
+    pub failure: Mutex<Option<String>>,
+}
+
+/// One loaded plugin version's counters (see `/metrics`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginStat {
+    pub name: String,
+    pub version: String,
+    /// `active`, `retired` (replaced, finishing its windows) or `quarantined`.
+    pub state: &'static str,
+    pub calls: u64,
+    pub errors: u64,
+    pub busy_secs: f64,
+}
+
+/// Upper bounds (seconds) of the commit-duration histogram's buckets.
+pub const COMMIT_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// A Prometheus-style histogram of commit durations (per-bucket counts, not cumulative).
+#[derive(Debug, Clone, Default)]
+pub struct CommitHistogram {
+    pub buckets: [u64; COMMIT_BUCKETS.len()],
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl CommitHistogram {
+    pub fn record(&mut self, secs: f64) {
+        if let Some(i) = COMMIT_BUCKETS.iter().position(|&b| secs <= b) {
+            self.buckets[i] += 1;
+        }
+        self.sum += secs;
+        self.count += 1;
+    }
 }
 
 impl Status {

@@ -81,6 +81,13 @@ pub async fn run(
             (horizon - recorded) / 1000
         );
     }
+    if let Some(addr) = cfg.http.listen.as_deref().filter(|a| !a.is_empty()) {
+        let (bound, server) = crate::observe::bind(addr, status.clone())
+            .await
+            .with_context(|| format!("http.listen = {addr:?}: cannot serve /metrics there"))?;
+        tracing::info!(%bound, "serving /metrics, /health and /ready");
+        tokio::spawn(server);
+    }
     let runtime = PluginRuntime::new(&cfg.plugins)?;
     let (plugins, installed) = crate::watch::load_initial(&runtime, &cfg)?;
     let mut processor = Processor::new(&cfg, plugins, status.clone());
@@ -151,7 +158,13 @@ pub async fn run(
     let sink_status = status.clone();
     let sink_task = tokio::spawn(async move {
         while let Some(batch) = batch_rx.recv().await {
-            let report = commit_with_retry(&mut sink, batch).await?;
+            let report = match commit_with_retry(&mut sink, batch).await {
+                Ok(r) => r,
+                Err(e) => {
+                    *sink_status.failure.lock().unwrap() = Some(format!("{e:#}"));
+                    return Err(e);
+                }
+            };
             record_commit(&sink_status, &report);
             if ack_tx.send(report).is_err() {
                 break;
@@ -247,6 +260,12 @@ fn record_commit(status: &Status, r: &CommitReport) {
     status
         .last_commit_us
         .store(r.duration.as_micros() as u64, Relaxed);
+    status.committed_files.fetch_add(r.files as u64, Relaxed);
+    status
+        .commit_seconds
+        .lock()
+        .unwrap()
+        .record(r.duration.as_secs_f64());
     if r.metric_rows > 0 || r.events > 0 {
         let mut h = status.latency.lock().unwrap();
         for ts in &r.produced_at_ms {
@@ -347,6 +366,10 @@ fn ingest_loop(
                 processor.set_assignment(&assignment, now);
             }
             let batch = processor.tick(&Clock::now());
+            status.ready.store(
+                !stopping && !assignment.is_empty() && !processor.replaying(),
+                Relaxed,
+            );
             // blocking_send: waits while two batches are already queued (backpressure).
             if batch_tx.blocking_send(batch).is_err() {
                 anyhow::bail!("the sink stopped; see its error");
@@ -359,6 +382,7 @@ fn ingest_loop(
             }
         }
         if stopping {
+            status.ready.store(false, Relaxed);
             // Drain: wait for every batch we sent, store the final offsets synchronously.
             while in_flight > 0 {
                 match ack_rx.recv() {

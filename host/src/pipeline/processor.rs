@@ -195,6 +195,10 @@ pub struct Processor {
     /// next summary even if they were revoked meanwhile.
     ticked_offsets: BTreeMap<i32, i64>,
     produced_at: Vec<i64>,
+    /// Partition → messages read (replays excluded), for `/metrics`.
+    partition_messages: BTreeMap<i32, u64>,
+    /// Attribution + dedup state bytes, as of the last prune (walking them costs O(users)).
+    long_state_bytes: u64,
     seq: u64,
     last_prune: Instant,
     status: Arc<Status>,
@@ -246,6 +250,8 @@ impl Processor {
             ticked_offsets: BTreeMap::new(),
             lookback_ms: cfg.attribution.lookback_secs as i64 * 1000,
             produced_at: Vec::new(),
+            partition_messages: BTreeMap::new(),
+            long_state_bytes: 0,
             seq: 0,
             last_prune: Instant::now(),
             status,
@@ -536,6 +542,7 @@ impl Processor {
             self.status.replayed.fetch_add(1, Relaxed);
         } else {
             self.offsets.insert(m.partition, m.offset + 1);
+            *self.partition_messages.entry(m.partition).or_default() += 1;
             self.status.messages.fetch_add(1, Relaxed);
         }
         if !self.replaying.is_empty()
@@ -855,13 +862,55 @@ impl Processor {
             self.status
                 .dedup_bytes
                 .store(self.seen.bytes_estimate() as u64, Relaxed);
+            self.long_state_bytes =
+                (self.seen.bytes_estimate() + self.touchpoints.bytes_estimate()) as u64;
             self.last_prune = clock.instant;
         }
+        self.publish_stats();
         self.status
             .touchpoint_users
             .store(self.touchpoints.users() as u64, Relaxed);
         self.update_current(&rows);
         rows
+    }
+
+    /// Counters for `/metrics` that live here rather than in atomics (once per publish).
+    fn publish_stats(&self) {
+        let windows: usize = self
+            .windows
+            .values()
+            .map(|w| {
+                w.accs
+                    .iter()
+                    .filter_map(|(_, a)| a.as_ref().map(Vec::len))
+                    .sum::<usize>()
+            })
+            .sum();
+        self.status
+            .state_bytes
+            .store(self.long_state_bytes + windows as u64, Relaxed);
+        self.status
+            .partitions
+            .lock()
+            .unwrap()
+            .clone_from(&self.partition_messages);
+        *self.status.plugins.lock().unwrap() = self
+            .versions
+            .iter()
+            .flatten()
+            .map(|s| crate::status::PluginStat {
+                name: s.name.to_string(),
+                version: s.version.to_string(),
+                state: match s.state {
+                    SlotState::Active => "active",
+                    SlotState::Retired => "retired",
+                    SlotState::Quarantined => "quarantined",
+                },
+                calls: s.calls,
+                errors: s.errors,
+                busy_secs: s.busy.as_secs_f64(),
+            })
+            .collect();
     }
 
     /// Per partition: the first offset a restart must replay, i.e. the smallest of the next

@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""Opens the admetrics dashboard in a real browser (Debian's Chromium, headless, driven by
+Playwright) the way a person would: the login page, then the dashboard. Records every
+chart-data request the page makes and its answer, checks each succeeded, keeps a screenshot,
+and optionally waits for the 10 s auto-refresh to bring a newer figure.
+
+    python dashboard/browser_check.py --url http://127.0.0.1:8088 --out result.json --screenshot shot.png
+        [--expect-refresh-events N --out-refreshed refreshed.json]
+
+--out gets the first load as JSON: {"load_seconds", "charts": {slice name: {"status", "request",
+"data"}}}, written as soon as the page has loaded. With --expect-refresh-events the page then stays
+open, untouched, until its own auto-refresh shows "Events committed" >= N; the next complete round
+of chart requests sent after that is written to --out-refreshed in the same form (with a second
+screenshot, NAME-refreshed.png). Non-loopback requests are blocked (the prebuilt front end asks for a
+telemetry pixel; this machine has no network anyway). Exit 1 with the reason on any failure.
+"""
+import argparse
+import json
+import sys
+import time
+from urllib.parse import urlparse
+
+from playwright.sync_api import sync_playwright
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def fail(msg):
+    print(f"browser_check: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--url", required=True)
+    ap.add_argument("--user", default="admin")
+    ap.add_argument("--password", default="admin")
+    ap.add_argument("--dashboard", default="admetrics")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--screenshot", required=True)
+    ap.add_argument("--expect-refresh-events", type=int, default=None)
+    ap.add_argument("--out-refreshed", default=None)
+    ap.add_argument("--timeout", type=float, default=90)
+    a = ap.parse_args()
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1500})
+        blocked = []
+
+        def only_loopback(route):
+            host = urlparse(route.request.url).hostname or ""
+            if host in ("127.0.0.1", "localhost", "::1") or route.request.url.startswith(("data:", "blob:")):
+                route.continue_()
+            else:
+                blocked.append(route.request.url)
+                route.abort()
+
+        page.route("**/*", only_loopback)
+        console_errors = []
+        page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+
+        # Log in through the login form.
+        page.goto(f"{a.url}/login/", timeout=a.timeout * 1000)
+        page.locator("input[id='username'], input[name='username']").first.fill(a.user)
+        page.locator("input[id='password'], input[name='password']").first.fill(a.password)
+        page.locator("button[type='submit'], input[type='submit']").first.click()
+        page.wait_for_url(lambda u: "/login" not in u, timeout=a.timeout * 1000)
+
+        meta = page.request.get(f"{a.url}/api/v1/dashboard/{a.dashboard}/charts")
+        if not meta.ok:
+            fail(f"GET /api/v1/dashboard/{a.dashboard}/charts: HTTP {meta.status}")
+        charts = {c["id"]: c["slice_name"] for c in meta.json()["result"]}
+        # Every chart asks /api/v1/chart/data once per load; collect them with their answers.
+        responses = []
+        sent_at = {}
+        loading = False
+        api_calls = []  # every API request of the first load, for the HTTP-level load benchmark
+
+        def on_request(q):
+            if "/api/v1/chart/data" in q.url:
+                sent_at[id(q)] = time.monotonic()
+            if loading and "/api/v1/" in q.url and "log/" not in q.url and len(responses) < len(charts):
+                api_calls.append({"method": q.method, "path": q.url[len(a.url):], "body": q.post_data})
+
+        page.on("request", on_request)
+
+        def on_response(r):
+            if "/api/v1/chart/data" in r.url and r.request.method == "POST":
+                try:
+                    body = r.json()
+                except Exception as e:  # noqa: BLE001 - recorded as a failure below
+                    body = {"error": f"not JSON: {e}"}
+                responses.append({"status": r.status, "url": r.url,
+                                  "request": json.loads(r.request.post_data or "{}"), "body": body,
+                                  "sent": sent_at.get(id(r.request), 0.0), "at": time.monotonic()})
+
+        page.on("response", on_response)
+
+        loading = True
+        t0 = time.monotonic()
+        page.goto(f"{a.url}/superset/dashboard/{a.dashboard}/", timeout=a.timeout * 1000)
+        deadline = t0 + a.timeout
+        while time.monotonic() < deadline:
+            seen = {r["request"].get("form_data", {}).get("slice_id") for r in responses}
+            if set(charts) <= seen:
+                break
+            page.wait_for_timeout(100)
+        else:
+            seen = {r["request"].get("form_data", {}).get("slice_id") for r in responses}
+            fail(f"charts without a data request after {a.timeout} s: "
+                 f"{[charts[c] for c in set(charts) - seen]}")
+        load_seconds = max(r["at"] for r in responses) - t0
+        # ECharts animates for about a second: let it settle before the picture.
+        page.wait_for_timeout(2500)
+        page.screenshot(path=a.screenshot, full_page=True)
+
+        def collect(rs):
+            got = {}
+            for r in rs:
+                sid = r["request"].get("form_data", {}).get("slice_id")
+                name = charts.get(sid, f"slice {sid}")
+                if r["status"] != 200:
+                    fail(f"chart {name!r}: HTTP {r['status']}: {json.dumps(r['body'])[:500]}")
+                results = r["body"].get("result", [])
+                errors = [q.get("error") for q in results if q.get("error")]
+                if errors:
+                    fail(f"chart {name!r}: query error {errors}")
+                got[name] = {"status": r["status"], "request": r["request"],
+                             "data": [q.get("data") for q in results]}
+            return got
+
+        out = {"load_seconds": load_seconds, "charts": collect(responses), "blocked_requests": blocked,
+               "console_errors": console_errors, "api_calls": api_calls}
+        with open(a.out, "w") as f:
+            json.dump(out, f, default=str)
+        print(f"browser_check: {len(out['charts'])} charts loaded in {load_seconds:.2f} s, "
+              f"{len(blocked)} outside requests blocked", flush=True)
+
+        if a.expect_refresh_events is not None:
+            # Nothing is clicked or reloaded: the dashboard's own refresh timer must bring it.
+            def events_shown(r):
+                if charts.get(r["request"].get("form_data", {}).get("slice_id")) != "Events committed":
+                    return None
+                data = r["body"].get("result", [{}])[0].get("data") or []
+                return next(iter(data[0].values())) if data else None
+
+            deadline = time.monotonic() + a.timeout + 10
+            seen_at, last = None, None
+            while seen_at is None and time.monotonic() < deadline:
+                for r in list(responses):
+                    v = events_shown(r)
+                    if v is not None:
+                        last = v
+                        if v >= a.expect_refresh_events:
+                            seen_at = r["at"]
+                            break
+                else:
+                    page.wait_for_timeout(250)
+            if seen_at is None:
+                fail(f"no auto-refresh brought 'Events committed' to {a.expect_refresh_events} (last seen {last})")
+            # The next full round sent after that moment sees the final tables for every chart.
+            while time.monotonic() < deadline:
+                later = [r for r in responses if r["sent"] > seen_at]
+                if {r["request"].get("form_data", {}).get("slice_id") for r in later} >= set(charts):
+                    break
+                page.wait_for_timeout(250)
+            else:
+                fail("no complete refresh round after the new events were shown")
+            page.wait_for_timeout(2500)
+            page.screenshot(path=a.screenshot.replace(".png", "-refreshed.png"), full_page=True)
+            refreshed = {"charts": collect(later)}
+            with open(a.out_refreshed, "w") as f:
+                json.dump(refreshed, f, default=str)
+            print(f"browser_check: auto-refresh showed {a.expect_refresh_events}+ events; "
+                  f"{len(refreshed['charts'])} charts recorded again", flush=True)
+        browser.close()
+
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""N concurrent users loading the admetrics dashboard, driven at the HTTP level.
+
+    python dashboard/load_bench.py --url http://127.0.0.1:8088 --calls browser.json [--users 10 --rounds 10]
+
+A "load" is what the real page does (recorded by dashboard/browser_check.py as "api_calls"):
+GET the dashboard page, then every API call the page made (dashboard, charts, datasets, …) and
+every chart's data request, at most 6 at a time per user like a browser's connection limit.
+Static assets are not fetched (a returning browser has them cached). Each user logs in once
+through the login form (a session cookie, as in the browser). All users start every round
+together; the figure is the time from a user's first request to the last answer of its load.
+
+Why not ten browsers: ten headless Chromiums on 2 cores measure Chromium's rendering, not the
+server. One real-browser load is timed by browser_check.py.
+
+Prints p50 / p95 / max over users × rounds and the number of failed requests (any non-200).
+"""
+import argparse
+import json
+import re
+import statistics
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+
+
+def login(base, user, password):
+    s = requests.Session()
+    page = s.get(f"{base}/login/", timeout=30)
+    m = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page.text) or re.search(
+        r'"csrf_token"\s*:\s*"([^"]+)"', page.text)
+    data = {"username": user, "password": password}
+    if m:
+        data["csrf_token"] = m.group(1)
+    r = s.post(f"{base}/login/", data=data, timeout=30, allow_redirects=True)
+    check = s.get(f"{base}/api/v1/me/", timeout=30)
+    if check.status_code != 200:
+        sys.exit(f"load_bench: login failed (HTTP {r.status_code}, /api/v1/me/ {check.status_code})")
+    csrf = s.get(f"{base}/api/v1/security/csrf_token/", timeout=30)
+    if csrf.status_code == 200:
+        s.headers["X-CSRFToken"] = csrf.json()["result"]
+    s.headers["Referer"] = f"{base}/"
+    return s
+
+
+def one_load(base, s, calls, dashboard, pool):
+    t0 = time.monotonic()
+    failures = []
+    r = s.get(f"{base}/superset/dashboard/{dashboard}/", timeout=60)
+    if r.status_code != 200:
+        failures.append(f"page {r.status_code}")
+
+    def call(c):
+        if c["method"] == "POST":
+            resp = s.post(f"{base}{c['path']}", data=c["body"], timeout=60,
+                          headers={"Content-Type": "application/json"})
+        else:
+            resp = s.get(f"{base}{c['path']}", timeout=60)
+        if resp.status_code != 200:
+            return f"{c['method']} {c['path'][:60]}: {resp.status_code} {resp.text[:200]}"
+        if "/chart/data" in c["path"] and any(q.get("error") for q in resp.json().get("result", [])):
+            return f"{c['path']}: query error"
+        return None
+
+    failures += [f for f in pool.map(call, calls) if f]
+    return time.monotonic() - t0, failures
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--url", required=True)
+    ap.add_argument("--calls", required=True, help="browser_check.py output (its api_calls)")
+    ap.add_argument("--user", default="admin")
+    ap.add_argument("--password", default="admin")
+    ap.add_argument("--dashboard", default="admetrics")
+    ap.add_argument("--users", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=10)
+    a = ap.parse_args()
+    calls = json.load(open(a.calls))["api_calls"]
+    ncharts = sum("/chart/data" in c["path"] for c in calls)
+    print(f"load_bench: {a.users} users × {a.rounds} rounds; a load = the page + {len(calls)} API calls "
+          f"({ncharts} chart-data requests)")
+    sessions = [login(a.url, a.user, a.password) for _ in range(a.users)]
+    pools = [ThreadPoolExecutor(6) for _ in range(a.users)]
+    times, failures = [], []
+    lock = threading.Lock()
+    for rnd in range(a.rounds):
+        barrier = threading.Barrier(a.users)
+
+        def user(i):
+            barrier.wait()
+            t, f = one_load(a.url, sessions[i], calls, a.dashboard, pools[i])
+            with lock:
+                times.append(t)
+                failures.extend(f)
+
+        threads = [threading.Thread(target=user, args=(i,)) for i in range(a.users)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        print(f"  round {rnd + 1}: slowest user {max(times[-a.users:]):.2f} s", flush=True)
+    times.sort()
+    p95 = times[max(0, int(round(0.95 * len(times))) - 1)]
+    print(f"dashboard load, {a.users} concurrent users, {len(times)} loads: p50 {statistics.median(times):.2f} s, "
+          f"p95 {p95:.2f} s, max {times[-1]:.2f} s; failed requests: {len(failures)} [target p95 < 3 s]")
+    for f in failures[:10]:
+        print("   ", f)
+    print(json.dumps({"users": a.users, "loads": len(times), "p50_s": statistics.median(times), "p95_s": p95,
+                      "max_s": times[-1], "failed": len(failures)}))
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()

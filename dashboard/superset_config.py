@@ -1,0 +1,34 @@
+"""Superset configuration for the admetrics dashboard (scripts/dashboard.sh sets
+SUPERSET_CONFIG_PATH to this file). State lives in $ADMETRICS_SUPERSET_HOME (default
+.state/superset): the metadata database and nothing else.
+
+Local-demo defaults: a fixed secret key unless SUPERSET_SECRET_KEY is set, no HTTPS headers
+(served on loopback), no chart-data cache (the dashboard refreshes every 10 s and must show what
+the tables hold, not what they held).
+"""
+import os
+
+_home = os.environ.get("ADMETRICS_SUPERSET_HOME", os.path.abspath(".state/superset"))
+os.makedirs(_home, exist_ok=True)
+
+SECRET_KEY = os.environ.get("SUPERSET_SECRET_KEY", "admetrics-local-demo-not-a-secret")
+SQLALCHEMY_DATABASE_URI = f"sqlite:///{_home}/superset.db?check_same_thread=false"
+DATA_DIR = _home
+
+# Loopback demo: no Talisman (CSP/HTTPS), no outbound calls.
+TALISMAN_ENABLED = False
+CONTENT_SECURITY_POLICY_WARNING = False
+# The HTTP-level load test logs in through /api/v1/security/login and posts chart-data requests
+# with a bearer token; CSRF protects cookie sessions only.
+WTF_CSRF_EXEMPT_LIST = ["superset.views.core.log", "superset.charts.data.api.data"]
+
+# Every chart-data request runs its query: the dashboard is live.
+DATA_CACHE_CONFIG = {"CACHE_TYPE": "NullCache"}
+CACHE_CONFIG = {"CACHE_TYPE": "SimpleCache", "CACHE_DEFAULT_TIMEOUT": 300}
+FILTER_STATE_CACHE_CONFIG = {"CACHE_TYPE": "SimpleCache", "CACHE_DEFAULT_TIMEOUT": 3600}
+EXPLORE_FORM_DATA_CACHE_CONFIG = {"CACHE_TYPE": "SimpleCache", "CACHE_DEFAULT_TIMEOUT": 3600}
+
+SUPERSET_WEBSERVER_TIMEOUT = 60
+ROW_LIMIT = 50000
+# No example data, no telemetry.
+SUPERSET_LOAD_EXAMPLES = False

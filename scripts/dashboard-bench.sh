@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The dashboard under load while the pipeline runs: a tansu broker, the daemon and the load
+# generator (--rate events/s) write the tables; Superset (scripts/dashboard.sh) serves the
+# dashboard; one real-browser load is timed (dashboard/browser_check.py, headless Chromium), then
+# --users concurrent users load it --rounds times at the HTTP level (dashboard/load_bench.py).
+# A benchmark with a printed report, not a test.
+#
+#   scripts/dashboard-bench.sh [--rate 5000] [--users 10] [--rounds 10] [--warmup 30]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+rate=5000 users=10 rounds=10 warmup=30
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --rate) rate=$2; shift 2 ;;
+    --users) users=$2; shift 2 ;;
+    --rounds) rounds=$2; shift 2 ;;
+    --warmup) warmup=$2; shift 2 ;;
+    *) echo "dashboard-bench.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+scripts/setup.sh --demo
+scripts/setup.sh --superset
+scripts/setup.sh --browser
+scripts/build-plugins.sh --plain-only >/dev/null
+cargo build --release -p admetrics
+
+work=$(mktemp -d /tmp/admetrics-dashboard-bench.XXXXXX)
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+kport=$(free_port); sport=$(free_port); mport=$(free_port)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -- "-$p" 2>/dev/null || kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+echo "work dir: $work"
+setsid tansu broker --listener-url "tcp://127.0.0.1:$kport" --advertised-listener-url "tcp://127.0.0.1:$kport" \
+  --storage-engine "memory://tansu/" > "$work/tansu.log" 2>&1 & pids+=($!)
+for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$kport) 2>/dev/null && break; sleep 0.1; done
+tansu topic create campaign-events --broker "tcp://127.0.0.1:$kport" --partitions 4 >/dev/null
+export ADMETRICS__KAFKA__BROKERS="127.0.0.1:$kport" ADMETRICS__HTTP__LISTEN="127.0.0.1:$mport" \
+  ADMETRICS__ICEBERG__CATALOG_URI="sqlite:$work/catalog.db" ADMETRICS__ICEBERG__WAREHOUSE="$work/warehouse" \
+  ADMETRICS_LOG=warn
+setsid target/release/admetrics run --config config/default.toml > "$work/daemon.log" 2>&1 & pids+=($!)
+setsid target/release/admetrics loadgen --brokers "127.0.0.1:$kport" --rate "$rate" > "$work/loadgen.log" 2>&1 & pids+=($!)
+setsid scripts/dashboard.sh --warehouse "$work/warehouse" --home "$work/superset" --port "$sport" \
+  > "$work/dashboard.log" 2>&1 & pids+=($!)
+for _ in $(seq 600); do curl -sf "http://127.0.0.1:$sport/health" >/dev/null && break; sleep 1; done
+echo "pipeline running at $rate events/s; letting the tables fill for $warmup s"
+sleep "$warmup"
+echo "daemon: $(curl -s "http://127.0.0.1:$mport/metrics" | grep -E '^admetrics_(messages_total|commits_total) ' | tr '\n' ' ')"
+.venv-superset/bin/python dashboard/browser_check.py --url "http://127.0.0.1:$sport" \
+  --out "$work/browser.json" --screenshot "$work/dashboard.png"
+.venv-superset/bin/python dashboard/load_bench.py --url "http://127.0.0.1:$sport" --calls "$work/browser.json" \
+  --users "$users" --rounds "$rounds"
+echo "daemon after: $(curl -s "http://127.0.0.1:$mport/metrics" | grep -E '^admetrics_(messages_total|commits_total) ' | tr '\n' ' ')"

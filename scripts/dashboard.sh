@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The Superset dashboard over the admetrics Iceberg tables, embedded (no Docker): Superset in its
+# own venv (.venv-superset, from PyPI), DuckDB with the offline iceberg extension as its
+# database, the bundle in dashboard/bundle/ imported, served on loopback.
+#
+#   scripts/dashboard.sh                      # tables of scripts/demo.sh (.state/warehouse), port 8088
+#   scripts/dashboard.sh --warehouse DIR --port 8089 --home DIR [--bind 0.0.0.0]
+#
+# Log in as admin / admin (ADMETRICS_SUPERSET_PASSWORD to change) and open
+# http://127.0.0.1:PORT/superset/dashboard/admetrics/ — it refreshes every 10 s. Run it beside
+# scripts/demo.sh (another terminal) to watch the demo's numbers move.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+warehouse=.state/warehouse
+port=8088
+bind=127.0.0.1
+home=.state/superset
+namespace=ads
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --warehouse) warehouse=$2; shift 2 ;;
+    --port) port=$2; shift 2 ;;
+    --bind) bind=$2; shift 2 ;;
+    --home) home=$2; shift 2 ;;
+    --namespace) namespace=$2; shift 2 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) echo "dashboard.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+scripts/setup.sh --superset
+mkdir -p "$home" "$warehouse"
+export ADMETRICS_SUPERSET_HOME
+ADMETRICS_SUPERSET_HOME=$(cd "$home" && pwd)
+export SUPERSET_CONFIG_PATH="$repo/dashboard/superset_config.py"
+export FLASK_APP=superset
+py=$repo/.venv-superset/bin
+password=${ADMETRICS_SUPERSET_PASSWORD:-admin}
+
+log() { printf '\033[1mdashboard:\033[0m %s\n' "$*"; }
+# The bundle names absolute paths (warehouse, extensions) and an import never overwrites existing
+# databases, datasets or charts: when the rendered bundle differs from the one imported, the
+# metadata database is rebuilt from scratch (the dashboard is code; nothing else lives there).
+"$py/python" dashboard/bundle.py --warehouse "$warehouse" --namespace "$namespace" \
+  --out "$ADMETRICS_SUPERSET_HOME/bundle.zip" >/dev/null
+want=$(cat dashboard/bundle.py "$SUPERSET_CONFIG_PATH" "$ADMETRICS_SUPERSET_HOME/bundle.zip" | sha256sum | cut -d' ' -f1)
+if [[ ! -f $ADMETRICS_SUPERSET_HOME/.imported || $(cat "$ADMETRICS_SUPERSET_HOME/.imported") != "$want" ]]; then
+  log "initialising Superset's metadata database in $ADMETRICS_SUPERSET_HOME (~1 min)"
+  rm -f "$ADMETRICS_SUPERSET_HOME/superset.db" "$ADMETRICS_SUPERSET_HOME/.imported"
+  {
+    "$py/superset" db upgrade
+    "$py/superset" fab create-admin --username admin --firstname admin --lastname admetrics \
+      --email admin@localhost --password "$password"
+    "$py/superset" init
+    "$py/superset" import-dashboards -p "$ADMETRICS_SUPERSET_HOME/bundle.zip" -u admin
+  } >"$ADMETRICS_SUPERSET_HOME/init.log" 2>&1 || { tail -30 "$ADMETRICS_SUPERSET_HOME/init.log" >&2; exit 1; }
+  echo "$want" > "$ADMETRICS_SUPERSET_HOME/.imported"
+fi
+log "serving http://$bind:$port/superset/dashboard/admetrics/ (admin / $password); Ctrl-C stops"
+# Two workers with threads: chart queries (DuckDB) run in parallel, one page load is ~10 requests.
+exec "$py/gunicorn" --bind "$bind:$port" --workers 2 --threads 8 --timeout 120 \
+  --access-logfile "$ADMETRICS_SUPERSET_HOME/access.log" --error-logfile "$ADMETRICS_SUPERSET_HOME/gunicorn.log" \
+  "superset.app:create_app()"

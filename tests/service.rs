@@ -1,0 +1,210 @@
+//! The daemon as an operator runs it, through its binary: `--help`, a config with an unknown key
+//! refused by name, JSON logs, and the file source (`run --file`, the replay/backfill path)
+//! through the same decode → window → plugins → Iceberg stages as Kafka, checked against the
+//! file by an independent reader (`tests/verify_file_run.py`, PyIceberg). A second run over the
+//! same file resumes after what is committed (adds nothing); the same file through stdin gives
+//! the same metrics.
+
+mod support;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use support::*;
+
+fn admetrics(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_admetrics"));
+    c.args(args);
+    c
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn help_names_every_subcommand_and_the_log_format() {
+    let o = admetrics(&["--help"]).output().unwrap();
+    assert!(o.status.success());
+    let help = text(&o);
+    for word in ["run", "demo", "loadgen", "plugin", "--log-format"] {
+        assert!(
+            help.contains(word),
+            "--help does not mention {word}:\n{help}"
+        );
+    }
+    let o = admetrics(&["run", "--help"]).output().unwrap();
+    assert!(text(&o).contains("--file"), "{}", text(&o));
+}
+
+#[test]
+fn an_unknown_config_key_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[window]\nsize_secs = 60\nsize_sec = 30\n").unwrap();
+    let o = admetrics(&["run", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o);
+    assert!(err.contains("size_sec"), "the key is not named:\n{err}");
+    // An environment override with a bad value names the key too.
+    let ok = dir.path().join("ok.toml");
+    std::fs::write(&ok, "").unwrap();
+    let o = admetrics(&["run", "--config", ok.to_str().unwrap()])
+        .env("ADMETRICS__WINDOW__SIZE_SECS", "sixty")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("size_secs"), "{}", text(&o));
+}
+
+fn config(dir: &Path, name: &str) -> std::path::PathBuf {
+    let plugins: Vec<String> = plugin_paths()
+        .iter()
+        .map(|p| format!("{:?}", p.display().to_string()))
+        .collect();
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[window]\nsize_secs = 60\nout_of_orderness_ms = 5000\n\
+             [validation]\nmax_past_ms = 315360000000\n\
+             [plugins]\npaths = [{}]\n\
+             [iceberg]\ncatalog_uri = \"sqlite:{d}/{name}/catalog.db\"\nwarehouse = \"{d}/{name}/warehouse\"\n",
+            plugins.join(", "),
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn a_file_goes_through_the_whole_pipeline_once_with_json_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let events = d.join("events.jsonl");
+    let o = admetrics(&[
+        "loadgen",
+        "--out",
+        events.to_str().unwrap(),
+        "--total",
+        "30000",
+        "--rate",
+        "100",
+        "--campaigns",
+        "7",
+        "--users",
+        "500",
+        "--ctr",
+        "0.2",
+        "--cvr",
+        "0.3",
+        "--seed",
+        "5",
+    ])
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    // Bad lines in the middle, each of a kind the verifier recognises on its own.
+    let mut lines: Vec<String> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    for (i, bad) in [
+        "{\"event_type\":\"impression\"",
+        "{\"event_id\":\"x\",\"event_type\":\"view\",\"event_time\":\"2026-01-01T00:00:00Z\",\"campaign_id\":\"c\",\"ad_id\":\"a\",\"user_id\":\"u\"}",
+        "[1,2,3]",
+        "{\"event_id\":\"y\",\"event_type\":\"click\",\"event_time\":\"2026-01-01T00:00:00Z\",\"campaign_id\":\"c\",\"ad_id\":\"a\"}",
+    ]
+    .iter()
+    .enumerate()
+    {
+        lines.insert(1000 + i * 7000, bad.to_string());
+    }
+    std::fs::write(&events, lines.join("\n") + "\n").unwrap();
+
+    let cfg = config(d, "file");
+    let run = || {
+        admetrics(&["--log-format", "json", "run", "--config"])
+            .arg(&cfg)
+            .arg("--file")
+            .arg(&events)
+            .env("ADMETRICS_LOG", "info")
+            .output()
+            .unwrap()
+    };
+    let o = run();
+    assert!(o.status.success(), "run --file failed:\n{}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let mut logged = 0;
+    for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+        assert!(
+            v.get("level").is_some() && v.get("timestamp").is_some(),
+            "{line}"
+        );
+        logged += 1;
+    }
+    assert!(
+        stderr.contains("end of input"),
+        "no end-of-input log:\n{stderr}"
+    );
+    assert!(logged >= 3, "{stderr}");
+    let verify = |extra: &[String]| {
+        let mut args = vec![
+            "--events".to_string(),
+            events.display().to_string(),
+            "--catalog".into(),
+            format!("{}/file/catalog.db", d.display()),
+            "--warehouse".into(),
+            format!("{}/file/warehouse", d.display()),
+        ];
+        args.extend_from_slice(extra);
+        println!("{}", run_python("verify_file_run.py", &args));
+    };
+    verify(&[]);
+
+    // Again, same file, same stream name: resumes after the committed end, writes nothing new.
+    let o = run();
+    assert!(o.status.success(), "second run failed:\n{}", text(&o));
+    verify(&[]);
+
+    // Through stdin into other tables: the same metrics.
+    let cfg2 = config(d, "stdin");
+    let mut child = admetrics(&["run", "--config"])
+        .arg(&cfg2)
+        .args(["--file", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&std::fs::read(&events).unwrap())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "stdin run failed:\n{}", text(&o));
+    let args = vec![
+        "--events".to_string(),
+        events.display().to_string(),
+        "--catalog".into(),
+        format!("{}/stdin/catalog.db", d.display()),
+        "--warehouse".into(),
+        format!("{}/stdin/warehouse", d.display()),
+        "--same-as".into(),
+        format!("{}/file/catalog.db", d.display()),
+        format!("{}/file/warehouse", d.display()),
+    ];
+    println!("{}", run_python("verify_file_run.py", &args));
+}

@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Checks the tables written by `admetrics run --file EVENTS.jsonl` against the file itself.
+
+    verify_file_run.py --events FILE --catalog DB --warehouse DIR [--same-as DB2 DIR2]
+
+Independently of the daemon: every line is classified valid or bad by a few rules of our own
+(JSON object, known event type, required string fields, revenue only for conversions); valid
+events are counted per (campaign, 60 s window) — impressions, clicks, conversions, revenue — and
+compared with the latest, final, not-withheld revision in campaign_metrics. campaign_events must
+hold each valid line once (by line number = kafka_offset), dead_letters each bad line once with
+its raw bytes. With --same-as, a second warehouse must hold the same final metrics (the stdin run).
+"""
+import argparse
+import json
+import sys
+from collections import defaultdict
+from datetime import datetime, timezone
+from decimal import Decimal
+
+from pyiceberg.catalog.sql import SqlCatalog
+
+REQUIRED = ("event_id", "event_type", "event_time", "campaign_id", "ad_id", "user_id")
+
+
+def classify(line):
+    try:
+        e = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(e, dict) or e.get("event_type") not in ("impression", "click", "conversion"):
+        return None
+    if any(not isinstance(e.get(k), str) or not e.get(k) for k in REQUIRED if k != "event_time"):
+        return None
+    return e
+
+
+def to_ms(t):
+    if isinstance(t, int):
+        return t
+    return int(datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def final_metrics(catalog, warehouse):
+    cat = SqlCatalog("admetrics", uri=f"sqlite:///{catalog}", warehouse=f"file://{warehouse}")
+    latest = {}
+    for r in cat.load_table("ads.campaign_metrics").scan().to_arrow().to_pylist():
+        k = (r["window_start"], r["campaign_id"], r["ad_id"], r["metric"])
+        if k not in latest or r["revision"] > latest[k]["revision"]:
+            latest[k] = r
+    return cat, latest
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", required=True)
+    ap.add_argument("--catalog", required=True)
+    ap.add_argument("--warehouse", required=True)
+    ap.add_argument("--same-as", nargs=2, default=None)
+    a = ap.parse_args()
+    raw = open(a.events, "rb").read().split(b"\n")
+    if raw and raw[-1] == b"":
+        raw.pop()
+    want = defaultdict(lambda: {"impressions": 0, "clicks": 0, "conversions": 0, "revenue": Decimal(0)})
+    valid, bad = {}, {}
+    for i, line in enumerate(raw):
+        e = classify(line)
+        if e is None:
+            bad[i] = line
+            continue
+        valid[i] = e
+        w = to_ms(e["event_time"]) // 60000 * 60000
+        k = (e["campaign_id"], w)
+        want[k][e["event_type"] + "s" if e["event_type"] != "click" else "clicks"] += 1
+        if e["event_type"] == "conversion":
+            want[k]["revenue"] += Decimal(str(e["revenue"]))
+    cat, latest = final_metrics(a.catalog, a.warehouse)
+    problems = []
+    got = defaultdict(lambda: {"impressions": 0, "clicks": 0, "conversions": 0, "revenue": Decimal(0)})
+    for (ws, c, _ad, m), r in latest.items():
+        if not r["is_final"] or r["withheld"]:
+            problems.append(f"{(ws, c, m)} not final or withheld")
+        k = (c, int(ws.timestamp() * 1000))
+        if m == "ctr":
+            got[k]["clicks"], got[k]["impressions"] = int(r["numerator"]), int(r["denominator"])
+        elif m == "cvr":
+            got[k]["conversions"] = int(r["numerator"])
+        elif m == "revenue":
+            got[k]["revenue"] = Decimal(repr(r["numerator"]))
+    for k in sorted(set(want) | set(got)):
+        for f in ("impressions", "clicks", "conversions"):
+            if want[k][f] != got[k][f]:
+                problems.append(f"{k} {f}: tables {got[k][f]}, file {want[k][f]}")
+        if abs(want[k]["revenue"] - got[k]["revenue"]) > Decimal("0.000001"):
+            problems.append(f"{k} revenue: tables {got[k]['revenue']}, file {want[k]['revenue']}")
+    events = cat.load_table("ads.campaign_events").scan(selected_fields=("kafka_offset", "event_id")).to_arrow().to_pylist()
+    offsets = sorted(r["kafka_offset"] for r in events)
+    if offsets != sorted(valid):
+        problems.append(f"campaign_events: {len(offsets)} rows ({len(set(offsets))} distinct lines), file has {len(valid)} valid lines")
+    for r in events:
+        if valid.get(r["kafka_offset"], {}).get("event_id") != r["event_id"]:
+            problems.append(f"campaign_events line {r['kafka_offset']}: event_id {r['event_id']}")
+            break
+    dead = cat.load_table("ads.dead_letters").scan().to_arrow().to_pylist()
+    got_dead = {r["kafka_offset"]: r["payload"] for r in dead}
+    if len(dead) != len(got_dead) or got_dead != bad:
+        problems.append(f"dead_letters: {len(dead)} rows for lines {sorted(got_dead)[:10]}, file has bad lines {sorted(bad)[:10]}")
+    if a.same_as:
+        _, other = final_metrics(*a.same_as)
+        strip = lambda d: {k: (r["numerator"], r["denominator"], r["value"]) for k, r in d.items()}  # noqa: E731
+        if strip(other) != strip(latest):
+            problems.append(f"the second warehouse differs: {len(other)} vs {len(latest)} metric keys")
+    print(f"verify_file_run: {len(raw)} lines = {len(valid)} valid + {len(bad)} bad; {len(want)} (campaign, window) keys; "
+          f"{len(latest)} final metric rows")
+    if problems:
+        print(f"{len(problems)} problems:")
+        for p in problems[:30]:
+            print("  ", p)
+        sys.exit(1)
+    print("verify_file_run: tables match the file")
+
+
+if __name__ == "__main__":
+    main()
