@@ -37,10 +37,12 @@ run() { # dir, then the command prefix
     "$@" target/release/admetrics run -c scripts/flink/admetrics.toml --file "$file"
 }
 echo "native run:"
-/usr/bin/time -f "  %e s wall, %U s user + %S s sys, %M KB peak RSS" bash -c "$(declare -f run); run '$work/native'" 2>&1 | tail -1
+run "$work/native" /usr/bin/time -o "$work/native.time" -f "  %e s wall, %U s user + %S s sys, %M KB peak RSS"
+cat "$work/native.time"
 echo "callgrind run (slow: ~50x)..."
 run "$work/cg" valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" --dump-instr=no \
   --separate-threads=no --trace-children=no >/dev/null 2>"$work/valgrind.log"
-callgrind_annotate --inclusive=yes --threshold=100 "$work/callgrind.out" > "$work/inclusive.txt"
-python3 scripts/profile_breakdown.py "$work/inclusive.txt" --events "$events"
-echo "(callgrind output: $work/callgrind.out; inclusive listing: $work/inclusive.txt)"
+callgrind_annotate --auto=no --inclusive=no --threshold=100 "$work/callgrind.out" > "$work/self.txt" 2>/dev/null
+python3 scripts/profile_breakdown.py "$work/self.txt" --events "$events"
+echo "(callgrind output: $work/callgrind.out; self-cost listing: $work/self.txt;"
+echo " callers of a function: callgrind_annotate --auto=no --tree=caller $work/callgrind.out)"

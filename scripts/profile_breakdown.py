@@ -1,25 +1,44 @@
 #!/usr/bin/env python3
-"""Groups a callgrind inclusive listing (callgrind_annotate --inclusive=yes) by pipeline stage.
+"""Groups a callgrind profile's self (exclusive) instruction counts by pipeline stage.
 
-    profile_breakdown.py inclusive.txt --events N
+    profile_breakdown.py self.txt --events N
 
-Each stage is the inclusive instruction count of the functions that implement it, minus the
-stages nested inside (e.g. the processor's own work excludes decoding and Arrow building, which
-it calls). Async functions appear as several nested closures; the outermost (largest) counts.
-Used by scripts/profile.sh.
+`self.txt` is `callgrind_annotate --inclusive=no --threshold=100` output: one line per
+(source file, function) with the instructions executed in it, inlined code counted in the file
+it came from. Each line is put in the first stage whose pattern matches its file or function
+(order matters: specific before general). Self counts add up to the program total, so nothing
+is counted twice. Used by scripts/profile.sh.
 """
 import argparse
 import re
 
 LINE = re.compile(r"^\s*([\d,]+)\s+(?:\(\s*[\d.]+%\)\s+)?(.+?)\s*$")
 
+# (stage, pattern over "file:function [object]")
+STAGES = [
+    ("plugin compile at start-up (cranelift)", r"cranelift|regalloc2|wasmtime_environ::compile|wasmtime::compile|wasmparser|wasm_encoder|wit_parser|wit_component"),
+    ("file read + line split", r"source/file\.rs|memchr::"),
+    ("JSON decode: fast scanner", r"event/src/fast\.rs|admetrics_event::fast"),
+    ("JSON decode: sonic-rs fallback", r"sonic_rs|sonic-rs"),
+    ("validation (times, decimals, limits)", r"host/event/src/lib\.rs|admetrics_event::"),
+    ("dedup (event-id set)", r"src/dedup\.rs|twox_hash|xxhash"),
+    ("window state, touchpoints, interning", r"src/window\.rs|processor\.rs|hashbrown|smallvec"),
+    ("plugin calls (wasmtime, guest code)", r"wasmtime|src/plugin\.rs|wasi|\?\?\?:0x"),
+    ("Arrow building", r"sink/schema\.rs|arrow[-_]"),
+    ("Parquet encoding + zstd", r"parquet|zstd|snap::|lz4|flate|crc32"),
+    ("Iceberg metadata + catalog commits", r"iceberg|sqlx|sqlite|libsqlite|apache_avro|avro|serde_json|opendal|uuid"),
+    ("memcpy / allocator", r"memcpy|memmove|memset|mimalloc|_mi_|mi_|malloc|free\b|realloc"),
+    ("async runtime, threads, syscalls", r"tokio|futures|std::sys|std::thread|pthread|libc\.so|ld-linux|parking_lot|crossbeam"),
+]
+
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("listing")
     ap.add_argument("--events", type=int, required=True)
+    ap.add_argument("--top-other", type=int, default=0, help="print the largest unclassified lines")
     a = ap.parse_args()
-    funcs, total = [], None
+    total, per, other = None, {name: 0 for name, _ in STAGES}, []
     for line in open(a.listing, errors="replace"):
         m = LINE.match(line)
         if not m:
@@ -27,56 +46,23 @@ def main():
         n, name = int(m.group(1).replace(",", "")), m.group(2)
         if "PROGRAM TOTALS" in name:
             total = n
+            continue
+        for stage, pat in STAGES:
+            if re.search(pat, name):
+                per[stage] += n
+                break
         else:
-            funcs.append((n, name))
-
-    def incl(*patterns):
-        """The largest inclusive count of a function matching any pattern."""
-        best = 0
-        for n, name in funcs:
-            if any(re.search(p, name) for p in patterns):
-                best = max(best, n)
-        return best
-
-    read = incl(r"source::file::read_blocks")
-    poll = incl(r"FileSource as admetrics::source::Source>::poll_batch")
-    process = incl(r"Processor::process\b(?!_)")
-    decode = incl(r"admetrics_event::decode_with", r"admetrics_event::decode\b")
-    scan = incl(r"admetrics_event::fast::scan")
-    serde_path = incl(r"sonic_rs::serde::de::from_slice")
-    push = incl(r"schema::EventsBuffer::push")
-    dedup = incl(r"dedup::SeenIds::(check|replayed)")
-    touch = incl(r"window::Touchpoints::(record_click|for_conversion)")
-    flush = incl(r"Processor::flush_plugins")
-    publish = incl(r"Processor::publish")
-    plugin = incl(r"plugin::Plugin::accumulate") + incl(r"plugin::Plugin::finish")
-    take = incl(r"schema::EventsBuffer::take") + incl(r"schema::metrics_batch") + incl(r"DeadLetterBuffer::take")
-    write = incl(r"IcebergSink::write\b")
-    append = incl(r"IcebergSink::append\b")
-    compile_ = incl(r"PluginRuntime::load\b", r"watch::load_initial")
-    open_ = incl(r"IcebergSink::open\b")
-
-    stages = [
-        ("file read + line split", read + max(0, poll - process)),
-        ("JSON decode (fast path + sonic-rs fallback)", scan + serde_path),
-        ("validation (times, decimals, limits)", max(0, decode - scan - serde_path)),
-        ("dedup (event-id set)", dedup),
-        ("attribution touchpoints", touch),
-        ("window state, watermarks, interning", max(0, process - decode - push - dedup - touch)),
-        ("plugin calls (wasm, lifting/lowering incl.)", plugin),
-        ("plugin batching / publish overhead", max(0, flush + publish - plugin)),
-        ("Arrow building (events, metrics, dead letters)", push + take),
-        ("Parquet encoding + file writes", write),
-        ("catalog commits (3 tables)", append),
-        ("start-up: plugin compile, catalog open", compile_ + open_),
-    ]
-    known = sum(v for _, v in stages)
-    if total:
-        stages.append(("other (runtime, allocator, threads)", max(0, total - known)))
-    total = total or known
-    print(f"instructions by stage, {a.events:,} events ({total / a.events:,.0f} instructions/event in all):")
-    for name, v in stages:
-        print(f"  {name:<50}{v / a.events:>10,.0f} /event  {100 * v / total:5.1f} %")
+            other.append((n, name))
+    listed = sum(per.values()) + sum(n for n, _ in other)
+    total = total or listed
+    rest = total - sum(per.values())
+    print(f"instructions by stage (callgrind, self cost), {a.events:,} events, "
+          f"{total / a.events:,.0f} instructions/event in all:")
+    for stage, _ in STAGES:
+        print(f"  {stage:<42}{per[stage] / a.events:>9,.0f} /event {100 * per[stage] / total:6.1f} %")
+    print(f"  {'other (unclassified, below threshold)':<42}{rest / a.events:>9,.0f} /event {100 * rest / total:6.1f} %")
+    for n, name in sorted(other, reverse=True)[: a.top_other]:
+        print(f"     {n:>14,}  {name[:150]}")
 
 
 if __name__ == "__main__":

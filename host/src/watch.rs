@@ -49,6 +49,14 @@ pub fn plugin_files(cfg: &Config) -> Vec<PathBuf> {
     files
 }
 
+type FileStamp = (u64, Option<std::time::SystemTime>, u64);
+
+fn stamp(path: &std::path::Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok(), m.ino()))
+}
+
 fn sha_of(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
@@ -110,6 +118,9 @@ struct State {
     installed: BTreeMap<PathBuf, String>,
     /// Path → sha256 of a version that was rejected (so it is not recompiled every round).
     rejected: BTreeMap<PathBuf, String>,
+    /// Path → (size, mtime, inode) and the sha256 read at that stamp: an unchanged file is not
+    /// read and hashed again every round (a deploy replaces a file by rename, a new inode).
+    stamps: BTreeMap<PathBuf, (FileStamp, String)>,
     tx: Sender<Control>,
     status: Arc<Status>,
 }
@@ -135,6 +146,7 @@ pub fn spawn(
         runtime,
         installed,
         rejected: BTreeMap::new(),
+        stamps: BTreeMap::new(),
         tx,
         status,
     };
@@ -202,10 +214,22 @@ impl State {
     fn check_plugins(&mut self) {
         let files = plugin_files(&self.cfg);
         let mut current = BTreeMap::new();
+        self.stamps.retain(|p, _| files.contains(p));
         for path in &files {
+            let st = stamp(path);
+            if let (Some(st), Some((seen, sha))) = (st, self.stamps.get(path))
+                && st == *seen
+            {
+                current.insert(path.clone(), (sha.clone(), None));
+                continue;
+            }
             // A file being written may be short or unreadable for a moment; the next round sees it.
             if let Ok(bytes) = std::fs::read(path) {
-                current.insert(path.clone(), (sha_of(&bytes), bytes));
+                let sha = sha_of(&bytes);
+                if let Some(st) = st {
+                    self.stamps.insert(path.clone(), (st, sha.clone()));
+                }
+                current.insert(path.clone(), (sha, Some(bytes)));
             }
         }
         let unchanged = current.len() == self.installed.len()
@@ -230,6 +254,14 @@ impl State {
                 }
                 continue;
             }
+            // Unchanged since it was last hashed, but not installed: read it now.
+            let bytes = match bytes {
+                Some(b) => b,
+                None => match std::fs::read(path) {
+                    Ok(b) if sha_of(&b) == sha => b,
+                    _ => continue,
+                },
+            };
             match self.runtime.load_bytes(path, &bytes) {
                 Ok(p) if names.contains(&p.info.name) => {
                     self.reject(

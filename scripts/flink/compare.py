@@ -161,11 +161,13 @@ def main():
     ap.add_argument("--flink-python", default=str(REPO / ".venv-flink/bin/python"))
     ap.add_argument("--flink-parallelism", type=int, default=0, help="0 = Flink's default (the cores)")
     ap.add_argument("--only", choices=("admetrics", "flink"), default=None)
+    ap.add_argument("--binary", default=str(REPO / "target/release/admetrics"),
+                    help="the admetrics build to measure (e.g. an older one, for before/after figures)")
     a = ap.parse_args()
 
     work = Path(a.workdir or tempfile.mkdtemp(prefix="admetrics-vs-flink-"))
     work.mkdir(parents=True, exist_ok=True)
-    binary = REPO / "target/release/admetrics"
+    binary = Path(a.binary)
     events = work / f"events-{a.events}-seed{a.seed}.jsonl"
     span_s = 1800
     if not events.exists():

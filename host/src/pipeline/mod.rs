@@ -4,7 +4,7 @@
 //!  ingest thread (blocking)                         sink task (tokio)
 //!  ┌──────────────────────────────────────┐  batch  ┌───────────────────────────┐
 //!  │ Source::poll_batch (Kafka or file)   │ ──────▶ │ IcebergSink::commit        │
-//!  │ Processor::process / flush_plugins   │ (≤ 2    │ events → dead letters →    │
+//!  │ Processor::process / flush_plugins   │ (≤ 1    │ events → dead letters →    │
 //!  │ every commit interval: tick()        │ queued) │ metrics, offsets in summary│
 //!  │ on ack: commit offsets to Kafka      │ ◀────── │ ack (CommitReport)         │
 //!  └──────────────────────────────────────┘   ack   └───────────────────────────┘
@@ -120,7 +120,9 @@ pub async fn run(
         status.clone(),
     )?;
 
-    let (batch_tx, mut batch_rx) = mpsc::channel(2);
+    // One batch queued while the sink commits the previous one: enough to keep both threads
+    // busy, and every queued batch is held in memory (up to commit.max_rows rows each).
+    let (batch_tx, mut batch_rx) = mpsc::channel(1);
     let (ack_tx, ack_rx) = std::sync::mpsc::channel::<CommitReport>();
     let stop = Arc::new(AtomicBool::new(false));
 
@@ -370,7 +372,7 @@ fn ingest_loop(
                 !stopping && !assignment.is_empty() && !processor.replaying(),
                 Relaxed,
             );
-            // blocking_send: waits while two batches are already queued (backpressure).
+            // blocking_send: waits while a batch is already queued (backpressure).
             if batch_tx.blocking_send(batch).is_err() {
                 anyhow::bail!("the sink stopped; see its error");
             }
