@@ -41,6 +41,7 @@ def main():
     ap.add_argument("--screenshot", required=True)
     ap.add_argument("--expect-refresh-events", type=int, default=None)
     ap.add_argument("--out-refreshed", default=None)
+    ap.add_argument("--cache-ttl", type=float, default=10, help="Superset's chart-data cache timeout, seconds")
     ap.add_argument("--timeout", type=float, default=90)
     a = ap.parse_args()
 
@@ -160,9 +161,12 @@ def main():
                     page.wait_for_timeout(250)
             if seen_at is None:
                 fail(f"no auto-refresh brought 'Events committed' to {a.expect_refresh_events} (last seen {last})")
-            # The next full round sent after that moment sees the final tables for every chart.
+            # A full round sent one chart-data cache period (superset_config.py) after that moment
+            # sees the final tables for every chart, cached or not.
+            fresh_after = seen_at + a.cache_ttl + 0.5
+            deadline = max(deadline, fresh_after + 10 + a.timeout)
             while time.monotonic() < deadline:
-                later = [r for r in responses if r["sent"] > seen_at]
+                later = [r for r in responses if r["sent"] > fresh_after]
                 if {r["request"].get("form_data", {}).get("slice_id") for r in later} >= set(charts):
                     break
                 page.wait_for_timeout(250)

@@ -58,7 +58,10 @@ def build(warehouse: Path, namespace: str, extensions: str) -> bytes:
                 yaml.safe_load(text)
             except yaml.YAMLError as e:
                 raise SystemExit(f"dashboard/bundle/{rel}: {e}")
-            z.writestr(f"admetrics_dashboard/{rel}", text)
+            # A fixed timestamp: the same inputs give the same bytes (dashboard.sh compares hashes).
+            info = zipfile.ZipInfo(f"admetrics_dashboard/{rel}", date_time=(2026, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            z.writestr(info, text)
     return buf.getvalue()
 
 

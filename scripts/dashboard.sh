@@ -58,7 +58,8 @@ if [[ ! -f $ADMETRICS_SUPERSET_HOME/.imported || $(cat "$ADMETRICS_SUPERSET_HOME
   echo "$want" > "$ADMETRICS_SUPERSET_HOME/.imported"
 fi
 log "serving http://$bind:$port/superset/dashboard/admetrics/ (admin / $password); Ctrl-C stops"
-# Two workers with threads: chart queries (DuckDB) run in parallel, one page load is ~10 requests.
-exec "$py/gunicorn" --bind "$bind:$port" --workers 2 --threads 8 --timeout 120 \
+# Workers are processes (Superset's request handling is Python, CPU-bound); threads overlap the
+# DuckDB queries, which release the GIL. One page load is ~30 API requests.
+exec "$py/gunicorn" --bind "$bind:$port" --workers 3 --threads 8 --timeout 120 \
   --access-logfile "$ADMETRICS_SUPERSET_HOME/access.log" --error-logfile "$ADMETRICS_SUPERSET_HOME/gunicorn.log" \
   "superset.app:create_app()"
