@@ -92,7 +92,11 @@ def main():
 
         def user(i):
             barrier.wait()
-            t, f = one_load(a.url, sessions[i], calls, a.dashboard, pools[i])
+            t0 = time.monotonic()
+            try:
+                t, f = one_load(a.url, sessions[i], calls, a.dashboard, pools[i])
+            except requests.RequestException as e:  # a timeout counts as a failed load, timed
+                t, f = time.monotonic() - t0, [f"user {i}: {type(e).__name__}: {e}"[:300]]
             with lock:
                 times.append(t)
                 failures.extend(f)
