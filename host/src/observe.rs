@@ -33,8 +33,14 @@ pub async fn bind(
 
 async fn serve(listener: TcpListener, status: Arc<Status>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: back off instead of spinning on the error.
+                tracing::warn!(error = %e, "/metrics listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let status = status.clone();
         tokio::spawn(async move {
