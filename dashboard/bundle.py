@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""Packs dashboard/bundle/ into a ZIP that `superset import-dashboards` takes, filling in what
-depends on the machine: where the Iceberg tables are and where DuckDB's extensions live.
+"""Packs dashboard/bundle/ into a ZIP that `superset import-dashboards` takes, and writes the
+DuckDB file of views (dashboard/views.sql) that its database opens, filling in what depends on
+the machine: where the Iceberg tables are, where the DuckDB file goes, where DuckDB's
+extensions live.
 
-    python dashboard/bundle.py --warehouse .state/warehouse --out bundle.zip
+    python dashboard/bundle.py --warehouse .state/warehouse --duckdb views.duckdb --out bundle.zip
 
-The YAML in dashboard/bundle/ is the source of truth; it names tables by placeholder
-(__METRICS_TABLE__, __EVENTS_TABLE__, __DEAD_LETTERS_TABLE__) and the extension folder by
-__EXTENSIONS__. Tables are read with iceberg_scan over the table directory with DuckDB's
-version guessing (iceberg-rust's metadata file names sort by version), so every query sees the
-newest snapshot without asking the catalog.
+The YAML in dashboard/bundle/ and views.sql are the source of truth. The views name tables by
+placeholder (__METRICS_TABLE__, __EVENTS_TABLE__, __DEAD_LETTERS_TABLE__), the database YAML
+names __DUCKDB_FILE__ and __EXTENSIONS__. Tables are read with iceberg_scan over the table
+directory with DuckDB's version guessing (iceberg-rust's metadata file names sort by version),
+so every query sees the newest snapshot without asking the catalog. Creating a view binds it,
+so the tables must exist (the daemon creates them when it starts).
 """
 import argparse
 import importlib.util
@@ -40,13 +43,36 @@ def render(text: str, values: dict) -> str:
     return text
 
 
-def build(warehouse: Path, namespace: str, extensions: str) -> bytes:
+def duckdb_config(extensions: str) -> dict:
+    """The same settings as the database's connect_args in bundle/databases/admetrics.yaml."""
+    return {"extension_directory": extensions, "autoinstall_known_extensions": False,
+            "autoload_known_extensions": True, "allow_unsigned_extensions": True}
+
+
+def write_views(db: Path, warehouse: Path, namespace: str, extensions: str) -> None:
+    """Creates db holding the views of views.sql; replaces an older file atomically."""
+    import duckdb
+
     values = {
-        "__EXTENSIONS__": extensions,
         "__METRICS_TABLE__": table_sql(warehouse, namespace, "campaign_metrics"),
         "__EVENTS_TABLE__": table_sql(warehouse, namespace, "campaign_events"),
         "__DEAD_LETTERS_TABLE__": table_sql(warehouse, namespace, "dead_letters"),
     }
+    sql = render((HERE / "views.sql").read_text(), values)
+    tmp = db.with_name(db.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    con = duckdb.connect(str(tmp), config=duckdb_config(extensions))
+    try:
+        con.execute("LOAD iceberg")
+        con.execute("SET unsafe_enable_version_guessing = true")
+        con.execute(sql)
+    finally:
+        con.close()
+    os.replace(tmp, db)
+
+
+def build(duckdb_file: Path, extensions: str) -> bytes:
+    values = {"__EXTENSIONS__": extensions, "__DUCKDB_FILE__": str(duckdb_file)}
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         for f in sorted((HERE / "bundle").rglob("*.yaml")):
@@ -70,11 +96,18 @@ def main():
     ap.add_argument("--warehouse", required=True, help="the admetrics warehouse directory (iceberg.warehouse)")
     ap.add_argument("--namespace", default="ads")
     ap.add_argument("--extensions", default=None, help="DuckDB extension folder (default: duckdb-ext-* of this Python)")
+    ap.add_argument("--duckdb", required=True, help="the DuckDB file of views to write (Superset opens it)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
-    data = build(Path(os.path.abspath(a.warehouse)), a.namespace, a.extensions or extensions_dir())
+    extensions = a.extensions or extensions_dir()
+    db = Path(os.path.abspath(a.duckdb))
+    try:
+        write_views(db, Path(os.path.abspath(a.warehouse)), a.namespace, extensions)
+    except Exception as e:  # noqa: BLE001 - a DuckDB error names the table it could not read
+        raise SystemExit(f"bundle: cannot create the views in {db}: {e}")
+    data = build(db, extensions)
     Path(a.out).write_bytes(data)
-    print(f"bundle: {a.out} ({len(data)} bytes)")
+    print(f"bundle: {a.out} ({len(data)} bytes), views in {db}")
 
 
 if __name__ == "__main__":

@@ -29,21 +29,32 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
+log() { printf '\033[1mdashboard:\033[0m %s\n' "$*"; }
 scripts/setup.sh --superset
 mkdir -p "$home" "$warehouse"
 export ADMETRICS_SUPERSET_HOME
 ADMETRICS_SUPERSET_HOME=$(cd "$home" && pwd)
 export SUPERSET_CONFIG_PATH="$repo/dashboard/superset_config.py"
+# superset_config.py plugs in dashboard/admetrics_superset.py (shared chart-data cache, ...).
+export PYTHONPATH="$repo/dashboard${PYTHONPATH:+:$PYTHONPATH}"
 export FLASK_APP=superset
 py=$repo/.venv-superset/bin
 password=${ADMETRICS_SUPERSET_PASSWORD:-admin}
 
-log() { printf '\033[1mdashboard:\033[0m %s\n' "$*"; }
 # The bundle names absolute paths (warehouse, extensions) and an import never overwrites existing
 # databases, datasets or charts: when the rendered bundle differs from the one imported, the
 # metadata database is rebuilt from scratch (the dashboard is code; nothing else lives there).
+# The dashboard reads DuckDB views over the tables, and creating a view needs its tables: wait
+# for the daemon to have created them (it does so when it starts).
+waited=0
+for t in campaign_metrics campaign_events dead_letters; do
+  until compgen -G "$warehouse/$namespace/$t/metadata/*.metadata.json" >/dev/null; do
+    (( waited % 30 == 0 )) && log "waiting for the admetrics tables in $warehouse/$namespace (is the daemon running?)"
+    sleep 1; waited=$((waited + 1))
+  done
+done
 "$py/python" dashboard/bundle.py --warehouse "$warehouse" --namespace "$namespace" \
-  --out "$ADMETRICS_SUPERSET_HOME/bundle.zip" >/dev/null
+  --duckdb "$ADMETRICS_SUPERSET_HOME/views.duckdb" --out "$ADMETRICS_SUPERSET_HOME/bundle.zip" >/dev/null
 want=$(cat dashboard/bundle.py "$SUPERSET_CONFIG_PATH" "$ADMETRICS_SUPERSET_HOME/bundle.zip" | sha256sum | cut -d' ' -f1)
 if [[ ! -f $ADMETRICS_SUPERSET_HOME/.imported || $(cat "$ADMETRICS_SUPERSET_HOME/.imported") != "$want" ]]; then
   log "initialising Superset's metadata database in $ADMETRICS_SUPERSET_HOME (~1 min)"
@@ -58,8 +69,12 @@ if [[ ! -f $ADMETRICS_SUPERSET_HOME/.imported || $(cat "$ADMETRICS_SUPERSET_HOME
   echo "$want" > "$ADMETRICS_SUPERSET_HOME/.imported"
 fi
 log "serving http://$bind:$port/superset/dashboard/admetrics/ (admin / $password); Ctrl-C stops"
-# Workers are processes (Superset's request handling is Python, CPU-bound); threads overlap the
-# DuckDB queries, which release the GIL. One page load is ~30 API requests.
-exec "$py/gunicorn" --bind "$bind:$port" --workers 3 --threads 8 --timeout 120 \
-  --access-logfile "$ADMETRICS_SUPERSET_HOME/access.log" --error-logfile "$ADMETRICS_SUPERSET_HOME/gunicorn.log" \
+# Workers are processes (Superset's request handling is Python, CPU-bound: about one per core);
+# threads overlap the DuckDB queries, which release the GIL. Keep-alive outlives a page load's
+# pauses: with gunicorn's 2 s default, a browser (or the load benchmark) reusing a connection the
+# server is closing gets a reset.
+exec "$py/gunicorn" --bind "$bind:$port" --workers "${ADMETRICS_SUPERSET_WORKERS:-3}" \
+  --threads "${ADMETRICS_SUPERSET_THREADS:-8}" --timeout 120 --keep-alive 30 \
+  --access-logfile "$ADMETRICS_SUPERSET_HOME/access.log" --access-logformat '%(t)s %(s)s %(M)sms %(r)s' \
+  --error-logfile "$ADMETRICS_SUPERSET_HOME/gunicorn.log" \
   "superset.app:create_app()"

@@ -7,6 +7,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 scripts/setup.sh
 scripts/build-plugins.sh
-cargo test --release -p admetrics -p admetrics-event -p admetrics-plugin-sdk
+# --nocapture: the slow end-to-end tests report progress while they run (see wait_for).
+cargo test --release -p admetrics -p admetrics-event -p admetrics-plugin-sdk -- --nocapture
 # The event decoder under libFuzzer, 30 s per target (longer: scripts/fuzz.sh 600).
 scripts/fuzz.sh 30

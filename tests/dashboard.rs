@@ -29,8 +29,10 @@ struct Proc(Child);
 impl Drop for Proc {
     fn drop(&mut self) {
         // The dashboard script execs gunicorn, whose workers are its children: kill the group.
+        // `--` matters: procps' `kill -TERM -1234` reads "-1234" as options and signals pid -1,
+        // that is every process on the machine (it took down CI's runner once).
         let _ = Command::new("kill")
-            .args(["-TERM", &format!("-{}", self.0.id())])
+            .args(["-s", "TERM", "--", &format!("-{}", self.0.id())])
             .status();
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -109,6 +111,10 @@ fn the_dashboard_shows_what_the_tables_hold_and_refreshes_by_itself() {
         ),
     )
     .unwrap();
+    progress(format_args!(
+        "work dir {}; starting the daemon",
+        d.display()
+    ));
     let log = std::fs::File::create(d.join("daemon.log")).unwrap();
     let _daemon = Proc(
         Command::new(env!("CARGO_BIN_EXE_admetrics"))
@@ -182,6 +188,7 @@ fn the_dashboard_shows_what_the_tables_hold_and_refreshes_by_itself() {
     );
 
     // Superset, as a user would start it.
+    progress("tables written; starting Superset (scripts/dashboard.sh)");
     let port = free_port();
     let home = d.join("superset");
     let dash_log = std::fs::File::create(d.join("dashboard.log")).unwrap();
@@ -203,6 +210,7 @@ fn the_dashboard_shows_what_the_tables_hold_and_refreshes_by_itself() {
         http_get(&superset, "/health").is_some_and(|(c, _)| c == 200)
     });
 
+    progress("Superset answers; opening the dashboard in Chromium");
     // The browser: first load now, then it waits (page open) for the auto-refresh.
     let artifacts = repo_root().join("tests/artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
@@ -258,6 +266,7 @@ fn the_dashboard_shows_what_the_tables_hold_and_refreshes_by_itself() {
         )
     };
     println!("{}", verify(&first));
+    progress("first load verified; producing the second burst");
 
     // More traffic while the page is open: the latest minute, into a window still open.
     let now = chrono::Utc::now().timestamp_millis();

@@ -270,13 +270,40 @@ impl TestProducer {
 }
 
 /// Polls `cond` every 50 ms until it holds or `timeout` passes (then panics with `what`).
+///
+/// Says on stderr what it is waiting for every 30 s: `scripts/test.sh` runs the tests with
+/// `--nocapture`, so a slow wait shows in CI's log while it happens, not only after a failure.
 pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
+    let start = Instant::now();
+    let mut next_note = Duration::from_secs(30);
     while !cond() {
+        let waited = start.elapsed();
         assert!(
-            Instant::now() < deadline,
+            waited < timeout,
             "timed out after {timeout:?} waiting for {what}"
         );
+        if waited >= next_note {
+            progress(format_args!(
+                "still waiting for {what} ({} s of {} s)",
+                waited.as_secs(),
+                timeout.as_secs()
+            ));
+            next_note += Duration::from_secs(30);
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The running test's name (libtest names each test's thread after it).
+pub fn thread_name() -> String {
+    std::thread::current().name().unwrap_or("test").to_string()
+}
+
+/// A progress line on stderr, prefixed with the test's name and the wall-clock time.
+pub fn progress(msg: impl std::fmt::Display) {
+    eprintln!(
+        "[{} {}] {msg}",
+        chrono::Utc::now().format("%H:%M:%S"),
+        thread_name()
+    );
 }
