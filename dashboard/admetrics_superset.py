@@ -125,3 +125,32 @@ class NoActionLog(AbstractEventLogger):
 
     def log(self, *args, **kwargs):
         pass
+
+
+def run_duckdb_init(dbapi_connection, _record=None):
+    """SQLAlchemy "connect" listener: a DuckDB file with a `<file>.init.sql` beside it (written by
+    bundle.py for a REST catalog on S3) gets those statements run on every new connection, since
+    DuckDB keeps secrets and ATTACHed catalogs per connection, not in the file. Other
+    connections (the metadata database, DuckDB files without one) are left alone."""
+    if "duckdb" not in type(dbapi_connection).__module__:
+        return
+    try:
+        rows = dbapi_connection.execute(
+            "SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchall()
+    except Exception:  # noqa: BLE001 - not a DuckDB we know how to ask
+        return
+    path = rows[0][0] if rows and rows[0][0] else None
+    init = f"{path}.init.sql" if path else None
+    if init and os.path.exists(init):
+        with open(init) as f:
+            for stmt in f.read().split(";\n"):
+                if stmt.strip():
+                    dbapi_connection.execute(stmt)
+
+
+def install_duckdb_init():
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    if not event.contains(Engine, "connect", run_duckdb_init):
+        event.listen(Engine, "connect", run_duckdb_init)

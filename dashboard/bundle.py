@@ -12,6 +12,16 @@ names __DUCKDB_FILE__ and __EXTENSIONS__. Tables are read with iceberg_scan over
 directory with DuckDB's version guessing (iceberg-rust's metadata file names sort by version),
 so every query sees the newest snapshot without asking the catalog. Creating a view binds it,
 so the tables must exist (the daemon creates them when it starts).
+
+With an Iceberg REST catalog (the docker-compose stack: REST catalog + S3), the views read the
+tables through DuckDB's `ATTACH ... (TYPE iceberg)` instead, and the statements that every new
+DuckDB connection must run first (load httpfs/iceberg, an S3 secret, the ATTACH) are written
+next to the DuckDB file as `<file>.init.sql`, which admetrics_superset.py runs on connect:
+
+    python dashboard/bundle.py --rest-uri http://rest:8181 --warehouse s3://warehouse/ \
+        --s3-endpoint http://minio:9000 --duckdb views.duckdb --out bundle.zip
+
+S3 credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_REGION).
 """
 import argparse
 import importlib.util
@@ -32,9 +42,32 @@ def extensions_dir() -> str:
     return str(Path(list(spec.submodule_search_locations)[0]) / "extensions")
 
 
-def table_sql(warehouse: Path, namespace: str, table: str) -> str:
+def table_sql(warehouse: Path, namespace: str, table: str, rest: bool = False) -> str:
+    if rest:
+        return f'ice."{namespace}"."{table}"'
     path = str(warehouse / namespace / table).replace("'", "''")
     return f"iceberg_scan('{path}', version => '?', allow_moved_paths => true)"
+
+
+def quote(v: str) -> str:
+    return "'" + v.replace("'", "''") + "'"
+
+
+def rest_init_sql(rest_uri: str, warehouse: str, s3_endpoint: str) -> list:
+    """What a DuckDB connection runs before it can read the views over a REST catalog on S3."""
+    from urllib.parse import urlsplit
+
+    ep = urlsplit(s3_endpoint)
+    secret = (
+        "CREATE OR REPLACE TEMPORARY SECRET admetrics_s3 (TYPE s3, "
+        f"KEY_ID {quote(os.environ.get('AWS_ACCESS_KEY_ID', ''))}, "
+        f"SECRET {quote(os.environ.get('AWS_SECRET_ACCESS_KEY', ''))}, "
+        f"REGION {quote(os.environ.get('AWS_REGION', 'us-east-1'))}, "
+        f"ENDPOINT {quote(ep.netloc)}, URL_STYLE 'path', USE_SSL {str(ep.scheme == 'https').lower()})"
+    )
+    attach = (f"ATTACH IF NOT EXISTS {quote(warehouse)} AS ice "
+              f"(TYPE iceberg, ENDPOINT {quote(rest_uri)}, AUTHORIZATION_TYPE 'none')")
+    return ["LOAD httpfs", "LOAD avro", "LOAD iceberg", secret, attach]
 
 
 def render(text: str, values: dict) -> str:
@@ -49,25 +82,32 @@ def duckdb_config(extensions: str) -> dict:
             "autoload_known_extensions": True, "allow_unsigned_extensions": True}
 
 
-def write_views(db: Path, warehouse: Path, namespace: str, extensions: str) -> None:
-    """Creates db holding the views of views.sql; replaces an older file atomically."""
+def write_views(db: Path, warehouse, namespace: str, extensions: str, init: list = None) -> None:
+    """Creates db holding the views of views.sql; replaces an older file atomically. With `init`
+    (REST mode), the views read the attached catalog and `init` goes to `<db>.init.sql`."""
     import duckdb
 
+    rest = init is not None
     values = {
-        "__METRICS_TABLE__": table_sql(warehouse, namespace, "campaign_metrics"),
-        "__EVENTS_TABLE__": table_sql(warehouse, namespace, "campaign_events"),
-        "__DEAD_LETTERS_TABLE__": table_sql(warehouse, namespace, "dead_letters"),
+        "__METRICS_TABLE__": table_sql(warehouse, namespace, "campaign_metrics", rest),
+        "__EVENTS_TABLE__": table_sql(warehouse, namespace, "campaign_events", rest),
+        "__DEAD_LETTERS_TABLE__": table_sql(warehouse, namespace, "dead_letters", rest),
     }
     sql = render((HERE / "views.sql").read_text(), values)
     tmp = db.with_name(db.name + ".tmp")
     tmp.unlink(missing_ok=True)
     con = duckdb.connect(str(tmp), config=duckdb_config(extensions))
     try:
-        con.execute("LOAD iceberg")
-        con.execute("SET unsafe_enable_version_guessing = true")
+        for stmt in init or ["LOAD iceberg", "SET unsafe_enable_version_guessing = true"]:
+            con.execute(stmt)
         con.execute(sql)
     finally:
         con.close()
+    init_file = db.with_name(db.name + ".init.sql")
+    if rest:
+        init_file.write_text(";\n".join(init) + ";\n")
+    else:
+        init_file.unlink(missing_ok=True)
     os.replace(tmp, db)
 
 
@@ -93,7 +133,10 @@ def build(duckdb_file: Path, extensions: str) -> bytes:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--warehouse", required=True, help="the admetrics warehouse directory (iceberg.warehouse)")
+    ap.add_argument("--warehouse", required=True,
+                    help="the admetrics warehouse directory (iceberg.warehouse); with --rest-uri the catalog's warehouse")
+    ap.add_argument("--rest-uri", default=None, help="read the tables through this Iceberg REST catalog")
+    ap.add_argument("--s3-endpoint", default=None, help="with --rest-uri: the S3 server, e.g. http://minio:9000")
     ap.add_argument("--namespace", default="ads")
     ap.add_argument("--extensions", default=None, help="DuckDB extension folder (default: duckdb-ext-* of this Python)")
     ap.add_argument("--duckdb", required=True, help="the DuckDB file of views to write (Superset opens it)")
@@ -102,7 +145,13 @@ def main():
     extensions = a.extensions or extensions_dir()
     db = Path(os.path.abspath(a.duckdb))
     try:
-        write_views(db, Path(os.path.abspath(a.warehouse)), a.namespace, extensions)
+        if a.rest_uri:
+            if not a.s3_endpoint:
+                raise SystemExit("bundle: --rest-uri needs --s3-endpoint")
+            init = rest_init_sql(a.rest_uri, a.warehouse, a.s3_endpoint)
+            write_views(db, a.warehouse, a.namespace, extensions, init)
+        else:
+            write_views(db, Path(os.path.abspath(a.warehouse)), a.namespace, extensions)
     except Exception as e:  # noqa: BLE001 - a DuckDB error names the table it could not read
         raise SystemExit(f"bundle: cannot create the views in {db}: {e}")
     data = build(db, extensions)

@@ -50,7 +50,9 @@ SUPERSET_LOAD_EXAMPLES = False
 
 
 # scripts/dashboard.sh puts dashboard/ on PYTHONPATH.
-from admetrics_superset import NoActionLog, refresh_from_cache  # noqa: E402
+from admetrics_superset import NoActionLog, install_duckdb_init, refresh_from_cache  # noqa: E402
+
+install_duckdb_init()  # REST-catalog views (docker-compose): see bundle.py
 
 FLASK_APP_MUTATOR = refresh_from_cache
 if os.environ.get("ADMETRICS_SUPERSET_ACTION_LOG") != "1":

@@ -5,6 +5,8 @@
 #
 #   scripts/dashboard.sh                      # tables of scripts/demo.sh (.state/warehouse), port 8088
 #   scripts/dashboard.sh --warehouse DIR --port 8089 --home DIR [--bind 0.0.0.0]
+#   scripts/dashboard.sh --rest-uri http://rest:8181 --s3-endpoint http://minio:9000 --warehouse s3://B/
+#                      # tables in an Iceberg REST catalog on S3 (docker-compose; AWS_* credentials)
 #
 # Log in as admin / admin (ADMETRICS_SUPERSET_PASSWORD to change) and open
 # http://127.0.0.1:PORT/superset/dashboard/admetrics/ — it refreshes every 10 s. Run it beside
@@ -17,6 +19,8 @@ port=8088
 bind=127.0.0.1
 home=.state/superset
 namespace=ads
+rest_uri=
+s3_endpoint=
 while [[ $# -gt 0 ]]; do
   case $1 in
     --warehouse) warehouse=$2; shift 2 ;;
@@ -24,14 +28,17 @@ while [[ $# -gt 0 ]]; do
     --bind) bind=$2; shift 2 ;;
     --home) home=$2; shift 2 ;;
     --namespace) namespace=$2; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --rest-uri) rest_uri=$2; shift 2 ;;
+    --s3-endpoint) s3_endpoint=$2; shift 2 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "dashboard.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 
 log() { printf '\033[1mdashboard:\033[0m %s\n' "$*"; }
 scripts/setup.sh --superset
-mkdir -p "$home" "$warehouse"
+mkdir -p "$home"
+[[ -n $rest_uri ]] || mkdir -p "$warehouse"
 export ADMETRICS_SUPERSET_HOME
 ADMETRICS_SUPERSET_HOME=$(cd "$home" && pwd)
 export SUPERSET_CONFIG_PATH="$repo/dashboard/superset_config.py"
@@ -47,14 +54,24 @@ password=${ADMETRICS_SUPERSET_PASSWORD:-admin}
 # The dashboard reads DuckDB views over the tables, and creating a view needs its tables: wait
 # for the daemon to have created them (it does so when it starts).
 waited=0
-for t in campaign_metrics campaign_events dead_letters; do
-  until compgen -G "$warehouse/$namespace/$t/metadata/*.metadata.json" >/dev/null; do
-    (( waited % 30 == 0 )) && log "waiting for the admetrics tables in $warehouse/$namespace (is the daemon running?)"
-    sleep 1; waited=$((waited + 1))
+if [[ -n $rest_uri ]]; then
+  # Through the REST catalog: bundle.py fails (naming the missing table) until the daemon made them.
+  until err=$("$py/python" dashboard/bundle.py --rest-uri "$rest_uri" --s3-endpoint "$s3_endpoint" \
+      --warehouse "$warehouse" --namespace "$namespace" \
+      --duckdb "$ADMETRICS_SUPERSET_HOME/views.duckdb" --out "$ADMETRICS_SUPERSET_HOME/bundle.zip" 2>&1); do
+    (( waited % 30 == 0 )) && log "waiting for the admetrics tables in $rest_uri ($(tail -1 <<<"$err"))"
+    sleep 2; waited=$((waited + 2))
   done
-done
-"$py/python" dashboard/bundle.py --warehouse "$warehouse" --namespace "$namespace" \
-  --duckdb "$ADMETRICS_SUPERSET_HOME/views.duckdb" --out "$ADMETRICS_SUPERSET_HOME/bundle.zip" >/dev/null
+else
+  for t in campaign_metrics campaign_events dead_letters; do
+    until compgen -G "$warehouse/$namespace/$t/metadata/*.metadata.json" >/dev/null; do
+      (( waited % 30 == 0 )) && log "waiting for the admetrics tables in $warehouse/$namespace (is the daemon running?)"
+      sleep 1; waited=$((waited + 1))
+    done
+  done
+  "$py/python" dashboard/bundle.py --warehouse "$warehouse" --namespace "$namespace" \
+    --duckdb "$ADMETRICS_SUPERSET_HOME/views.duckdb" --out "$ADMETRICS_SUPERSET_HOME/bundle.zip" >/dev/null
+fi
 want=$(cat dashboard/bundle.py "$SUPERSET_CONFIG_PATH" "$ADMETRICS_SUPERSET_HOME/bundle.zip" | sha256sum | cut -d' ' -f1)
 if [[ ! -f $ADMETRICS_SUPERSET_HOME/.imported || $(cat "$ADMETRICS_SUPERSET_HOME/.imported") != "$want" ]]; then
   log "initialising Superset's metadata database in $ADMETRICS_SUPERSET_HOME (~1 min)"

@@ -37,7 +37,16 @@ fn the_compose_file_is_valid_and_starts_things_in_order() {
     services.sort();
     assert_eq!(
         services,
-        ["admetrics", "kafka", "kafka-init", "loadgen", "superset"]
+        [
+            "admetrics",
+            "iceberg-rest",
+            "kafka",
+            "kafka-init",
+            "loadgen",
+            "minio",
+            "minio-init",
+            "superset"
+        ]
     );
     let full = compose(&["config"]);
     // The normalised file: every long-running service has a health check, and each waits for
@@ -51,7 +60,7 @@ fn the_compose_file_is_valid_and_starts_things_in_order() {
             .collect();
         format!("{head}\n{}", body.join("\n"))
     };
-    for s in ["kafka", "admetrics", "superset"] {
+    for s in ["kafka", "minio", "iceberg-rest", "admetrics", "superset"] {
         assert!(
             section(s).contains("healthcheck:"),
             "{s} has no healthcheck"
@@ -59,7 +68,10 @@ fn the_compose_file_is_valid_and_starts_things_in_order() {
     }
     let needs = [
         ("kafka-init", "kafka", "service_healthy"),
+        ("minio-init", "minio", "service_healthy"),
+        ("iceberg-rest", "minio-init", "service_completed_successfully"),
         ("admetrics", "kafka-init", "service_completed_successfully"),
+        ("admetrics", "iceberg-rest", "service_healthy"),
         ("loadgen", "admetrics", "service_healthy"),
         ("superset", "admetrics", "service_healthy"),
     ];
@@ -79,6 +91,13 @@ fn the_compose_file_is_valid_and_starts_things_in_order() {
         "drop-in plugin directory mounted"
     );
     assert!(full.contains("apache/kafka:"), "the official Kafka image");
+    assert!(full.contains("apache/iceberg-rest-fixture:"), "Apache's REST catalog");
+    assert!(full.contains("minio/minio:"), "MinIO");
+    // Superset's DuckDB reads the same REST catalog and bucket the daemon writes.
+    let superset = section("superset");
+    for want in ["--rest-uri", "http://iceberg-rest:8181", "http://minio:9000", "s3://warehouse/"] {
+        assert!(superset.contains(want), "superset: {want} missing:\n{superset}");
+    }
 }
 
 #[test]
@@ -102,6 +121,9 @@ fn the_images_copy_what_exists_and_the_container_config_loads() {
     let cfg = admetrics::config::Config::load(&root.join("config/compose.toml"))
         .expect("config/compose.toml loads with the daemon's strict loader");
     assert_eq!(cfg.kafka.brokers, "kafka:9092");
+    assert!(cfg.iceberg.is_rest() && cfg.iceberg.catalog_uri == "http://iceberg-rest:8181");
+    assert_eq!(cfg.iceberg.warehouse, std::path::Path::new("s3://warehouse/"));
+    assert_eq!(cfg.iceberg.properties["s3.endpoint"], "http://minio:9000");
     assert_eq!(cfg.http.listen.as_deref(), Some("0.0.0.0:9464"));
     let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
     for p in &cfg.plugins.paths {

@@ -2,6 +2,7 @@
 """Checks the tables written by `admetrics run --file EVENTS.jsonl` against the file itself.
 
     verify_file_run.py --events FILE --catalog DB --warehouse DIR [--same-as DB2 DIR2]
+    verify_file_run.py --events FILE --catalog http://REST --s3-endpoint URL   (REST catalog on S3)
 
 Independently of the daemon: every line is classified valid or bad by a few rules of our own
 (JSON object, known event type, required string fields, revenue only for conversions); valid
@@ -17,7 +18,6 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from decimal import Decimal
 
-from pyiceberg.catalog.sql import SqlCatalog
 
 REQUIRED = ("event_id", "event_type", "event_time", "campaign_id", "ad_id", "user_id")
 
@@ -40,8 +40,20 @@ def to_ms(t):
     return int(datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp() * 1000)
 
 
-def final_metrics(catalog, warehouse):
-    cat = SqlCatalog("admetrics", uri=f"sqlite:///{catalog}", warehouse=f"file://{warehouse}")
+def open_catalog(catalog, warehouse, s3_endpoint=None):
+    if catalog.startswith(("http://", "https://")):
+        from pyiceberg.catalog.rest import RestCatalog
+
+        return RestCatalog("admetrics", uri=catalog, **{
+            "s3.endpoint": s3_endpoint, "s3.access-key-id": "test", "s3.secret-access-key": "test",
+            "s3.region": "us-east-1"})
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    return SqlCatalog("admetrics", uri=f"sqlite:///{catalog}", warehouse=f"file://{warehouse}")
+
+
+def final_metrics(catalog, warehouse, s3_endpoint=None):
+    cat = open_catalog(catalog, warehouse, s3_endpoint)
     latest = {}
     for r in cat.load_table("ads.campaign_metrics").scan().to_arrow().to_pylist():
         k = (r["window_start"], r["campaign_id"], r["ad_id"], r["metric"])
@@ -54,7 +66,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", required=True)
     ap.add_argument("--catalog", required=True)
-    ap.add_argument("--warehouse", required=True)
+    ap.add_argument("--warehouse", default=None)
+    ap.add_argument("--s3-endpoint", default=None, help="with a REST catalog: where its S3 server is")
     ap.add_argument("--same-as", nargs=2, default=None)
     a = ap.parse_args()
     raw = open(a.events, "rb").read().split(b"\n")
@@ -73,7 +86,13 @@ def main():
         want[k][e["event_type"] + "s" if e["event_type"] != "click" else "clicks"] += 1
         if e["event_type"] == "conversion":
             want[k]["revenue"] += Decimal(str(e["revenue"]))
-    cat, latest = final_metrics(a.catalog, a.warehouse)
+    cat, latest = final_metrics(a.catalog, a.warehouse, a.s3_endpoint)
+    if a.s3_endpoint:
+        for t in ("campaign_events", "campaign_metrics", "dead_letters"):
+            loc = cat.load_table(f"ads.{t}").location()
+            if not loc.startswith("s3://"):
+                problems_early = f"ads.{t} is at {loc}, not on S3"
+                sys.exit(f"verify_file_run: {problems_early}")
     problems = []
     got = defaultdict(lambda: {"impressions": 0, "clicks": 0, "conversions": 0, "revenue": Decimal(0)})
     for (ws, c, _ad, m), r in latest.items():

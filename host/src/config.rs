@@ -182,12 +182,33 @@ impl Default for PluginsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IcebergConfig {
-    /// SQL catalog URI (`sqlite:PATH`); relative paths resolve against the config file.
+    /// Which catalog, by scheme: `sqlite:PATH` is the embedded SQL catalog (relative paths resolve
+    /// against the config file); `http://…` or `https://…` is an Iceberg REST catalog.
     pub catalog_uri: String,
     pub catalog_name: String,
-    /// Warehouse root directory (local filesystem).
+    /// Where table files go: a local directory, or an object-store URL such as
+    /// `s3://bucket/prefix` (any S3-protocol server: set `s3.endpoint` in `properties`). For a
+    /// REST catalog this is the catalog's `warehouse` property, which some servers (Lakekeeper,
+    /// Polaris) take as a warehouse *name* rather than a location.
     pub warehouse: PathBuf,
     pub namespace: String,
+    /// Passed verbatim to the catalog and to its file IO: `s3.endpoint`, `s3.region`,
+    /// `s3.path-style-access`, `s3.access-key-id`, `token`, `header.X`, … Credentials may
+    /// instead come from the standard `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` variables, or
+    /// as a whole from `ADMETRICS__ICEBERG__PROPERTIES='{ "s3.endpoint" = "…" }'`.
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+impl IcebergConfig {
+    /// Whether `catalog_uri` names an Iceberg REST catalog (else the embedded SQL catalog).
+    pub fn is_rest(&self) -> bool {
+        self.catalog_uri.starts_with("http://") || self.catalog_uri.starts_with("https://")
+    }
+
+    /// Whether `warehouse` is an object-store (or other) URL rather than a local directory.
+    pub fn warehouse_is_url(&self) -> bool {
+        self.warehouse.to_str().is_some_and(|w| w.contains("://"))
+    }
 }
 
 impl Default for IcebergConfig {
@@ -197,6 +218,7 @@ impl Default for IcebergConfig {
             catalog_name: "admetrics".into(),
             warehouse: ".state/warehouse".into(),
             namespace: "ads".into(),
+            properties: Default::default(),
         }
     }
 }
@@ -341,7 +363,9 @@ impl Config {
         if let Some(d) = &self.plugins.dir {
             self.plugins.dir = Some(abs(d));
         }
-        self.iceberg.warehouse = abs(&self.iceberg.warehouse);
+        if !self.iceberg.warehouse_is_url() {
+            self.iceberg.warehouse = abs(&self.iceberg.warehouse);
+        }
         if let Some(file) = self.iceberg.catalog_uri.strip_prefix("sqlite:") {
             let file = file.trim_start_matches("//");
             if !file.starts_with(':') && !Path::new(file).is_absolute() {
@@ -388,8 +412,20 @@ impl Config {
         if self.attribution.max_touchpoints == 0 {
             return bad("attribution.max_touchpoints", "must be at least 1");
         }
-        if !self.iceberg.catalog_uri.starts_with("sqlite:") {
-            return bad("iceberg.catalog_uri", "only sqlite: catalogs are supported");
+        if !self.iceberg.catalog_uri.starts_with("sqlite:") && !self.iceberg.is_rest() {
+            return bad(
+                "iceberg.catalog_uri",
+                "expected sqlite:PATH (embedded SQL catalog) or http(s)://HOST/ (REST catalog)",
+            );
+        }
+        if self.iceberg.warehouse_is_url() && !self.iceberg.is_rest() {
+            let w = self.iceberg.warehouse.to_string_lossy();
+            if !(w.starts_with("s3://") || w.starts_with("s3a://") || w.starts_with("file://")) {
+                return bad(
+                    "iceberg.warehouse",
+                    "expected a local directory, file://PATH or s3://BUCKET/PREFIX",
+                );
+            }
         }
         Ok(())
     }
@@ -497,5 +533,41 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("window.size_secs"), "{err}");
+    }
+
+    #[test]
+    fn rest_catalog_and_object_store_warehouse() {
+        let text = format!(
+            "{MIN}[iceberg]\ncatalog_uri = \"http://rest:8181\"\nwarehouse = \"s3://lake/wh\"\n\
+             [iceberg.properties]\n\"s3.endpoint\" = \"http://minio:9000\"\n"
+        );
+        let c = Config::from_toml(&text, "t", Path::new("/etc/adm"), []).unwrap();
+        assert!(c.iceberg.is_rest());
+        // A URL is not a path: it must not be joined to the config directory.
+        assert_eq!(c.iceberg.warehouse, Path::new("s3://lake/wh"));
+        assert_eq!(c.iceberg.properties["s3.endpoint"], "http://minio:9000");
+        // The whole map from the environment (TOML inline table), e.g. for containers.
+        let env = [(
+            "ADMETRICS__ICEBERG__PROPERTIES".to_string(),
+            r#"{ "s3.endpoint" = "http://other:9000", "s3.region" = "eu-west-1" }"#.to_string(),
+        )];
+        let c = Config::from_toml(&text, "t", Path::new("/"), env).unwrap();
+        assert_eq!(c.iceberg.properties["s3.endpoint"], "http://other:9000");
+        assert_eq!(c.iceberg.properties["s3.region"], "eu-west-1");
+
+        for (key, value, reason) in [
+            ("catalog_uri", "thrift://hive:9083", "REST catalog"),
+            ("warehouse", "gs://bucket/wh", "s3://BUCKET"),
+        ] {
+            let err = Config::from_toml(
+                &format!("{MIN}[iceberg]\n{key} = \"{value}\"\n"),
+                "t",
+                Path::new("/"),
+                [],
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(&format!("iceberg.{key}")) && err.contains(reason), "{err}");
+        }
     }
 }

@@ -28,7 +28,10 @@ use iceberg::writer::file_writer::location_generator::{
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
-use iceberg_catalog_sql::{SqlBindStyle, SqlCatalog, SqlCatalogBuilder};
+use iceberg::io::StorageFactory;
+use iceberg_catalog_rest::RestCatalogBuilder;
+use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
+use iceberg_storage_opendal::OpenDalResolvingStorageFactory;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
@@ -129,7 +132,7 @@ pub struct CommitReport {
 }
 
 pub struct IcebergSink {
-    catalog: Arc<SqlCatalog>,
+    catalog: Arc<dyn Catalog>,
     events: Table,
     metrics: Table,
     dead_letters: Table,
@@ -153,7 +156,7 @@ impl IcebergSink {
         writer_id: &str,
         target_file_bytes: usize,
     ) -> Result<Self, SinkError> {
-        let catalog = Arc::new(open_catalog(cfg).await?);
+        let catalog = open_catalog(cfg).await?;
         let ns = NamespaceIdent::new(cfg.namespace.clone());
         if !catalog.namespace_exists(&ns).await?
             && let Err(e) = catalog.create_namespace(&ns, HashMap::new()).await
@@ -163,7 +166,7 @@ impl IcebergSink {
             return Err(e.into());
         }
         let events = ensure_table(
-            &catalog,
+            catalog.as_ref(),
             &ns,
             EVENTS_TABLE,
             schema::events_schema(),
@@ -171,9 +174,9 @@ impl IcebergSink {
         )
         .await?;
         let metrics =
-            ensure_table(&catalog, &ns, METRICS_TABLE, schema::metrics_schema(), None).await?;
+            ensure_table(catalog.as_ref(), &ns, METRICS_TABLE, schema::metrics_schema(), None).await?;
         let dead_letters = ensure_table(
-            &catalog,
+            catalog.as_ref(),
             &ns,
             DEAD_LETTERS_TABLE,
             schema::dead_letters_schema(),
@@ -218,7 +221,7 @@ impl IcebergSink {
         })
     }
 
-    pub fn catalog(&self) -> Arc<SqlCatalog> {
+    pub fn catalog(&self) -> Arc<dyn Catalog> {
         self.catalog.clone()
     }
 
@@ -523,17 +526,47 @@ fn ancestry(table: &Table) -> impl Iterator<Item = HashMap<String, String>> + '_
     .map(|s| s.summary().additional_properties.clone())
 }
 
-/// Opens the SQLite-backed SQL catalog, creating the database file and warehouse if missing.
-pub async fn open_catalog(cfg: &IcebergConfig) -> Result<SqlCatalog, SinkError> {
-    std::fs::create_dir_all(&cfg.warehouse).map_err(|source| SinkError::Warehouse {
-        path: cfg.warehouse.display().to_string(),
-        source,
-    })?;
-    let warehouse =
-        std::fs::canonicalize(&cfg.warehouse).map_err(|source| SinkError::Warehouse {
+/// Opens the configured catalog: the embedded SQLite-backed SQL catalog (`sqlite:PATH`, creating
+/// the database file and a local warehouse if missing) or an Iceberg REST catalog (`http(s)://`).
+///
+/// Storage: a local warehouse keeps iceberg's own `LocalFsStorageFactory` (what every figure in the
+/// README was measured with); an object-store warehouse, and every REST catalog (whose server picks
+/// table locations, and may hand out its own `s3.*` settings with a table), use OpenDAL's resolving
+/// factory, which serves `file://` and `s3://` alike. `[iceberg] properties` reach both the
+/// catalog and its file IO.
+pub async fn open_catalog(cfg: &IcebergConfig) -> Result<Arc<dyn Catalog>, SinkError> {
+    let mut props: HashMap<String, String> = cfg
+        .properties
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let object_store: Arc<dyn StorageFactory> = Arc::new(OpenDalResolvingStorageFactory::new());
+    if cfg.is_rest() {
+        props.insert("uri".into(), cfg.catalog_uri.clone());
+        props.insert("warehouse".into(), cfg.warehouse.to_string_lossy().into_owned());
+        let catalog = RestCatalogBuilder::default()
+            .with_storage_factory(object_store)
+            .load(&cfg.catalog_name, props)
+            .await?;
+        return Ok(Arc::new(catalog));
+    }
+
+    let (warehouse, storage): (String, Arc<dyn StorageFactory>) = if cfg.warehouse_is_url() {
+        (cfg.warehouse.to_string_lossy().into_owned(), object_store)
+    } else {
+        std::fs::create_dir_all(&cfg.warehouse).map_err(|source| SinkError::Warehouse {
             path: cfg.warehouse.display().to_string(),
             source,
         })?;
+        let dir = std::fs::canonicalize(&cfg.warehouse).map_err(|source| SinkError::Warehouse {
+            path: cfg.warehouse.display().to_string(),
+            source,
+        })?;
+        (
+            format!("file://{}", dir.display()),
+            Arc::new(iceberg::io::LocalFsStorageFactory),
+        )
+    };
     let db = cfg
         .catalog_uri
         .trim_start_matches("sqlite:")
@@ -547,16 +580,16 @@ pub async fn open_catalog(cfg: &IcebergConfig) -> Result<SqlCatalog, SinkError> 
     sqlx::any::install_default_drivers();
     let catalog = SqlCatalogBuilder::default()
         .uri(format!("sqlite:{db}?mode=rwc"))
-        .warehouse_location(format!("file://{}", warehouse.display()))
+        .warehouse_location(warehouse)
         .sql_bind_style(SqlBindStyle::QMark)
-        .with_storage_factory(Arc::new(iceberg::io::LocalFsStorageFactory))
-        .load(&cfg.catalog_name, HashMap::new())
+        .with_storage_factory(storage)
+        .load(&cfg.catalog_name, props)
         .await?;
-    Ok(catalog)
+    Ok(Arc::new(catalog))
 }
 
 async fn ensure_table(
-    catalog: &SqlCatalog,
+    catalog: &dyn Catalog,
     ns: &NamespaceIdent,
     name: &str,
     schema: iceberg::spec::Schema,
