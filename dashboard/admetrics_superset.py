@@ -154,3 +154,205 @@ def install_duckdb_init():
 
     if not event.contains(Engine, "connect", run_duckdb_init):
         event.listen(Engine, "connect", run_duckdb_init)
+
+
+class RoleResponseCache:
+    """A short-lived cache of whole API responses, shared by users with the same roles and by all
+    gunicorn workers, refreshed in the background (stale-while-revalidate).
+
+    Why: a dashboard load is ~20 API calls, and even when every chart's data is cached Superset
+    spends ~0.9 s of Python on them (permission checks against the metadata database, marshmallow
+    schemas, query-object building), so ten viewers at once queue for ~9 s of CPU on 2 cores; and
+    when the 10 s chart-data cache expires, the viewers who ask first wait for the Iceberg scans.
+    What those calls return depends only on the viewer's roles (permissions, the dashboard's
+    definition, chart data under role-based row-level security), so viewers with the same roles
+    can share one answer, like a reverse proxy's micro-cache.
+
+    How: only the allow-listed GETs below and chart-data POSTs, only 200 answers, keyed by (role
+    ids, method, path + query, body). An answer is fresh for `ttl` seconds (chart data: until the
+    chart-data cache entry it came from expires, from its `cached_dttm` + `cache_timeout`, so
+    at most the dashboard's 10 s refresh period).
+    After that it is still served, and the first request to see it stale replays itself in a
+    background thread (same path, body and session cookie, marked to pass this cache) whose
+    answer replaces it. So a viewer never waits for a query that another viewer's refresh is
+    already running, and data is at most one refresh period plus one query old (and never more
+    than `max_stale` past fresh). An answer nobody asked for in `keep` seconds is dropped (the
+    next viewer computes it while waiting).
+
+    User-specific calls (favourites, /me, filter state, the page itself) and anything else pass
+    through. Dataset SQL that templates on the user (Jinja `current_username`) would need the
+    user in the key; admetrics' views do not. ADMETRICS_SUPERSET_RESPONSE_CACHE=0 turns it off.
+    """
+
+    GET_PREFIXES = (
+        "/api/v1/dashboard/_info", "/api/v1/chart/_info", "/api/v1/database/",
+    )
+    BYPASS = "HTTP_X_ADMETRICS_REFRESH"
+    # Metadata answers (permissions, the dashboard's definition, dataset lists) change only when
+    # someone edits roles or re-imports the bundle: fresh for a minute.
+    ttl = 60.0
+    keep = 300.0
+    # A stale answer is served while its refresh runs, but never longer than this past its
+    # freshness (a refresh that keeps failing must not freeze the dashboard).
+    max_stale = 10.0
+    refresh_nice = 10
+
+    def __init__(self, app, directory):
+        from cachelib import FileSystemCache
+
+        self.app = app
+        self.store = FileSystemCache(directory, threshold=5000, default_timeout=int(self.keep))
+        self._roles = {}  # user id -> (expires_at, role ids)
+        self._refreshing = set()
+        self._lock = threading.Lock()
+
+    def cacheable(self, request) -> bool:
+        path = request.path
+        if request.method == "POST":
+            return path == "/api/v1/chart/data"
+        if request.method != "GET":
+            return False
+        if path.startswith(self.GET_PREFIXES):
+            return True
+        parts = path.strip("/").split("/")  # api v1 dashboard <id> [charts|datasets] | dataset <id> drill_info
+        if parts[:3] == ["api", "v1", "dashboard"] and len(parts) in (4, 5):
+            return parts[3] != "favorite_status" and (len(parts) == 4 or parts[4] in ("charts", "datasets"))
+        return parts[:3] == ["api", "v1", "dataset"] and len(parts) == 5 and parts[4] == "drill_info"
+
+    def role_key(self, session):
+        """The viewer's role ids, from the session's user id (no metadata query while cached)."""
+        from flask_login import current_user
+
+        uid = session.get("_user_id")
+        if not uid:
+            return None
+        now = time.monotonic()
+        hit = self._roles.get(uid)
+        if hit and hit[0] > now:
+            return hit[1]
+        if not current_user.is_authenticated:
+            return None
+        roles = tuple(sorted(r.id for r in current_user.roles))
+        self._roles[uid] = (now + self.ttl, roles)
+        return roles
+
+    def key(self, request, roles):
+        import hashlib
+
+        h = hashlib.sha256(repr((roles, request.method, request.full_path)).encode())
+        if request.method == "POST":
+            h.update(request.get_data(cache=True))
+        return h.hexdigest()
+
+    def before(self):
+        from flask import Response, g, request, session
+
+        if not self.cacheable(request):
+            return None
+        roles = self.role_key(session)
+        if roles is None:
+            return None
+        key = self.key(request, roles)
+        hit = None if request.environ.get(self.BYPASS) else self.store.get(key)
+        now = time.time()
+        # A miss, our own background refresh, or an answer whose refreshes keep failing: the view
+        # answers (this viewer waits) and after() keeps the answer.
+        if hit is None or hit[0] + self.max_stale < now:
+            g.admetrics_cache_key = key
+            return None
+        fresh_until, status, headers, body = hit
+        if fresh_until <= now:
+            self.refresh(key, request)
+        return Response(body, status=status, headers=headers)
+
+    def refresh(self, key, request):
+        """Replays `request` in a background thread (at most one per key per worker)."""
+        with self._lock:
+            if key in self._refreshing:
+                return
+            self._refreshing.add(key)
+        environ = {
+            "method": request.method,
+            "path": request.path,
+            "query_string": request.query_string.decode("latin-1"),
+            "data": request.get_data(cache=True),
+            "headers": {k: v for k, v in request.headers.items()
+                        if k.lower() in ("cookie", "content-type", "authorization", "referer")},
+        }
+
+        def run():
+            try:
+                # Below viewers' requests (Linux: per thread; DuckDB's worker threads, created by
+                # this thread's new connection, inherit it).
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.refresh_nice)
+            except (AttributeError, OSError):
+                pass
+            try:
+                # use_cookies=False: else the client replaces our Cookie header with its (empty) jar.
+                with self.app.test_client(use_cookies=False) as c:
+                    r = c.open(environ["path"], method=environ["method"], query_string=environ["query_string"],
+                               data=environ["data"], headers=environ["headers"],
+                               environ_overrides={self.BYPASS: "1"})
+                if r.status_code != 200:
+                    self.app.logger.warning("admetrics response cache: refresh of %s answered %s",
+                                            environ["path"], r.status_code)
+            except Exception:  # noqa: BLE001 - the stale answer stays; the next viewer retries
+                self.app.logger.exception("admetrics response cache: refresh of %s failed", environ["path"])
+            finally:
+                with self._lock:
+                    self._refreshing.discard(key)
+
+        threading.Thread(target=run, name="admetrics-refresh", daemon=True).start()
+
+    def after(self, response):
+        from flask import g, request
+
+        key = g.pop("admetrics_cache_key", None)
+        if key is None or response.status_code != 200 or response.direct_passthrough:
+            return response
+        ttl = self.ttl
+        if request.path == "/api/v1/chart/data":
+            ttl = self.chart_data_ttl(response)
+            if ttl is None:
+                return response
+        headers = [(k, v) for k, v in response.headers.items() if k.lower() != "set-cookie"]
+        self.store.set(key, (time.time() + ttl, response.status_code, headers, response.get_data()))
+        return response
+
+    @staticmethod
+    def chart_data_ttl(response):
+        """Seconds until the chart-data cache entry behind this answer expires (None: an error
+        answer, not to be cached)."""
+        from datetime import datetime, timezone
+
+        try:
+            results = json.loads(response.get_data()).get("result") or []
+        except ValueError:
+            return None
+        left = []
+        for r in results:
+            timeout = r.get("cache_timeout")
+            if not timeout or r.get("status") not in ("success", None) or r.get("error"):
+                return None
+            cached = r.get("cached_dttm")
+            if cached:
+                made = datetime.fromisoformat(cached).replace(tzinfo=timezone.utc).timestamp()
+                left.append(made + timeout - time.time())
+            else:
+                left.append(float(timeout))
+        return max(0.0, min(left)) if left else None
+
+
+def install_response_cache(app):
+    if os.environ.get("ADMETRICS_SUPERSET_RESPONSE_CACHE", "1") == "0":
+        return
+    home = os.environ.get("ADMETRICS_SUPERSET_HOME", os.path.abspath(".state/superset"))
+    cache = RoleResponseCache(app, os.path.join(home, "response-cache"))
+    app.before_request(cache.before)
+    app.after_request(cache.after)
+
+
+def mutate_app(app):
+    """FLASK_APP_MUTATOR: the WSGI filter and the response cache."""
+    refresh_from_cache(app)
+    install_response_cache(app)

@@ -41,7 +41,9 @@ def main():
     ap.add_argument("--screenshot", required=True)
     ap.add_argument("--expect-refresh-events", type=int, default=None)
     ap.add_argument("--out-refreshed", default=None)
-    ap.add_argument("--cache-ttl", type=float, default=10, help="Superset's chart-data cache timeout, seconds")
+    ap.add_argument("--cache-ttl", type=float, default=20,
+                    help="the oldest data an answer may carry, seconds: Superset's chart-data cache timeout (10) "
+                         "+ the response cache's max_stale (10, dashboard/admetrics_superset.py)")
     ap.add_argument("--timeout", type=float, default=90)
     a = ap.parse_args()
 
@@ -164,8 +166,8 @@ def main():
                     page.wait_for_timeout(250)
             if seen_at is None:
                 fail(f"no auto-refresh brought 'Events committed' to {a.expect_refresh_events} (last seen {last})")
-            # A full round sent one chart-data cache period (superset_config.py) after that moment
-            # sees the final tables for every chart, cached or not.
+            # A full round sent one --cache-ttl after that moment sees the final tables for every
+            # chart: no answer served then can carry data computed before it.
             fresh_after = seen_at + a.cache_ttl + 0.5
             deadline = max(deadline, fresh_after + 10 + a.timeout)
             while time.monotonic() < deadline:
