@@ -280,29 +280,31 @@ class RoleResponseCache:
                         if k.lower() in ("cookie", "content-type", "authorization", "referer")},
         }
 
-        def run():
-            try:
-                # Below viewers' requests (Linux: per thread; DuckDB's worker threads, created by
-                # this thread's new connection, inherit it).
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.refresh_nice)
-            except (AttributeError, OSError):
-                pass
-            try:
-                # use_cookies=False: else the client replaces our Cookie header with its (empty) jar.
-                with self.app.test_client(use_cookies=False) as c:
-                    r = c.open(environ["path"], method=environ["method"], query_string=environ["query_string"],
-                               data=environ["data"], headers=environ["headers"],
-                               environ_overrides={self.BYPASS: "1"})
-                if r.status_code != 200:
-                    self.app.logger.warning("admetrics response cache: refresh of %s answered %s",
-                                            environ["path"], r.status_code)
-            except Exception:  # noqa: BLE001 - the stale answer stays; the next viewer retries
-                self.app.logger.exception("admetrics response cache: refresh of %s failed", environ["path"])
-            finally:
-                with self._lock:
-                    self._refreshing.discard(key)
+        threading.Thread(target=self._replay, args=(key, environ), name="admetrics-refresh",
+                         daemon=True).start()
 
-        threading.Thread(target=run, name="admetrics-refresh", daemon=True).start()
+    def _replay(self, key, environ):
+        """Runs the request again through the app (this cache passed), so after() stores it."""
+        try:
+            # Below viewers' requests (Linux: per thread; DuckDB's worker threads, created by
+            # this thread's new connection, inherit it).
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.refresh_nice)
+        except (AttributeError, OSError):
+            pass
+        try:
+            # use_cookies=False: else the client replaces our Cookie header with its (empty) jar.
+            with self.app.test_client(use_cookies=False) as c:
+                r = c.open(environ["path"], method=environ["method"], query_string=environ["query_string"],
+                           data=environ["data"], headers=environ["headers"],
+                           environ_overrides={self.BYPASS: "1"})
+            if r.status_code != 200:
+                self.app.logger.warning("admetrics response cache: refresh of %s answered %s",
+                                        environ["path"], r.status_code)
+        except Exception:  # noqa: BLE001 - the stale answer stays; the next viewer retries
+            self.app.logger.exception("admetrics response cache: refresh of %s failed", environ["path"])
+        finally:
+            with self._lock:
+                self._refreshing.discard(key)
 
     def after(self, response):
         from flask import g, request
@@ -356,3 +358,60 @@ def mutate_app(app):
     """FLASK_APP_MUTATOR: the WSGI filter and the response cache."""
     refresh_from_cache(app)
     install_response_cache(app)
+
+
+class _TtlMemo:
+    """A per-process map whose entries live `ttl` seconds (for values derived from roles)."""
+
+    def __init__(self, ttl: float):
+        self.ttl = ttl
+        self._d = {}
+
+    def get(self, key, compute):
+        now = time.monotonic()
+        hit = self._d.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        value = compute()
+        if len(self._d) > 10000:
+            self._d.clear()
+        self._d[key] = (now + self.ttl, value)
+        return value
+
+
+def security_manager_class(base):
+    """CUSTOM_SECURITY_MANAGER: `base` (Superset's security manager) with its permission lookups
+    remembered for PERMISSION_TTL seconds per process.
+
+    Why: Flask-AppBuilder answers every "may this role do X" with metadata-database queries, and
+    every page load builds the viewer's whole permission list (hundreds of ORM rows for Admin):
+    ~60 % of the dashboard page's server time here, and a check or two on every API call. The
+    answers depend only on role ids and change only when someone edits roles; a change shows
+    within PERMISSION_TTL (60 s)."""
+
+    ttl = float(os.environ.get("ADMETRICS_SUPERSET_PERMISSION_TTL", "60"))
+
+    class AdmetricsSecurityManager(base):
+        _public = _TtlMemo(ttl)
+        _on_roles = _TtlMemo(ttl)
+        _roles_permissions = _TtlMemo(ttl)
+
+        def is_item_public(self, permission_name, view_name):
+            return self._public.get((permission_name, view_name),
+                                    lambda: super(AdmetricsSecurityManager, self).is_item_public(
+                                        permission_name, view_name))
+
+        def exist_permission_on_roles(self, view_name, permission_name, role_ids):
+            return self._on_roles.get((view_name, permission_name, tuple(sorted(role_ids))),
+                                      lambda: super(AdmetricsSecurityManager, self).exist_permission_on_roles(
+                                          view_name, permission_name, role_ids))
+
+        def get_user_roles_permissions(self, user):
+            # The answer is a plain dict of role name -> [(permission, view)], read-only to callers.
+            key = tuple(sorted(r.id for r in self.get_user_roles(user)))
+            if not key:
+                return super().get_user_roles_permissions(user)
+            return self._roles_permissions.get(
+                key, lambda: super(AdmetricsSecurityManager, self).get_user_roles_permissions(user))
+
+    return AdmetricsSecurityManager

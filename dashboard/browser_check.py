@@ -64,12 +64,27 @@ def main():
         console_errors = []
         page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
 
-        # Log in through the login form.
-        page.goto(f"{a.url}/login/", timeout=a.timeout * 1000)
-        page.locator("input[id='username'], input[name='username']").first.fill(a.user)
-        page.locator("input[id='password'], input[name='password']").first.fill(a.password)
-        page.locator("button[type='submit'], input[type='submit']").first.click()
-        page.wait_for_url(lambda u: "/login" not in u, timeout=a.timeout * 1000)
+        # Log in through the login form. Superset keeps its session in a cookie, and a request the
+        # login page sent before the login (its event log POST) can answer after it with the
+        # anonymous session's cookie, logging the browser out again (seen once here: every call
+        # of the welcome page then got 401). So: wait for the page to settle, check the session,
+        # and log in again if it was lost; a person would do the same.
+        for attempt in range(3):
+            page.goto(f"{a.url}/login/", timeout=a.timeout * 1000)
+            page.locator("input[id='username'], input[name='username']").first.fill(a.user)
+            page.locator("input[id='password'], input[name='password']").first.fill(a.password)
+            page.locator("button[type='submit'], input[type='submit']").first.click()
+            page.wait_for_url(lambda u: "/login" not in u, timeout=a.timeout * 1000)
+            try:
+                page.wait_for_load_state("networkidle", timeout=a.timeout * 1000)
+            except Exception:  # noqa: BLE001 - a page that never goes quiet is checked below anyway
+                pass
+            if page.request.get(f"{a.url}/api/v1/me/").ok:
+                break
+            print(f"browser_check: the session was lost right after logging in (attempt {attempt + 1}); "
+                  "logging in again", flush=True)
+        else:
+            fail("could not stay logged in")
 
         meta = page.request.get(f"{a.url}/api/v1/dashboard/{a.dashboard}/charts")
         if not meta.ok:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The dashboard under load while the pipeline runs: a tansu broker, the daemon and the load
-# generator (--rate events/s) write the tables; Superset (scripts/dashboard.sh) serves the
+# generator (--rate events/s) write the tables, scripts/maintain.py merges their manifests; Superset (scripts/dashboard.sh) serves the
 # dashboard; one real-browser load is timed (dashboard/browser_check.py, headless Chromium), then
 # --users concurrent users load it --rounds times at the HTTP level (dashboard/load_bench.py).
 # A benchmark with a printed report, not a test.
@@ -20,6 +20,7 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 scripts/setup.sh --demo
+scripts/setup.sh --python
 scripts/setup.sh --superset
 scripts/setup.sh --browser
 scripts/build-plugins.sh --plain-only >/dev/null
@@ -41,6 +42,8 @@ export ADMETRICS__KAFKA__BROKERS="127.0.0.1:$kport" ADMETRICS__HTTP__LISTEN="127
   ADMETRICS_LOG=warn
 setsid target/release/admetrics run --config config/default.toml > "$work/daemon.log" 2>&1 & pids+=($!)
 setsid target/release/admetrics loadgen --brokers "127.0.0.1:$kport" --rate "$rate" > "$work/loadgen.log" 2>&1 & pids+=($!)
+# Manifest merging beside the daemon, as deployed (scripts/maintain.py).
+setsid .venv/bin/python scripts/maintain.py --config config/default.toml --interval 10 > "$work/maintain.log" 2>&1 & pids+=($!)
 setsid scripts/dashboard.sh --warehouse "$work/warehouse" --home "$work/superset" --port "$sport" \
   > "$work/dashboard.log" 2>&1 & pids+=($!)
 for _ in $(seq 600); do curl -sf "http://127.0.0.1:$sport/health" >/dev/null && break; sleep 1; done

@@ -43,7 +43,12 @@ if $dashboard; then
   echo "starting the Superset dashboard (log: .state/dashboard.log): http://127.0.0.1:8088/superset/dashboard/admetrics/ (admin / admin)"
   setsid scripts/dashboard.sh > .state/dashboard.log 2>&1 &
   dash=$!
-  trap 'kill -- -$dash 2>/dev/null; kill ${broker:-} 2>/dev/null; wait 2>/dev/null' EXIT
+  # Manifest merging beside the daemon (scripts/maintain.py): keeps the dashboard's queries from
+  # slowing down with every commit while the demo runs.
+  scripts/setup.sh --python
+  setsid .venv/bin/python scripts/maintain.py --config config/default.toml > .state/maintain.log 2>&1 &
+  maint=$!
+  trap 'kill -- -$dash 2>/dev/null; kill $maint 2>/dev/null; kill ${broker:-} 2>/dev/null; wait 2>/dev/null' EXIT
 fi
 
 ADMETRICS__KAFKA__BROKERS="127.0.0.1:$PORT" target/release/admetrics demo --config config/default.toml "$@"

@@ -43,6 +43,7 @@ fn the_compose_file_is_valid_and_starts_things_in_order() {
             "kafka",
             "kafka-init",
             "loadgen",
+            "maintenance",
             "minio",
             "minio-init",
             "superset"
@@ -73,6 +74,7 @@ fn the_compose_file_is_valid_and_starts_things_in_order() {
         ("admetrics", "kafka-init", "service_completed_successfully"),
         ("admetrics", "iceberg-rest", "service_healthy"),
         ("loadgen", "admetrics", "service_healthy"),
+        ("maintenance", "admetrics", "service_healthy"),
         ("superset", "admetrics", "service_healthy"),
     ];
     for (who, what, cond) in needs {
@@ -103,7 +105,11 @@ fn the_compose_file_is_valid_and_starts_things_in_order() {
 #[test]
 fn the_images_copy_what_exists_and_the_container_config_loads() {
     let root = repo_root();
-    for dockerfile in ["Dockerfile", "dashboard/Dockerfile"] {
+    for dockerfile in [
+        "Dockerfile",
+        "dashboard/Dockerfile",
+        "scripts/maintain.Dockerfile",
+    ] {
         let text = std::fs::read_to_string(root.join(dockerfile)).unwrap();
         for line in text
             .lines()

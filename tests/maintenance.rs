@@ -1,0 +1,151 @@
+//! Table maintenance beside a running daemon: `scripts/maintain.py` (PyIceberg merge-append of
+//! no files) merges the manifests of the tables while the daemon commits every 400 ms. The
+//! daemon's commits and the merges race on the catalog's compare-and-swap; afterwards every line
+//! of the input is in the tables exactly once with the right metrics (`verify_file_run.py`),
+//! the manifests are merged, and a second run over the same file resumes through the merge
+//! snapshots and adds nothing.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use support::*;
+
+#[test]
+fn manifests_merged_while_the_daemon_commits_lose_and_duplicate_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let events = d.join("events.jsonl");
+    let o = Command::new(env!("CARGO_BIN_EXE_admetrics"))
+        .args(["loadgen", "--out"])
+        .arg(&events)
+        .args(["--total", "40000", "--rate", "100", "--campaigns", "6"])
+        .args(["--users", "400", "--ctr", "0.2", "--cvr", "0.3", "--seed", "11"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut text = std::fs::read_to_string(&events).unwrap();
+    text.push_str("{\"event_type\":\n[1]\n");
+    std::fs::write(&events, text).unwrap();
+
+    let plugins: Vec<String> = plugin_paths()
+        .iter()
+        .map(|p| format!("{:?}", p.display().to_string()))
+        .collect();
+    let cfg = d.join("m.toml");
+    // Slow enough (6 000 events/s, a commit every 400 ms: ~7 s, ~17 commits per table) that the
+    // run spans many merge rounds. (With a commit every 50 ms a merge, which takes longer, loses
+    // every race: PyIceberg retries with backoff, and the merge waits for a quiet moment.)
+    std::fs::write(
+        &cfg,
+        format!(
+            "[kafka]\nbatch_size = 500\nmax_events_per_sec = 6000\n\
+             [commit]\ninterval_ms = 400\n\
+             [validation]\nmax_past_ms = 315360000000\n\
+             [plugins]\npaths = [{}]\n\
+             [iceberg]\ncatalog_uri = \"sqlite:{d}/catalog.db\"\nwarehouse = \"{d}/warehouse\"\n",
+            plugins.join(", "),
+            d = d.display()
+        ),
+    )
+    .unwrap();
+    let maintain = |extra: &[&str]| {
+        let mut c = Command::new(python());
+        c.arg(repo_root().join("scripts/maintain.py"))
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--min-manifests", "3"])
+            .args(extra);
+        c
+    };
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_admetrics"))
+            .arg("run")
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--file")
+            .arg(&events)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+
+    // The tables exist before the maintenance loop starts looking (an empty file, then the run).
+    let empty = d.join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_admetrics"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .arg("--file")
+        .arg(&empty)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let log = d.join("maintain.log");
+    let mut job = maintain(&["--interval", "0.2"])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let o = run();
+    let ran = started.elapsed();
+    let _ = job.kill();
+    let _ = job.wait();
+    assert!(
+        o.status.success(),
+        "run failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let rounds = std::fs::read_to_string(&log).unwrap();
+    let merges = rounds.matches("manifests_before").count();
+    let conflicts = rounds.matches("\"conflict\"").count();
+    let errors = rounds.matches("\"error\"").count();
+    progress(format_args!(
+        "run took {:.1} s; {merges} merges and {conflicts} lost races meanwhile",
+        ran.as_secs_f64()
+    ));
+    assert_eq!(errors, 0, "maintenance errors:\n{rounds}");
+    assert!(
+        merges >= 2,
+        "expected several merges while the daemon ran ({:.1} s):\n{rounds}",
+        ran.as_secs_f64()
+    );
+
+    let verify = || {
+        let args = vec![
+            "--events".to_string(),
+            events.display().to_string(),
+            "--catalog".into(),
+            format!("{}/catalog.db", d.display()),
+            "--warehouse".into(),
+            format!("{}/warehouse", d.display()),
+        ];
+        println!("{}", run_python("verify_file_run.py", &args));
+    };
+    verify();
+
+    // A last round leaves one manifest in each of the three tables.
+    let o = maintain(&["--once", "--min-manifests", "2"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let last = String::from_utf8_lossy(&o.stdout).to_string();
+    println!("{last}");
+    assert_eq!(last.lines().count(), 3, "one report per table:\n{last}");
+    for line in last.lines() {
+        let r: serde_json::Value =
+            serde_json::from_str(line.trim_start_matches("maintain: ")).unwrap();
+        let manifests = r.get("manifests_after").or_else(|| r.get("manifests"));
+        assert_eq!(
+            manifests.and_then(|m| m.as_u64()),
+            Some(1),
+            "not one manifest: {line}"
+        );
+    }
+
+    // The resume position is found through the merge snapshots: nothing is added again.
+    let o = run();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    verify();
+}
