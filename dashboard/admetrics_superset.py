@@ -180,7 +180,8 @@ class RoleResponseCache:
     next viewer computes it while waiting).
 
     User-specific calls (favourites, /me, filter state, the page itself) and anything else pass
-    through. Dataset SQL that templates on the user (Jinja `current_username`) would need the
+    through. A hit trusts the session's user id and that user's role ids for `ttl` seconds without
+    asking the metadata database, so a deactivated user or a role change is noticed within that. Dataset SQL that templates on the user (Jinja `current_username`) would need the
     user in the key; admetrics' views do not. ADMETRICS_SUPERSET_RESPONSE_CACHE=0 turns it off.
     """
 
