@@ -70,7 +70,11 @@ fn the_compose_file_is_valid_and_starts_things_in_order() {
     let needs = [
         ("kafka-init", "kafka", "service_healthy"),
         ("minio-init", "minio", "service_healthy"),
-        ("iceberg-rest", "minio-init", "service_completed_successfully"),
+        (
+            "iceberg-rest",
+            "minio-init",
+            "service_completed_successfully",
+        ),
         ("admetrics", "kafka-init", "service_completed_successfully"),
         ("admetrics", "iceberg-rest", "service_healthy"),
         ("loadgen", "admetrics", "service_healthy"),
@@ -93,12 +97,23 @@ fn the_compose_file_is_valid_and_starts_things_in_order() {
         "drop-in plugin directory mounted"
     );
     assert!(full.contains("apache/kafka:"), "the official Kafka image");
-    assert!(full.contains("apache/iceberg-rest-fixture:"), "Apache's REST catalog");
+    assert!(
+        full.contains("apache/iceberg-rest-fixture:"),
+        "Apache's REST catalog"
+    );
     assert!(full.contains("minio/minio:"), "MinIO");
     // Superset's DuckDB reads the same REST catalog and bucket the daemon writes.
     let superset = section("superset");
-    for want in ["--rest-uri", "http://iceberg-rest:8181", "http://minio:9000", "s3://warehouse/"] {
-        assert!(superset.contains(want), "superset: {want} missing:\n{superset}");
+    for want in [
+        "--rest-uri",
+        "http://iceberg-rest:8181",
+        "http://minio:9000",
+        "s3://warehouse/",
+    ] {
+        assert!(
+            superset.contains(want),
+            "superset: {want} missing:\n{superset}"
+        );
     }
 }
 
@@ -128,7 +143,10 @@ fn the_images_copy_what_exists_and_the_container_config_loads() {
         .expect("config/compose.toml loads with the daemon's strict loader");
     assert_eq!(cfg.kafka.brokers, "kafka:9092");
     assert!(cfg.iceberg.is_rest() && cfg.iceberg.catalog_uri == "http://iceberg-rest:8181");
-    assert_eq!(cfg.iceberg.warehouse, std::path::Path::new("s3://warehouse/"));
+    assert_eq!(
+        cfg.iceberg.warehouse,
+        std::path::Path::new("s3://warehouse/")
+    );
     assert_eq!(cfg.iceberg.properties["s3.endpoint"], "http://minio:9000");
     assert_eq!(cfg.http.listen.as_deref(), Some("0.0.0.0:9464"));
     let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();

@@ -92,21 +92,17 @@ fn the_dashboard_shows_what_the_tables_hold_and_refreshes_by_itself() {
     let broker = Broker::start();
     broker.create_topic(TOPIC, PARTITIONS as u32);
     let metrics_addr = format!("127.0.0.1:{}", free_port());
-    let plugins: Vec<String> = plugin_paths()
-        .iter()
-        .map(|p| format!("{:?}", p.display().to_string()))
-        .collect();
     let cfg = d.join("admetrics.toml");
     std::fs::write(
         &cfg,
         format!(
             "[kafka]\nbrokers = \"{}\"\ntopic = \"{TOPIC}\"\ngroup_id = \"dashboard-test\"\n\
              [window]\nsize_secs = 60\nout_of_orderness_ms = 2000\nidle_timeout_ms = 2000\n\
-             [plugins]\npaths = [{}]\n\
+             [plugins]\npaths = {}\n\
              [iceberg]\ncatalog_uri = \"sqlite:{d}/catalog.db\"\nwarehouse = \"{d}/warehouse\"\n\
              [commit]\ninterval_ms = 500\n[http]\nlisten = \"{metrics_addr}\"\n",
             broker.bootstrap,
-            plugins.join(", "),
+            plugins_toml(),
             d = d.display()
         ),
     )

@@ -21,7 +21,9 @@ fn manifests_merged_while_the_daemon_commits_lose_and_duplicate_nothing() {
         .args(["loadgen", "--out"])
         .arg(&events)
         .args(["--total", "40000", "--rate", "100", "--campaigns", "6"])
-        .args(["--users", "400", "--ctr", "0.2", "--cvr", "0.3", "--seed", "11"])
+        .args([
+            "--users", "400", "--ctr", "0.2", "--cvr", "0.3", "--seed", "11",
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -29,10 +31,6 @@ fn manifests_merged_while_the_daemon_commits_lose_and_duplicate_nothing() {
     text.push_str("{\"event_type\":\n[1]\n");
     std::fs::write(&events, text).unwrap();
 
-    let plugins: Vec<String> = plugin_paths()
-        .iter()
-        .map(|p| format!("{:?}", p.display().to_string()))
-        .collect();
     let cfg = d.join("m.toml");
     // Slow enough (6 000 events/s, a commit every 400 ms: ~7 s, ~17 commits per table) that the
     // run spans many merge rounds. (With a commit every 50 ms a merge, which takes longer, loses
@@ -43,9 +41,9 @@ fn manifests_merged_while_the_daemon_commits_lose_and_duplicate_nothing() {
             "[kafka]\nbatch_size = 500\nmax_events_per_sec = 6000\n\
              [commit]\ninterval_ms = 400\n\
              [validation]\nmax_past_ms = 315360000000\n\
-             [plugins]\npaths = [{}]\n\
+             [plugins]\npaths = {}\n\
              [iceberg]\ncatalog_uri = \"sqlite:{d}/catalog.db\"\nwarehouse = \"{d}/warehouse\"\n",
-            plugins.join(", "),
+            plugins_toml(),
             d = d.display()
         ),
     )
@@ -128,7 +126,9 @@ fn manifests_merged_while_the_daemon_commits_lose_and_duplicate_nothing() {
     verify();
 
     // A last round leaves one manifest in each of the three tables.
-    let o = maintain(&["--once", "--min-manifests", "2"]).output().unwrap();
+    let o = maintain(&["--once", "--min-manifests", "2"])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let last = String::from_utf8_lossy(&o.stdout).to_string();
     println!("{last}");

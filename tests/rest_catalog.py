@@ -126,8 +126,7 @@ class Handler(BaseHTTPRequestHandler):
                         return self.send(200, resp.model_dump_json(by_alias=True, exclude_none=True).encode())
                 return self.error(404, "NotFoundException", f"no route {m} {self.path}")
             except tuple(ERRORS) as e:
-                code, kind = ERRORS[type(e)] if type(e) in ERRORS else next(
-                    v for k, v in ERRORS.items() if isinstance(e, k))
+                code, kind = next(v for k, v in ERRORS.items() if isinstance(e, k))
                 return self.error(code, kind, str(e))
             except Exception as e:  # noqa: BLE001 - a test server: report everything to the client
                 self.log_message("error: %r", e)

@@ -15,7 +15,7 @@ mod support;
 
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use support::*;
@@ -47,14 +47,6 @@ fn start(name: &'static str, cmd: &mut Command, port: u16, log: &Path) -> Server
     s
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 #[test]
 fn rest_catalog_on_s3_holds_every_event_once_and_the_dashboard_views_read_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -75,7 +67,12 @@ fn rest_catalog_on_s3_holds_every_event_once_and_the_dashboard_views_read_it() {
         "REST catalog",
         Command::new(python())
             .arg(repo_root().join("tests/rest_catalog.py"))
-            .args(["--port", &rest_port.to_string(), "--warehouse", "s3://lake/warehouse"])
+            .args([
+                "--port",
+                &rest_port.to_string(),
+                "--warehouse",
+                "s3://lake/warehouse",
+            ])
             .args(["--s3-endpoint", &s3, "--create-bucket", "--quiet", "--db"])
             .arg(d.join("rest-catalog.db")),
         rest_port,
@@ -88,10 +85,12 @@ fn rest_catalog_on_s3_holds_every_event_once_and_the_dashboard_views_read_it() {
         .args(["loadgen", "--out"])
         .arg(&events)
         .args(["--total", "20000", "--rate", "100", "--campaigns", "5"])
-        .args(["--users", "300", "--ctr", "0.2", "--cvr", "0.3", "--seed", "9"])
+        .args([
+            "--users", "300", "--ctr", "0.2", "--cvr", "0.3", "--seed", "9",
+        ])
         .output()
         .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     let mut lines: Vec<String> = std::fs::read_to_string(&events)
         .unwrap()
         .lines()
@@ -105,20 +104,16 @@ fn rest_catalog_on_s3_holds_every_event_once_and_the_dashboard_views_read_it() {
     }
     std::fs::write(&events, lines.join("\n") + "\n").unwrap();
 
-    let plugins: Vec<String> = plugin_paths()
-        .iter()
-        .map(|p| format!("{:?}", p.display().to_string()))
-        .collect();
     let cfg = d.join("rest.toml");
     std::fs::write(
         &cfg,
         format!(
             "[validation]\nmax_past_ms = 315360000000\n\
-             [plugins]\npaths = [{}]\n\
+             [plugins]\npaths = {}\n\
              [iceberg]\ncatalog_uri = \"{rest}\"\nwarehouse = \"s3://lake/warehouse\"\n\
              [iceberg.properties]\n\"s3.endpoint\" = \"{s3}\"\n\"s3.region\" = \"us-east-1\"\n\
              \"s3.path-style-access\" = \"true\"\n",
-            plugins.join(", ")
+            plugins_toml()
         ),
     )
     .unwrap();
@@ -141,16 +136,29 @@ fn rest_catalog_on_s3_holds_every_event_once_and_the_dashboard_views_read_it() {
         let args: Vec<String> = ["--events", &events.display().to_string()]
             .iter()
             .map(|s| s.to_string())
-            .chain(["--catalog".into(), rest.clone(), "--s3-endpoint".into(), s3.clone()])
+            .chain([
+                "--catalog".into(),
+                rest.clone(),
+                "--s3-endpoint".into(),
+                s3.clone(),
+            ])
             .collect();
         println!("{}", run_python("verify_file_run.py", &args));
     };
     let o = run();
-    assert!(o.status.success(), "run --file over REST + S3 failed:\n{}", text(&o));
+    assert!(
+        o.status.success(),
+        "run --file over REST + S3 failed:\n{}",
+        output_text(&o)
+    );
     verify();
     // Resume state comes back over REST: a second run over the same file adds nothing.
     let o = run();
-    assert!(o.status.success(), "second run failed:\n{}", text(&o));
+    assert!(
+        o.status.success(),
+        "second run failed:\n{}",
+        output_text(&o)
+    );
     verify();
 
     // The compose stack's query engine: DuckDB attached to the REST catalog, through the
@@ -169,7 +177,11 @@ fn rest_catalog_on_s3_holds_every_event_once_and_the_dashboard_views_read_it() {
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .output()
         .unwrap();
-    assert!(o.status.success(), "bundle.py --rest-uri failed:\n{}", text(&o));
+    assert!(
+        o.status.success(),
+        "bundle.py --rest-uri failed:\n{}",
+        output_text(&o)
+    );
     let o = Command::new(&superset_python)
         .arg(repo_root().join("tests/verify_rest_views.py"))
         .arg("--duckdb")
@@ -178,6 +190,10 @@ fn rest_catalog_on_s3_holds_every_event_once_and_the_dashboard_views_read_it() {
         .arg(&events)
         .output()
         .unwrap();
-    println!("{}", text(&o));
-    assert!(o.status.success(), "verify_rest_views failed:\n{}", text(&o));
+    println!("{}", output_text(&o));
+    assert!(
+        o.status.success(),
+        "verify_rest_views failed:\n{}",
+        output_text(&o)
+    );
 }

@@ -9,7 +9,7 @@ mod support;
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use support::*;
 
@@ -19,19 +19,11 @@ fn admetrics(args: &[&str]) -> Command {
     c
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 #[test]
 fn help_names_every_subcommand_and_the_log_format() {
     let o = admetrics(&["--help"]).output().unwrap();
     assert!(o.status.success());
-    let help = text(&o);
+    let help = output_text(&o);
     for word in ["run", "demo", "loadgen", "plugin", "--log-format"] {
         assert!(
             help.contains(word),
@@ -39,7 +31,7 @@ fn help_names_every_subcommand_and_the_log_format() {
         );
     }
     let o = admetrics(&["run", "--help"]).output().unwrap();
-    assert!(text(&o).contains("--file"), "{}", text(&o));
+    assert!(output_text(&o).contains("--file"), "{}", output_text(&o));
 }
 
 #[test]
@@ -51,7 +43,7 @@ fn an_unknown_config_key_is_refused_by_name() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
-    let err = text(&o);
+    let err = output_text(&o);
     assert!(err.contains("size_sec"), "the key is not named:\n{err}");
     // An environment override with a bad value names the key too.
     let ok = dir.path().join("ok.toml");
@@ -61,23 +53,19 @@ fn an_unknown_config_key_is_refused_by_name() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o).contains("size_secs"), "{}", text(&o));
+    assert!(output_text(&o).contains("size_secs"), "{}", output_text(&o));
 }
 
 fn config(dir: &Path, name: &str) -> std::path::PathBuf {
-    let plugins: Vec<String> = plugin_paths()
-        .iter()
-        .map(|p| format!("{:?}", p.display().to_string()))
-        .collect();
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(
         &path,
         format!(
             "[window]\nsize_secs = 60\nout_of_orderness_ms = 5000\n\
              [validation]\nmax_past_ms = 315360000000\n\
-             [plugins]\npaths = [{}]\n\
+             [plugins]\npaths = {}\n\
              [iceberg]\ncatalog_uri = \"sqlite:{d}/{name}/catalog.db\"\nwarehouse = \"{d}/{name}/warehouse\"\n",
-            plugins.join(", "),
+            plugins_toml(),
             d = dir.display()
         ),
     )
@@ -111,7 +99,7 @@ fn a_file_goes_through_the_whole_pipeline_once_with_json_logs() {
     ])
     .output()
     .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     // Bad lines in the middle, each of a kind the verifier recognises on its own.
     let mut lines: Vec<String> = std::fs::read_to_string(&events)
         .unwrap()
@@ -142,7 +130,11 @@ fn a_file_goes_through_the_whole_pipeline_once_with_json_logs() {
             .unwrap()
     };
     let o = run();
-    assert!(o.status.success(), "run --file failed:\n{}", text(&o));
+    assert!(
+        o.status.success(),
+        "run --file failed:\n{}",
+        output_text(&o)
+    );
     let stderr = String::from_utf8_lossy(&o.stderr);
     let mut logged = 0;
     for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
@@ -175,7 +167,11 @@ fn a_file_goes_through_the_whole_pipeline_once_with_json_logs() {
 
     // Again, same file, same stream name: resumes after the committed end, writes nothing new.
     let o = run();
-    assert!(o.status.success(), "second run failed:\n{}", text(&o));
+    assert!(
+        o.status.success(),
+        "second run failed:\n{}",
+        output_text(&o)
+    );
     verify(&[]);
 
     // Through stdin into other tables: the same metrics.
@@ -194,7 +190,7 @@ fn a_file_goes_through_the_whole_pipeline_once_with_json_logs() {
         .write_all(&std::fs::read(&events).unwrap())
         .unwrap();
     let o = child.wait_with_output().unwrap();
-    assert!(o.status.success(), "stdin run failed:\n{}", text(&o));
+    assert!(o.status.success(), "stdin run failed:\n{}", output_text(&o));
     let args = vec![
         "--events".to_string(),
         events.display().to_string(),

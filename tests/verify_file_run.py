@@ -91,8 +91,7 @@ def main():
         for t in ("campaign_events", "campaign_metrics", "dead_letters"):
             loc = cat.load_table(f"ads.{t}").location()
             if not loc.startswith("s3://"):
-                problems_early = f"ads.{t} is at {loc}, not on S3"
-                sys.exit(f"verify_file_run: {problems_early}")
+                sys.exit(f"verify_file_run: ads.{t} is at {loc}, not on S3")
     problems = []
     got = defaultdict(lambda: {"impressions": 0, "clicks": 0, "conversions": 0, "revenue": Decimal(0)})
     for (ws, c, _ad, m), r in latest.items():

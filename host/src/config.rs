@@ -567,7 +567,10 @@ mod tests {
             )
             .unwrap_err()
             .to_string();
-            assert!(err.contains(&format!("iceberg.{key}")) && err.contains(reason), "{err}");
+            assert!(
+                err.contains(&format!("iceberg.{key}")) && err.contains(reason),
+                "{err}"
+            );
         }
     }
 }

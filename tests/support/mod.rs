@@ -191,6 +191,24 @@ pub fn plugin_paths() -> Vec<PathBuf> {
     paths
 }
 
+/// The plugin paths as a TOML array, for `[plugins] paths = …` in a test's config.
+pub fn plugins_toml() -> String {
+    let quoted: Vec<String> = plugin_paths()
+        .iter()
+        .map(|p| format!("{:?}", p.display().to_string()))
+        .collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// A finished child's stdout and stderr, for assertion messages.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// The Python of the project's test venv (scripts/setup.sh creates it).
 pub fn python() -> PathBuf {
     let p = std::env::var("ADMETRICS_PYTHON")

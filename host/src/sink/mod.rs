@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
+use iceberg::io::StorageFactory;
 use iceberg::spec::{DataFile, DataFileFormat, Literal, Struct};
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
@@ -28,7 +29,6 @@ use iceberg::writer::file_writer::location_generator::{
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
-use iceberg::io::StorageFactory;
 use iceberg_catalog_rest::RestCatalogBuilder;
 use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
 use iceberg_storage_opendal::OpenDalResolvingStorageFactory;
@@ -173,8 +173,14 @@ impl IcebergSink {
             Some(schema::events_partition_spec()),
         )
         .await?;
-        let metrics =
-            ensure_table(catalog.as_ref(), &ns, METRICS_TABLE, schema::metrics_schema(), None).await?;
+        let metrics = ensure_table(
+            catalog.as_ref(),
+            &ns,
+            METRICS_TABLE,
+            schema::metrics_schema(),
+            None,
+        )
+        .await?;
         let dead_letters = ensure_table(
             catalog.as_ref(),
             &ns,
@@ -543,7 +549,10 @@ pub async fn open_catalog(cfg: &IcebergConfig) -> Result<Arc<dyn Catalog>, SinkE
     let object_store: Arc<dyn StorageFactory> = Arc::new(OpenDalResolvingStorageFactory::new());
     if cfg.is_rest() {
         props.insert("uri".into(), cfg.catalog_uri.clone());
-        props.insert("warehouse".into(), cfg.warehouse.to_string_lossy().into_owned());
+        props.insert(
+            "warehouse".into(),
+            cfg.warehouse.to_string_lossy().into_owned(),
+        );
         let catalog = RestCatalogBuilder::default()
             .with_storage_factory(object_store)
             .load(&cfg.catalog_name, props)
