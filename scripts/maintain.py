@@ -1,25 +1,33 @@
 #!/usr/bin/env python3
-"""Table maintenance beside the daemon: merges the manifests of the admetrics tables.
+"""Table maintenance beside the daemon: compacts small data files, merges manifests and expires
+old snapshots of the admetrics tables, every --interval seconds.
 
-    .venv/bin/python scripts/maintain.py --config config/default.toml [--interval 30] [--min-manifests 20] [--once]
+    .venv/bin/python scripts/maintain.py --config config/default.toml [--interval 30] [--once] [--report]
 
-Why: the daemon commits every second, and each commit (iceberg-rust's fast append) adds one
-manifest to its table. A reader plans every scan by opening every manifest of the current
-snapshot, so the dashboard's queries grow with the daemon's uptime (measured here: ~1.3 ms per
-commit per scan; 150 commits made planning 0.19 s of a 0.26 s count). iceberg-rust 0.10 has no
-public manifest rewrite, so this job commits, through PyIceberg, an append of no files whose
-manifests are merged (Iceberg's merge-append): same data files, one manifest per partition spec
-(up to `commit.manifest.target-size-bytes`, 8 MB).
+Why: the daemon commits every second, and each commit (iceberg-rust's fast append) adds a small
+data file, a manifest and a snapshot to each table. Readers pay for all three: a scan opens
+every manifest (~1.3 ms per commit per scan here) and every data file, and the metadata file
+that lists the snapshots (~1.1 KB each) is parsed at each query and rewritten at each commit.
+Left alone, the dashboard's queries grow with the daemon's uptime. iceberg-rust 0.10 has none of
+these operations, so this job does them through PyIceberg, per table, in this order:
 
-Safe beside a running daemon: the commit is an ordinary compare-and-swap on the table's
-metadata. If the daemon commits first, this round is skipped and retried at the next interval;
-if this commits first, the daemon's commit reloads the table and re-applies its append
-(iceberg-rust retries catalog conflicts). The merge snapshot carries no admetrics positions,
-and the daemon's resume walks the snapshot ancestry past it (tests/maintenance.rs).
+1. `compact_small_files`: size-tiered rewrite of a partition's small files into one file
+   (an overwrite snapshot: the same rows, fewer files);
+2. `merge_manifests`: an append of no files whose manifests are merged (Iceberg's merge-append):
+   one manifest per partition spec (up to `commit.manifest.target-size-bytes`, 8 MB);
+3. `expire_snapshots`: drops snapshots superseded more than --keep-snapshots-minutes ago from
+   the metadata, keeping every snapshot whose summary the daemon's restart still reads.
+
+Safe beside a running daemon: every step is an ordinary compare-and-swap commit on the table's
+metadata. If the daemon commits first, the step retries against the fresh table (or waits for the
+next round); if this commits first, the daemon's commit reloads the table and re-applies its
+append (iceberg-rust retries catalog conflicts). These snapshots carry no admetrics positions,
+and the daemon's resume walks the snapshot ancestry past them (tests/maintenance.rs).
 
 Catalog and tables come from the daemon's config file (with the same ADMETRICS__ICEBERG__*
 environment overrides); SQL (sqlite:) and REST (http://) catalogs both work.
-Not done here: compaction of small data files and snapshot expiry (see README, Status).
+Not done here: deleting files no snapshot references any more (the data files a compaction
+replaced, expired snapshots' manifests and old metadata files stay on disk; see README, Status).
 """
 import argparse
 import json
@@ -30,6 +38,7 @@ import tomllib
 from pathlib import Path
 
 TABLES = ("campaign_events", "campaign_metrics", "dead_letters")
+ROW_GROUP_ROWS = 131072
 
 
 def iceberg_config(path: Path) -> dict:
@@ -97,23 +106,236 @@ def merge_manifests(catalog, ident: str, min_manifests: int) -> dict:
             "seconds": round(time.monotonic() - started, 3)}
 
 
+def size_tier(size: int, base: int = 2**18, ratio: int = 8) -> int:
+    """0 below `base` (256 KB), then one tier per factor `ratio`: 256 KB–2 MB, 2–16 MB, 16–128 MB, …"""
+    tier = 0
+    while size >= base:
+        tier, base = tier + 1, base * ratio
+    return tier
+
+
+def compact_small_files(catalog, ident: str, min_files: int, max_file_bytes: int, max_bytes: int,
+                        attempts: int = 8) -> dict:
+    """Rewrites data files of `ident` that are small for their partition into bigger ones.
+
+    Why: the daemon writes one small file per table per commit (~85 KB for 5 000 events at the
+    default 1 s interval), and a reader pays per file it opens: after an hour a scan of
+    `campaign_events` would open 3 600 files. Size-tiered, so no byte is rewritten over and over:
+    files are grouped by partition and size tier (`size_tier`), and a group of at least
+    `min_files` is merged into one file, which lands in a higher tier. Files of `max_file_bytes`
+    or more are left alone. A round reads at most `max_bytes` per table, lowest tiers first, so
+    its work is bounded whatever the backlog; a partition ends up with a few files per tier.
+
+    Safe beside the daemon: the rows are read and the new file written before anything is
+    committed; the commit (an overwrite snapshot: those files out, the new one in) is then tried
+    against the freshest table and retried on a conflict. The daemon only appends, so any newer
+    snapshot still holds the files this round replaces; if one of them is gone (another
+    maintenance job got there first) the round is abandoned and its new file deleted. Any other
+    error leaves the new file behind unreferenced (a commit whose answer was lost may have landed)."""
+    import uuid
+    from collections import defaultdict
+
+    from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, ValidationException
+    from pyiceberg.expressions import AlwaysTrue
+    from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files
+    from pyiceberg.table import FileScanTask
+
+    try:
+        table = catalog.load_table(ident)
+    except NoSuchTableError:
+        return {"table": ident, "skipped": "no such table yet"}
+    if table.current_snapshot() is None:
+        return {"table": ident, "skipped": "no snapshot"}
+    started = time.monotonic()
+    spec_id = table.metadata.default_spec_id
+    groups = defaultdict(list)  # (tier, partition) -> data files of the current spec
+    for task in table.scan().plan_files():
+        f = task.file
+        if task.delete_files or f.spec_id != spec_id or f.file_size_in_bytes >= max_file_bytes:
+            continue
+        groups[(size_tier(f.file_size_in_bytes), tuple(f.partition))].append(f)
+    chosen, budget = [], max_bytes
+    for key in sorted(groups, key=lambda k: k[0]):
+        files = groups[key]
+        if len(files) < min_files:
+            continue
+        take = []
+        for f in sorted(files, key=lambda f: f.file_size_in_bytes):
+            if f.file_size_in_bytes > budget:
+                break
+            take.append(f)
+            budget -= f.file_size_in_bytes
+        if len(take) >= 2:
+            chosen.append(take)
+    if not chosen:
+        return {"table": ident, "skipped": "nothing to compact", "data_files": sum(len(v) for v in groups.values())}
+    old = [f for group in chosen for f in group]
+    scan = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue())
+    rows = scan.to_table([FileScanTask(f) for f in old])
+    # Row groups of 128K rows, not PyIceberg's 1M: DuckDB scans a file's row groups in parallel,
+    # and two 1M-row groups made a count over the compacted file 170 ms instead of ~10.
+    meta = table.metadata.model_copy(
+        update={"properties": {**table.metadata.properties, "write.parquet.row-group-limit": str(ROW_GROUP_ROWS)}})
+    new = list(_dataframe_to_data_files(meta, rows, table.io, write_uuid=uuid.uuid4()))
+    old_paths = {f.file_path for f in old}
+
+    def discard(why: dict) -> dict:  # only where the commit is known not to have landed
+        for f in new:
+            table.io.delete(f.file_path)
+        return why
+
+    for attempt in range(1, attempts + 1):
+        table = catalog.load_table(ident)
+        present = {t.file.file_path: t.file for t in table.scan().plan_files() if t.file.file_path in old_paths}
+        if len(present) != len(old_paths):  # someone else replaced some: ours would duplicate rows
+            return discard({"table": ident, "abandoned": f"{len(old_paths) - len(present)} of the files are gone"})
+        try:
+            with table.transaction() as tx:
+                props = {"admetrics.maintenance": "compact-small-files"}
+                with tx.update_snapshot(snapshot_properties=props).overwrite() as ow:
+                    for f in present.values():
+                        ow.delete_data_file(f)
+                    for f in new:
+                        ow.append_data_file(f)
+            break
+        except (CommitFailedException, ValidationException):
+            # PyIceberg retries a lost race itself but then validates under its default
+            # serializable isolation, where any file the daemon added meanwhile is a conflict; a
+            # rewrite only needs its own files to still be there, which the next attempt checks
+            # against a fresh load.
+            time.sleep(0.05 * attempt)
+    else:
+        return discard({"table": ident, "conflict": f"lost {attempts} commit races to the daemon"})
+    return {"table": ident, "compacted_files": len(old), "into": len(new), "rows": rows.num_rows,
+            "bytes_in": sum(f.file_size_in_bytes for f in old), "bytes_out": sum(f.file_size_in_bytes for f in new),
+            "attempts": attempt, "seconds": round(time.monotonic() - started, 3)}
+
+
+# Snapshot-summary keys the daemon writes and reads back on restart (host/src/sink/mod.rs, `summary`).
+RESUME_KEYS = ("admetrics.offsets", "admetrics.replay-from")
+RESUME_SCALARS = ("admetrics.watermark", "admetrics.click-horizon-ms", "admetrics.commit-seq")
+
+
+def snapshots_to_keep(table, keep_ms: int, now_ms: int) -> set:
+    """The snapshots expiry must leave: every snapshot superseded less than `keep_ms` ago (a
+    reader that planned a scan on it may still be reading its files); for every value the
+    daemon's restart reads from the ancestry (per topic: each partition's offsets and replay
+    point, the watermark, the click horizon, the commit sequence), the newest snapshot carrying
+    it, however old (a partition whose owner stopped committing keeps its position); and every
+    snapshot between those and the current one, because the restart finds them by walking parent
+    links from the current snapshot and an expired link ends the walk (tests/rest_s3.rs caught
+    exactly that: the next run started from offset 0)."""
+    meta = table.metadata
+    chain = []  # the current snapshot's ancestry, newest first
+    snap = meta.current_snapshot()
+    while snap is not None:
+        chain.append(snap)
+        snap = meta.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
+    seen, deepest = set(), 0
+    child_ts = now_ms  # when the snapshot being looked at was superseded by its child
+    for i, snap in enumerate(chain):
+        needed = now_ms - child_ts < keep_ms
+        props = snap.summary.additional_properties if snap.summary else {}
+        topic = props.get("admetrics.topic")
+        if topic is not None:
+            for key in RESUME_KEYS:
+                try:
+                    parts = json.loads(props.get(key, "{}"))
+                except ValueError:
+                    parts = {}
+                for part in parts:
+                    if (topic, key, part) not in seen:
+                        seen.add((topic, key, part))
+                        needed = True
+            for key in RESUME_SCALARS:
+                if key in props and (topic, key) not in seen:
+                    seen.add((topic, key))
+                    needed = True
+        if needed:
+            deepest = i
+        child_ts = snap.timestamp_ms
+    return {s.snapshot_id for s in chain[: deepest + 1]}
+
+
+def expire_snapshots(catalog, ident: str, keep_seconds: float, min_expired: int, attempts: int = 4) -> dict:
+    """Removes old snapshots from the table's metadata (`snapshots_to_keep` says which stay).
+
+    Why: every commit adds a snapshot to the metadata file, which the daemon rewrites at each
+    commit and every reader parses at each query (~1.1 KB per snapshot: 2 MB after 30 minutes of
+    1 s commits), and PyIceberg deep-copies it for each update it builds (2.5 s at 240 snapshots,
+    long enough to lose every race to the daemon). Files are not deleted: the data files a
+    compaction replaced and the expired snapshots' manifests stay on disk (see README, Status)."""
+    from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
+
+    try:
+        table = catalog.load_table(ident)
+    except NoSuchTableError:
+        return {"table": ident, "skipped": "no such table yet"}
+    for attempt in range(1, attempts + 1):
+        keep = snapshots_to_keep(table, int(keep_seconds * 1000), int(time.time() * 1000))
+        expire = [s.snapshot_id for s in table.metadata.snapshots if s.snapshot_id not in keep]
+        if len(expire) < min_expired:
+            return {"table": ident, "skipped": "few old snapshots", "snapshots": len(table.metadata.snapshots)}
+        started = time.monotonic()
+        try:
+            table.maintenance.expire_snapshots().by_ids(expire).commit()
+            return {"table": ident, "expired_snapshots": len(expire), "kept": len(keep),
+                    "seconds": round(time.monotonic() - started, 3)}
+        except CommitFailedException:
+            time.sleep(0.05 * attempt)
+            table = catalog.load_table(ident)
+    return {"table": ident, "conflict": f"lost {attempts} commit races to the daemon"}
+
+
+def table_report(catalog, ident: str) -> dict:
+    from pyiceberg.exceptions import NoSuchTableError
+
+    try:
+        table = catalog.load_table(ident)
+    except NoSuchTableError:
+        return {"report": ident, "exists": False}
+    snap = table.current_snapshot()
+    return {"report": ident, "snapshots": len(table.metadata.snapshots),
+            "manifests": len(snap.manifests(table.io)) if snap else 0,
+            "data_files": sum(1 for _ in table.scan().plan_files()) if snap else 0,
+            "rows": int(snap.summary.get("total-records", 0)) if snap and snap.summary else 0}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="config/default.toml", help="the daemon's config file")
     ap.add_argument("--interval", type=float, default=30.0, help="seconds between rounds")
     ap.add_argument("--min-manifests", type=int, default=20, help="merge a table only past this many manifests")
-    ap.add_argument("--once", action="store_true", help="one round, then exit (reports every table)")
+    ap.add_argument("--min-files", type=int, default=8,
+                    help="merge a partition's files of one size tier once there are this many")
+    ap.add_argument("--max-file-mb", type=float, default=256.0, help="files this big are never rewritten")
+    ap.add_argument("--max-compact-mb", type=float, default=128.0, help="input read per table per round, at most")
+    ap.add_argument("--no-compact", action="store_true", help="do not rewrite data files")
+    ap.add_argument("--keep-snapshots-minutes", type=float, default=10.0,
+                    help="expire snapshots superseded longer ago than this (those the daemon's restart reads stay)")
+    ap.add_argument("--min-expired", type=int, default=50, help="expire only once this many snapshots can go")
+    ap.add_argument("--once", action="store_true", help="one round, then exit (reports every step)")
+    ap.add_argument("--report", action="store_true", help="after each round, print each table's snapshots, manifests, data files")
     a = ap.parse_args()
     cfg = iceberg_config(Path(a.config))
     catalog = open_catalog(cfg)
     while True:
         for t in TABLES:
-            try:
-                r = merge_manifests(catalog, f"{cfg['namespace']}.{t}", a.min_manifests)
-            except Exception as e:  # noqa: BLE001 - a maintenance job must outlive a bad round
-                r = {"table": t, "error": repr(e)[:300]}
-            if "skipped" not in r or a.once:
-                print("maintain: " + json.dumps(r), flush=True)
+            ident = f"{cfg['namespace']}.{t}"
+            jobs = [] if a.no_compact else [lambda: compact_small_files(
+                catalog, ident, a.min_files, int(a.max_file_mb * 2**20), int(a.max_compact_mb * 2**20))]
+            # Compaction first: its overwrite adds manifests that the merge then folds in.
+            jobs.append(lambda: merge_manifests(catalog, ident, a.min_manifests))
+            jobs.append(lambda: expire_snapshots(catalog, ident, a.keep_snapshots_minutes * 60, a.min_expired))
+            for job in jobs:
+                try:
+                    r = job()
+                except Exception as e:  # noqa: BLE001 - a maintenance job must outlive a bad round
+                    r = {"table": t, "error": repr(e)[:300]}
+                if "skipped" not in r or a.once:
+                    print("maintain: " + json.dumps(r), flush=True)
+            if a.report:
+                print("maintain: " + json.dumps(table_report(catalog, ident)), flush=True)
         if a.once:
             return
         time.sleep(a.interval)

@@ -1,9 +1,10 @@
-//! Table maintenance beside a running daemon: `scripts/maintain.py` (PyIceberg merge-append of
-//! no files) merges the manifests of the tables while the daemon commits every 400 ms. The
-//! daemon's commits and the merges race on the catalog's compare-and-swap; afterwards every line
-//! of the input is in the tables exactly once with the right metrics (`verify_file_run.py`),
-//! the manifests are merged, and a second run over the same file resumes through the merge
-//! snapshots and adds nothing.
+//! Table maintenance beside a running daemon: `scripts/maintain.py` compacts the small data
+//! files (overwrite snapshots), merges the manifests (merge-append of no files) and expires old
+//! snapshots while the daemon commits every 400 ms. The daemon's commits and the maintenance
+//! commits race on the catalog's compare-and-swap; afterwards every line of the input is in the
+//! tables exactly once with the right metrics (`verify_file_run.py`), the tables hold a few big
+//! files instead of one per commit, and a second run over the same file resumes from what the
+//! expiry kept and adds nothing.
 
 mod support;
 
@@ -13,7 +14,7 @@ use std::time::Instant;
 use support::*;
 
 #[test]
-fn manifests_merged_while_the_daemon_commits_lose_and_duplicate_nothing() {
+fn compaction_merges_and_expiry_beside_the_daemon_lose_and_duplicate_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let events = d.join("events.jsonl");
@@ -53,7 +54,9 @@ fn manifests_merged_while_the_daemon_commits_lose_and_duplicate_nothing() {
         c.arg(repo_root().join("scripts/maintain.py"))
             .arg("--config")
             .arg(&cfg)
-            .args(["--min-manifests", "3"])
+            .args(["--min-manifests", "3", "--min-files", "3"])
+            // Snapshots superseded 3 s ago go: most of the run's commits are expired under it.
+            .args(["--keep-snapshots-minutes", "0.05", "--min-expired", "5"])
             .args(extra);
         c
     };
@@ -69,18 +72,7 @@ fn manifests_merged_while_the_daemon_commits_lose_and_duplicate_nothing() {
             .unwrap()
     };
 
-    // The tables exist before the maintenance loop starts looking (an empty file, then the run).
-    let empty = d.join("empty.jsonl");
-    std::fs::write(&empty, "").unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_admetrics"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .arg("--file")
-        .arg(&empty)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-
+    // The maintenance loop starts first and finds no tables until the daemon creates them.
     let log = d.join("maintain.log");
     let mut job = maintain(&["--interval", "0.2"])
         .stdout(std::fs::File::create(&log).unwrap())
@@ -99,18 +91,27 @@ fn manifests_merged_while_the_daemon_commits_lose_and_duplicate_nothing() {
     );
     let rounds = std::fs::read_to_string(&log).unwrap();
     let merges = rounds.matches("manifests_before").count();
+    let compactions = rounds.matches("compacted_files").count();
+    let expiries = rounds.matches("expired_snapshots").count();
     let conflicts = rounds.matches("\"conflict\"").count();
     let errors = rounds.matches("\"error\"").count();
     progress(format_args!(
-        "run took {:.1} s; {merges} merges and {conflicts} lost races meanwhile",
+        "run took {:.1} s; {compactions} compactions, {merges} merges, {expiries} expiries \
+         and {conflicts} lost races meanwhile",
         ran.as_secs_f64()
     ));
     assert_eq!(errors, 0, "maintenance errors:\n{rounds}");
-    assert!(
-        merges >= 2,
-        "expected several merges while the daemon ran ({:.1} s):\n{rounds}",
-        ran.as_secs_f64()
-    );
+    for (what, n) in [
+        ("merges", merges),
+        ("compactions", compactions),
+        ("expiries", expiries),
+    ] {
+        assert!(
+            n >= 2,
+            "expected several {what} while the daemon ran ({:.1} s):\n{rounds}",
+            ran.as_secs_f64()
+        );
+    }
 
     let verify = || {
         let args = vec![
@@ -125,23 +126,25 @@ fn manifests_merged_while_the_daemon_commits_lose_and_duplicate_nothing() {
     };
     verify();
 
-    // A last round leaves one manifest in each of the three tables.
-    let o = maintain(&["--once", "--min-manifests", "2"])
+    // A last round leaves each table with one manifest, a few data files (fewer than --min-files
+    // per size tier; the run made ~20 commits per table) and a few snapshots.
+    let o = maintain(&["--once", "--report", "--min-manifests", "2"])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let last = String::from_utf8_lossy(&o.stdout).to_string();
     println!("{last}");
-    assert_eq!(last.lines().count(), 3, "one report per table:\n{last}");
-    for line in last.lines() {
-        let r: serde_json::Value =
-            serde_json::from_str(line.trim_start_matches("maintain: ")).unwrap();
-        let manifests = r.get("manifests_after").or_else(|| r.get("manifests"));
-        assert_eq!(
-            manifests.and_then(|m| m.as_u64()),
-            Some(1),
-            "not one manifest: {line}"
-        );
+    let reports: Vec<serde_json::Value> = last
+        .lines()
+        .filter_map(|l| serde_json::from_str(l.trim_start_matches("maintain: ")).ok())
+        .filter(|r: &serde_json::Value| r.get("report").is_some())
+        .collect();
+    assert_eq!(reports.len(), 3, "one report per table:\n{last}");
+    for r in &reports {
+        let n = |k: &str| r.get(k).and_then(|v| v.as_u64()).unwrap();
+        assert_eq!(n("manifests"), 1, "not one manifest: {r}");
+        assert!(n("data_files") <= 4, "not compacted: {r}");
+        assert!(n("snapshots") <= 8, "snapshots not expired: {r}");
     }
 
     // The resume position is found through the merge snapshots: nothing is added again.

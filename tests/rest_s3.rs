@@ -7,7 +7,9 @@
 //! a generated file with bad lines through its binary (`run --file`), configured only by TOML;
 //! then three readers nobody here wrote the storage side of check it: PyIceberg's RestCatalog
 //! (every valid line once, every bad line a dead letter, all metrics equal to the file; tables on
-//! s3://), a second run (resumes from the snapshot summaries read over REST: adds nothing), and
+//! s3://), again after a round of `scripts/maintain.py` (compaction, manifest merge and snapshot
+//! expiry over REST and S3), a second run (resumes from the snapshot summaries read over REST:
+//! adds nothing), and
 //! DuckDB attached to the REST catalog through the dashboard's own views and Superset connection
 //! settings (the compose stack's query engine).
 
@@ -109,6 +111,7 @@ fn rest_catalog_on_s3_holds_every_event_once_and_the_dashboard_views_read_it() {
         &cfg,
         format!(
             "[validation]\nmax_past_ms = 315360000000\n\
+             [kafka]\nmax_events_per_sec = 20000\n[commit]\ninterval_ms = 100\n\
              [plugins]\npaths = {}\n\
              [iceberg]\ncatalog_uri = \"{rest}\"\nwarehouse = \"s3://lake/warehouse\"\n\
              [iceberg.properties]\n\"s3.endpoint\" = \"{s3}\"\n\"s3.region\" = \"us-east-1\"\n\
@@ -152,7 +155,41 @@ fn rest_catalog_on_s3_holds_every_event_once_and_the_dashboard_views_read_it() {
         output_text(&o)
     );
     verify();
-    // Resume state comes back over REST: a second run over the same file adds nothing.
+
+    // Table maintenance as the compose stack runs it, over REST and S3: the ~10 commits' small
+    // files compacted, manifests merged, old snapshots expired; the same rows afterwards.
+    let o = Command::new(python())
+        .arg(repo_root().join("scripts/maintain.py"))
+        .arg("--config")
+        .arg(&cfg)
+        .args([
+            "--once",
+            "--report",
+            "--min-files",
+            "2",
+            "--min-manifests",
+            "2",
+        ])
+        .args(["--keep-snapshots-minutes", "0", "--min-expired", "1"])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .output()
+        .unwrap();
+    let report = output_text(&o);
+    println!("{report}");
+    assert!(
+        o.status.success() && !report.contains("\"error\""),
+        "maintenance failed:\n{report}"
+    );
+    for what in ["compacted_files", "manifests_after", "expired_snapshots"] {
+        assert!(
+            report.contains(what),
+            "no {what} in the maintenance round:\n{report}"
+        );
+    }
+    verify();
+    // Resume state comes back over REST (through the maintenance snapshots and the expiry): a
+    // second run over the same file adds nothing.
     let o = run();
     assert!(
         o.status.success(),
