@@ -139,6 +139,7 @@ fn the_dashboard_shows_what_the_tables_hold_and_refreshes_by_itself() {
         seed: 11,
         disorder_ms: 1_000,
         total: None,
+        ..Default::default()
     });
     let mut producer = TestProducer::new(&broker.bootstrap, TOPIC);
     let mut sent = produce(&mut producer, &mut events, 12_000, now - 60_000, 360_000);

@@ -243,7 +243,7 @@ pub struct TestProducer {
 impl TestProducer {
     pub fn new(bootstrap: &str, topic: &str) -> Self {
         let stats = Arc::new(LoadgenStats::default());
-        let producer = admetrics::loadgen::producer(bootstrap, &stats).expect("producer");
+        let producer = admetrics::loadgen::producer(bootstrap, &stats, 10).expect("producer");
         TestProducer {
             producer,
             stats,
