@@ -39,6 +39,7 @@ from pathlib import Path
 
 TABLES = ("campaign_events", "campaign_metrics", "dead_letters")
 ROW_GROUP_ROWS = 131072
+ISOLATION_KEY = "write.update.isolation-level"
 
 
 def iceberg_config(path: Path) -> dict:
@@ -169,6 +170,14 @@ def compact_small_files(catalog, ident: str, min_files: int, max_file_bytes: int
             chosen.append(take)
     if not chosen:
         return {"table": ident, "skipped": "nothing to compact", "data_files": sum(len(v) for v in groups.values())}
+    if table.properties.get(ISOLATION_KEY) != "snapshot":
+        # PyIceberg retries a lost commit race itself, then validates the overwrite under the
+        # table's isolation level; under the default (serializable) any file the daemon appended
+        # meanwhile is a conflict, so a busy table's compaction lost every race. Under snapshot
+        # isolation it checks what a rewrite needs: the files it replaces are still there.
+        with table.transaction() as tx:
+            tx.set_properties({ISOLATION_KEY: "snapshot"})
+        table = catalog.load_table(ident)
     old = [f for group in chosen for f in group]
     scan = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue())
     rows = scan.to_table([FileScanTask(f) for f in old])
@@ -199,10 +208,7 @@ def compact_small_files(catalog, ident: str, min_files: int, max_file_bytes: int
                         ow.append_data_file(f)
             break
         except (CommitFailedException, ValidationException):
-            # PyIceberg retries a lost race itself but then validates under its default
-            # serializable isolation, where any file the daemon added meanwhile is a conflict; a
-            # rewrite only needs its own files to still be there, which the next attempt checks
-            # against a fresh load.
+            # PyIceberg's own retries gave up: start again from a fresh load.
             time.sleep(0.05 * attempt)
     else:
         return discard({"table": ident, "conflict": f"lost {attempts} commit races to the daemon"})
@@ -217,14 +223,15 @@ RESUME_SCALARS = ("admetrics.watermark", "admetrics.click-horizon-ms", "admetric
 
 
 def snapshots_to_keep(table, keep_ms: int, now_ms: int) -> set:
-    """The snapshots expiry must leave: every snapshot superseded less than `keep_ms` ago (a
-    reader that planned a scan on it may still be reading its files); for every value the
-    daemon's restart reads from the ancestry (per topic: each partition's offsets and replay
-    point, the watermark, the click horizon, the commit sequence), the newest snapshot carrying
-    it, however old (a partition whose owner stopped committing keeps its position); and every
-    snapshot between those and the current one, because the restart finds them by walking parent
-    links from the current snapshot and an expired link ends the walk (tests/rest_s3.rs caught
-    exactly that: the next run started from offset 0)."""
+    """The snapshots expiry must leave: every snapshot superseded less than `keep_ms` ago
+    (recent history to inspect; no file is deleted, so a reader still scanning an expired
+    snapshot is not disturbed); for every value the daemon's restart reads from the ancestry
+    (per topic: each partition's offsets and replay point, the watermark, the click horizon, the
+    commit sequence), the newest snapshot carrying it, however old (a partition whose owner
+    stopped committing keeps its position); and every snapshot between those and the current
+    one, because the restart finds them by walking parent links from the current snapshot and an
+    expired link ends the walk (tests/rest_s3.rs caught exactly that: the next run started from
+    offset 0)."""
     meta = table.metadata
     chain = []  # the current snapshot's ancestry, newest first
     snap = meta.current_snapshot()
@@ -311,7 +318,7 @@ def main():
     ap.add_argument("--max-file-mb", type=float, default=256.0, help="files this big are never rewritten")
     ap.add_argument("--max-compact-mb", type=float, default=128.0, help="input read per table per round, at most")
     ap.add_argument("--no-compact", action="store_true", help="do not rewrite data files")
-    ap.add_argument("--keep-snapshots-minutes", type=float, default=10.0,
+    ap.add_argument("--keep-snapshots-minutes", type=float, default=1.0,
                     help="expire snapshots superseded longer ago than this (those the daemon's restart reads stay)")
     ap.add_argument("--min-expired", type=int, default=50, help="expire only once this many snapshots can go")
     ap.add_argument("--once", action="store_true", help="one round, then exit (reports every step)")

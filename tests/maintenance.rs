@@ -126,8 +126,9 @@ fn compaction_merges_and_expiry_beside_the_daemon_lose_and_duplicate_nothing() {
     };
     verify();
 
-    // A last round leaves each table with one manifest, a few data files (fewer than --min-files
-    // per size tier; the run made ~20 commits per table) and a few snapshots.
+    // A last round leaves each table with one manifest, a few data files and a few snapshots;
+    // the run made ~20 commits per table. Data files: fewer than --min-files (3) per size tier
+    // and day partition; 40 000 events fill two tiers, and a run near midnight two days.
     let o = maintain(&["--once", "--report", "--min-manifests", "2"])
         .output()
         .unwrap();
@@ -143,7 +144,7 @@ fn compaction_merges_and_expiry_beside_the_daemon_lose_and_duplicate_nothing() {
     for r in &reports {
         let n = |k: &str| r.get(k).and_then(|v| v.as_u64()).unwrap();
         assert_eq!(n("manifests"), 1, "not one manifest: {r}");
-        assert!(n("data_files") <= 4, "not compacted: {r}");
+        assert!(n("data_files") <= 8, "not compacted: {r}");
         assert!(n("snapshots") <= 8, "snapshots not expired: {r}");
     }
 
