@@ -294,6 +294,57 @@ def expire_snapshots(catalog, ident: str, keep_seconds: float, min_expired: int,
     return {"table": ident, "conflict": f"lost {attempts} commit races to the daemon"}
 
 
+def delete_unreferenced_files(catalog, ident: str, older_than_seconds: float) -> dict:
+    """Deletes the files under the table's location that no snapshot left in its metadata
+    references, once they are `older_than_seconds` old: the data files a compaction replaced
+    (after the snapshots that still listed them expired), expired snapshots' manifests and
+    manifest lists, metadata files out of the metadata log, and the output of a maintenance
+    round that lost its race.
+
+    Why: compaction rewrites every row once per size tier, so without this the warehouse grows
+    a few times faster than the data. The age bar is what makes it safe beside the daemon: its
+    files are written before the commit that references them, and a file younger than the bar
+    may be one of those (10 minutes against a commit every second)."""
+    from pyarrow.fs import FileSelector, FileType
+
+    from pyiceberg.exceptions import NoSuchTableError
+    from pyiceberg.io.pyarrow import PyArrowFileIO
+
+    try:
+        table = catalog.load_table(ident)
+    except NoSuchTableError:
+        return {"table": ident, "skipped": "no such table yet"}
+    if not isinstance(table.io, PyArrowFileIO):
+        return {"table": ident, "skipped": f"file IO {type(table.io).__name__} cannot list files"}
+    started = time.monotonic()
+    key = lambda location: PyArrowFileIO.parse_location(location)[2]  # noqa: E731 - as listed below
+    meta = table.metadata
+    referenced = {key(table.metadata_location)} | {key(e.metadata_file) for e in meta.metadata_log}
+    manifests = {}
+    for snap in meta.snapshots:
+        referenced.add(key(snap.manifest_list))
+        for m in snap.manifests(table.io):
+            manifests[m.manifest_path] = m
+    for path, m in manifests.items():
+        referenced.add(key(path))
+        for entry in m.fetch_manifest_entry(table.io, discard_deleted=True):
+            referenced.add(key(entry.data_file.file_path))
+    scheme, netloc, root = PyArrowFileIO.parse_location(meta.location)
+    fs = table.io.fs_by_scheme(scheme, netloc)
+    bar = time.time() - older_than_seconds
+    doomed = [
+        info.path for info in fs.get_file_info(FileSelector(root, recursive=True, allow_not_found=True))
+        if info.type == FileType.File and info.path not in referenced
+        and (info.mtime is None or info.mtime.timestamp() < bar)
+    ]
+    for path in doomed:
+        fs.delete_file(path)
+    if not doomed:
+        return {"table": ident, "skipped": "nothing unreferenced", "referenced_files": len(referenced)}
+    return {"table": ident, "deleted_files": len(doomed), "referenced_files": len(referenced),
+            "seconds": round(time.monotonic() - started, 3)}
+
+
 def table_report(catalog, ident: str) -> dict:
     from pyiceberg.exceptions import NoSuchTableError
 
@@ -321,6 +372,9 @@ def main():
     ap.add_argument("--keep-snapshots-minutes", type=float, default=1.0,
                     help="expire snapshots superseded longer ago than this (those the daemon's restart reads stay)")
     ap.add_argument("--min-expired", type=int, default=50, help="expire only once this many snapshots can go")
+    ap.add_argument("--delete-after-minutes", type=float, default=10.0,
+                    help="delete files no snapshot references once they are this old")
+    ap.add_argument("--no-delete", action="store_true", help="keep unreferenced files")
     ap.add_argument("--once", action="store_true", help="one round, then exit (reports every step)")
     ap.add_argument("--report", action="store_true", help="after each round, print each table's snapshots, manifests, data files")
     a = ap.parse_args()
@@ -334,6 +388,8 @@ def main():
             # Compaction first: its overwrite adds manifests that the merge then folds in.
             jobs.append(lambda: merge_manifests(catalog, ident, a.min_manifests))
             jobs.append(lambda: expire_snapshots(catalog, ident, a.keep_snapshots_minutes * 60, a.min_expired))
+            if not a.no_delete:
+                jobs.append(lambda: delete_unreferenced_files(catalog, ident, a.delete_after_minutes * 60))
             for job in jobs:
                 try:
                     r = job()

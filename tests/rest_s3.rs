@@ -7,8 +7,8 @@
 //! a generated file with bad lines through its binary (`run --file`), configured only by TOML;
 //! then three readers nobody here wrote the storage side of check it: PyIceberg's RestCatalog
 //! (every valid line once, every bad line a dead letter, all metrics equal to the file; tables on
-//! s3://), again after a round of `scripts/maintain.py` (compaction, manifest merge and snapshot
-//! expiry over REST and S3), a second run (resumes from the snapshot summaries read over REST:
+//! s3://), again after a round of `scripts/maintain.py` (compaction, manifest merge, snapshot
+//! expiry and deletion of unreferenced objects over REST and S3), a second run (resumes from the snapshot summaries read over REST:
 //! adds nothing), and
 //! DuckDB attached to the REST catalog through the dashboard's own views and Superset connection
 //! settings (the compose stack's query engine).
@@ -157,7 +157,8 @@ fn rest_catalog_on_s3_holds_every_event_once_and_the_dashboard_views_read_it() {
     verify();
 
     // Table maintenance as the compose stack runs it, over REST and S3: the ~10 commits' small
-    // files compacted, manifests merged, old snapshots expired; the same rows afterwards.
+    // files compacted, manifests merged, old snapshots expired, unreferenced objects deleted;
+    // the same rows afterwards.
     let o = Command::new(python())
         .arg(repo_root().join("scripts/maintain.py"))
         .arg("--config")
@@ -171,6 +172,7 @@ fn rest_catalog_on_s3_holds_every_event_once_and_the_dashboard_views_read_it() {
             "2",
         ])
         .args(["--keep-snapshots-minutes", "0", "--min-expired", "1"])
+        .args(["--delete-after-minutes", "0"])
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .output()
@@ -181,7 +183,12 @@ fn rest_catalog_on_s3_holds_every_event_once_and_the_dashboard_views_read_it() {
         o.status.success() && !report.contains("\"error\""),
         "maintenance failed:\n{report}"
     );
-    for what in ["compacted_files", "manifests_after", "expired_snapshots"] {
+    for what in [
+        "compacted_files",
+        "manifests_after",
+        "expired_snapshots",
+        "deleted_files",
+    ] {
         assert!(
             report.contains(what),
             "no {what} in the maintenance round:\n{report}"
