@@ -1,4 +1,5 @@
-# Manifest merging beside the daemon (scripts/maintain.py), for docker-compose.yml. PyIceberg reads
+# Table maintenance beside the daemon (scripts/maintain.py: compaction, manifest merge, snapshot
+# expiry, deletion of unreferenced files), for docker-compose.yml. PyIceberg reads
 # the daemon's own config file for the catalog and S3 settings.
 FROM python:3.11-slim-bookworm
 RUN pip install --no-cache-dir "pyiceberg[pyarrow]==0.12.0"
