@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Table maintenance beside the daemon: compacts small data files, merges manifests and expires
-old snapshots of the admetrics tables, every --interval seconds.
+"""Table maintenance beside the daemon: compacts small data files, merges manifests, expires old
+snapshots and deletes unreferenced files of the admetrics tables, every --interval seconds.
 
     .venv/bin/python scripts/maintain.py --config config/default.toml [--interval 30] [--once] [--report]
 
@@ -16,7 +16,9 @@ these operations, so this job does them through PyIceberg, per table, in this or
 2. `merge_manifests`: an append of no files whose manifests are merged (Iceberg's merge-append):
    one manifest per partition spec (up to `commit.manifest.target-size-bytes`, 8 MB);
 3. `expire_snapshots`: drops snapshots superseded more than --keep-snapshots-minutes ago from
-   the metadata, keeping every snapshot whose summary the daemon's restart still reads.
+   the metadata, keeping every snapshot whose summary the daemon's restart still reads;
+4. `delete_unreferenced_files`: deletes the table's files no kept snapshot references (what
+   compaction replaced, what expiry dropped) once --delete-after-minutes old.
 
 Safe beside a running daemon: every step is an ordinary compare-and-swap commit on the table's
 metadata. If the daemon commits first, the step retries against the fresh table (or waits for the
@@ -26,8 +28,6 @@ and the daemon's resume walks the snapshot ancestry past them (tests/maintenance
 
 Catalog and tables come from the daemon's config file (with the same ADMETRICS__ICEBERG__*
 environment overrides); SQL (sqlite:) and REST (http://) catalogs both work.
-Not done here: deleting files no snapshot references any more (the data files a compaction
-replaced, expired snapshots' manifests and old metadata files stay on disk; see README, Status).
 """
 import argparse
 import json
@@ -270,8 +270,7 @@ def expire_snapshots(catalog, ident: str, keep_seconds: float, min_expired: int,
     Why: every commit adds a snapshot to the metadata file, which the daemon rewrites at each
     commit and every reader parses at each query (~1.1 KB per snapshot: 2 MB after 30 minutes of
     1 s commits), and PyIceberg deep-copies it for each update it builds (2.5 s at 240 snapshots,
-    long enough to lose every race to the daemon). Files are not deleted: the data files a
-    compaction replaced and the expired snapshots' manifests stay on disk (see README, Status)."""
+    long enough to lose every race to the daemon). Files are left to `delete_unreferenced_files`."""
     from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
 
     try:
