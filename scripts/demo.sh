@@ -43,10 +43,11 @@ if $dashboard; then
   echo "starting the Superset dashboard (log: .state/dashboard.log): http://127.0.0.1:8088/superset/dashboard/admetrics/ (admin / admin)"
   setsid scripts/dashboard.sh > .state/dashboard.log 2>&1 &
   dash=$!
-  # Manifest merging beside the daemon (scripts/maintain.py): keeps the dashboard's queries from
-  # slowing down with every commit while the demo runs.
+  # Table maintenance beside the daemon (scripts/maintain.py: compaction, manifest merge,
+  # snapshot expiry, unreferenced files): keeps the dashboard's queries from slowing down with
+  # every commit while the demo runs.
   scripts/setup.sh --python
-  setsid .venv/bin/python scripts/maintain.py --config config/default.toml > .state/maintain.log 2>&1 &
+  setsid .venv/bin/python scripts/maintain.py --config config/default.toml --interval 10 > .state/maintain.log 2>&1 &
   maint=$!
   trap 'kill -- -$dash 2>/dev/null; kill $maint 2>/dev/null; kill ${broker:-} 2>/dev/null; wait 2>/dev/null' EXIT
 fi
