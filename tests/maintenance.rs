@@ -179,6 +179,19 @@ fn compaction_merges_and_expiry_beside_the_daemon_lose_and_duplicate_nothing() {
     verify();
 }
 
+/// Expiry with two partitions whose owners commit at different times, and a second topic: each
+/// partition's newest position and the parent links back to it survive, superseded snapshots go
+/// (`tests/verify_expiry.py`, over a PyIceberg table with the daemon's snapshot summaries).
+#[test]
+fn expiry_keeps_every_partitions_resume_point_and_the_links_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_python(
+        "verify_expiry.py",
+        &["--dir".to_string(), dir.path().display().to_string()],
+    );
+    println!("{out}");
+}
+
 /// Files under `dir` (recursively) whose name ends with `suffix`.
 fn count_files(dir: &std::path::Path, suffix: &str) -> usize {
     std::fs::read_dir(dir)
