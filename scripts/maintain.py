@@ -79,12 +79,9 @@ def open_catalog(cfg: dict):
 
 def merge_manifests(catalog, ident: str, min_manifests: int) -> dict:
     """One merge of `ident` if it has at least `min_manifests` manifests; returns what happened."""
-    from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
+    from pyiceberg.exceptions import CommitFailedException
 
-    try:
-        table = catalog.load_table(ident)
-    except NoSuchTableError:
-        return {"table": ident, "skipped": "no such table yet"}
+    table = catalog.load_table(ident)
     snap = table.current_snapshot()
     if snap is None:
         return {"table": ident, "skipped": "no snapshot"}
@@ -136,15 +133,12 @@ def compact_small_files(catalog, ident: str, min_files: int, max_file_bytes: int
     import uuid
     from collections import defaultdict
 
-    from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, ValidationException
+    from pyiceberg.exceptions import CommitFailedException, ValidationException
     from pyiceberg.expressions import AlwaysTrue
     from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files
     from pyiceberg.table import FileScanTask
 
-    try:
-        table = catalog.load_table(ident)
-    except NoSuchTableError:
-        return {"table": ident, "skipped": "no such table yet"}
+    table = catalog.load_table(ident)
     if table.current_snapshot() is None:
         return {"table": ident, "skipped": "no snapshot"}
     started = time.monotonic()
@@ -233,11 +227,12 @@ def snapshots_to_keep(table, keep_ms: int, now_ms: int) -> set:
     expired link ends the walk (tests/rest_s3.rs caught exactly that: the next run started from
     offset 0)."""
     meta = table.metadata
+    by_id = {s.snapshot_id: s for s in meta.snapshots}
     chain = []  # the current snapshot's ancestry, newest first
     snap = meta.current_snapshot()
     while snap is not None:
         chain.append(snap)
-        snap = meta.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
+        snap = by_id.get(snap.parent_snapshot_id)
     seen, deepest = set(), 0
     child_ts = now_ms  # when the snapshot being looked at was superseded by its child
     for i, snap in enumerate(chain):
@@ -271,12 +266,9 @@ def expire_snapshots(catalog, ident: str, keep_seconds: float, min_expired: int,
     commit and every reader parses at each query (~1.1 KB per snapshot: 2 MB after 30 minutes of
     1 s commits), and PyIceberg deep-copies it for each update it builds (2.5 s at 240 snapshots,
     long enough to lose every race to the daemon). Files are left to `delete_unreferenced_files`."""
-    from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
+    from pyiceberg.exceptions import CommitFailedException
 
-    try:
-        table = catalog.load_table(ident)
-    except NoSuchTableError:
-        return {"table": ident, "skipped": "no such table yet"}
+    table = catalog.load_table(ident)
     for attempt in range(1, attempts + 1):
         keep = snapshots_to_keep(table, int(keep_seconds * 1000), int(time.time() * 1000))
         expire = [s.snapshot_id for s in table.metadata.snapshots if s.snapshot_id not in keep]
@@ -306,13 +298,9 @@ def delete_unreferenced_files(catalog, ident: str, older_than_seconds: float) ->
     may be one of those (10 minutes against a commit every second)."""
     from pyarrow.fs import FileSelector, FileType
 
-    from pyiceberg.exceptions import NoSuchTableError
     from pyiceberg.io.pyarrow import PyArrowFileIO
 
-    try:
-        table = catalog.load_table(ident)
-    except NoSuchTableError:
-        return {"table": ident, "skipped": "no such table yet"}
+    table = catalog.load_table(ident)
     if not isinstance(table.io, PyArrowFileIO):
         return {"table": ident, "skipped": f"file IO {type(table.io).__name__} cannot list files"}
     started = time.monotonic()
@@ -345,12 +333,7 @@ def delete_unreferenced_files(catalog, ident: str, older_than_seconds: float) ->
 
 
 def table_report(catalog, ident: str) -> dict:
-    from pyiceberg.exceptions import NoSuchTableError
-
-    try:
-        table = catalog.load_table(ident)
-    except NoSuchTableError:
-        return {"report": ident, "exists": False}
+    table = catalog.load_table(ident)
     snap = table.current_snapshot()
     return {"report": ident, "snapshots": len(table.metadata.snapshots),
             "manifests": len(snap.manifests(table.io)) if snap else 0,
@@ -382,6 +365,10 @@ def main():
     while True:
         for t in TABLES:
             ident = f"{cfg['namespace']}.{t}"
+            if not catalog.table_exists(ident):  # the daemon creates the tables when it starts
+                if a.once or a.report:
+                    print("maintain: " + json.dumps({"table": ident, "skipped": "no such table yet"}), flush=True)
+                continue
             jobs = [] if a.no_compact else [lambda: compact_small_files(
                 catalog, ident, a.min_files, int(a.max_file_mb * 2**20), int(a.max_compact_mb * 2**20))]
             # Compaction first: its overwrite adds manifests that the merge then folds in.

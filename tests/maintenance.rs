@@ -18,16 +18,25 @@ fn compaction_merges_and_expiry_beside_the_daemon_lose_and_duplicate_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let events = d.join("events.jsonl");
-    let o = Command::new(env!("CARGO_BIN_EXE_admetrics"))
-        .args(["loadgen", "--out"])
-        .arg(&events)
-        .args(["--total", "40000", "--rate", "100", "--campaigns", "6"])
-        .args([
-            "--users", "400", "--ctr", "0.2", "--cvr", "0.3", "--seed", "11",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    loadgen_file(
+        &events,
+        &[
+            "--total",
+            "40000",
+            "--rate",
+            "100",
+            "--campaigns",
+            "6",
+            "--users",
+            "400",
+            "--ctr",
+            "0.2",
+            "--cvr",
+            "0.3",
+            "--seed",
+            "11",
+        ],
+    );
     let mut text = std::fs::read_to_string(&events).unwrap();
     text.push_str("{\"event_type\":\n[1]\n");
     std::fs::write(&events, text).unwrap();

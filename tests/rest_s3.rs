@@ -83,16 +83,25 @@ fn rest_catalog_on_s3_holds_every_event_once_and_the_dashboard_views_read_it() {
 
     // 20 000 events and three bad lines.
     let events = d.join("events.jsonl");
-    let o = Command::new(env!("CARGO_BIN_EXE_admetrics"))
-        .args(["loadgen", "--out"])
-        .arg(&events)
-        .args(["--total", "20000", "--rate", "100", "--campaigns", "5"])
-        .args([
-            "--users", "300", "--ctr", "0.2", "--cvr", "0.3", "--seed", "9",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", output_text(&o));
+    loadgen_file(
+        &events,
+        &[
+            "--total",
+            "20000",
+            "--rate",
+            "100",
+            "--campaigns",
+            "5",
+            "--users",
+            "300",
+            "--ctr",
+            "0.2",
+            "--cvr",
+            "0.3",
+            "--seed",
+            "9",
+        ],
+    );
     let mut lines: Vec<String> = std::fs::read_to_string(&events)
         .unwrap()
         .lines()

@@ -209,6 +209,18 @@ pub fn output_text(o: &std::process::Output) -> String {
     )
 }
 
+/// Writes generated events to `path` with the binary's own load generator (`loadgen --out`);
+/// `args` are its options (`--total`, `--seed`, ...).
+pub fn loadgen_file(path: &Path, args: &[&str]) {
+    let o = Command::new(env!("CARGO_BIN_EXE_admetrics"))
+        .args(["loadgen", "--out"])
+        .arg(path)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "loadgen failed: {}", output_text(&o));
+}
+
 /// The Python of the project's test venv (scripts/setup.sh creates it).
 pub fn python() -> PathBuf {
     let p = std::env::var("ADMETRICS_PYTHON")
