@@ -8,7 +8,10 @@ extensions live.
 
 The YAML in dashboard/bundle/ and views.sql are the source of truth. The views name tables by
 placeholder (__METRICS_TABLE__, __EVENTS_TABLE__, __DEAD_LETTERS_TABLE__), the database YAML
-names __DUCKDB_FILE__ and __EXTENSIONS__. Tables are read with iceberg_scan over the table
+names __DUCKDB_FILE__ and __EXTENSIONS__. views.sql builds campaign_windows on the view
+current_metrics of sql/current_metrics.sql (the one definition of a metric's current value,
+shared with the tests and scripts/query.py), whose text goes in place of
+__CURRENT_METRICS_VIEW__. Tables are read with iceberg_scan over the table
 directory with DuckDB's version guessing (iceberg-rust's metadata file names sort by version),
 so every query sees the newest snapshot without asking the catalog. Creating a view binds it,
 so the tables must exist (the daemon creates them when it starts).
@@ -33,6 +36,7 @@ from pathlib import Path
 import yaml
 
 HERE = Path(__file__).resolve().parent
+CURRENT_METRICS_SQL = HERE.parent / "sql" / "current_metrics.sql"
 
 
 def extensions_dir() -> str:
@@ -76,6 +80,20 @@ def render(text: str, values: dict) -> str:
     return text
 
 
+def views_sql(warehouse, namespace: str, rest: bool = False) -> str:
+    """views.sql with its placeholders filled in: the tables' scans and sql/current_metrics.sql."""
+    values = {
+        "__CURRENT_METRICS_VIEW__": CURRENT_METRICS_SQL.read_text(),
+        "__METRICS_TABLE__": table_sql(warehouse, namespace, "campaign_metrics", rest),
+        "__EVENTS_TABLE__": table_sql(warehouse, namespace, "campaign_events", rest),
+        "__DEAD_LETTERS_TABLE__": table_sql(warehouse, namespace, "dead_letters", rest),
+    }
+    sql = render((HERE / "views.sql").read_text(), values)
+    left = [k for k in values if k in sql]
+    assert not left, f"views.sql: placeholders left {left}"
+    return sql
+
+
 def duckdb_config(extensions: str) -> dict:
     """The same settings as the database's connect_args in bundle/databases/admetrics.yaml."""
     return {"extension_directory": extensions, "autoinstall_known_extensions": False,
@@ -88,12 +106,7 @@ def write_views(db: Path, warehouse, namespace: str, extensions: str, init: list
     import duckdb
 
     rest = init is not None
-    values = {
-        "__METRICS_TABLE__": table_sql(warehouse, namespace, "campaign_metrics", rest),
-        "__EVENTS_TABLE__": table_sql(warehouse, namespace, "campaign_events", rest),
-        "__DEAD_LETTERS_TABLE__": table_sql(warehouse, namespace, "dead_letters", rest),
-    }
-    sql = render((HERE / "views.sql").read_text(), values)
+    sql = views_sql(warehouse, namespace, rest)
     tmp = db.with_name(db.name + ".tmp")
     tmp.unlink(missing_ok=True)
     con = duckdb.connect(str(tmp), config=duckdb_config(extensions))

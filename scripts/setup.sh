@@ -2,8 +2,9 @@
 # Installs everything admetrics needs on a fresh machine, skipping what is already there at the
 # right version. Idempotent; used by scripts/demo.sh (--demo: no Python) and scripts/test.sh.
 #
-#   scripts/setup.sh          # broker, wasm targets, cargo-component, Python test venv
-#   scripts/setup.sh --demo   # only what the demo needs (broker + wasm target)
+#   scripts/setup.sh          # Kafka broker, wasm targets, cargo-component, Python test venv
+#   scripts/setup.sh --demo   # only what the demo needs (Kafka broker + wasm target)
+#   scripts/setup.sh --kafka  # only the Apache Kafka broker (scripts/kafka.sh install)
 #   scripts/setup.sh --python # only the Python venv (scripts/query.sh)
 #   scripts/setup.sh --flink  # the test venv plus PyFlink in .venv-flink (scripts/flink-compare.sh)
 #   scripts/setup.sh --superset  # Superset + DuckDB in .venv-superset (scripts/dashboard.sh)
@@ -11,7 +12,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TANSU_VERSION=0.6.0
 CARGO_COMPONENT_VERSION=0.21.1
 CARGO_FUZZ_VERSION=0.13.2
 mode=${1:-all}
@@ -70,6 +70,22 @@ setup_browser() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
 }
+setup_kafka() {
+  # The Apache Kafka broker of the tests, the demo and the benchmarks (scripts/kafka.sh): jars
+  # from Maven Central into .tools/kafka-<version>/, run on the machine's Java 17+.
+  local missing=()
+  command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+  command -v mvn >/dev/null || missing+=(maven)
+  if [[ ${#missing[@]} -gt 0 ]]; then
+    echo "setup: the Kafka broker needs Java 17+ and Maven: apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+  scripts/kafka.sh install
+}
+if [[ $mode == --kafka ]]; then
+  setup_kafka
+  exit 0
+fi
 if [[ $mode == --superset ]]; then
   setup_venv .venv-superset dashboard/requirements.txt "Superset"
   exit 0
@@ -106,9 +122,7 @@ install_crate() { # name version binary-check-command [cargo install args...]
   cargo install "$name" --version "$version" --locked "$@"
 }
 
-# A Kafka-compatible broker. The default build has no storage engine: dynostore gives memory://
-# and s3://, libsql gives sqlite:// (durable across broker restarts).
-install_crate tansu "$TANSU_VERSION" "tansu --version" --features dynostore,libsql
+setup_kafka
 
 if [[ $mode == --demo ]]; then
   exit 0

@@ -1,4 +1,4 @@
-//! End-to-end benchmark on a real tansu broker (started here on loopback).
+//! End-to-end benchmark on a real Apache Kafka broker (started here on loopback).
 //!
 //! 1. Produces N events (default 1M) to a 4-partition topic.
 //! 2. Bare rdkafka `BaseConsumer` reads them all: the broker's ceiling in this run.
@@ -111,7 +111,7 @@ fn main() {
     let broker = Broker::start();
     broker.create_topic(TOPIC, PARTITIONS as u32);
     println!(
-        "admetrics end-to-end benchmark: tansu on {}, {n} events, {PARTITIONS} partitions",
+        "admetrics end-to-end benchmark: Apache Kafka on {}, {n} events, {PARTITIONS} partitions",
         broker.bootstrap
     );
 

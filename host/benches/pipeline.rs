@@ -186,7 +186,10 @@ fn main() {
     let (d_window, _) = run_processor(&payloads, &config(false), false, false);
     let (d_plugins, proc_plugins) = run_processor(&payloads, &config(true), true, false);
     let (d_tables, _) = run_processor(&payloads, &config(true), true, true);
-    let tp = proc_plugins.touchpoints();
+    let (tp_users, tp_bytes) = (
+        proc_plugins.touchpoint_users(),
+        proc_plugins.touchpoint_bytes(),
+    );
 
     println!();
     println!("  stage (cumulative)                          events/s      ns/event");
@@ -214,8 +217,8 @@ fn main() {
     }
     println!(
         "  attribution state: {} users with clicks, ~{} bytes/user",
-        tp.users(),
-        tp.bytes_estimate() / tp.users().max(1)
+        tp_users,
+        tp_bytes / tp_users.max(1)
     );
 
     // 5. each plugin alone on pre-built batches, vs native Rust doing the same counting

@@ -74,6 +74,13 @@ pub struct KafkaConfig {
     pub brokers: String,
     pub topic: String,
     pub group_id: String,
+    /// Static membership (`group.instance.id`): a member restarted with the same id gets its
+    /// partitions back at once instead of the group waiting out its old session. Unique per
+    /// daemon of the group (e.g. the host name).
+    pub group_instance_id: Option<String>,
+    /// `partition.assignment.strategy`: `cooperative-sticky` (default: a rebalance stops only the
+    /// partitions that move), or `range` / `roundrobin` (every rebalance revokes everything).
+    pub assignment_strategy: String,
     /// Extra librdkafka consumer properties, passed through verbatim.
     pub consumer: std::collections::BTreeMap<String, String>,
     /// Maximum messages handed to the pipeline per poll batch.
@@ -89,6 +96,8 @@ impl Default for KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
             topic: "campaign-events".into(),
             group_id: "admetrics".into(),
+            group_instance_id: None,
+            assignment_strategy: "cooperative-sticky".into(),
             consumer: Default::default(),
             batch_size: 4096,
             max_events_per_sec: 0,
@@ -105,8 +114,13 @@ pub struct WindowConfig {
     pub out_of_orderness_ms: u64,
     /// A window stays open for updates this long after the watermark passes its end.
     pub allowed_lateness_ms: u64,
-    /// A partition with no events for this long (wall clock) stops holding the watermark back.
+    /// A partition with no events for this long (wall clock) follows the other partitions'
+    /// watermark, so its windows still close when its traffic stops.
     pub idle_timeout_ms: u64,
+    /// How far past the host clock an event may move its partition's watermark: one event
+    /// stamped in the future (validation accepts up to `validation.max_future_ms`) must not
+    /// close windows early and make on-time events late. 0: no bound.
+    pub max_clock_skew_ms: u64,
 }
 
 impl Default for WindowConfig {
@@ -116,6 +130,7 @@ impl Default for WindowConfig {
             out_of_orderness_ms: 5_000,
             allowed_lateness_ms: 0,
             idle_timeout_ms: 10_000,
+            max_clock_skew_ms: 5_000,
         }
     }
 }

@@ -27,17 +27,27 @@ pub fn window_start(t_ms: i64, size_ms: i64) -> i64 {
 struct PartitionClock {
     max_event_ms: Option<i64>,
     last_active: Instant,
+    /// This partition's watermark: it closes this partition's windows. Never moves backwards.
+    current: i64,
 }
 
-/// Per-partition watermarks and their global minimum.
+/// Per-partition watermarks. The Kafka partition is the unit of state (see `pipeline::task`):
+/// each partition closes its own windows by its own watermark, so no member of a consumer group
+/// decides for partitions it does not own, and lateness is a function of the partition's own
+/// input (replays and restarts reach the same verdicts).
+///
+/// A partition's watermark is `min(max event time, host clock + max_clock_skew) −
+/// out-of-orderness`: one event stamped in the future cannot close windows early (it is kept, but
+/// it moves the watermark no further than the host clock allows). A partition quiet for
+/// `idle_timeout` (wall clock) follows the other partitions this member owns (the minimum over
+/// the active ones, or the maximum when all are idle), so its windows still close when its
+/// traffic stops.
 #[derive(Debug)]
 pub struct Watermarks {
     out_of_orderness_ms: i64,
     idle_timeout: std::time::Duration,
+    max_clock_skew_ms: i64,
     partitions: BTreeMap<i32, PartitionClock>,
-    /// Event time reached by partitions no longer assigned (see `set_assignment`).
-    revoked: BTreeMap<i32, i64>,
-    current: i64,
 }
 
 impl Watermarks {
@@ -45,39 +55,32 @@ impl Watermarks {
         Watermarks {
             out_of_orderness_ms: out_of_orderness_ms as i64,
             idle_timeout: std::time::Duration::from_millis(idle_timeout_ms),
+            max_clock_skew_ms: i64::MAX / 4,
             partitions: BTreeMap::new(),
-            revoked: BTreeMap::new(),
-            current: i64::MIN,
         }
     }
 
-    /// Declares the partitions this consumer owns. New ones hold the watermark back (until they
-    /// produce or go idle) so a partition read later than the others does not see its events
-    /// declared late; revoked ones stop counting.
-    /// A partition revoked and later assigned again (e.g. the group rebalancing after a broker
-    /// restart) keeps the event time it had reached: its messages were already read, and a
-    /// fresh clock would hold the watermark back until it produced again.
-    pub fn set_assignment(&mut self, partitions: &[i32], now: Instant) {
-        let revoked: Vec<i32> = self
-            .partitions
-            .keys()
-            .filter(|p| !partitions.contains(p))
-            .copied()
-            .collect();
-        for p in revoked {
-            if let Some(c) = self.partitions.remove(&p)
-                && let Some(m) = c.max_event_ms
-            {
-                self.revoked.insert(p, m);
-            }
-        }
-        for &p in partitions {
-            let max_event_ms = self.revoked.remove(&p);
-            self.partitions.entry(p).or_insert(PartitionClock {
-                max_event_ms,
+    /// Bounds how far ahead of the host clock an event may move a watermark (`None`: no bound,
+    /// for replays of historical files whose host clock says nothing about event time).
+    pub fn set_max_clock_skew(&mut self, skew_ms: Option<u64>) {
+        self.max_clock_skew_ms = skew_ms.map_or(i64::MAX / 4, |s| s as i64);
+    }
+
+    /// Starts tracking a newly owned partition at the watermark its last owner recorded.
+    pub fn assign(&mut self, partition: i32, restored: Option<i64>, now: Instant) {
+        self.partitions.insert(
+            partition,
+            PartitionClock {
+                max_event_ms: None,
                 last_active: now,
-            });
-        }
+                current: restored.unwrap_or(i64::MIN),
+            },
+        );
+    }
+
+    /// Forgets a partition this member no longer owns.
+    pub fn revoke(&mut self, partition: i32) {
+        self.partitions.remove(&partition);
     }
 
     /// Records an event. Cheap: called for every event.
@@ -86,57 +89,69 @@ impl Watermarks {
         let c = self.partitions.entry(partition).or_insert(PartitionClock {
             max_event_ms: None,
             last_active: now,
+            current: i64::MIN,
         });
         c.max_event_ms = Some(c.max_event_ms.map_or(event_ms, |m| m.max(event_ms)));
         c.last_active = now;
     }
 
-    /// Recomputes the global watermark; it never moves backwards.
-    pub fn advance(&mut self, now: Instant) -> i64 {
+    /// Recomputes every partition's watermark (none moves backwards); returns the minimum over
+    /// owned partitions, for status output.
+    pub fn advance(&mut self, now: Instant, now_ms: i64) -> i64 {
+        let cap = now_ms.saturating_add(self.max_clock_skew_ms);
+        let ooo = self.out_of_orderness_ms;
+        let own = |c: &PartitionClock| {
+            c.max_event_ms
+                .map_or(i64::MIN, |m| m.min(cap).saturating_sub(ooo))
+                .max(c.current)
+        };
         let mut min_active: Option<i64> = None;
         let mut max_any: Option<i64> = None;
-        let mut any_active = false;
         for c in self.partitions.values() {
-            let wm = c
-                .max_event_ms
-                .map_or(i64::MIN, |m| m.saturating_sub(self.out_of_orderness_ms));
+            let wm = own(c);
             max_any = Some(max_any.map_or(wm, |m: i64| m.max(wm)));
             if now.duration_since(c.last_active) < self.idle_timeout {
-                any_active = true;
                 min_active = Some(min_active.map_or(wm, |m: i64| m.min(wm)));
             }
         }
-        let candidate = if any_active { min_active } else { max_any };
-        if let Some(c) = candidate {
-            self.current = self.current.max(c);
+        let idle_follow = min_active.or(max_any).unwrap_or(i64::MIN);
+        for c in self.partitions.values_mut() {
+            let mut wm = own(c);
+            if now.duration_since(c.last_active) >= self.idle_timeout {
+                wm = wm.max(idle_follow);
+            }
+            c.current = c.current.max(wm);
         }
-        self.current
+        self.current()
     }
 
+    /// Watermark of one partition (`i64::MIN` if unknown).
+    #[inline]
+    pub fn of(&self, partition: i32) -> i64 {
+        self.partitions.get(&partition).map_or(i64::MIN, |c| c.current)
+    }
+
+    /// The minimum over owned partitions (`i64::MIN` when none), for status output.
     pub fn current(&self) -> i64 {
-        self.current
+        self.partitions
+            .values()
+            .map(|c| c.current)
+            .min()
+            .unwrap_or(i64::MIN)
     }
 
-    /// End of a bounded input: the watermark moves `past_ms` beyond the latest event seen, which
-    /// closes every window holding an event (given `past_ms` ≥ window size + lateness).
+    /// End of a bounded input: each partition's watermark moves `past_ms` beyond the latest
+    /// event it saw, which closes every window holding an event (given `past_ms` ≥ window size +
+    /// lateness).
     pub fn end_of_input(&mut self, past_ms: i64) {
-        let latest = self
-            .partitions
-            .values()
-            .filter_map(|c| c.max_event_ms)
-            .chain(self.revoked.values().copied())
-            .max();
-        if let Some(t) = latest {
-            self.current = self.current.max(t.saturating_add(past_ms));
+        for c in self.partitions.values_mut() {
+            if let Some(t) = c.max_event_ms {
+                c.current = c.current.max(t.saturating_add(past_ms));
+            }
         }
     }
 
-    /// Continues from a watermark recorded before a restart.
-    pub fn restore(&mut self, watermark_ms: i64) {
-        self.current = self.current.max(watermark_ms);
-    }
-
-    /// Changes the bounds while running (the watermark still never moves backwards).
+    /// Changes the bounds while running (the watermarks still never move backwards).
     pub fn set_params(&mut self, out_of_orderness_ms: u64, idle_timeout_ms: u64) {
         self.out_of_orderness_ms = out_of_orderness_ms as i64;
         self.idle_timeout = std::time::Duration::from_millis(idle_timeout_ms);
@@ -282,38 +297,40 @@ mod tests {
     }
 
     #[test]
-    fn watermark_is_min_of_active_partitions_and_skips_idle_ones() {
+    fn each_partition_closes_by_its_own_watermark_and_idle_ones_follow() {
         let t0 = Instant::now();
         let mut w = Watermarks::new(5_000, 10_000);
-        w.set_assignment(&[0, 1], t0);
+        w.assign(0, None, t0);
+        w.assign(1, None, t0);
         w.observe(0, 100_000, t0);
-        // Partition 1 has produced nothing yet and is not idle: it holds the watermark back.
-        assert_eq!(w.advance(t0), i64::MIN);
+        // Partition 1 has produced nothing and is not idle: it has no watermark yet, and it
+        // does not hold partition 0 back.
+        w.advance(t0, 0);
+        assert_eq!((w.of(0), w.of(1)), (95_000, i64::MIN));
         w.observe(1, 50_000, t0);
-        assert_eq!(w.advance(t0), 45_000);
-        // Partition 1 goes quiet; after the idle timeout only partition 0 counts.
+        w.advance(t0, 0);
+        assert_eq!((w.of(0), w.of(1)), (95_000, 45_000));
+        // Partition 1 goes quiet; after the idle timeout it follows the active partition 0.
         w.observe(0, 120_000, t0 + Duration::from_secs(9));
-        assert_eq!(w.advance(t0 + Duration::from_secs(11)), 115_000);
-        // It never moves backwards, even when partition 1 wakes up with old events.
+        w.advance(t0 + Duration::from_secs(11), 0);
+        assert_eq!((w.of(0), w.of(1)), (115_000, 115_000));
+        // Never backwards, even when partition 1 wakes up with old events.
         w.observe(1, 60_000, t0 + Duration::from_secs(12));
-        assert_eq!(w.advance(t0 + Duration::from_secs(12)), 115_000);
+        w.advance(t0 + Duration::from_secs(12), 0);
+        assert_eq!(w.of(1), 115_000);
     }
 
     #[test]
-    fn a_partition_assigned_again_keeps_its_event_time() {
+    fn a_restored_watermark_is_kept_and_revoked_partitions_are_forgotten() {
         let t0 = Instant::now();
         let mut w = Watermarks::new(1_000, 600_000);
-        w.set_assignment(&[0, 1], t0);
-        w.observe(0, 10_000, t0);
-        w.observe(1, 20_000, t0);
-        assert_eq!(w.advance(t0), 9_000);
-        // A rebalance revokes everything, then gives both back; nothing new is read.
-        w.set_assignment(&[], t0);
-        w.set_assignment(&[0, 1], t0);
-        w.observe(1, 30_000, t0);
-        assert_eq!(w.advance(t0), 9_000);
-        w.observe(0, 40_000, t0);
-        assert_eq!(w.advance(t0), 29_000);
+        w.assign(3, Some(50_000), t0);
+        w.observe(3, 20_000, t0);
+        w.advance(t0, 0);
+        assert_eq!(w.of(3), 50_000);
+        w.revoke(3);
+        assert_eq!(w.of(3), i64::MIN);
+        assert_eq!(w.current(), i64::MIN);
     }
 
     #[test]
@@ -322,8 +339,28 @@ mod tests {
         let mut w = Watermarks::new(1_000, 100);
         w.observe(0, 10_000, t0);
         w.observe(1, 20_000, t0);
-        assert_eq!(w.advance(t0), 9_000);
-        assert_eq!(w.advance(t0 + Duration::from_secs(1)), 19_000);
+        w.advance(t0, 0);
+        assert_eq!((w.of(0), w.of(1)), (9_000, 19_000));
+        w.advance(t0 + Duration::from_secs(1), 0);
+        assert_eq!((w.of(0), w.of(1)), (19_000, 19_000));
+    }
+
+    /// Issue 14, defect 1: one event an hour ahead of the host clock used to move its
+    /// partition's watermark an hour ahead, and on-time events after it were late.
+    #[test]
+    fn an_event_from_the_future_moves_the_watermark_no_further_than_the_host_clock() {
+        let t0 = Instant::now();
+        let now_ms = 1_000_000_000;
+        let mut w = Watermarks::new(5_000, 600_000);
+        w.set_max_clock_skew(Some(1_000));
+        w.assign(0, None, t0);
+        w.observe(0, now_ms - 2_000, t0);
+        w.observe(0, now_ms + 3_600_000, t0);
+        w.advance(t0, now_ms);
+        assert_eq!(w.of(0), now_ms + 1_000 - 5_000);
+        // As the host clock moves on, the watermark follows it up to the future event.
+        w.advance(t0, now_ms + 60_000);
+        assert_eq!(w.of(0), now_ms + 61_000 - 5_000);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Shared harness for the end-to-end tests: a real tansu broker process on a free loopback port,
-//! the built plugin components, the Python readers, and a producer with explicit partitions.
+//! Shared harness for the end-to-end tests: a real Apache Kafka broker process (KRaft, one node,
+//! `scripts/kafka.sh`) on free loopback ports, the built plugin components, the Python readers,
+//! and a producer with explicit partitions.
 //!
 //! Nothing here skips: a missing broker binary, plugin build or Python venv is a test failure
 //! that says which setup step to run.
@@ -35,123 +36,118 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn tool(env: &str, name: &str, hint: &str) -> PathBuf {
-    if let Ok(p) = std::env::var(env) {
-        return p.into();
-    }
-    let home_bin = std::env::var("HOME")
-        .map(|h| PathBuf::from(h).join(".cargo/bin").join(name))
-        .ok();
-    for dir in std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .map(PathBuf::from)
-        .chain(home_bin.iter().map(|p| p.parent().unwrap().to_path_buf()))
-    {
-        let p = dir.join(name);
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!("{name} not found (set {env} or run {hint})");
-}
-
-/// A tansu broker on 127.0.0.1:<free port>, killed on drop.
+/// An Apache Kafka broker on 127.0.0.1:<free port>, killed on drop. Its data lives in a temp
+/// dir, so [`Broker::kill`] + [`Broker::restart`] is a broker crash and recovery.
 pub struct Broker {
     child: Child,
     pub port: u16,
+    controller_port: u16,
     pub bootstrap: String,
-    tansu: PathBuf,
-    storage: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Broker {
-    /// Starts an in-memory broker.
     pub fn start() -> Broker {
-        Self::start_with(|_dir, port| format!("memory://tansu-{port}/"))
-    }
-
-    /// Starts a broker whose storage URL `storage(dir, port)` chooses (e.g. sqlite for durability).
-    pub fn start_with(storage: impl Fn(&Path, u16) -> String) -> Broker {
-        let tansu = tool("TANSU", "tansu", "scripts/setup.sh");
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let storage = storage(dir.path(), port);
-        let child = Self::spawn(&tansu, dir.path(), port, &storage);
+        let (port, controller_port) = (free_port(), free_port());
+        let child = Self::spawn(dir.path(), port, controller_port);
         let broker = Broker {
             child,
             port,
+            controller_port,
             bootstrap: format!("127.0.0.1:{port}"),
-            tansu,
-            storage,
-            _dir: dir,
+            dir,
         };
         broker.wait_listening();
         broker
     }
 
-    fn spawn(tansu: &Path, dir: &Path, port: u16, storage: &str) -> Child {
-        let url = format!("tcp://127.0.0.1:{port}");
+    fn spawn(dir: &Path, port: u16, controller_port: u16) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join("tansu.log"))
+            .open(dir.join("broker.log"))
             .expect("log file");
-        Command::new(tansu)
-            // Storage paths (sqlite://FILE) are resolved against the working directory.
-            .current_dir(dir)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                storage,
-            ])
+        // `run` execs the JVM: the child is the broker itself, so a kill is a broker crash.
+        Command::new(repo_root().join("scripts/kafka.sh"))
+            .arg("run")
+            .arg(dir)
+            .arg(port.to_string())
+            .arg(controller_port.to_string())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("spawn tansu")
+            .expect("spawn scripts/kafka.sh run (run scripts/setup.sh --kafka first)")
     }
 
-    /// Starts the broker again on the same port and storage (after `kill`).
+    /// Starts the broker again on the same ports and data (after `kill`).
     pub fn restart(&mut self) {
-        self.child = Self::spawn(&self.tansu, self._dir.path(), self.port, &self.storage);
+        self.child = Self::spawn(self.dir.path(), self.port, self.controller_port);
         self.wait_listening();
     }
 
+    /// The broker opens its client port once it is ready to serve.
     fn wait_listening(&self) {
         let port = self.port;
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(90);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let log = std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default();
             assert!(
                 Instant::now() < deadline,
-                "tansu did not listen on {port} within 20 s"
+                "Kafka did not listen on {port} within 90 s; its log:\n{log}"
             );
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
+    /// Creates `topic` with `partitions` partitions (replication factor 1) and waits until every
+    /// partition has a leader.
     pub fn create_topic(&self, topic: &str, partitions: u32) {
-        let out = Command::new(&self.tansu)
-            .args([
-                "topic",
-                "create",
-                topic,
-                "--broker",
-                &format!("tcp://127.0.0.1:{}", self.port),
-                "--partitions",
-            ])
-            .arg(partitions.to_string())
-            .output()
-            .expect("run tansu topic create");
-        assert!(
-            out.status.success(),
-            "topic create failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        use rdkafka::client::DefaultClientContext;
+        let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .expect("admin client");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let results = rt
+            .block_on(admin.create_topics(
+                &[NewTopic::new(
+                    topic,
+                    partitions as i32,
+                    TopicReplication::Fixed(1),
+                )],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+            ))
+            .expect("create_topics");
+        for r in results {
+            if let Err((t, e)) = r {
+                assert!(
+                    e == rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists,
+                    "creating topic {t}: {e}"
+                );
+            }
+        }
+        let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .expect("metadata client");
+        wait_for("the topic's partition leaders", Duration::from_secs(60), || {
+            use rdkafka::consumer::Consumer;
+            consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(5))
+                .ok()
+                .and_then(|m| {
+                    m.topics().first().map(|t| {
+                        t.partitions().len() == partitions as usize
+                            && t.partitions().iter().all(|p| p.leader() >= 0)
+                    })
+                })
+                .unwrap_or(false)
+        });
     }
 
     pub fn kill(&mut self) {

@@ -17,6 +17,7 @@
 //! Flink's final watermark), the last batch is committed and `run` returns.
 
 pub mod processor;
+mod task;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -30,7 +31,13 @@ use tokio::sync::mpsc;
 use crate::config::{Config, SourceKind};
 use crate::plugin::PluginRuntime;
 use crate::sink::{CommitReport, IcebergSink};
-use crate::source::{FileSource, KafkaSource, Source};
+use crate::source::{Change, FileSource, KafkaSource, Source};
+
+/// Partitions to claim, and where to send the claims.
+type ClaimRequest = (
+    Vec<i32>,
+    tokio::sync::oneshot::Sender<Result<Vec<crate::sink::Claimed>, String>>,
+);
 use crate::status::Status;
 pub use processor::{Clock, Processor};
 
@@ -59,17 +66,15 @@ pub async fn run(
     )
     .await
     .context("opening the Iceberg catalog and tables")?;
-    let resume = sink.resume();
-    *status.committed_offsets.lock().unwrap() = resume.offsets.clone();
-    tracing::info!(stream, offsets = ?resume.offsets, replay_from = ?resume.replay_from, watermark = ?resume.watermark_ms,
-        seq = resume.seq, writer_id, "resuming from campaign_events snapshot summaries");
+    *status.committed_offsets.lock().unwrap() = sink.offsets();
+    tracing::info!(stream, positions = ?sink.positions(), writer_id, "tables opened");
 
-    // The recorded replay point keeps clicks for the lookback in force when it was written; a
-    // longer one now would silently under-attribute conversions right after the restart.
+    // The recorded replay points keep clicks for the lookback in force when they were written;
+    // a longer one now would silently under-attribute conversions right after the restart.
     let horizon = cfg.window_size_ms()
         + cfg.window.allowed_lateness_ms as i64
         + cfg.attribution.lookback_secs as i64 * 1000;
-    if let Some(recorded) = resume.click_horizon_ms
+    if let Some(recorded) = sink.click_horizon_ms()
         && horizon > recorded
         && !cfg.attribution.accept_partial_lookback
     {
@@ -91,26 +96,27 @@ pub async fn run(
     let runtime = PluginRuntime::new(&cfg.plugins)?;
     let (plugins, installed) = crate::watch::load_initial(&runtime, &cfg)?;
     let mut processor = Processor::new(&cfg, plugins, status.clone());
-    processor.resume(&resume);
-    if let (Some(horizon), Some(wm)) = (processor.dedup_horizon_ms(), resume.watermark_ms)
-        && wm > i64::MIN
-    {
-        // Copies of events committed before the restart must still count once.
-        let t = Instant::now();
-        let since = wm.saturating_sub(horizon);
-        processor.loading_ids_since(since);
-        let n = sink
-            .committed_ids(since, |id, p, o, time, was_copy| {
-                processor.remember_id(id, p, o, time, was_copy)
-            })
-            .await
-            .context("loading the event ids of the dedup horizon from campaign_events")?;
-        tracing::info!(
-            ids = n,
-            took_ms = t.elapsed().as_millis() as u64,
-            "dedup: ids within the horizon loaded"
-        );
-    }
+    // Per partition: from which event time the committed ids are read back for dedup.
+    let dedup_horizon = processor.dedup_horizon_ms();
+    let ids_since = move |wm: Option<i64>| match (dedup_horizon, wm) {
+        (Some(h), Some(wm)) => Some(wm.saturating_sub(h)),
+        _ => None,
+    };
+    let file_input = match (cfg.source.kind, &cfg.source.path) {
+        (SourceKind::File, Some(path)) => {
+            // A file is one partition, claimed here like a Kafka partition would be.
+            let claim = sink
+                .claim(&[0], ids_since)
+                .await
+                .context("claiming the file's stream in the tables")?
+                .pop()
+                .expect("one claim per partition");
+            let start = claim.position.map_or(0, |p| p.replay_from);
+            processor.assign(claim, Instant::now());
+            Some((path.clone(), start))
+        }
+        _ => None,
+    };
     let (control_tx, control_rx) = std::sync::mpsc::channel();
     let _watcher = crate::watch::spawn(
         cfg.clone(),
@@ -126,6 +132,9 @@ pub async fn run(
     let (ack_tx, ack_rx) = std::sync::mpsc::channel::<CommitReport>();
     let stop = Arc::new(AtomicBool::new(false));
 
+    // Claims of partitions the group assigns: made by the sink task (it owns the tables), asked
+    // for from the consumer's rebalance callback on the ingest thread, which waits for them.
+    let (claim_tx, mut claim_rx) = mpsc::channel::<ClaimRequest>(1);
     let ingest = {
         let cfg = cfg.clone();
         let stop = stop.clone();
@@ -133,20 +142,26 @@ pub async fn run(
         std::thread::Builder::new().name("ingest".into()).spawn(
             move || -> anyhow::Result<RunSummary> {
                 let (batch_tx, ack_rx, control_rx) = (&batch_tx, &ack_rx, &control_rx);
-                match (cfg.source.kind, &cfg.source.path) {
-                    (SourceKind::File, Some(path)) => {
-                        let start = resume.replay_from.get(&0).copied().unwrap_or(0);
-                        let mut source = FileSource::open(path, start)?;
+                match file_input {
+                    Some((path, start)) => {
+                        let mut source = FileSource::open(&path, start)?;
                         tracing::info!(path = %path.display(), start_line = start, "reading events from a file");
                         ingest_loop(
                             &cfg, &mut source, &mut processor, &status, &stop, batch_tx,
                             ack_rx, control_rx,
                         )
                     }
-                    _ => {
-                        let mut source =
-                            KafkaSource::connect(&cfg.kafka, resume.replay_from.clone())
-                                .context("connecting to Kafka")?;
+                    None => {
+                        let claimer: crate::source::kafka::Claimer = Box::new(move |parts| {
+                            let (tx, rx) = tokio::sync::oneshot::channel();
+                            claim_tx
+                                .blocking_send((parts.to_vec(), tx))
+                                .map_err(|_| "the sink stopped".to_string())?;
+                            rx.blocking_recv()
+                                .map_err(|_| "the sink stopped".to_string())?
+                        });
+                        let mut source = KafkaSource::connect(&cfg.kafka, claimer)
+                            .context("connecting to Kafka")?;
                         ingest_loop(
                             &cfg, &mut source, &mut processor, &status, &stop, batch_tx,
                             ack_rx, control_rx,
@@ -159,7 +174,18 @@ pub async fn run(
 
     let sink_status = status.clone();
     let sink_task = tokio::spawn(async move {
-        while let Some(batch) = batch_rx.recv().await {
+        loop {
+            let batch = tokio::select! {
+                Some((parts, reply)) = claim_rx.recv() => {
+                    let r = sink.claim(&parts, ids_since).await.map_err(|e| format!("{e:#}"));
+                    let _ = reply.send(r);
+                    continue;
+                }
+                b = batch_rx.recv() => match b {
+                    Some(b) => b,
+                    None => break,
+                },
+            };
             let report = match commit_with_retry(&mut sink, batch).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -243,9 +269,7 @@ fn clone_batch(b: &crate::sink::CommitBatch) -> crate::sink::CommitBatch {
         events: b.events.clone(),
         metrics: b.metrics.clone(),
         dead_letters: b.dead_letters.clone(),
-        offsets: b.offsets.clone(),
-        replay_from: b.replay_from.clone(),
-        watermark_ms: b.watermark_ms,
+        positions: b.positions.clone(),
         produced_at_ms: Vec::new(),
         has_final: b.has_final,
         click_horizon_ms: b.click_horizon_ms,
@@ -277,7 +301,16 @@ fn record_commit(status: &Status, r: &CommitReport) {
 }
 
 /// Stores the offsets of a committed batch in the source (Kafka's group) and in the summary.
-fn on_ack(source: &impl Source, status: &Status, r: CommitReport, summary: &mut RunSummary) {
+fn on_ack(
+    source: &impl Source,
+    processor: &mut Processor,
+    status: &Status,
+    r: CommitReport,
+    summary: &mut RunSummary,
+) {
+    for &p in &r.fenced {
+        processor.lost(p);
+    }
     crate::fault::point("before-offset-store", r.has_final);
     if let Err(e) = source.commit(&r.offsets) {
         tracing::warn!(error = %e, "storing offsets in Kafka failed; Iceberg holds them too");
@@ -301,7 +334,6 @@ fn ingest_loop(
     let interval = cfg.commit_interval();
     let mut next_tick = Instant::now() + interval;
     let mut in_flight = 0usize;
-    let mut assignment: Vec<i32> = Vec::new();
     let mut last_lag = Instant::now();
     let mut summary = RunSummary::default();
     let (mut tokens, mut refilled) = (0.0f64, Instant::now());
@@ -316,6 +348,13 @@ fn ingest_loop(
             summary.messages += n as u64;
             if n > 0 {
                 processor.flush_plugins();
+            }
+            // Assignment changes come after the messages polled before them.
+            for c in source.take_changes() {
+                match c {
+                    Change::Assigned(claim) => processor.assign(claim, Instant::now()),
+                    Change::Revoked(p) => processor.revoke(p),
+                }
             }
             if cfg.kafka.max_events_per_sec > 0 {
                 // Token bucket, at most one second of burst: waiting for an assignment does not
@@ -346,7 +385,7 @@ fn ingest_loop(
         }
         while let Ok(r) = ack_rx.try_recv() {
             in_flight -= 1;
-            on_ack(source, status, r, &mut summary);
+            on_ack(source, processor, status, r, &mut summary);
         }
         // Ready-made plugin sets and settings from the watcher: a pointer swap, no compiling.
         while let Ok(c) = control_rx.try_recv() {
@@ -361,15 +400,10 @@ fn ingest_loop(
         }
         let now = Instant::now();
         if now >= next_tick || stopping || processor.buffered() >= cfg.commit.max_rows {
-            let a = source.assignment();
-            if a != assignment {
-                tracing::info!(partitions = ?a, "partition assignment changed");
-                assignment = a;
-                processor.set_assignment(&assignment, now);
-            }
+            let owned = processor.owned();
             let batch = processor.tick(&Clock::now());
             status.ready.store(
-                !stopping && !assignment.is_empty() && !processor.replaying(),
+                !stopping && !owned.is_empty() && !processor.replaying(),
                 Relaxed,
             );
             // blocking_send: waits while a batch is already queued (backpressure).
@@ -378,8 +412,8 @@ fn ingest_loop(
             }
             in_flight += 1;
             next_tick = now + interval;
-            if now.duration_since(last_lag) >= Duration::from_secs(1) && !assignment.is_empty() {
-                *status.end_offsets.lock().unwrap() = source.end_offsets(&assignment);
+            if now.duration_since(last_lag) >= Duration::from_secs(1) && !owned.is_empty() {
+                *status.end_offsets.lock().unwrap() = source.end_offsets(&owned);
                 last_lag = now;
             }
         }
@@ -390,7 +424,7 @@ fn ingest_loop(
                 match ack_rx.recv() {
                     Ok(r) => {
                         in_flight -= 1;
-                        on_ack(source, status, r, &mut summary);
+                        on_ack(source, processor, status, r, &mut summary);
                     }
                     Err(_) => anyhow::bail!("the sink stopped before acknowledging every batch"),
                 }

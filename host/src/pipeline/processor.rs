@@ -11,12 +11,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use super::task::{Task, Window};
 use crate::config::Config;
 use crate::dedup::{Delivery, SeenIds};
 use crate::event::{self, EventKind};
-use crate::plugin::{self, EventBatch, Plugin, PluginError, Touchpoint};
-use crate::sink::CommitBatch;
+use crate::plugin::{self, Plugin, PluginError, Touchpoint};
 use crate::sink::schema::{DeadLetterBuffer, EventsBuffer, MetricRecord, metrics_batch};
+use crate::sink::{Claimed, CommitBatch, Position};
 use crate::source::RawMessage;
 use crate::status::{CampaignLine, Status};
 use crate::window::{Interner, Touchpoints, Watermarks, window_start};
@@ -33,37 +34,6 @@ impl Clock {
         Clock {
             now_ms: chrono::Utc::now().timestamp_millis(),
             instant: Instant::now(),
-        }
-    }
-}
-
-/// One event-time window: pending events not yet given to the plugins, and for each plugin
-/// version that was active when the window opened, its accumulator. A window is computed
-/// entirely by the versions it opened with, so a swap never mixes versions inside a window.
-/// An accumulator becomes `None` once its plugin failed on this window: its rows would be wrong,
-/// so none are published for the window.
-struct Window {
-    pending: EventBatch,
-    accs: Vec<(usize, Option<Vec<u8>>)>,
-    /// Per entry of `accs`: the rows last published from it (to retract if it fails later).
-    published: Vec<Vec<MetricRecord>>,
-    /// Rows to publish as withheld at the next revision.
-    retract: Vec<MetricRecord>,
-    /// Per partition, the smallest offset of an event in this window: a restart replays from
-    /// there to rebuild the window.
-    min_offsets: Vec<(i32, i64)>,
-    dirty: bool,
-    revision: i32,
-}
-
-impl Window {
-    /// A plugin failed on this window: whatever it published before is incomplete now.
-    fn poison(&mut self, i: usize) {
-        self.accs[i].1 = None;
-        let rows = std::mem::take(&mut self.published[i]);
-        if !rows.is_empty() {
-            self.retract.extend(rows);
-            self.dirty = true;
         }
     }
 }
@@ -161,39 +131,18 @@ pub struct Processor {
     wants_touchpoints: bool,
     campaigns: Interner,
     ads: Interner,
-    touchpoints: Touchpoints,
+    /// Per owned partition: its watermark (each partition closes its own windows).
     watermarks: Watermarks,
-    /// Event ids seen within the dedup horizon.
-    seen: SeenIds,
-    windows: BTreeMap<i64, Window>,
+    /// Per owned partition: its state (see `task`).
+    tasks: BTreeMap<i32, Task>,
+    /// Positions of partitions given up since the last tick: the next summary records them (the
+    /// fence drops them if the new owner claimed first).
+    handoff: BTreeMap<i32, Position>,
+    dedup_horizon_secs: u64,
+    dedup_max_ids: usize,
     events: EventsBuffer,
     dead: DeadLetterBuffer,
-    /// Partition → next offset, over everything processed (committed or not).
-    offsets: BTreeMap<i32, i64>,
-    /// Partition → first offset not yet in Iceberg when we started: anything below is replayed
-    /// into windows and attribution state but not written again.
-    floors: BTreeMap<i32, i64>,
-    /// Per partition, per minute of event time, the smallest offset of a click: how far back a
-    /// restart must replay to rebuild the touchpoints still inside the lookback.
-    click_offsets: BTreeMap<i32, BTreeMap<i64, i64>>,
     lookback_ms: i64,
-    /// Partition → first offset not yet in `dead_letters` (committed before the events table).
-    dead_letter_floors: BTreeMap<i32, i64>,
-    /// Partitions still replaying (partition → floor): until every assigned one has reached
-    /// its floor, no metric revision is published, so a rebuilt window never shows a reader a
-    /// smaller number than the revision it replaces.
-    replaying: BTreeMap<i32, i64>,
-    /// The replay point we started from: kept in summaries until the replay has passed it, so
-    /// a crash during the replay does not lose the state still to be rebuilt.
-    resumed_replay_from: BTreeMap<i32, i64>,
-    /// Partitions assigned to this member (see `set_assignment`).
-    assignment: Vec<i32>,
-    /// Partition → next offset handed to this processor (replayed or new): a message below it is
-    /// a re-delivery (a rebalance or seek in the source) and must not count twice.
-    seen_to: BTreeMap<i32, i64>,
-    /// `offsets` as of the previous tick: partitions whose position moved since belong in the
-    /// next summary even if they were revoked meanwhile.
-    ticked_offsets: BTreeMap<i32, i64>,
     produced_at: Vec<i64>,
     /// Partition → messages read (replays excluded), for `/metrics`.
     partition_messages: BTreeMap<i32, u64>,
@@ -214,6 +163,10 @@ impl Processor {
             .lookback_secs
             .store(cfg.attribution.lookback_secs, Relaxed);
         let wants_touchpoints = plugins.iter().any(|p| p.info.wants_touchpoints);
+        let mut watermarks =
+            Watermarks::new(cfg.window.out_of_orderness_ms, cfg.window.idle_timeout_ms);
+        watermarks
+            .set_max_clock_skew(Some(cfg.window.max_clock_skew_ms).filter(|&s| s > 0));
         Processor {
             topic: cfg.stream(),
             size_ms: cfg.window_size_ms(),
@@ -230,24 +183,13 @@ impl Processor {
             wants_touchpoints,
             campaigns: Interner::default(),
             ads: Interner::default(),
-            touchpoints: Touchpoints::new(
-                cfg.attribution.max_touchpoints,
-                cfg.attribution.lookback_secs as i64 * 1000,
-            ),
-            watermarks: Watermarks::new(cfg.window.out_of_orderness_ms, cfg.window.idle_timeout_ms),
-            seen: SeenIds::new(cfg.dedup.horizon_secs, cfg.dedup.max_ids),
-            windows: BTreeMap::new(),
+            watermarks,
+            tasks: BTreeMap::new(),
+            handoff: BTreeMap::new(),
+            dedup_horizon_secs: cfg.dedup.horizon_secs,
+            dedup_max_ids: cfg.dedup.max_ids,
             events: EventsBuffer::new(),
             dead: DeadLetterBuffer::new(),
-            offsets: BTreeMap::new(),
-            floors: BTreeMap::new(),
-            click_offsets: BTreeMap::new(),
-            dead_letter_floors: BTreeMap::new(),
-            replaying: BTreeMap::new(),
-            resumed_replay_from: BTreeMap::new(),
-            assignment: Vec::new(),
-            seen_to: BTreeMap::new(),
-            ticked_offsets: BTreeMap::new(),
             lookback_ms: cfg.attribution.lookback_secs as i64 * 1000,
             produced_at: Vec::new(),
             partition_messages: BTreeMap::new(),
@@ -260,60 +202,77 @@ impl Processor {
         }
     }
 
-    /// Restores the position recorded in Iceberg: messages below `offsets` are replayed (state
-    /// only), the watermark continues from where it was (so windows closed before a crash stay
-    /// closed), and revisions continue above every sequence already published.
-    pub fn resume(&mut self, r: &crate::sink::Resume) {
-        for (p, o) in &r.offsets {
-            self.offsets.insert(*p, *o);
-        }
-        self.floors = r.offsets.clone();
-        self.ticked_offsets = r.offsets.clone();
-        self.dead_letter_floors = r.dead_letter_offsets.clone();
-        self.resumed_replay_from = r.replay_from.clone();
-        self.replaying = r
-            .offsets
-            .iter()
-            .filter(|(p, o)| r.replay_from.get(p).is_some_and(|f| f < o))
-            .map(|(p, o)| (*p, *o))
-            .collect();
-        self.seq = r.seq;
-        if let Some(wm) = r.watermark_ms {
-            self.watermarks.restore(wm);
-        }
-    }
-
     /// Event-time horizon (ms before the watermark) of remembered ids; `None` when dedup is off.
     pub fn dedup_horizon_ms(&self) -> Option<i64> {
-        self.seen.horizon_ms()
+        (self.dedup_horizon_secs > 0).then(|| (self.dedup_horizon_secs / 60).max(1) as i64 * 60_000)
     }
 
-    /// Start-up: rows of `campaign_events` from `since_ms` on are about to be remembered.
-    pub fn loading_ids_since(&mut self, since_ms: i64) {
-        self.seen.loading_since(since_ms);
+    /// How far back (ms of event time before a partition's watermark) its replay point keeps
+    /// clicks: the oldest open window's conversions look back from its start.
+    pub fn click_horizon_ms(&self) -> i64 {
+        self.size_ms + self.lateness_ms + self.lookback_ms
     }
 
-    /// Remembers a message already committed to `campaign_events` (start-up), with its verdict.
-    pub fn remember_id(
-        &mut self,
-        id_hash: u64,
-        partition: i32,
-        offset: i64,
-        time_ms: i64,
-        was_copy: bool,
-    ) {
-        self.seen
-            .remember(id_hash, partition, offset, time_ms, was_copy);
+    fn new_task(&self, claim: &Claimed) -> Task {
+        let mut seen = SeenIds::new(self.dedup_horizon_secs, self.dedup_max_ids);
+        if let Some(since) = claim.ids.iter().map(|i| i.time_ms).min() {
+            seen.loading_since(since);
+        }
+        for id in &claim.ids {
+            seen.remember(id.hash, claim.partition, id.offset, id.time_ms, id.was_copy);
+        }
+        Task::new(
+            claim,
+            Touchpoints::new(self.settings.max_touchpoints, self.lookback_ms),
+            seen,
+        )
     }
 
-    pub fn set_assignment(&mut self, partitions: &[i32], now: Instant) {
-        self.watermarks.set_assignment(partitions, now);
-        self.assignment = partitions.to_vec();
+    /// Takes over a partition claimed in the tables: messages below its recorded position are
+    /// replayed (state only), its watermark continues from the recorded one (windows closed
+    /// before stay closed), and its revisions rise above its previous owner's.
+    pub fn assign(&mut self, claim: Claimed, now: Instant) {
+        let p = claim.partition;
+        self.handoff.remove(&p);
+        self.watermarks
+            .assign(p, claim.position.and_then(|pos| pos.watermark_ms), now);
+        let task = self.new_task(&claim);
+        tracing::info!(partition = p, epoch = claim.epoch, position = ?claim.position,
+            dedup_ids = claim.ids.len(), "partition assigned; replaying from the recorded replay point");
+        self.tasks.insert(p, task);
     }
 
-    /// Whether an assigned partition is still replaying below its floor.
+    /// Gives a partition up (the group moved it): its position goes into the next commit and its
+    /// state is dropped; the new owner rebuilds it by replay. Rows of its events already
+    /// buffered are committed with that position, unless the new owner claimed first (then the
+    /// fence leaves them out, and the new owner reads them again).
+    pub fn revoke(&mut self, partition: i32) {
+        if let Some(mut t) = self.tasks.remove(&partition) {
+            let wm = self.watermarks.of(partition);
+            let pos = t.position(wm, self.click_horizon_ms());
+            tracing::info!(partition, epoch = t.epoch, position = ?pos, "partition revoked; handing off its position");
+            self.handoff.insert(partition, pos);
+        }
+        self.watermarks.revoke(partition);
+    }
+
+    /// Forgets a partition another member claimed (the fence refused our commit of it).
+    pub fn lost(&mut self, partition: i32) {
+        if self.tasks.remove(&partition).is_some() {
+            tracing::warn!(partition, "partition lost to another member; state dropped");
+        }
+        self.handoff.remove(&partition);
+        self.watermarks.revoke(partition);
+    }
+
+    /// Partitions this processor owns.
+    pub fn owned(&self) -> Vec<i32> {
+        self.tasks.keys().copied().collect()
+    }
+
+    /// Whether an owned partition is still replaying below its floor.
     pub fn replaying(&self) -> bool {
-        self.replaying.keys().any(|p| self.assignment.contains(p))
+        self.tasks.values().any(Task::replaying)
     }
 
     /// Every loaded plugin version.
@@ -408,8 +367,10 @@ impl Processor {
         self.lateness_ms = s.allowed_lateness_ms as i64;
         self.watermarks
             .set_params(s.out_of_orderness_ms, s.idle_timeout_ms);
-        self.touchpoints
-            .set_params(s.max_touchpoints, s.lookback_secs as i64 * 1000);
+        for t in self.tasks.values_mut() {
+            t.touchpoints
+                .set_params(s.max_touchpoints, s.lookback_secs as i64 * 1000);
+        }
         self.lookback_ms = s.lookback_secs as i64 * 1000;
         tracing::info!(?s, "live settings applied");
     }
@@ -486,7 +447,7 @@ impl Processor {
                 used[p] = true;
             }
         }
-        for w in self.windows.values() {
+        for w in self.tasks.values().flat_map(|t| t.windows.values()) {
             for (v, _) in &w.accs {
                 used[*v] = true;
             }
@@ -499,19 +460,39 @@ impl Processor {
         self.refresh_wants_touchpoints();
     }
 
+    /// The smallest watermark over owned partitions.
     pub fn watermark(&self) -> i64 {
         self.watermarks.current()
     }
 
-    pub fn touchpoints(&self) -> &Touchpoints {
-        &self.touchpoints
+    /// Users with remembered clicks, over owned partitions.
+    pub fn touchpoint_users(&self) -> usize {
+        self.tasks.values().map(|t| t.touchpoints.users()).sum()
+    }
+
+    /// Approximate heap bytes of the touchpoints, over owned partitions.
+    pub fn touchpoint_bytes(&self) -> usize {
+        self.tasks
+            .values()
+            .map(|t| t.touchpoints.bytes_estimate())
+            .sum()
     }
 
     /// Processes one message. Never fails: a bad message becomes a dead letter.
     #[inline]
     pub fn process(&mut self, m: RawMessage<'_>, clock: &Clock) {
-        match self.seen_to.get_mut(&m.partition) {
-            Some(next) if m.offset < *next => {
+        if !self.tasks.contains_key(&m.partition) {
+            // Only without a source that assigns partitions (the benches, `plugin test`): the
+            // partition starts fresh, as if claimed in empty tables.
+            let claim = Claimed {
+                partition: m.partition,
+                ..Default::default()
+            };
+            self.assign(claim, clock.instant);
+        }
+        let task = self.tasks.get_mut(&m.partition).expect("assigned above");
+        match task.seen_to {
+            Some(next) if m.offset < next => {
                 if self
                     .status
                     .redelivered
@@ -521,37 +502,24 @@ impl Processor {
                     tracing::warn!(
                         partition = m.partition,
                         offset = m.offset,
-                        next = *next,
+                        next,
                         "message delivered again by the source; skipped (logged at powers of two)"
                     );
                 }
                 return;
             }
-            Some(next) => *next = m.offset + 1,
-            None => {
-                self.seen_to.insert(m.partition, m.offset + 1);
-            }
+            _ => task.seen_to = Some(m.offset + 1),
         }
+        task.offset = m.offset + 1;
         // Below the committed position: already in the tables. Replay it into windows and
-        // attribution state (to rebuild what a crash lost), write nothing, count nothing twice.
-        let replay = self
-            .floors
-            .get(&m.partition)
-            .is_some_and(|&floor| m.offset < floor);
+        // attribution state (to rebuild what the previous owner or a crash lost), write nothing,
+        // count nothing twice.
+        let replay = m.offset < task.floor;
         if replay {
             self.status.replayed.fetch_add(1, Relaxed);
         } else {
-            self.offsets.insert(m.partition, m.offset + 1);
             *self.partition_messages.entry(m.partition).or_default() += 1;
             self.status.messages.fetch_add(1, Relaxed);
-        }
-        if !self.replaying.is_empty()
-            && self
-                .replaying
-                .get(&m.partition)
-                .is_some_and(|&floor| m.offset + 1 >= floor)
-        {
-            self.replaying.remove(&m.partition);
         }
         let ingest_us = clock.now_ms * 1000;
         let payload = m.payload.unwrap_or_default();
@@ -559,14 +527,7 @@ impl Processor {
             Ok(ev) => ev,
             // Already in dead_letters: committed before the events table, so this holds for
             // replayed messages and for the first ones above the events floor alike.
-            Err(_)
-                if self
-                    .dead_letter_floors
-                    .get(&m.partition)
-                    .is_some_and(|&f| m.offset < f) =>
-            {
-                return;
-            }
+            Err(_) if m.offset < task.dead_letter_floor => return,
             Err(rej) => {
                 self.status.dead_letters.fetch_add(1, Relaxed);
                 self.status.dead_by_reason[rej.reason as usize].fetch_add(1, Relaxed);
@@ -593,12 +554,11 @@ impl Processor {
         }
         let id = crate::dedup::hash_id(&ev.event_id);
         let verdict = if replay {
-            self.seen.replayed(id, m.partition, m.offset, ev.time_ms)
+            task.seen.replayed(id, m.partition, m.offset, ev.time_ms)
         } else {
-            self.seen.check(id, ev.time_ms)
+            task.seen.check(id, ev.time_ms)
         };
-        let duplicate = verdict == Delivery::Duplicate;
-        if duplicate {
+        if verdict == Delivery::Duplicate {
             // In campaign_events (flagged), nowhere else: no window, no touchpoint, no watermark.
             if !replay {
                 self.status.duplicates.fetch_add(1, Relaxed);
@@ -613,11 +573,11 @@ impl Processor {
             .observe(m.partition, ev.time_ms, clock.instant);
 
         let start = window_start(ev.time_ms, self.size_ms);
-        let late = start + self.size_ms + self.lateness_ms <= self.watermarks.current();
+        let late = start + self.size_ms + self.lateness_ms <= self.watermarks.of(m.partition);
         let campaign = self.campaigns.intern(&ev.campaign_id);
         let ad = self.ads.intern(&ev.ad_id);
         if ev.kind == EventKind::Click {
-            self.touchpoints.record_click(
+            task.touchpoints.record_click(
                 &ev.user_id,
                 Touchpoint {
                     time_ms: ev.time_ms,
@@ -625,10 +585,8 @@ impl Processor {
                     ad,
                 },
             );
-            let first = self
+            let first = task
                 .click_offsets
-                .entry(m.partition)
-                .or_default()
                 .entry(ev.time_ms.div_euclid(60_000))
                 .or_insert(m.offset);
             *first = (*first).min(m.offset);
@@ -639,14 +597,13 @@ impl Processor {
             }
         } else {
             let active = &self.active;
-            let w = self.windows.entry(start).or_insert_with(|| Window {
+            let w = task.windows.entry(start).or_insert_with(|| Window {
                 pending: plugin::new_batch(),
                 accs: active.iter().map(|&v| (v, Some(Vec::new()))).collect(),
                 published: vec![Vec::new(); active.len()],
                 retract: Vec::new(),
-                min_offsets: Vec::new(),
+                min_offset: m.offset,
                 dirty: false,
-                revision: 0,
             });
             let kind = match ev.kind {
                 EventKind::Impression => plugin::kind::IMPRESSION,
@@ -656,7 +613,7 @@ impl Processor {
             let tps = match (self.wants_touchpoints, ev.kind) {
                 (false, _) => None,
                 (true, EventKind::Conversion) => {
-                    Some(self.touchpoints.for_conversion(&ev.user_id, ev.time_ms))
+                    Some(task.touchpoints.for_conversion(&ev.user_id, ev.time_ms))
                 }
                 (true, _) => Some(&[][..]),
             };
@@ -669,10 +626,7 @@ impl Processor {
                 ev.revenue_micros,
                 tps,
             );
-            match w.min_offsets.iter_mut().find(|(p, _)| *p == m.partition) {
-                Some((_, o)) => *o = (*o).min(m.offset),
-                None => w.min_offsets.push((m.partition, m.offset)),
-            }
+            w.min_offset = w.min_offset.min(m.offset);
         }
         if self.build_tables && !replay {
             self.events
@@ -680,167 +634,171 @@ impl Processor {
         }
     }
 
-    /// Hands each window's pending events to every plugin, one call per plugin per window.
+    /// Hands each window's pending events to every plugin, one call per plugin per window (of
+    /// each partition).
     pub fn flush_plugins(&mut self) {
         let mut failures = Vec::new();
-        for (start, w) in self.windows.iter_mut() {
-            if w.pending.kinds.is_empty() {
-                continue;
-            }
-            for i in 0..w.accs.len() {
-                let id = w.accs[i].0;
-                let Some(a) = &w.accs[i].1 else { continue };
-                let Some(slot) = live_slot(&mut self.versions, id) else {
-                    w.poison(i);
+        for (p, task) in self.tasks.iter_mut() {
+            for (start, w) in task.windows.iter_mut() {
+                if w.pending.kinds.is_empty() {
                     continue;
-                };
-                let t = Instant::now();
-                let r = slot.plugin.accumulate(a, &w.pending);
-                slot.busy += t.elapsed();
-                slot.calls += 1;
-                match r {
-                    Ok(next) => w.accs[i].1 = Some(next),
-                    Err(e) => {
-                        failures.push((id, *start, e));
+                }
+                for i in 0..w.accs.len() {
+                    let id = w.accs[i].0;
+                    let Some(a) = &w.accs[i].1 else { continue };
+                    let Some(slot) = live_slot(&mut self.versions, id) else {
                         w.poison(i);
+                        continue;
+                    };
+                    let t = Instant::now();
+                    let r = slot.plugin.accumulate(a, &w.pending);
+                    slot.busy += t.elapsed();
+                    slot.calls += 1;
+                    match r {
+                        Ok(next) => w.accs[i].1 = Some(next),
+                        Err(e) => {
+                            failures.push((id, *p, *start, e));
+                            w.poison(i);
+                        }
                     }
                 }
+                plugin::clear_batch(&mut w.pending);
+                w.dirty = true;
             }
-            plugin::clear_batch(&mut w.pending);
-            w.dirty = true;
         }
-        for (id, start, e) in failures {
+        for (id, _, start, e) in failures {
             self.on_failure(id, start, &e);
         }
     }
 
-    /// Once per commit interval: advances the watermark, publishes changed windows as a new
-    /// revision (final for windows the watermark closed), and takes everything to commit.
+    /// Once per commit interval: advances the watermarks, publishes changed windows as a new
+    /// revision (final for windows their partition's watermark closed), and takes everything to
+    /// commit, with the position of every owned partition and of those given up since.
     pub fn tick(&mut self, clock: &Clock) -> CommitBatch {
         let rows = self.publish(clock);
         self.seq += 1;
-        // Only partitions this member owns or moved since the last tick: a summary must not
-        // repeat a stale position for a partition another writer of the group now owns.
-        let offsets: BTreeMap<i32, i64> = self
-            .offsets
-            .iter()
-            .filter(|(p, o)| self.assignment.contains(p) || self.ticked_offsets.get(p) != Some(o))
-            .map(|(p, o)| (*p, *o))
-            .collect();
-        self.ticked_offsets = self.offsets.clone();
-        let mut replay_from = self.replay_from();
-        replay_from.retain(|p, _| offsets.contains_key(p));
+        let horizon = self.click_horizon_ms();
+        let mut positions = std::mem::take(&mut self.handoff);
+        for (p, t) in self.tasks.iter_mut() {
+            positions.insert(*p, t.position(self.watermarks.of(*p), horizon));
+        }
         CommitBatch {
-            replay_from,
-            watermark_ms: self.watermarks.current(),
+            positions,
             seq: self.seq,
             events: self.events.take(),
             has_final: rows.iter().any(|r| r.is_final),
-            click_horizon_ms: self.size_ms + self.lateness_ms + self.lookback_ms,
+            click_horizon_ms: horizon,
             metrics: (!rows.is_empty()).then(|| metrics_batch(&rows)),
             dead_letters: self.dead.take(),
-            offsets,
             produced_at_ms: std::mem::take(&mut self.produced_at),
         }
     }
 
-    /// The metric half of [`tick`](Self::tick): advances the watermark and returns the rows of
-    /// every changed or closing window (closing ones marked final and dropped).
+    /// The metric half of [`tick`](Self::tick): advances the watermarks and returns the rows of
+    /// every changed or closing window (closing ones marked final and dropped). A partition
+    /// still replaying publishes nothing: its windows are half rebuilt, and publishing them
+    /// would replace complete revisions with partial ones.
     pub fn publish(&mut self, clock: &Clock) -> Vec<MetricRecord> {
         self.flush_plugins();
-        if self.replaying() {
-            // Windows are half rebuilt: publishing now would replace complete revisions with
-            // partial ones, and advancing the watermark could close a window too early.
-            return Vec::new();
-        }
-        let wm = self.watermarks.advance(clock.instant);
+        let wm = self.watermarks.advance(clock.instant, clock.now_ms);
         self.status.watermark_ms.store(wm, Relaxed);
         let mut rows = Vec::new();
-        let mut closed = Vec::new();
         let mut failures = Vec::new();
-        for (&start, w) in self.windows.iter_mut() {
-            let is_final = start + self.size_ms + self.lateness_ms <= wm;
-            if !w.dirty && !is_final {
+        let mut closed_windows = 0u64;
+        let mut open_windows = 0u64;
+        for (&p, task) in self.tasks.iter_mut() {
+            if task.replaying() {
+                open_windows += task.windows.len() as u64;
                 continue;
             }
-            // Revisions are commit sequence numbers: monotonic across windows and restarts, so
-            // "latest revision wins" stays true after a recovery rebuilt a window.
-            w.revision = (self.seq + 1) as i32;
-            w.dirty = false;
-            for i in 0..w.accs.len() {
-                let id = w.accs[i].0;
-                let Some(a) = &w.accs[i].1 else { continue };
-                let Some(slot) = live_slot(&mut self.versions, id) else {
-                    w.poison(i);
+            let wm = self.watermarks.of(p);
+            // Revisions rise with the epoch (a new owner, a restart) and the commit sequence.
+            let revision = ((task.epoch as i64) << 32) | ((self.seq + 1) & 0xffff_ffff) as i64;
+            let mut closed = Vec::new();
+            for (&start, w) in task.windows.iter_mut() {
+                let is_final = start + self.size_ms + self.lateness_ms <= wm;
+                if !w.dirty && !is_final {
                     continue;
-                };
-                let t = Instant::now();
-                let r = slot.plugin.finish(a).and_then(|out| {
-                    // Every row must name ids the host handed out: a plugin cannot invent campaigns.
-                    out.into_iter()
-                        .map(|r| {
-                            let campaign = self.campaigns.name(r.campaign).ok_or_else(|| {
-                                PluginError::Malformed(format!(
-                                    "unknown campaign id {}",
-                                    r.campaign
-                                ))
-                            })?;
-                            let ad = match r.ad {
-                                None => None,
-                                Some(a) => Some(
-                                    self.ads
-                                        .name(a)
-                                        .ok_or_else(|| {
-                                            PluginError::Malformed(format!("unknown ad id {a}"))
-                                        })?
-                                        .clone(),
-                                ),
-                            };
-                            Ok(MetricRecord {
-                                window_start_ms: start,
-                                window_end_ms: start + self.size_ms,
-                                campaign_id: campaign.clone(),
-                                ad_id: ad,
-                                metric: r.metric,
-                                value: r.value,
-                                numerator: r.numerator,
-                                denominator: r.denominator,
-                                plugin: slot.name.clone(),
-                                plugin_version: slot.version.clone(),
-                                plugin_sha256: slot.sha256.clone(),
-                                revision: w.revision,
-                                is_final,
-                                computed_at_ms: clock.now_ms,
-                                withheld: false,
-                            })
-                        })
-                        .collect::<Result<Vec<_>, PluginError>>()
-                });
-                slot.busy += t.elapsed();
-                slot.calls += 1;
-                match r {
-                    Ok(out) => {
-                        rows.extend(out.iter().cloned());
-                        w.published[i] = out;
-                    }
-                    Err(e) => {
-                        failures.push((id, start, e));
+                }
+                w.dirty = false;
+                for i in 0..w.accs.len() {
+                    let id = w.accs[i].0;
+                    let Some(a) = &w.accs[i].1 else { continue };
+                    let Some(slot) = live_slot(&mut self.versions, id) else {
                         w.poison(i);
+                        continue;
+                    };
+                    let t = Instant::now();
+                    let r = slot.plugin.finish(a).and_then(|out| {
+                        // Every row must name ids the host handed out: a plugin cannot invent campaigns.
+                        out.into_iter()
+                            .map(|r| {
+                                let campaign = self.campaigns.name(r.campaign).ok_or_else(|| {
+                                    PluginError::Malformed(format!(
+                                        "unknown campaign id {}",
+                                        r.campaign
+                                    ))
+                                })?;
+                                let ad = match r.ad {
+                                    None => None,
+                                    Some(a) => Some(
+                                        self.ads
+                                            .name(a)
+                                            .ok_or_else(|| {
+                                                PluginError::Malformed(format!("unknown ad id {a}"))
+                                            })?
+                                            .clone(),
+                                    ),
+                                };
+                                Ok(MetricRecord {
+                                    window_start_ms: start,
+                                    window_end_ms: start + self.size_ms,
+                                    campaign_id: campaign.clone(),
+                                    ad_id: ad,
+                                    metric: r.metric,
+                                    value: r.value,
+                                    numerator: r.numerator,
+                                    denominator: r.denominator,
+                                    plugin: slot.name.clone(),
+                                    plugin_version: slot.version.clone(),
+                                    plugin_sha256: slot.sha256.clone(),
+                                    revision,
+                                    partition: p,
+                                    is_final,
+                                    computed_at_ms: clock.now_ms,
+                                    withheld: false,
+                                })
+                            })
+                            .collect::<Result<Vec<_>, PluginError>>()
+                    });
+                    slot.busy += t.elapsed();
+                    slot.calls += 1;
+                    match r {
+                        Ok(out) => {
+                            rows.extend(out.iter().cloned());
+                            w.published[i] = out;
+                        }
+                        Err(e) => {
+                            failures.push((id, start, e));
+                            w.poison(i);
+                        }
                     }
                 }
+                for mut r in std::mem::take(&mut w.retract) {
+                    (r.value, r.numerator, r.denominator) = (0.0, 0.0, 0.0);
+                    (r.revision, r.is_final, r.withheld, r.computed_at_ms) =
+                        (revision, is_final, true, clock.now_ms);
+                    rows.push(r);
+                }
+                if is_final {
+                    closed.push(start);
+                }
             }
-            for mut r in std::mem::take(&mut w.retract) {
-                (r.value, r.numerator, r.denominator) = (0.0, 0.0, 0.0);
-                (r.revision, r.is_final, r.withheld, r.computed_at_ms) =
-                    (w.revision, is_final, true, clock.now_ms);
-                rows.push(r);
+            for start in &closed {
+                task.windows.remove(start);
             }
-            if is_final {
-                closed.push(start);
-            }
-        }
-        for start in &closed {
-            self.windows.remove(start);
+            closed_windows += closed.len() as u64;
+            open_windows += task.windows.len() as u64;
         }
         for (id, start, e) in failures {
             self.on_failure(id, start, &e);
@@ -848,28 +806,29 @@ impl Processor {
         self.collect_versions();
         self.status
             .windows_finalized
-            .fetch_add(closed.len() as u64, Relaxed);
-        self.status
-            .open_windows
-            .store(self.windows.len() as u64, Relaxed);
+            .fetch_add(closed_windows, Relaxed);
+        self.status.open_windows.store(open_windows, Relaxed);
         if clock.instant.duration_since(self.last_prune) > Duration::from_secs(30) {
             // Keep every click an on-time conversion can still use: the oldest open window
             // starts at `wm − size − lateness`, and its conversions look back from there.
-            self.touchpoints
-                .prune(wm.saturating_sub(self.size_ms + self.lateness_ms));
-            self.seen.expire(wm);
-            self.status.dedup_ids.store(self.seen.len() as u64, Relaxed);
-            self.status
-                .dedup_bytes
-                .store(self.seen.bytes_estimate() as u64, Relaxed);
-            self.long_state_bytes =
-                (self.seen.bytes_estimate() + self.touchpoints.bytes_estimate()) as u64;
+            let (mut ids, mut id_bytes) = (0, 0);
+            for (&p, task) in self.tasks.iter_mut() {
+                let wm = self.watermarks.of(p);
+                task.touchpoints
+                    .prune(wm.saturating_sub(self.size_ms + self.lateness_ms));
+                task.seen.expire(wm);
+                ids += task.seen.len();
+                id_bytes += task.seen.bytes_estimate();
+            }
+            self.status.dedup_ids.store(ids as u64, Relaxed);
+            self.status.dedup_bytes.store(id_bytes as u64, Relaxed);
+            self.long_state_bytes = (id_bytes + self.touchpoint_bytes()) as u64;
             self.last_prune = clock.instant;
         }
         self.publish_stats();
         self.status
             .touchpoint_users
-            .store(self.touchpoints.users() as u64, Relaxed);
+            .store(self.touchpoint_users() as u64, Relaxed);
         self.update_current(&rows);
         rows
     }
@@ -877,8 +836,9 @@ impl Processor {
     /// Counters for `/metrics` that live here rather than in atomics (once per publish).
     fn publish_stats(&self) {
         let windows: usize = self
-            .windows
+            .tasks
             .values()
+            .flat_map(|t| t.windows.values())
             .map(|w| {
                 w.accs
                     .iter()
@@ -913,56 +873,18 @@ impl Processor {
             .collect();
     }
 
-    /// Per partition: the first offset a restart must replay, i.e. the smallest of the next
-    /// offset, the first offset of every open window, and the first click still inside the
-    /// attribution lookback (minute buckets, pruned as the watermark moves).
-    fn replay_from(&mut self) -> BTreeMap<i32, i64> {
-        let mut out = self.offsets.clone();
-        for w in self.windows.values() {
-            for (p, o) in &w.min_offsets {
-                let e = out.entry(*p).or_insert(*o);
-                *e = (*e).min(*o);
-            }
-        }
-        // Same horizon as `Touchpoints::prune`: clicks the oldest still-open window may need.
-        let horizon_min = self
-            .watermarks
-            .current()
-            .saturating_sub(self.size_ms + self.lateness_ms + self.lookback_ms)
-            .div_euclid(60_000);
-        for (p, buckets) in self.click_offsets.iter_mut() {
-            // Buckets wholly before the horizon can no longer be needed.
-            while let Some((&b, _)) = buckets.first_key_value() {
-                if b >= horizon_min {
-                    break;
-                }
-                buckets.pop_first();
-            }
-            if let Some(o) = buckets.values().min() {
-                let e = out.entry(*p).or_insert(*o);
-                *e = (*e).min(*o);
-            }
-        }
-        for p in self.replaying.keys() {
-            if let (Some(e), Some(&r)) = (out.get_mut(p), self.resumed_replay_from.get(p)) {
-                *e = (*e).min(r);
-            }
-        }
-        out
-    }
-
     /// The input ended (a file source): moves the watermark past every window that holds an
     /// event so the next tick publishes them all as final. Not to `i64::MAX`: a later run over
     /// a longer version of the input keeps its new events on time. Fails if the input ended
     /// below the position the tables record: a different or truncated input.
     pub fn end_of_input(&mut self) -> Result<(), EndOfInputError> {
         self.flush_plugins();
-        if let Some((&partition, &recorded)) = self.replaying.iter().next() {
+        if let Some((&partition, t)) = self.tasks.iter().find(|(_, t)| t.replaying()) {
             return Err(EndOfInputError {
                 stream: self.topic.clone(),
                 partition,
-                read: self.seen_to.get(&partition).copied().unwrap_or(0),
-                recorded,
+                read: t.offset,
+                recorded: t.floor,
             });
         }
         self.watermarks

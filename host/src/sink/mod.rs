@@ -10,7 +10,9 @@
 //! sequence + UUID): iceberg-rust's `DefaultFileNameGenerator` numbers files from zero per
 //! instance, and reusing a prefix silently overwrites files of committed snapshots.
 
+mod fence;
 pub mod schema;
+pub mod summary;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -41,37 +43,7 @@ pub const EVENTS_TABLE: &str = "campaign_events";
 pub const METRICS_TABLE: &str = "campaign_metrics";
 pub const DEAD_LETTERS_TABLE: &str = "dead_letters";
 
-/// Snapshot-summary keys written with every commit.
-pub mod summary {
-    pub const WRITER_ID: &str = "admetrics.writer-id";
-    pub const COMMIT_SEQ: &str = "admetrics.commit-seq";
-    pub const TOPIC: &str = "admetrics.topic";
-    /// JSON object partition → next offset to read, for the partitions this writer owns.
-    pub const OFFSETS: &str = "admetrics.offsets";
-    /// JSON object partition → first offset a restart must replay to rebuild open windows and
-    /// attribution state (≤ the offset above).
-    pub const REPLAY_FROM: &str = "admetrics.replay-from";
-    /// The watermark (ms) when the commit was made: windows it had closed stay closed.
-    pub const WATERMARK: &str = "admetrics.watermark";
-    /// How far back (ms of event time) the replay-from above keeps clicks for attribution.
-    pub const CLICK_HORIZON: &str = "admetrics.click-horizon-ms";
-}
-
-/// Where a restarted daemon resumes, read from snapshot summaries.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Resume {
-    /// Partition → next offset not yet in `campaign_events`.
-    pub offsets: BTreeMap<i32, i64>,
-    /// Partition → first offset to replay from.
-    pub replay_from: BTreeMap<i32, i64>,
-    pub watermark_ms: Option<i64>,
-    /// Highest commit sequence seen: revisions continue above it.
-    pub seq: u64,
-    /// Partition → next offset not yet in `dead_letters`.
-    pub dead_letter_offsets: BTreeMap<i32, i64>,
-    /// The click horizon (lookback + window + lateness, ms) the recorded replay-from covers.
-    pub click_horizon_ms: Option<i64>,
-}
+pub use summary::{Claimed, CommittedId, Position};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -82,6 +54,9 @@ pub enum SinkError {
         path: String,
         source: std::io::Error,
     },
+    /// Another member claimed these partitions with a higher epoch (see `fence`).
+    #[error("partitions {0:?} were claimed by another member of the group")]
+    Fenced(Vec<i32>),
 }
 
 impl SinkError {
@@ -89,7 +64,7 @@ impl SinkError {
     pub fn retryable(&self) -> bool {
         match self {
             SinkError::Iceberg(e) => e.retryable(),
-            SinkError::Warehouse { .. } => false,
+            SinkError::Warehouse { .. } | SinkError::Fenced(_) => false,
         }
     }
 }
@@ -102,11 +77,9 @@ pub struct CommitBatch {
     pub events: Vec<(i32, RecordBatch)>,
     pub metrics: Option<RecordBatch>,
     pub dead_letters: Option<RecordBatch>,
-    /// Partition → next offset to read once this batch is committed.
-    pub offsets: BTreeMap<i32, i64>,
-    /// Partition → first offset a restart must replay (see `summary::REPLAY_FROM`).
-    pub replay_from: BTreeMap<i32, i64>,
-    pub watermark_ms: i64,
+    /// Per partition this member owns (or gave up since the last batch): where it stands once
+    /// this batch is committed, with this member's epoch for it.
+    pub positions: BTreeMap<i32, Position>,
     /// Producer timestamps (ms) of the events in this batch, for produce→visible latency.
     pub produced_at_ms: Vec<i64>,
     /// Whether `metrics` holds final rows of a closing window (fault-injection tests aim there).
@@ -120,6 +93,8 @@ pub struct CommitBatch {
 pub struct CommitReport {
     pub seq: u64,
     pub offsets: BTreeMap<i32, i64>,
+    /// Partitions another member claimed meanwhile: their rows were left out of this commit.
+    pub fenced: Vec<i32>,
     pub events: usize,
     pub metric_rows: usize,
     pub dead_letters: usize,
@@ -132,7 +107,7 @@ pub struct CommitReport {
 }
 
 pub struct IcebergSink {
-    catalog: Arc<dyn Catalog>,
+    catalog: Arc<fence::FencingCatalog>,
     events: Table,
     metrics: Table,
     dead_letters: Table,
@@ -140,9 +115,9 @@ pub struct IcebergSink {
     topic: String,
     target_file_bytes: usize,
     props: WriterProperties,
-    /// (offsets, replay-from, watermark) of the last `campaign_events` commit: an interval that
-    /// changed nothing makes no snapshot.
-    last_position: Option<(BTreeMap<i32, i64>, BTreeMap<i32, i64>, i64)>,
+    /// Positions of the last `campaign_events` commit: an interval that changed nothing makes
+    /// no snapshot.
+    last_position: Option<BTreeMap<i32, Position>>,
     /// Set after a failed attempt: the next one first reloads the tables and skips every table
     /// that already holds this commit (a commit whose outcome was unknown may have landed).
     retrying: bool,
@@ -156,7 +131,7 @@ impl IcebergSink {
         writer_id: &str,
         target_file_bytes: usize,
     ) -> Result<Self, SinkError> {
-        let catalog = open_catalog(cfg).await?;
+        let catalog = Arc::new(fence::FencingCatalog::new(open_catalog(cfg).await?));
         let ns = NamespaceIdent::new(cfg.namespace.clone());
         if !catalog.namespace_exists(&ns).await?
             && let Err(e) = catalog.create_namespace(&ns, HashMap::new()).await
@@ -221,7 +196,7 @@ impl IcebergSink {
     /// ancestry).
     fn holds(&self, table: &Table, seq: u64) -> bool {
         let seq = seq.to_string();
-        ancestry(table).any(|p| {
+        summary::ancestry(table).any(|(_, p)| {
             p.get(summary::WRITER_ID) == Some(&self.writer_id)
                 && p.get(summary::COMMIT_SEQ) == Some(&seq)
         })
@@ -231,77 +206,141 @@ impl IcebergSink {
         self.catalog.clone()
     }
 
-    /// The resume position from `campaign_events` snapshot summaries for our topic, walking the
-    /// snapshot ancestry newest first: each partition's newest entry wins, so a commit by another
-    /// writer (owning other partitions) at the head hides nothing, and an ambiguous last commit
-    /// (did it land before the crash?) is settled by what the table actually holds.
-    pub fn resume(&self) -> Resume {
-        let mut out = Resume::default();
-        for props in ancestry(&self.events) {
-            if props.get(summary::TOPIC).map(String::as_str) == Some(self.topic.as_str()) {
-                let map = |k: &str| {
-                    props
-                        .get(k)
-                        .and_then(|j| serde_json::from_str::<BTreeMap<i32, i64>>(j).ok())
-                        .unwrap_or_default()
-                };
-                for (p, o) in map(summary::OFFSETS) {
-                    out.offsets.entry(p).or_insert(o);
-                }
-                for (p, o) in map(summary::REPLAY_FROM) {
-                    out.replay_from.entry(p).or_insert(o);
-                }
-                if out.watermark_ms.is_none() {
-                    out.watermark_ms = props.get(summary::WATERMARK).and_then(|w| w.parse().ok());
-                }
-                if out.click_horizon_ms.is_none() {
-                    out.click_horizon_ms = props
-                        .get(summary::CLICK_HORIZON)
-                        .and_then(|w| w.parse().ok());
-                }
-                if let Some(seq) = props
-                    .get(summary::COMMIT_SEQ)
-                    .and_then(|s| s.parse::<u64>().ok())
-                {
-                    out.seq = out.seq.max(seq);
-                }
-            }
-        }
-        for props in ancestry(&self.dead_letters) {
-            if props.get(summary::TOPIC).map(String::as_str) == Some(self.topic.as_str())
-                && let Some(map) = props
-                    .get(summary::OFFSETS)
-                    .and_then(|j| serde_json::from_str::<BTreeMap<i32, i64>>(j).ok())
-            {
-                for (p, o) in map {
-                    out.dead_letter_offsets.entry(p).or_insert(o);
-                }
-            }
-        }
-        // The metrics table's sequence too: revisions must stay above everything published.
-        let m = self.metrics.metadata();
-        for snap in m.snapshots() {
-            if let Some(seq) = snap
-                .summary()
-                .additional_properties
-                .get(summary::COMMIT_SEQ)
-                .and_then(|s| s.parse::<u64>().ok())
-            {
-                out.seq = out.seq.max(seq);
-            }
-        }
-        out
+    /// Per partition, where `campaign_events` stands (the entry with the highest epoch).
+    pub fn positions(&self) -> BTreeMap<i32, Position> {
+        summary::positions(&self.events, &self.topic).0
     }
 
-    /// Calls `f(id hash, partition, offset, event time ms, is_duplicate)` for every event
-    /// committed to `campaign_events` with event time ≥ `since_ms`: the ids a restarted daemon
-    /// must remember to keep counting copies once, and the verdicts its replay must repeat.
-    /// Reads only those columns, and only the day partitions that can match. Returns how many
+    /// Per partition, the next offset not yet in `campaign_events`.
+    pub fn offsets(&self) -> BTreeMap<i32, i64> {
+        self.positions()
+            .into_iter()
+            .map(|(p, pos)| (p, pos.offset))
+            .collect()
+    }
+
+    /// The click horizon the newest commit's replay points cover (a restart with a longer
+    /// lookback is refused against it).
+    pub fn click_horizon_ms(&self) -> Option<i64> {
+        summary::horizon_and_seq(&self.events, &self.topic).0
+    }
+
+    /// Takes ownership of `partitions` for this member and returns where each stands.
+    ///
+    /// The partition's epoch becomes one more than any epoch recorded for it in the three
+    /// tables, and a claim (an empty commit carrying only the new epochs) is committed to
+    /// `dead_letters`, `campaign_metrics` and `campaign_events`, in the order batches commit. From
+    /// then on no commit of an earlier owner covering the partition can land in a table (see
+    /// `fence`), so the position read after the claims is final: everything the earlier owner
+    /// committed is in it, and nothing it still holds can be added behind it. A claim that
+    /// loses a race with another claim of the same partition is made again with a higher epoch
+    /// (the group gave the partition to us).
+    ///
+    /// `ids_since`: per partition, the event time from which the committed event ids are read
+    /// back for deduplication (`None`: dedup is off).
+    pub async fn claim(
+        &mut self,
+        partitions: &[i32],
+        ids_since: impl Fn(Option<i64>) -> Option<i64>,
+    ) -> Result<Vec<Claimed>, SinkError> {
+        if partitions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut attempt = 0;
+        let epochs = loop {
+            attempt += 1;
+            self.refresh().await?;
+            let mut epochs: BTreeMap<i32, u64> = partitions.iter().map(|p| (*p, 1)).collect();
+            for t in [&self.dead_letters, &self.metrics, &self.events] {
+                let (_, max) = summary::positions(t, &self.topic);
+                for (p, e) in epochs.iter_mut() {
+                    if let Some(m) = max.get(p) {
+                        *e = (*e).max(m + 1);
+                    }
+                }
+            }
+            let mut props = HashMap::new();
+            props.insert(summary::WRITER_ID.to_string(), self.writer_id.clone());
+            props.insert(summary::TOPIC.to_string(), self.topic.clone());
+            summary::encode_claim(&mut props, &epochs);
+            let mut lost = None;
+            for which in [Which::DeadLetters, Which::Metrics, Which::Events] {
+                let table = self.table(which).clone();
+                match self
+                    .append(&table, Vec::new(), props.clone(), &epochs, true)
+                    .await
+                {
+                    Ok(t) => *self.table_mut(which) = t,
+                    Err(SinkError::Fenced(ps)) => {
+                        lost = Some(ps);
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            match lost {
+                None => break epochs,
+                Some(ps) if attempt < 10 => {
+                    tracing::warn!(partitions = ?ps, attempt, "claim raced with another member's claim; claiming again");
+                }
+                Some(ps) => return Err(SinkError::Fenced(ps)),
+            }
+        };
+        let (positions, _) = summary::positions(&self.events, &self.topic);
+        let (dl, _) = summary::positions(&self.dead_letters, &self.topic);
+        let mut out = Vec::new();
+        for (&p, &epoch) in &epochs {
+            let position = positions.get(&p).copied();
+            let mut ids = Vec::new();
+            if let Some(since) = ids_since(position.and_then(|pos| pos.watermark_ms)) {
+                self.committed_ids(p, since, |hash, offset, time_ms, was_copy| {
+                    ids.push(CommittedId {
+                        hash,
+                        offset,
+                        time_ms,
+                        was_copy,
+                    })
+                })
+                .await?;
+            }
+            out.push(Claimed {
+                partition: p,
+                epoch,
+                position,
+                dead_letter_floor: dl.get(&p).map(|pos| pos.offset),
+                ids,
+            });
+        }
+        tracing::info!(partitions = ?epochs, "claimed (partition → epoch)");
+        Ok(out)
+    }
+
+    fn table(&self, which: Which) -> &Table {
+        match which {
+            Which::DeadLetters => &self.dead_letters,
+            Which::Metrics => &self.metrics,
+            Which::Events => &self.events,
+        }
+    }
+
+    fn table_mut(&mut self, which: Which) -> &mut Table {
+        match which {
+            Which::DeadLetters => &mut self.dead_letters,
+            Which::Metrics => &mut self.metrics,
+            Which::Events => &mut self.events,
+        }
+    }
+
+    /// Calls `f(id hash, offset, event time ms, is_duplicate)` for every event of `partition`
+    /// committed to `campaign_events` with event time ≥ `since_ms`: the ids the partition's new
+    /// owner must remember to keep counting copies once, and the verdicts its replay must
+    /// repeat. Reads only those columns, and only the files that can match. Returns how many
     /// rows were handed over.
     pub async fn committed_ids(
         &self,
+        partition: i32,
         since_ms: i64,
-        mut f: impl FnMut(u64, i32, i64, i64, bool),
+        mut f: impl FnMut(u64, i64, i64, bool),
     ) -> Result<u64, SinkError> {
         use arrow_array::cast::AsArray;
         use arrow_array::types::{Int32Type, Int64Type, TimestampMicrosecondType};
@@ -325,7 +364,8 @@ impl IcebergSink {
             ])
             .with_filter(
                 Reference::new("event_time")
-                    .greater_than_or_equal_to(Datum::timestamptz_micros(since_us)),
+                    .greater_than_or_equal_to(Datum::timestamptz_micros(since_us))
+                    .and(Reference::new("kafka_partition").equal_to(Datum::int(partition))),
             )
             .build()?;
         let mut stream = scan.to_arrow().await?;
@@ -345,12 +385,11 @@ impl IcebergSink {
             let offs = offs.as_primitive::<Int64Type>();
             let dups = dups.as_boolean();
             for i in 0..b.num_rows() {
-                if times.value(i) < since_us {
+                if times.value(i) < since_us || parts.value(i) != partition {
                     continue;
                 }
                 f(
                     crate::dedup::hash_id(ids.value(i)),
-                    parts.value(i),
                     offs.value(i),
                     times.value(i) / 1000,
                     dups.value(i),
@@ -376,86 +415,95 @@ impl IcebergSink {
         r
     }
 
-    async fn commit_once(&mut self, batch: CommitBatch) -> Result<CommitReport, SinkError> {
+    async fn commit_once(&mut self, mut batch: CommitBatch) -> Result<CommitReport, SinkError> {
         let started = Instant::now();
         if self.retrying {
             self.refresh().await?;
         }
         let retrying = self.retrying;
-        let mut props = HashMap::new();
-        props.insert(summary::WRITER_ID.to_string(), self.writer_id.clone());
-        props.insert(summary::COMMIT_SEQ.to_string(), batch.seq.to_string());
-        props.insert(summary::TOPIC.to_string(), self.topic.clone());
-        props.insert(
-            summary::OFFSETS.to_string(),
-            serde_json::to_string(&batch.offsets).expect("map serialises"),
-        );
-        props.insert(
-            summary::REPLAY_FROM.to_string(),
-            serde_json::to_string(&batch.replay_from).expect("map serialises"),
-        );
-        props.insert(
-            summary::WATERMARK.to_string(),
-            batch.watermark_ms.to_string(),
-        );
-        props.insert(
-            summary::CLICK_HORIZON.to_string(),
-            batch.click_horizon_ms.to_string(),
-        );
-
         let mut files = 0;
-        let events: usize = batch.events.iter().map(|(_, b)| b.num_rows()).sum();
-        let dead_letters = batch.dead_letters.as_ref().map_or(0, |b| b.num_rows());
-        let metric_rows = batch.metrics.as_ref().map_or(0, |b| b.num_rows());
-
+        let mut fenced = Vec::new();
         // Dead letters first: their summary offsets are their own floor, so a crash between this
-        // commit and the events commit neither loses nor repeats a dead letter on replay.
-        if let Some(rb) = &batch.dead_letters
-            && !(retrying && self.holds(&self.dead_letters, batch.seq))
-        {
-            let data = self.write(&self.dead_letters, None, rb, batch.seq).await?;
-            files += data.len();
-            crate::fault::point("before-commit:dead_letters", batch.has_final);
-            self.dead_letters = self.append(&self.dead_letters, data, props.clone()).await?;
-            crate::fault::point("after-commit:dead_letters", batch.has_final);
-        }
-        if let Some(rb) = &batch.metrics
-            && !(retrying && self.holds(&self.metrics, batch.seq))
-        {
-            let data = self.write(&self.metrics, None, rb, batch.seq).await?;
-            files += data.len();
-            crate::fault::point("before-commit:campaign_metrics", batch.has_final);
-            self.metrics = self.append(&self.metrics, data, props.clone()).await?;
-            crate::fault::point("after-commit:campaign_metrics", batch.has_final);
-        }
-        // The events commit also happens with no rows when the position moved (a batch of only
-        // dead letters or metrics), so the newest summary always holds it; an interval that
-        // changed nothing makes no snapshot.
-        let position = (
-            batch.offsets.clone(),
-            batch.replay_from.clone(),
-            batch.watermark_ms,
-        );
-        let moved = self.last_position.as_ref() != Some(&position);
-        if (events > 0 || dead_letters > 0 || metric_rows > 0 || moved)
-            && !(retrying && self.holds(&self.events, batch.seq))
-        {
-            let mut data = Vec::new();
-            for (day, rb) in &batch.events {
-                data.extend(self.write(&self.events, Some(*day), rb, batch.seq).await?);
+        // commit and the events commit neither loses nor repeats a dead letter on replay. Then
+        // metrics, then events (the commit point). A table whose fence refuses some partitions
+        // (another member claimed them) is written again without their rows, and the tables
+        // after it leave them out too.
+        for which in [Which::DeadLetters, Which::Metrics, Which::Events] {
+            loop {
+                let rows = batch.rows(which);
+                if which == Which::Events {
+                    // The events commit also happens with no rows when the position moved (a
+                    // batch of only dead letters or metrics), so the newest summary always holds
+                    // it; an interval that changed nothing makes no snapshot.
+                    let moved = self.last_position.as_ref() != Some(&batch.positions);
+                    let any = rows > 0 || batch.dead_letter_rows() > 0 || batch.metric_rows() > 0;
+                    if !(any || moved) {
+                        break;
+                    }
+                } else if rows == 0 {
+                    break;
+                }
+                let table = self.table(which).clone();
+                if retrying && self.holds(&table, batch.seq) {
+                    break;
+                }
+                let mut data = Vec::new();
+                match which {
+                    Which::Events => {
+                        for (day, rb) in &batch.events {
+                            data.extend(self.write(&table, Some(*day), rb, batch.seq).await?);
+                        }
+                    }
+                    Which::Metrics => {
+                        if let Some(rb) = &batch.metrics {
+                            data = self.write(&table, None, rb, batch.seq).await?;
+                        }
+                    }
+                    Which::DeadLetters => {
+                        if let Some(rb) = &batch.dead_letters {
+                            data = self.write(&table, None, rb, batch.seq).await?;
+                        }
+                    }
+                }
+                let n = data.len();
+                let mut props = HashMap::new();
+                props.insert(summary::WRITER_ID.to_string(), self.writer_id.clone());
+                props.insert(summary::COMMIT_SEQ.to_string(), batch.seq.to_string());
+                props.insert(summary::TOPIC.to_string(), self.topic.clone());
+                summary::encode(&mut props, &batch.positions, batch.click_horizon_ms);
+                let epochs = batch.positions.iter().map(|(p, pos)| (*p, pos.epoch)).collect();
+                crate::fault::point(which.before(), batch.has_final);
+                match self.append(&table, data, props, &epochs, false).await {
+                    Ok(t) => {
+                        *self.table_mut(which) = t;
+                        files += n;
+                        crate::fault::point(which.after(), batch.has_final);
+                        break;
+                    }
+                    Err(SinkError::Fenced(lost)) => {
+                        // The files just written stay unreferenced (table maintenance deletes
+                        // them); the batch is written again without the lost partitions.
+                        tracing::warn!(partitions = ?lost, table = which.name(),
+                            "another member owns these partitions now: their rows are left to it");
+                        batch.drop_partitions(&lost);
+                        fenced.extend(lost);
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-            files += data.len();
-            crate::fault::point("before-commit:campaign_events", batch.has_final);
-            self.events = self.append(&self.events, data, props).await?;
-            crate::fault::point("after-commit:campaign_events", batch.has_final);
         }
-        self.last_position = Some(position);
+        self.last_position = Some(batch.positions.clone());
         Ok(CommitReport {
             seq: batch.seq,
-            offsets: batch.offsets,
-            events,
-            metric_rows,
-            dead_letters,
+            offsets: batch
+                .positions
+                .iter()
+                .map(|(p, pos)| (*p, pos.offset))
+                .collect(),
+            fenced,
+            events: batch.events.iter().map(|(_, b)| b.num_rows()).sum(),
+            metric_rows: batch.metric_rows(),
+            dead_letters: batch.dead_letter_rows(),
             files,
             duration: started.elapsed(),
             visible_at_ms: chrono::Utc::now().timestamp_millis(),
@@ -502,11 +550,14 @@ impl IcebergSink {
         Ok(writer.close().await?)
     }
 
+    /// Fast-appends `files` with the summary `props`, fenced for `epochs` (see `fence`).
     async fn append(
         &self,
         table: &Table,
         files: Vec<DataFile>,
         props: HashMap<String, String>,
+        epochs: &BTreeMap<i32, u64>,
+        claim: bool,
     ) -> Result<Table, SinkError> {
         let tx = Transaction::new(table);
         // Our file names are unique by construction; the duplicate check would re-read every
@@ -517,19 +568,101 @@ impl IcebergSink {
             .add_data_files(files)
             .set_snapshot_properties(props);
         let tx = action.apply(tx)?;
-        Ok(tx.commit(self.catalog.as_ref()).await?)
+        self.catalog.arm(fence::Fence {
+            table: table.identifier().clone(),
+            topic: self.topic.clone(),
+            epochs: epochs.clone(),
+            claim,
+        });
+        let r = tx.commit(self.catalog.as_ref()).await;
+        self.catalog.disarm();
+        match r {
+            Ok(t) => Ok(t),
+            Err(e) if e.message().starts_with(fence::FENCED) => {
+                Err(SinkError::Fenced(self.catalog.fenced()))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
-/// Summary properties of `table`'s current snapshot and its ancestors, newest first (the
-/// history a commit builds on, not snapshots of abandoned branches).
-fn ancestry(table: &Table) -> impl Iterator<Item = HashMap<String, String>> + '_ {
-    let meta = table.metadata();
-    std::iter::successors(meta.current_snapshot().cloned(), move |s| {
-        s.parent_snapshot_id()
-            .and_then(|id| meta.snapshot_by_id(id).cloned())
-    })
-    .map(|s| s.summary().additional_properties.clone())
+/// The three tables, in the order a batch commits them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    DeadLetters,
+    Metrics,
+    Events,
+}
+
+impl Which {
+    fn name(self) -> &'static str {
+        match self {
+            Which::DeadLetters => DEAD_LETTERS_TABLE,
+            Which::Metrics => METRICS_TABLE,
+            Which::Events => EVENTS_TABLE,
+        }
+    }
+
+    /// Crash points around this table's commit (`fault`).
+    fn before(self) -> &'static str {
+        match self {
+            Which::DeadLetters => "before-commit:dead_letters",
+            Which::Metrics => "before-commit:campaign_metrics",
+            Which::Events => "before-commit:campaign_events",
+        }
+    }
+
+    fn after(self) -> &'static str {
+        match self {
+            Which::DeadLetters => "after-commit:dead_letters",
+            Which::Metrics => "after-commit:campaign_metrics",
+            Which::Events => "after-commit:campaign_events",
+        }
+    }
+}
+
+impl CommitBatch {
+    fn rows(&self, which: Which) -> usize {
+        match which {
+            Which::DeadLetters => self.dead_letter_rows(),
+            Which::Metrics => self.metric_rows(),
+            Which::Events => self.events.iter().map(|(_, b)| b.num_rows()).sum(),
+        }
+    }
+
+    pub fn metric_rows(&self) -> usize {
+        self.metrics.as_ref().map_or(0, |b| b.num_rows())
+    }
+
+    pub fn dead_letter_rows(&self) -> usize {
+        self.dead_letters.as_ref().map_or(0, |b| b.num_rows())
+    }
+
+    /// Leaves the rows and positions of `partitions` out of this batch (another member owns
+    /// them now). Every table's rows carry their partition in `kafka_partition`.
+    pub fn drop_partitions(&mut self, partitions: &[i32]) {
+        fn keep(rb: &RecordBatch, partitions: &[i32]) -> RecordBatch {
+            use arrow_array::cast::AsArray;
+            use arrow_array::types::Int32Type;
+            let col = rb
+                .column_by_name("kafka_partition")
+                .expect("every table has kafka_partition")
+                .as_primitive::<Int32Type>();
+            let mask: arrow_array::BooleanArray = col
+                .iter()
+                .map(|p| Some(!p.is_some_and(|p| partitions.contains(&p))))
+                .collect();
+            arrow_select::filter::filter_record_batch(rb, &mask).expect("same length mask")
+        }
+        for (_, rb) in self.events.iter_mut() {
+            *rb = keep(rb, partitions);
+        }
+        self.events.retain(|(_, rb)| rb.num_rows() > 0);
+        for rb in [&mut self.metrics, &mut self.dead_letters].into_iter().flatten() {
+            *rb = keep(rb, partitions);
+        }
+        self.positions.retain(|p, _| !partitions.contains(p));
+    }
 }
 
 /// Opens the configured catalog: the embedded SQLite-backed SQL catalog (`sqlite:PATH`, creating

@@ -70,8 +70,12 @@ pub fn events_partition_spec() -> UnboundPartitionSpec {
         .build()
 }
 
-/// `campaign_metrics`: one row per (window, campaign[, ad], metric, revision). Readers take the
-/// latest revision of each window; `is_final` marks the row written after the window closed.
+/// `campaign_metrics`: one row per (window, campaign[, ad], metric, Kafka partition, revision).
+/// Each partition's windows are computed by the member of the group that owns it, so a row holds
+/// one partition's share; readers take the latest revision per partition and sum the shares
+/// (`sql/current_metrics.sql`). `is_final` marks a row written after that partition's watermark
+/// closed the window. Revisions are `epoch << 32 | commit sequence`: a new owner's (or a
+/// restarted member's) revisions are above everything an earlier owner published.
 pub fn metrics_schema() -> Schema {
     use PrimitiveType::*;
     Schema::builder()
@@ -88,10 +92,11 @@ pub fn metrics_schema() -> Schema {
             req(9, "plugin", String),
             req(10, "plugin_version", String),
             req(11, "plugin_sha256", String),
-            req(12, "revision", Int),
+            req(12, "revision", Long),
             req(13, "is_final", Boolean),
             req(14, "computed_at", Timestamptz),
             req(15, "withheld", Boolean),
+            req(16, "kafka_partition", Int),
         ])
         .build()
         .expect("static schema")
@@ -291,7 +296,9 @@ pub struct MetricRecord {
     pub plugin: Arc<str>,
     pub plugin_version: Arc<str>,
     pub plugin_sha256: Arc<str>,
-    pub revision: i32,
+    pub revision: i64,
+    /// The Kafka partition whose events this row counts.
+    pub partition: i32,
     pub is_final: bool,
     pub computed_at_ms: i64,
     /// The plugin failed on this window after earlier revisions were published: those values
@@ -318,7 +325,8 @@ pub fn metrics_batch(rows: &[MetricRecord]) -> RecordBatch {
         StringBuilder::new(),
         StringBuilder::new(),
     );
-    let mut rev = Int32Builder::new();
+    let mut rev = Int64Builder::new();
+    let mut part = Int32Builder::new();
     let mut fin = BooleanBuilder::new();
     let mut at = ts();
     let mut withheld = BooleanBuilder::new();
@@ -338,6 +346,7 @@ pub fn metrics_batch(rows: &[MetricRecord]) -> RecordBatch {
         fin.append_value(r.is_final);
         at.append_value(r.computed_at_ms * 1000);
         withheld.append_value(r.withheld);
+        part.append_value(r.partition);
     }
     let cols: Vec<ArrayRef> = vec![
         Arc::new(b.0.finish()),
@@ -355,6 +364,7 @@ pub fn metrics_batch(rows: &[MetricRecord]) -> RecordBatch {
         Arc::new(fin.finish()),
         Arc::new(at.finish()),
         Arc::new(withheld.finish()),
+        Arc::new(part.finish()),
     ];
     RecordBatch::try_new(schema, cols).expect("columns match the metrics schema")
 }

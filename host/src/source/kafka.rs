@@ -1,52 +1,136 @@
-//! Kafka source: a consumer-group member that hands the pipeline batches of raw messages.
+//! Kafka source: a member of the consumer group that hands the pipeline batches of raw messages
+//! and tells it which partitions it owns.
 //!
 //! `BaseConsumer` (not the async `StreamConsumer`): it is several times faster for small messages
 //! and the ingest loop is a dedicated thread anyway. Auto-commit is off: offsets are committed
-//! only after the Iceberg commit that contains the messages (see `pipeline`).
+//! only after the Iceberg commit that contains the messages (see `pipeline`); the group's
+//! committed offsets are for lag tools, the tables say where a partition stands.
+//!
+//! The consumer group is how admetrics scales: partitions move between members on rebalances
+//! (cooperative-sticky by default, so only the partitions that move stop; static membership with
+//! `kafka.group_instance_id`, so a restarted member gets its partitions back without waiting for
+//! its old session to expire). When the group assigns a partition, the member claims it in the
+//! tables (raising its epoch, which fences the previous owner's commits) before reading it, and
+//! starts it at the replay point the claim returned.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
-
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::message::Message;
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::{RawMessage, Source, SourceError};
+use super::{Change, RawMessage, Source, SourceError};
 use crate::config::KafkaConfig;
+use crate::sink::Claimed;
 
-/// Starts every newly assigned partition at the position recorded in Iceberg (the replay
-/// point), not at the group's committed offset: the tables, not Kafka, say what is done. Once
-/// this process has read a partition, its entry follows what was handed to the pipeline, so a
-/// re-assignment (e.g. the group rebalancing after a broker restart) continues where the
-/// in-memory state is instead of replaying into it twice.
-/// A just-started partition: the offset it must deliver first, how far the next rewind goes,
-/// and whether it has already been rewound to offset 0.
-#[derive(Clone, Copy)]
-struct Expect {
-    want: i64,
-    step: i64,
-    at_zero: bool,
-    /// When the partition was (re)started or last checked: silence past a second is suspect.
-    since: std::time::Instant,
-}
+/// Claims partitions in the tables for this member (see `sink::IcebergSink::claim`).
+pub type Claimer = Box<dyn Fn(&[i32]) -> Result<Vec<Claimed>, String> + Send + Sync>;
 
-struct StartFromIceberg {
+struct GroupMember {
     topic: String,
-    start: Mutex<BTreeMap<i32, i64>>,
-    /// Partitions just (re)started: partition → (offset we must see first, rewind step). See
-    /// `KafkaSource::poll_batch`.
-    expect: Mutex<BTreeMap<i32, Expect>>,
-    checking: AtomicBool,
+    claimer: Claimer,
+    /// Assignment changes not yet handed to the pipeline, in the order they happened.
+    changes: Mutex<Vec<Change>>,
+    /// Why this member cannot go on (a partition the tables cannot resume), once known.
+    fatal: Mutex<Option<String>>,
 }
 
-impl ClientContext for StartFromIceberg {}
+impl ClientContext for GroupMember {}
 
-impl ConsumerContext for StartFromIceberg {
+impl GroupMember {
+    /// Claims newly assigned partitions and picks each one's start: the recorded replay point,
+    /// or the beginning of a partition the tables have never seen. A recorded position the
+    /// partition cannot serve is refused loudly: past its end (the topic was recreated or
+    /// restored: the offsets no longer name the same messages), or a replay point below its log
+    /// start (retention deleted messages that were never read, or that the state needs).
+    fn on_assign(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) -> TopicPartitionList {
+        let parts: Vec<i32> = tpl
+            .elements()
+            .iter()
+            .filter(|e| e.topic() == self.topic)
+            .map(|e| e.partition())
+            .collect();
+        let mut seeded = tpl.clone();
+        if parts.is_empty() {
+            return seeded;
+        }
+        let claims = {
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match (self.claimer)(&parts) {
+                    Ok(c) => break c,
+                    Err(e) if attempt < 5 => {
+                        tracing::warn!(partitions = ?parts, error = %e, attempt, "claiming partitions failed; retrying");
+                        std::thread::sleep(Duration::from_millis(500 * attempt));
+                    }
+                    Err(e) => {
+                        self.fail(format!("claiming partitions {parts:?} in the tables failed: {e}"));
+                        return TopicPartitionList::new();
+                    }
+                }
+            }
+        };
+        let mut changes = self.changes.lock().unwrap();
+        for c in claims {
+            let p = c.partition;
+            let start = match c.position {
+                None => Offset::Beginning,
+                Some(pos) => {
+                    match consumer.fetch_watermarks(&self.topic, p, Duration::from_secs(10)) {
+                        Ok((_, high)) if pos.offset > high => {
+                            self.fail(format!(
+                                "partition {p} of {:?}: the tables record position {} but the partition ends at {high}: \
+                                 the topic was recreated or restored, and its offsets no longer name the messages the tables \
+                                 hold. Point admetrics at fresh tables (or another namespace), or give this topic its own \
+                                 stream name ([source] stream)",
+                                self.topic, pos.offset
+                            ));
+                            return TopicPartitionList::new();
+                        }
+                        Ok((low, _)) if pos.replay_from < low => {
+                            self.fail(format!(
+                                "partition {p} of {:?}: retention removed offsets {}..{low} that a restart needs \
+                                 (the tables record position {} and replay point {}): {}. Raise the topic's \
+                                 retention above the attribution lookback, or start over with fresh tables",
+                                self.topic,
+                                pos.replay_from,
+                                pos.offset,
+                                pos.replay_from,
+                                if pos.offset < low {
+                                    format!("{} messages were never read", low - pos.offset)
+                                } else {
+                                    "open windows and touchpoints cannot be rebuilt".to_string()
+                                }
+                            ));
+                            return TopicPartitionList::new();
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(partition = p, error = %e,
+                            "could not read the partition's offsets to check the recorded position"),
+                    }
+                    tracing::info!(partition = p, epoch = c.epoch, offset = pos.offset, replay_from = pos.replay_from,
+                        "assigned; starting at the replay point recorded in Iceberg");
+                    Offset::Offset(pos.replay_from)
+                }
+            };
+            let _ = seeded.set_partition_offset(&self.topic, p, start);
+            changes.push(Change::Assigned(c));
+        }
+        seeded
+    }
+
+    fn fail(&self, why: String) {
+        tracing::error!("{why}");
+        self.fatal.lock().unwrap().get_or_insert(why);
+    }
+}
+
+impl ConsumerContext for GroupMember {
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -59,35 +143,7 @@ impl ConsumerContext for StartFromIceberg {
         );
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let start = self.start.lock().unwrap();
-                for e in tpl.elements() {
-                    if e.topic() == self.topic
-                        && let Some(&o) = start.get(&e.partition())
-                    {
-                        tracing::info!(
-                            partition = e.partition(),
-                            offset = o,
-                            "assigned; starting at the position recorded in Iceberg"
-                        );
-                    }
-                }
-                let mut seeded = tpl.clone();
-                let mut expect = self.expect.lock().unwrap();
-                for (p, o) in start.iter() {
-                    if seeded.find_partition(&self.topic, *p).is_some() {
-                        let _ = seeded.set_partition_offset(&self.topic, *p, Offset::Offset(*o));
-                        expect.insert(
-                            *p,
-                            Expect {
-                                want: *o,
-                                step: 1024,
-                                at_zero: *o == 0,
-                                since: std::time::Instant::now(),
-                            },
-                        );
-                        self.checking.store(true, Ordering::Relaxed);
-                    }
-                }
+                let seeded = self.on_assign(consumer, tpl);
                 if cooperative {
                     consumer.incremental_assign(&seeded)
                 } else {
@@ -95,6 +151,12 @@ impl ConsumerContext for StartFromIceberg {
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                {
+                    let mut changes = self.changes.lock().unwrap();
+                    for e in tpl.elements().iter().filter(|e| e.topic() == self.topic) {
+                        changes.push(Change::Revoked(e.partition()));
+                    }
+                }
                 if cooperative {
                     consumer.incremental_unassign(tpl)
                 } else {
@@ -113,16 +175,20 @@ impl ConsumerContext for StartFromIceberg {
 }
 
 pub struct KafkaSource {
-    consumer: BaseConsumer<StartFromIceberg>,
+    consumer: BaseConsumer<GroupMember>,
     topic: String,
+    /// A message polled in the same call that changed the assignment: handed over first next
+    /// time, after the change (it may belong to a partition just assigned).
+    stash: Option<OwnedMessage>,
 }
 
 impl KafkaSource {
-    /// Joins the group; partitions with an entry in `start` begin there when assigned.
-    pub fn connect(cfg: &KafkaConfig, start: BTreeMap<i32, i64>) -> Result<Self, SourceError> {
+    /// Joins the group. Each partition the group assigns is first claimed with `claimer`.
+    pub fn connect(cfg: &KafkaConfig, claimer: Claimer) -> Result<Self, SourceError> {
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", &cfg.brokers)
             .set("group.id", &cfg.group_id)
+            .set("partition.assignment.strategy", &cfg.assignment_strategy)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
@@ -131,56 +197,66 @@ impl KafkaSource {
             .set("queued.min.messages", "100000")
             // Caps librdkafka's prefetch buffer (default 64 MB): enough to never starve the loop.
             .set("queued.max.messages.kbytes", "32768");
+        if let Some(id) = cfg.group_instance_id.as_deref().filter(|s| !s.is_empty()) {
+            cc.set("group.instance.id", id);
+        }
         for (k, v) in &cfg.consumer {
             cc.set(k, v);
         }
-        let ctx = StartFromIceberg {
+        let ctx = GroupMember {
             topic: cfg.topic.clone(),
-            start: Mutex::new(start),
-            expect: Mutex::new(BTreeMap::new()),
-            checking: AtomicBool::new(false),
+            claimer,
+            changes: Mutex::new(Vec::new()),
+            fatal: Mutex::new(None),
         };
-        let consumer: BaseConsumer<StartFromIceberg> = cc.create_with_context(ctx)?;
+        let consumer: BaseConsumer<GroupMember> = cc.create_with_context(ctx)?;
         consumer.subscribe(&[&cfg.topic])?;
         Ok(KafkaSource {
             consumer,
             topic: cfg.topic.clone(),
+            stash: None,
         })
+    }
+
+    fn changed(&self) -> bool {
+        !self.consumer.context().changes.lock().unwrap().is_empty()
     }
 
     /// Polls up to `max` messages, waiting at most `timeout` for the first one, and hands each
     /// to `f` while it is borrowed from the consumer (no copy). Returns how many were handed.
-    /// Transient client errors are logged and skipped: librdkafka retries on its own.
-    ///
-    /// A partition started at offset X must deliver X first. Some Kafka-protocol brokers (tansu
-    /// 0.6) answer a fetch from the middle of a record batch with the *next* batch, silently
-    /// skipping the rest of the one holding X; seen here, a restart would then lose or half
-    /// replay messages. So when the first message is past X, the partition is rewound (1K, 8K,
-    /// 64K … offsets back, down to 0) until a batch at or before X arrives, and messages below X
-    /// are dropped. A real gap (compaction, transaction markers) ends the search at offset 0.
+    /// Stops early when the assignment changed (see [`Source::take_changes`]). Transient client
+    /// errors are logged and skipped: librdkafka retries on its own.
     pub fn poll_batch(
-        &self,
+        &mut self,
         max: usize,
         timeout: Duration,
         mut f: impl FnMut(RawMessage<'_>),
     ) -> usize {
         let mut n = 0;
+        if self.changed() {
+            return 0;
+        }
+        if let Some(m) = self.stash.take() {
+            f(RawMessage {
+                partition: m.partition(),
+                offset: m.offset(),
+                payload: m.payload(),
+                timestamp_ms: m.timestamp().to_millis(),
+            });
+            n += 1;
+        }
         let mut wait = timeout;
-        let mut read: Vec<(i32, i64)> = Vec::new();
         while n < max {
-            match self.consumer.poll(wait) {
+            let polled = self.consumer.poll(wait);
+            if self.changed() {
+                if let Some(Ok(m)) = polled {
+                    self.stash = Some(m.detach());
+                }
+                break;
+            }
+            match polled {
                 None => break,
                 Some(Ok(m)) => {
-                    if self.consumer.context().checking.load(Ordering::Relaxed)
-                        && !self.check_start(m.partition(), m.offset())
-                    {
-                        wait = Duration::ZERO;
-                        continue;
-                    }
-                    match read.iter_mut().find(|(p, _)| *p == m.partition()) {
-                        Some((_, o)) => *o = m.offset() + 1,
-                        None => read.push((m.partition(), m.offset() + 1)),
-                    }
                     f(RawMessage {
                         partition: m.partition(),
                         offset: m.offset(),
@@ -196,120 +272,7 @@ impl KafkaSource {
             }
             wait = Duration::ZERO;
         }
-        if !read.is_empty() {
-            // Never backwards: a re-delivery after a seek is skipped downstream (the processor
-            // drops offsets it has seen), and the restart point stays past it.
-            let mut start = self.consumer.context().start.lock().unwrap();
-            for (p, o) in read {
-                let e = start.entry(p).or_insert(o);
-                *e = (*e).max(o);
-            }
-        }
-        if self.consumer.context().checking.load(Ordering::Relaxed) {
-            self.check_silent_starts();
-        }
         n
-    }
-
-    /// A just-started partition that has delivered nothing for a second: its start may be inside
-    /// the last record batch, which such a broker answers with nothing at all (and tansu's high
-    /// watermark cannot tell: it reports the last batch's base). Rewind it like `check_start`
-    /// does; reading the message just before the start proves the position either way.
-    fn check_silent_starts(&self) {
-        let ctx = self.consumer.context();
-        let mut seeks = Vec::new();
-        {
-            let mut expect = ctx.expect.lock().unwrap();
-            for (p, e) in expect.iter_mut() {
-                if e.since.elapsed() < Duration::from_secs(1) || e.at_zero {
-                    continue;
-                }
-                let to = (e.want - e.step).max(0);
-                tracing::info!(
-                    partition = *p,
-                    expected = e.want,
-                    rewind_to = to,
-                    "nothing delivered from the start offset; rewinding to check the record batch"
-                );
-                e.step = e.step.saturating_mul(8);
-                e.at_zero = to == 0;
-                e.since = std::time::Instant::now();
-                seeks.push((*p, to));
-            }
-        }
-        for (p, to) in seeks {
-            if let Err(err) =
-                self.consumer
-                    .seek(&self.topic, p, Offset::Offset(to), Duration::from_secs(5))
-            {
-                tracing::warn!(partition = p, error = %err, "seek failed; retrying later");
-            }
-        }
-    }
-
-    /// Whether a message at `offset` of a just-started partition may be delivered (see
-    /// `poll_batch`); rewinds the partition when the broker skipped its start.
-    fn check_start(&self, partition: i32, offset: i64) -> bool {
-        let ctx = self.consumer.context();
-        let mut expect = ctx.expect.lock().unwrap();
-        let Some(&e) = expect.get(&partition) else {
-            return true;
-        };
-        if offset < e.want {
-            // Re-read below the start after a rewind. The message just before the start means
-            // the consumer now stands exactly at it (the next one, if any, is the start).
-            if offset == e.want - 1 {
-                expect.remove(&partition);
-                if expect.is_empty() {
-                    ctx.checking.store(false, Ordering::Relaxed);
-                }
-            } else if let Some(e) = expect.get_mut(&partition) {
-                e.since = std::time::Instant::now();
-            }
-            return false;
-        }
-        if offset == e.want || e.at_zero {
-            // Found the start (or read from offset 0 and the gap is real).
-            expect.remove(&partition);
-            if expect.is_empty() {
-                ctx.checking.store(false, Ordering::Relaxed);
-            }
-            if offset != e.want {
-                tracing::warn!(
-                    partition,
-                    expected = e.want,
-                    got = offset,
-                    "offsets missing before the first message (compaction or retention?)"
-                );
-            }
-            return true;
-        }
-        let to = (e.want - e.step).max(0);
-        tracing::info!(
-            partition,
-            expected = e.want,
-            got = offset,
-            rewind_to = to,
-            "the broker skipped the start of a record batch; rewinding to read it"
-        );
-        expect.insert(
-            partition,
-            Expect {
-                want: e.want,
-                step: e.step.saturating_mul(8),
-                at_zero: to == 0,
-                since: std::time::Instant::now(),
-            },
-        );
-        if let Err(e) = self.consumer.seek(
-            &self.topic,
-            partition,
-            Offset::Offset(to),
-            Duration::from_secs(5),
-        ) {
-            tracing::warn!(partition, error = %e, "seek failed; retrying on the next message");
-        }
-        false
     }
 
     /// Partitions of our topic currently assigned to this member.
@@ -325,30 +288,29 @@ impl KafkaSource {
         }
     }
 
-    /// Commits `partition → next offset` to the group (after the Iceberg commit).
-    pub fn commit(&self, offsets: &BTreeMap<i32, i64>) -> Result<(), SourceError> {
-        if offsets.is_empty() {
-            return Ok(());
-        }
+    fn commit_mode(&self, offsets: &BTreeMap<i32, i64>, mode: CommitMode) -> Result<(), SourceError> {
+        // Only partitions still assigned: committing a revoked one fails with the group's
+        // generation error (its new owner commits it).
+        let owned = self.assignment();
         let mut tpl = TopicPartitionList::new();
-        for (p, o) in offsets {
+        for (p, o) in offsets.iter().filter(|(p, _)| owned.contains(p)) {
             tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*o))?;
         }
-        self.consumer.commit(&tpl, CommitMode::Async)?;
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        self.consumer.commit(&tpl, mode)?;
         Ok(())
+    }
+
+    /// Commits `partition → next offset` to the group (after the Iceberg commit).
+    pub fn commit(&self, offsets: &BTreeMap<i32, i64>) -> Result<(), SourceError> {
+        self.commit_mode(offsets, CommitMode::Async)
     }
 
     /// Commits synchronously; used on shutdown so the position is durable before exit.
     pub fn commit_sync(&self, offsets: &BTreeMap<i32, i64>) -> Result<(), SourceError> {
-        if offsets.is_empty() {
-            return Ok(());
-        }
-        let mut tpl = TopicPartitionList::new();
-        for (p, o) in offsets {
-            tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*o))?;
-        }
-        self.consumer.commit(&tpl, CommitMode::Sync)?;
-        Ok(())
+        self.commit_mode(offsets, CommitMode::Sync)
     }
 
     /// High-water marks of the given partitions (for lag).
@@ -379,6 +341,10 @@ impl Source for KafkaSource {
         KafkaSource::poll_batch(self, max, timeout, f)
     }
 
+    fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut *self.consumer.context().changes.lock().unwrap())
+    }
+
     fn assignment(&self) -> Vec<i32> {
         KafkaSource::assignment(self)
     }
@@ -393,5 +359,12 @@ impl Source for KafkaSource {
 
     fn end_offsets(&self, partitions: &[i32]) -> BTreeMap<i32, i64> {
         KafkaSource::end_offsets(self, partitions)
+    }
+
+    fn finished(&mut self) -> Result<bool, SourceError> {
+        match self.consumer.context().fatal.lock().unwrap().clone() {
+            Some(why) => Err(SourceError::Refused(why)),
+            None => Ok(false),
+        }
     }
 }

@@ -23,6 +23,20 @@ pub enum SourceError {
         path: String,
         source: std::io::Error,
     },
+    /// The source cannot go on without losing or repeating data; the message says why and what
+    /// to do.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// A change of the partitions this reader owns, in the order it happened relative to messages.
+#[derive(Debug)]
+pub enum Change {
+    /// The group gave this member a partition, already claimed in the tables: the source reads
+    /// it from the claim's replay point.
+    Assigned(crate::sink::Claimed),
+    /// The group took a partition away (messages of it handed over before stay valid).
+    Revoked(i32),
 }
 
 /// One message as the pipeline sees it.
@@ -46,6 +60,13 @@ pub trait Source {
         timeout: Duration,
         f: F,
     ) -> usize;
+
+    /// Assignment changes since the last call. `poll_batch` stops at a change, so every
+    /// message it handed over before belongs to the old assignment and every later one to the
+    /// new.
+    fn take_changes(&mut self) -> Vec<Change> {
+        Vec::new()
+    }
 
     /// Partitions this reader currently owns.
     fn assignment(&self) -> Vec<i32>;

@@ -1,0 +1,66 @@
+-- current_metrics: the current value of every metric of ads.campaign_metrics, one row per
+-- (window_start, window_end, campaign_id, ad_id, metric). This file is the one definition of that
+-- rule: the dashboard (dashboard/views.sql through dashboard/bundle.py), scripts/query.py,
+-- scripts/flink/compare.py and the verifiers in tests/ (through tests/current_metrics.py) all
+-- run it. It reads a relation named `campaign_metrics`: register a PyIceberg Arrow table under
+-- that name, or create a view of that name over iceberg_scan(...) first.
+--
+-- Why it is not simply "the latest revision of each key":
+--
+-- * A row is ONE KAFKA PARTITION's share. The partition is the unit of state: each member of
+--   the consumer group computes the windows of the partitions it owns from their events only
+--   and publishes them with `kafka_partition` set. A window's metric is the sum of the shares.
+-- * Revisions are per partition. `revision` = epoch << 32 | commit sequence of the member that
+--   owned the partition (a new owner's revisions are above all of an earlier owner's), so it
+--   orders the rows of one partition only; revisions of different partitions do not compare.
+--   Hence: per (window, campaign, ad, metric, partition) the row with the highest revision,
+--   then the sum over partitions. (The latest revision over all partitions would pick one
+--   partition's share and drop the others.)
+-- * Numerators and denominators are summed, never values: for the rates (`ctr`, `cvr`) the
+--   value is re-derived as Σnumerator / Σdenominator (0 when Σdenominator is 0), never an
+--   average of the partitions' ratios; for every other metric (sums: revenue,
+--   attributed_revenue, unattributed_revenue, ...) value = Σnumerator.
+-- * is_final: every contributing partition's latest row is final (bool_and). A partition's
+--   watermark closes only its own windows, so a window is final once the last of its
+--   partitions closed it. A partition with no event in a window has no row and no say.
+-- * withheld: ANY partition's latest row is withheld (bool_or). A plugin failed on that
+--   partition's window after publishing earlier revisions, so its share is unknown and so is
+--   the total: the key has no valid value (numerator, denominator and value are then
+--   meaningless) and readers skip it (`WHERE NOT withheld`).
+-- * partitions: how many partitions contributed a share.
+--
+-- ad_id is NULL for every metric but attribution's: GROUP BY puts NULLs in one group, which is
+-- what we want (IS NOT DISTINCT FROM semantics).
+--
+-- The shares are added in whatever order the hash aggregate meets them. Counts are exact, but
+-- for fractional numerators (revenue) two readings, or two runs that wrote their rows in a
+-- different order, may differ in the last bit: compare such values with a relative tolerance
+-- (1e-12 is plenty). Summing in partition order (`sum(x ORDER BY kafka_partition)`) would be
+-- exact but cost ~1.5x the whole view (an ordered aggregate sorts every group).
+--
+-- Cost: the table keeps every revision (~100 rows per daemon commit), so the first step runs
+-- over a table that grows with uptime. arg_max per key is a hash aggregate, 4-5x cheaper than a
+-- row_number() window over the same rows; the second step only sees one row per partition and
+-- key.
+CREATE OR REPLACE VIEW current_metrics AS
+WITH latest AS (
+  SELECT window_start, window_end, campaign_id, ad_id, metric, kafka_partition,
+         arg_max(struct_pack(numerator, denominator, is_final, withheld), revision) AS r
+  FROM campaign_metrics
+  GROUP BY window_start, window_end, campaign_id, ad_id, metric, kafka_partition),
+summed AS (
+  SELECT window_start, window_end, campaign_id, ad_id, metric,
+         sum(r.numerator) AS numerator,
+         sum(r.denominator) AS denominator,
+         bool_and(r.is_final) AS is_final,
+         bool_or(r.withheld) AS withheld,
+         count(*) AS partitions
+  FROM latest
+  GROUP BY window_start, window_end, campaign_id, ad_id, metric)
+SELECT window_start, window_end, campaign_id, ad_id, metric,
+       CASE WHEN metric NOT IN ('ctr', 'cvr') THEN numerator
+            WHEN denominator = 0 THEN 0.0
+            ELSE numerator / denominator END AS value,
+       numerator, denominator, is_final, withheld, partitions
+FROM summed
+;
