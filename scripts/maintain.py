@@ -211,18 +211,25 @@ def compact_small_files(catalog, ident: str, min_files: int, max_file_bytes: int
             "attempts": attempt, "seconds": round(time.monotonic() - started, 3)}
 
 
-# Snapshot-summary keys the daemon writes and reads back on restart (host/src/sink/mod.rs, `summary`).
-RESUME_KEYS = ("admetrics.offsets", "admetrics.replay-from")
+# Snapshot-summary keys the daemon writes and reads back on restart or when it claims a partition
+# (host/src/sink/summary.rs): JSON maps partition -> value. `admetrics.epochs` is also the only
+# key of a claim (`admetrics.claim`): the newest epoch of a partition is what the next claim
+# raises and what fences an earlier owner, so the claim that recorded it must stay even when no
+# position was committed after it. The fence only lets a commit land when no higher epoch sits in
+# the history, so the newest entry of a partition carries its highest epoch: keeping the newest
+# snapshot carrying each key for each partition keeps everything the daemon reads.
+RESUME_KEYS = ("admetrics.offsets", "admetrics.replay-from", "admetrics.watermarks", "admetrics.epochs")
 RESUME_SCALARS = ("admetrics.watermark", "admetrics.click-horizon-ms", "admetrics.commit-seq")
 
 
 def snapshots_to_keep(table, keep_ms: int, now_ms: int) -> set:
     """The snapshots expiry must leave: every snapshot superseded less than `keep_ms` ago
     (recent history to inspect; no file is deleted, so a reader still scanning an expired
-    snapshot is not disturbed); for every value the daemon's restart reads from the ancestry
-    (per topic: each partition's offsets and replay point, the watermark, the click horizon, the
-    commit sequence), the newest snapshot carrying it, however old (a partition whose owner
-    stopped committing keeps its position); and every snapshot between those and the current
+    snapshot is not disturbed); for every value the daemon's restart or claim reads from the
+    ancestry (per topic: each partition's offsets, replay point, watermark and epoch, claims
+    included; the watermark scalar, the click horizon, the commit sequence), the newest snapshot
+    carrying it, however old (a partition whose owner stopped committing keeps its position and
+    epoch); and every snapshot between those and the current
     one, because the restart finds them by walking parent links from the current snapshot and an
     expired link ends the walk (tests/rest_s3.rs caught exactly that: the next run started from
     offset 0)."""

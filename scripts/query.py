@@ -3,14 +3,21 @@
 
     scripts/query.sh [--catalog .state/catalog.db] [--minutes 15]
 
-Takes the latest revision of every (window, campaign, ad, metric) and sums numerators and
-denominators (rates are never averaged), over the last N minutes of event time.
+Reads the current value of every (window, campaign, ad, metric) by sql/current_metrics.sql (per
+Kafka partition the latest revision, the partitions' shares summed; withheld keys skipped) and
+sums numerators and denominators per campaign (rates are never averaged), over the last N
+minutes of event time.
 """
 import argparse
 import importlib.util
 import sqlite3
+import sys
+from pathlib import Path
 
 import duckdb
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from current_metrics import define  # noqa: E402  (sql/current_metrics.sql, the one definition)
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--catalog", default=".state/catalog.db")
@@ -26,24 +33,22 @@ con = duckdb.connect()
 con.execute(f"SET extension_directory='{ext}'")
 con.execute("SET autoinstall_known_extensions=false")
 con.execute("LOAD iceberg")
-metrics = f"iceberg_scan('{loc['campaign_metrics']}')"
+define(con, f"iceberg_scan('{loc['campaign_metrics']}')")  # views campaign_metrics, current_metrics
 rows = con.execute(f"""
-WITH latest AS (
-  SELECT *, row_number() OVER (PARTITION BY window_start, campaign_id, ad_id, metric ORDER BY revision DESC) AS rn
-  FROM {metrics}
-  WHERE window_start >= (SELECT max(window_start) FROM {metrics}) - INTERVAL '{a.minutes} minutes')
 SELECT campaign_id,
        sum(denominator) FILTER (metric = 'ctr') AS impressions,
        sum(numerator)   FILTER (metric = 'ctr') AS clicks,
        sum(numerator)   FILTER (metric = 'cvr') AS conversions,
        sum(numerator)   FILTER (metric = 'ctr') / nullif(sum(denominator) FILTER (metric = 'ctr'), 0) AS ctr,
        sum(numerator)   FILTER (metric = 'cvr') / nullif(sum(denominator) FILTER (metric = 'cvr'), 0) AS cvr,
-       coalesce(sum(value) FILTER (metric = 'revenue'), 0) AS revenue,
-       coalesce(sum(value) FILTER (metric = 'attributed_revenue'), 0) AS attributed
-FROM latest WHERE rn = 1 AND NOT withheld
+       coalesce(sum(numerator) FILTER (metric = 'revenue'), 0) AS revenue,
+       coalesce(sum(numerator) FILTER (metric = 'attributed_revenue'), 0) AS attributed
+FROM current_metrics
+WHERE NOT withheld
+  AND window_start >= (SELECT max(window_start) FROM campaign_metrics) - INTERVAL '{a.minutes} minutes'
 GROUP BY campaign_id ORDER BY revenue DESC, impressions DESC LIMIT {a.limit}
 """).fetchall()
-print(f"top campaigns, last {a.minutes} minutes of event time (latest revision per window):")
+print(f"top campaigns, last {a.minutes} minutes of event time (current value per window, all partitions):")
 print(f"{'campaign':<16}{'impr':>10}{'clicks':>9}{'conv':>7}{'CTR':>9}{'CVR':>9}{'revenue':>12}{'attributed':>12}")
 for c, imp, clk, conv, ctr, cvr, rev, att in rows:
     print(f"{c:<16}{imp or 0:>10.0f}{clk or 0:>9.0f}{conv or 0:>7.0f}{(ctr or 0) * 100:>8.2f}%{(cvr or 0) * 100:>8.2f}%{rev:>12.2f}{att:>12.2f}")

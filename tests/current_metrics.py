@@ -18,6 +18,8 @@ from pathlib import Path
 SQL_FILE = Path(__file__).resolve().parent.parent / "sql" / "current_metrics.sql"
 
 KEY = ("window_start", "window_end", "campaign_id", "ad_id", "metric")
+# The columns of campaign_metrics the definition reads (enough for a PyIceberg selected_fields scan).
+COLUMNS = KEY + ("kafka_partition", "revision", "numerator", "denominator", "is_final", "withheld")
 
 
 def sql() -> str:
@@ -43,6 +45,8 @@ def current_metrics(table, where: str = None):
 
     con = duckdb.connect()
     try:
+        # Timestamps come back in the session's time zone (the machine's by default): UTC, like the table.
+        con.execute("SET TimeZone = 'UTC'")
         con.register("campaign_metrics", table)
         define(con)
         q = "SELECT * FROM current_metrics"

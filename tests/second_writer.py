@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A second, independent writer (PyIceberg) committing to admetrics' tables while the daemon runs:
 one-row appends to campaign_events (kafka_partition = -1, so they are told apart) and
-campaign_metrics (campaign_id = 'second-writer'), alternating, for --seconds. A commit that loses
+campaign_metrics (campaign_id = 'second-writer', kafka_partition = -1, revisions laid out as the
+daemon's: epoch << 32 | sequence, so above 2^31), alternating, for --seconds. A commit that loses
 the compare-and-swap race (CommitFailedException) is retried on a reloaded table. Prints JSON:
 commits per table and conflicts met.
 """
@@ -31,7 +32,8 @@ def row(name, i):
                 "is_late": False, "is_duplicate": False}
     return {"window_start": now, "window_end": now, "campaign_id": "second-writer", "ad_id": None, "metric": "ctr",
             "value": 0.0, "numerator": 0.0, "denominator": 0.0, "plugin": "second-writer", "plugin_version": "0",
-            "plugin_sha256": "0" * 64, "revision": i, "is_final": True, "computed_at": now, "withheld": False}
+            "plugin_sha256": "0" * 64, "revision": (1 << 32) | i, "is_final": True, "computed_at": now, "withheld": False,
+            "kafka_partition": -1}
 
 
 commits = {"campaign_events": 0, "campaign_metrics": 0}

@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Checks what the dashboard showed against the Iceberg tables, read independently with PyIceberg
-(not DuckDB, which Superset itself uses), and the daemon's /metrics against the same tables.
+(not DuckDB's iceberg extension, which Superset itself uses), and the daemon's /metrics against
+the same tables.
 
     verify_dashboard.py --catalog DB --warehouse DIR --charts browser.json [--metrics-url URL]
 
 `browser.json` is dashboard/browser_check.py's output: every chart's data as the page got it.
-Expected values are computed here from campaign_metrics (latest revision per window key,
-withheld skipped, counts summed before dividing), campaign_events and dead_letters. Prints a
-summary; exits 1 listing every difference.
+Expected values are computed here from campaign_metrics (the current value of every window key
+by sql/current_metrics.sql, the rule the dashboard's view is built on too: latest revision per
+Kafka partition, shares summed; withheld keys skipped; counts summed before dividing),
+campaign_events and dead_letters. The rule itself is checked against values computed from the
+input by tests/verify_e2e.py. Prints a summary; exits 1 listing every difference.
 """
 import argparse
 import json
@@ -17,6 +20,8 @@ import urllib.request
 from collections import defaultdict
 
 from pyiceberg.catalog.sql import SqlCatalog
+
+from current_metrics import current_metrics_rows
 
 
 def ms(ts):
@@ -38,19 +43,14 @@ def main():
     ap.add_argument("--metrics-url", default=None)
     a = ap.parse_args()
     cat = SqlCatalog("admetrics", uri=f"sqlite:///{a.catalog}", warehouse=f"file://{a.warehouse}")
-    load = lambda t: cat.load_table(f"{a.namespace}.{t}").scan().to_arrow().to_pylist()  # noqa: E731
-    metrics, events, dead = load("campaign_metrics"), load("campaign_events"), load("dead_letters")
+    load = lambda t: cat.load_table(f"{a.namespace}.{t}").scan().to_arrow()  # noqa: E731
+    events, dead = load("campaign_events").to_pylist(), load("dead_letters").to_pylist()
+    current = current_metrics_rows(load("campaign_metrics"), where="NOT withheld")
 
-    latest = {}
-    for r in metrics:
-        k = (r["window_start"], r["campaign_id"], r["ad_id"], r["metric"])
-        if k not in latest or r["revision"] > latest[k]["revision"]:
-            latest[k] = r
     win = defaultdict(lambda: defaultdict(float))  # (window ms, campaign) -> counts
-    for (ws, c, _ad, m), r in latest.items():
-        if r["withheld"]:
-            continue
-        w = win[(ms(ws), c)]
+    for r in current:
+        m = r["metric"]
+        w = win[(ms(r["window_start"]), r["campaign_id"])]
         if m == "ctr":
             w["impressions"] += r["denominator"]
             w["clicks"] += r["numerator"]

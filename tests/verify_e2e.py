@@ -5,6 +5,13 @@ messages the end-to-end test produced (tests/e2e_pipeline.rs writes them as JSON
 
 Reads the tables with PyIceberg (through the same SQLite catalog) and cross-checks with DuckDB's
 iceberg extension: neither reader shares code with the Rust writer.
+
+The expectation follows the daemon's per-partition semantics (the Kafka partition is the unit of
+state): deduplication by (partition, event_id), lateness by the event's own partition's
+watermark, attribution from the clicks of the user on that partition; each metric row is one
+partition's share. Metric values are read by sql/current_metrics.sql (tests/current_metrics.py:
+latest revision per partition, shares summed), so this test also checks that definition against
+values computed from the input, as a whole and partition by partition.
 """
 import argparse
 import importlib.util
@@ -17,7 +24,10 @@ from decimal import Decimal, InvalidOperation
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyiceberg.catalog.sql import SqlCatalog
+
+from current_metrics import current_metrics, define
 
 KINDS = ("impression", "click", "conversion")
 REQUIRED = ("event_id", "event_type", "event_time", "campaign_id", "ad_id", "user_id")
@@ -96,6 +106,7 @@ def main():
     ap.add_argument("--window-secs", type=int, default=60)
     ap.add_argument("--lookback-secs", type=int, required=True)
     ap.add_argument("--ooo-ms", type=int, required=True)
+    ap.add_argument("--allowed-lateness-ms", type=int, default=0)
     ap.add_argument("--namespace", default="ads")
     a = ap.parse_args()
     size = a.window_secs * 1000
@@ -113,18 +124,29 @@ def main():
         msgs.append(m)
     valid = [m for m in msgs if m["event"]]
     invalid = [m for m in msgs if not m["event"]]
-    # Deliveries of an event_id seen before count once (the first in produce order; the input
-    # only repeats identical payloads, so which copy counts does not change the numbers).
-    deliveries = defaultdict(list)
+    # Deduplication is per partition (producers key events by user id, so a retried delivery
+    # lands on the same partition): a delivery of an event_id already seen ON ITS PARTITION is a
+    # copy, counted nowhere (the first in offset order counts; the input only repeats identical
+    # payloads). The same event_id on two partitions counts on both.
+    deliveries = defaultdict(list)  # (partition, event_id) -> deliveries in offset order
     for m in valid:
-        m["dup"] = bool(deliveries[m["event"]["event_id"]])
-        deliveries[m["event"]["event_id"]].append(m)
+        k = (m["partition"], m["event"]["event_id"])
+        m["dup"] = bool(deliveries[k])
+        deliveries[k].append(m)
     n_dup = sum(1 for m in valid if m["dup"])
     check(n_dup > 0, "input design: no duplicate deliveries")
+    partitions_of = defaultdict(set)
+    for p, eid in deliveries:
+        partitions_of[eid].add(p)
+    n_cross = sum(1 for ps in partitions_of.values() if len(ps) > 1)
+    check(n_cross > 0, "input design: no event_id delivered on two partitions")
 
-    # ---- lateness: phase 1 stays within the out-of-orderness bound of its own partition (so it
-    # is never late); phase 2 arrives after phase 1 was committed, when the watermark was at
-    # least min over partitions of (max phase-1 time) - ooo.
+    # ---- lateness, per partition: an event is late when its window's end + allowed lateness is
+    # at or below its own partition's watermark (max event time seen there - ooo). Phase 1 stays
+    # within the out-of-orderness bound of its own partition (so it is never late); phase 2
+    # arrives after phase 1 was committed, when each partition's watermark was at least its own
+    # max phase-1 time - ooo. (A partition idle for idle_timeout may follow the others' watermark
+    # higher; the input's stragglers are far behind every partition, so the verdict is the same.)
     running_max = {}
     for m in valid:
         if m["phase"] != 1 or m["dup"]:
@@ -132,29 +154,34 @@ def main():
         p, t = m["partition"], m["event"]["time_ms"]
         check(t >= running_max.get(p, t) - a.ooo_ms, f"input design: phase-1 event {m['event']['event_id']} is behind its partition by more than ooo")
         running_max[p] = max(running_max.get(p, t), t)
-    wm1 = min(running_max.values()) - a.ooo_ms
+    wm1 = {p: t - a.ooo_ms for p, t in running_max.items()}  # partition -> watermark after phase 1
     for m in valid:
         t = m["event"]["time_ms"]
         window_end = (t // size) * size + size
-        m["late"] = m["phase"] == 2 and window_end <= wm1 and not m["dup"]
+        wm = wm1.get(m["partition"])
+        m["late"] = m["phase"] == 2 and not m["dup"] and wm is not None and window_end + a.allowed_lateness_ms <= wm
 
-    # ---- expected metrics, computed from scratch
+    # ---- expected metrics, computed from scratch, per partition (each partition's windows are
+    # computed from its own events) and summed over partitions
     exp = {}  # (window_start, campaign, ad, metric) -> [num, den]  (revenue in micros)
+    exp_p = defaultdict(dict)  # partition -> the same, that partition's share
 
-    def add(key, num, den):
-        cur = exp.setdefault(key, [0, 0])
-        cur[0] += num
-        cur[1] += den
+    def add(key, num, den):  # counts for the message being looked at, of partition p
+        for d in (exp, exp_p[p]):
+            cur = d.setdefault(key, [0, 0])
+            cur[0] += num
+            cur[1] += den
 
-    clicks_by_user = defaultdict(list)  # user -> [(time, campaign, ad)] in arrival order
+    clicks_by_user = defaultdict(list)  # (partition, user) -> [(time, campaign, ad)] in arrival order
     for m in valid:  # produce order; a user's messages all sit in one partition, in order
         if m["dup"]:
             continue
-        e = m["event"]
+        e, p = m["event"], m["partition"]
         t, c, ad, kind = e["time_ms"], e["campaign_id"], e["ad_id"], e["event_type"]
         w = (t // size) * size
+        user = (p, e["user_id"])  # attribution state is per partition too
         if kind == "click":
-            clicks_by_user[e["user_id"]].append((t, c, ad))
+            clicks_by_user[user].append((t, c, ad))
         if m["late"]:
             continue
         if kind == "impression":
@@ -165,7 +192,7 @@ def main():
         else:
             add((w, c, None, "cvr"), 1, 0)
             add((w, c, None, "revenue"), e["micros"], 1)
-            cands = [x for x in clicks_by_user[e["user_id"]] if t - lookback <= x[0] <= t]
+            cands = [x for x in clicks_by_user[user] if t - lookback <= x[0] <= t]
             if cands:
                 best = max(range(len(cands)), key=lambda i: (cands[i][0], i))
                 _, bc, bad = cands[best]
@@ -176,6 +203,7 @@ def main():
 
     # The far-future "flush" events only move the watermark; their window stays open.
     exp = {k: v for k, v in exp.items() if k[1] != "flush"}
+    exp_p = {p: {k: v for k, v in d.items() if k[1] != "flush"} for p, d in exp_p.items()}
 
     # ---- read the tables with PyIceberg
     cat = SqlCatalog("admetrics", uri=f"sqlite:///{a.catalog}", warehouse=f"file://{a.warehouse}")
@@ -198,14 +226,13 @@ def main():
             check(ids[k] == m["event"]["event_id"], f"event at {k}: id {ids[k]} != {m['event']['event_id']}")
             check(lates[k] == m["late"], f"event {m['event']['event_id']}: is_late {lates[k]} != expected {m['late']}")
     n_late = sum(1 for m in valid if m["late"])
-    # duplicates: every delivery is in the table, exactly one per event_id is not flagged, and on
-    # one partition it is the first one
+    # duplicates: every delivery is in the table; per (partition, event_id) the first delivery is
+    # not flagged and every later one is (deliveries on other partitions are not copies)
     dups = dict(zip(coords, events.column("is_duplicate").to_pylist()))
-    for eid, ms in deliveries.items():
-        flags = [(m["partition"], m["offset"], dups.get((m["partition"], m["offset"]))) for m in ms]
-        check(sum(1 for f in flags if f[2] is False) == 1, f"{eid}: deliveries {flags} should have exactly one unflagged")
-        if len({f[0] for f in flags}) == 1:
-            check(min(flags)[2] is False, f"{eid}: the first delivery on its partition should count: {flags}")
+    for (p, eid), ms in deliveries.items():
+        flags = [dups.get((m["partition"], m["offset"])) for m in ms]
+        check(flags == [False] + [True] * (len(ms) - 1),
+              f"{eid} on partition {p}: deliveries at offsets {[m['offset'] for m in ms]} flagged {flags}, want only the first unflagged")
     check(n_late > 0, "input design: no late events")
 
     # dead_letters: every invalid message, with the reason we expect
@@ -224,38 +251,70 @@ def main():
         per_reason[r] += 1
     check(len(events) + len(dead) == len(msgs), f"messages {len(msgs)} != events {len(events)} + dead letters {len(dead)}")
 
-    # Kafka offsets of the last commit are in the snapshot summary
-    summ = events_t.current_snapshot().summary
+    # Kafka offsets, watermarks and epochs of the last commit are in the snapshot summary
+    summ = events_t.current_snapshot().summary.additional_properties
     offsets = json.loads(summ["admetrics.offsets"])
     check({int(k): v for k, v in offsets.items()} == dict(next_offset), f"summary offsets {offsets} != end offsets {dict(next_offset)}")
+    wms = {int(k): v for k, v in json.loads(summ.get("admetrics.watermarks", "{}")).items()}
+    epochs = {int(k): v for k, v in json.loads(summ.get("admetrics.epochs", "{}")).items()}
+    max_t = defaultdict(int)  # partition -> max event time it counted (phase 2's flush event)
+    for m in valid:
+        if not m["dup"]:
+            max_t[m["partition"]] = max(max_t[m["partition"]], m["event"]["time_ms"])
+    check(set(wms) == set(next_offset) and all(wm1.get(p, wms[p]) <= wms[p] <= max_t[p] - a.ooo_ms for p in wms),
+          f"summary watermarks {wms}: want per partition between its phase-1 watermark {wm1} and its max event time - ooo")
+    check(set(epochs) == set(next_offset) and all(e >= 1 for e in epochs.values()), f"summary epochs {epochs}")
+    check(summ.get("admetrics.watermark") == str(min(wms.values(), default=None)),
+          f"summary watermark {summ.get('admetrics.watermark')} is not the minimum of {wms}")
 
-    # campaign_metrics: latest revision per key; data windows final and equal to the expectation
-    cols = {n: metrics.column(n) for n in metrics.column_names}
-    ws = cols["window_start"].cast(pa.int64()).to_pylist()
-    rows = {}
-    for i in range(len(metrics)):
-        key = (ws[i] // 1000, cols["campaign_id"][i].as_py(), cols["ad_id"][i].as_py(), cols["metric"][i].as_py())
-        rev = cols["revision"][i].as_py()
-        if key not in rows or rev > rows[key]["revision"]:
-            rows[key] = {n: cols[n][i].as_py() for n in ("value", "numerator", "denominator", "revision", "is_final", "plugin", "plugin_version", "plugin_sha256", "withheld")}
-    check(not any(r["withheld"] for r in rows.values()), "no plugin failed, so nothing may be withheld")
+    # campaign_metrics: every row one partition's share, its revision carrying the epoch its
+    # partition was claimed with (the summaries' admetrics.epochs) in the high half
     data_windows = {k[0] for k in exp}
-    got_data = {k: v for k, v in rows.items() if k[0] in data_windows}
-    check(set(got_data) == set(exp), f"metric keys differ: missing {sorted(set(exp) - set(got_data))[:5]}, extra {sorted(set(got_data) - set(exp))[:5]}")
-    for key, (num, den) in exp.items():
-        r = got_data.get(key)
-        if r is None:
-            continue
-        check(r["is_final"], f"{key}: latest revision {r['revision']} is not final")
-        check(len(r["plugin_sha256"]) == 64 and r["plugin_version"], f"{key}: plugin provenance missing")
-        metric = key[3]
-        if metric in ("ctr", "cvr"):
-            value = num / den if den else 0.0
-            check(r["numerator"] == num and r["denominator"] == den and abs(r["value"] - value) < 1e-12,
-                  f"{key}: got {r['numerator']}/{r['denominator']}={r['value']}, want {num}/{den}={value}")
-        else:
-            check(round(r["value"] * 1_000_000) == num and r["denominator"] == den,
-                  f"{key}: got {r['value']} over {r['denominator']}, want {num / 1e6} over {den}")
+    row_parts = metrics.column("kafka_partition").to_pylist()
+    check(set(row_parts) <= set(next_offset), f"metric rows of partitions {sorted(set(row_parts) - set(next_offset))} that had no input")
+    claimed = defaultdict(int)  # partition -> highest epoch in campaign_metrics' history
+    for snap in metrics_t.snapshots():
+        for k, e in json.loads(snap.summary.additional_properties.get("admetrics.epochs", "{}") if snap.summary else "{}").items():
+            claimed[int(k)] = max(claimed[int(k)], e)
+    bad_rev = sorted({(p, r >> 32) for p, r in zip(row_parts, metrics.column("revision").to_pylist())
+                      if not 1 <= r >> 32 <= claimed[p]})
+    check(not bad_rev, f"revisions whose epoch (high 32 bits) is not one claimed for their partition: {bad_rev[:5]}, claimed {dict(claimed)}")
+    bad_prov = sum(1 for sha, v in zip(metrics.column("plugin_sha256").to_pylist(), metrics.column("plugin_version").to_pylist())
+                   if len(sha) != 64 or not v)
+    check(bad_prov == 0, f"{bad_prov} metric rows without plugin provenance")
+
+    def current(table):
+        """(window_start ms, campaign, ad, metric) -> current row (sql/current_metrics.sql)."""
+        cur = current_metrics(table)
+        ws = cur.column("window_start").cast(pa.int64()).to_pylist()
+        return {(w // 1000, r["campaign_id"], r["ad_id"], r["metric"]): r for w, r in zip(ws, cur.to_pylist())}
+
+    def compare(rows, want, what):
+        """Checks the current rows of the data windows against an expectation; returns them."""
+        got = {k: v for k, v in rows.items() if k[0] in data_windows}
+        check(set(got) == set(want), f"{what}: metric keys differ: missing {sorted(set(want) - set(got))[:5]}, extra {sorted(set(got) - set(want))[:5]}")
+        for key, (num, den) in want.items():
+            r = got.get(key)
+            if r is None:
+                continue
+            check(r["is_final"], f"{what} {key}: not final ({r['partitions']} partitions)")
+            if key[3] in ("ctr", "cvr"):
+                value = num / den if den else 0.0
+                check(r["numerator"] == num and r["denominator"] == den and abs(r["value"] - value) < 1e-12,
+                      f"{what} {key}: got {r['numerator']}/{r['denominator']}={r['value']}, want {num}/{den}={value}")
+            else:
+                check(round(r["value"] * 1_000_000) == num and r["denominator"] == den,
+                      f"{what} {key}: got {r['value']} over {r['denominator']}, want {num / 1e6} over {den}")
+        return got
+
+    # Each partition's share: its rows alone, by the same rule, against its own events.
+    for p in sorted(next_offset):
+        compare(current(metrics.filter(pc.equal(metrics.column("kafka_partition"), p))), exp_p.get(p, {}), f"partition {p}")
+    # The whole: shares summed over partitions.
+    rows = current(metrics)
+    check(not any(r["withheld"] for r in rows.values()), "no plugin failed, so nothing may be withheld")
+    got_data = compare(rows, exp, "all partitions")
+    check(any(r["partitions"] > 1 for r in got_data.values()), "input design: no metric key with shares from several partitions")
     # attributed + unattributed == revenue, per window, exactly
     for w in data_windows:
         def total(metric):
@@ -263,7 +322,7 @@ def main():
         check(total("attributed_revenue") + total("unattributed_revenue") == total("revenue"), f"window {w}: attribution does not add up")
     for needle in ("lonely-", "slow-"):
         user_convs = [m for m in valid if m["event"]["user_id"].startswith(needle) and m["event"]["event_type"] == "conversion"]
-        check(user_convs and all(not [x for x in clicks_by_user[m["event"]["user_id"]] if m["event"]["time_ms"] - lookback <= x[0] <= m["event"]["time_ms"]] for m in user_convs),
+        check(user_convs and all(not [x for x in clicks_by_user[(m["partition"], m["event"]["user_id"])] if m["event"]["time_ms"] - lookback <= x[0] <= m["event"]["time_ms"]] for m in user_convs),
               f"input design: {needle} conversions should have no click in the lookback")
     attributed_cross = sum(v[0] for k, v in exp.items() if k[3] == "attributed_revenue" and k[1] == "camp-4" and k[2] == "ad-4-2")
     check(attributed_cross >= 4 * 7_250_000, "input design: cross-campaign conversions not credited to camp-4/ad-4-2")
@@ -280,15 +339,20 @@ def main():
     impressions = con.execute(
         f"SELECT count(*) FROM iceberg_scan('{events_t.metadata_location}') WHERE event_type = 'impression' AND NOT is_late AND NOT is_duplicate AND campaign_id <> 'flush'"
     ).fetchone()[0]
-    # The dashboard's query shape: the latest revision of each window, numerators summed.
-    latest_ctr_den = con.execute(f"""
-        SELECT sum(denominator) FROM (
-          SELECT denominator, row_number() OVER (PARTITION BY window_start, campaign_id, ad_id, metric ORDER BY revision DESC) AS rn
-          FROM iceberg_scan('{metrics_t.metadata_location}') WHERE metric = 'ctr' AND campaign_id <> 'flush') WHERE rn = 1
-    """).fetchone()[0]
+    # The dashboard's query shape: sql/current_metrics.sql over DuckDB's own scan of the table,
+    # denominators summed; and every current value equal to the one read through PyIceberg.
+    define(con, f"iceberg_scan('{metrics_t.metadata_location}')")
+    latest_ctr_den = con.execute(
+        "SELECT sum(denominator) FROM current_metrics WHERE metric = 'ctr' AND campaign_id <> 'flush' AND NOT withheld").fetchone()[0]
     check(impressions == latest_ctr_den, f"DuckDB: on-time impressions {impressions} != summed CTR denominators {latest_ctr_den}")
+    duck = {(ws // 1000, c, ad, m): (num, den, part) for ws, c, ad, m, num, den, part in con.execute(
+        "SELECT epoch_us(window_start), campaign_id, ad_id, metric, numerator, denominator, partitions FROM current_metrics").fetchall()}
+    py = {k: (r["numerator"], r["denominator"], r["partitions"]) for k, r in rows.items()}
+    differ = [k for k in set(duck) | set(py) if k not in duck or k not in py
+              or not all(abs(x - y) <= 1e-9 * max(1.0, abs(y)) for x, y in zip(duck[k], py[k]))]
+    check(not differ, f"DuckDB and PyIceberg read different current metrics: {len(duck)} vs {len(py)} keys, e.g. {sorted(differ, key=str)[:3]}")
 
-    print(f"messages {len(msgs)}: valid {len(valid)} (late {n_late}, duplicate deliveries {n_dup}), dead letters {len(invalid)}")
+    print(f"messages {len(msgs)}: valid {len(valid)} (late {n_late}, duplicate deliveries {n_dup}, event ids on two partitions {n_cross}), dead letters {len(invalid)}")
     print(f"dead letters per reason: {dict(sorted(per_reason.items()))}")
     print(f"metric keys checked {len(exp)} over {len(data_windows)} windows; metric rows in table {len(metrics)}")
     print(f"snapshots: events {len(events_t.snapshots())}, metrics {len(metrics_t.snapshots())}, dead letters {len(dead_t.snapshots())}")

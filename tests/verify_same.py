@@ -1,17 +1,22 @@
 #!/usr/bin/env python3
 """Compares two admetrics table sets (an uninterrupted reference run and a run that was killed
 and restarted) with PyIceberg: campaign_events must hold every message exactly once in both, and
-the final metrics (latest non-withheld revision per window, campaign, ad and metric, for every
-window the reference finalised) must be identical.
+the final metrics (the current value of every window, campaign, ad and metric by
+sql/current_metrics.sql: per Kafka partition the latest revision, shares summed; final and not
+withheld; for every window the reference finalised) must be identical (fractional sums to a
+relative 1e-12: the shares may be added in another order).
 """
 import argparse
 import json
+import math
 import sys
 from collections import Counter
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.catalog.sql import SqlCatalog
+
+from current_metrics import current_metrics
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--a", required=True, help="directory of the reference run (catalog.db, warehouse)")
@@ -36,14 +41,19 @@ def load(d):
 
 
 def final_metrics(mt):
-    ws = mt.column("window_start").cast(pa.int64()).to_pylist()
-    cols = {n: mt.column(n).to_pylist() for n in ("campaign_id", "ad_id", "metric", "revision", "value", "numerator", "denominator", "is_final", "withheld")}
+    """(final and not withheld, every key): key (window_start µs, campaign, ad, metric) -> row."""
+    cur = current_metrics(mt)
+    ws = cur.column("window_start").cast(pa.int64()).to_pylist()
+    cols = {n: cur.column(n).to_pylist() for n in ("campaign_id", "ad_id", "metric", "value", "numerator", "denominator", "is_final", "withheld", "partitions")}
     latest = {}
-    for i in range(len(mt)):
+    for i in range(len(cur)):
         key = (ws[i], cols["campaign_id"][i], cols["ad_id"][i], cols["metric"][i])
-        if key not in latest or cols["revision"][i] > latest[key]["revision"]:
-            latest[key] = {n: cols[n][i] for n in cols}
+        latest[key] = {n: cols[n][i] for n in cols}
     return {k: v for k, v in latest.items() if v["is_final"] and not v["withheld"]}, latest
+
+
+def same(a, b):
+    return all(math.isclose(a[n], b[n], rel_tol=1e-12, abs_tol=1e-12) for n in ("value", "numerator", "denominator"))
 
 
 results = {}
@@ -93,7 +103,7 @@ for k, v in ref.items():
     if g is None:
         w = got_all.get(k)
         mismatch.append((k, "missing" if w is None else f"not final/withheld: {w}"))
-    elif (g["value"], g["numerator"], g["denominator"]) != (v["value"], v["numerator"], v["denominator"]):
+    elif not same(g, v):
         mismatch.append((k, f"{g['numerator']}/{g['denominator']} vs reference {v['numerator']}/{v['denominator']}"))
 extra = [k for k in got if k[0] in ref_windows and k not in ref]
 print(f"final metric keys: reference {len(ref)} over {len(ref_windows)} windows; interrupted {len(got)}; mismatched {len(mismatch)}; extra {len(extra)}")

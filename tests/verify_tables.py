@@ -2,8 +2,9 @@
 """Generic checks of admetrics' tables, read with PyIceberg (used by the hot-swap and fault tests).
 
 - campaign_events holds exactly --expect-events rows, each (partition, offset) once;
-- for every window, the latest revision of the ctr and cvr rows equals the counts computed here
-  from campaign_events (on-time events only): ctr = clicks / impressions, cvr = conversions / clicks;
+- for every window, the current ctr and cvr (sql/current_metrics.sql: per Kafka partition the
+  latest revision, shares summed) equal the counts computed here from campaign_events (on-time,
+  not duplicate events only): ctr = clicks / impressions, cvr = conversions / clicks;
 - every window's rows of each plugin come from exactly one plugin build (sha256);
 - at least --min-ctr-builds distinct ctr builds appear overall (the swaps really happened).
 """
@@ -13,6 +14,8 @@ from collections import Counter, defaultdict
 
 import pyarrow as pa
 from pyiceberg.catalog.sql import SqlCatalog
+
+from current_metrics import current_metrics
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--catalog", required=True)
@@ -42,24 +45,23 @@ if dups:
 size_us = a.window_secs * 1_000_000
 counts = defaultdict(lambda: [0, 0, 0])  # (window_start_us, campaign) -> [impressions, clicks, conversions]
 times = ev.column("event_time").cast(pa.int64()).to_pylist()
-for t, kind, camp, late in zip(times, ev.column("event_type").to_pylist(), ev.column("campaign_id").to_pylist(), ev.column("is_late").to_pylist()):
-    if late:
+for t, kind, camp, late, dup in zip(times, ev.column("event_type").to_pylist(), ev.column("campaign_id").to_pylist(),
+                                   ev.column("is_late").to_pylist(), ev.column("is_duplicate").to_pylist()):
+    if late or dup:  # a copy of an event_id already seen on its partition counts nowhere
         continue
     c = counts[(t // size_us * size_us, camp)]
     c[("impression", "click", "conversion").index(kind)] += 1
 
 ws = mt.column("window_start").cast(pa.int64()).to_pylist()
-latest = {}
 builds_per_window = defaultdict(set)
-for i, (w, camp, metric, plugin, sha, rev) in enumerate(zip(ws, mt.column("campaign_id").to_pylist(), mt.column("metric").to_pylist(),
-                                                            mt.column("plugin").to_pylist(), mt.column("plugin_sha256").to_pylist(),
-                                                            mt.column("revision").to_pylist())):
+for w, plugin, sha in zip(ws, mt.column("plugin").to_pylist(), mt.column("plugin_sha256").to_pylist()):
     builds_per_window[(w, plugin)].add(sha)
-    key = (w, camp, metric)
-    if key not in latest or rev > latest[key][0]:
-        latest[key] = (rev, mt.column("numerator")[i].as_py(), mt.column("denominator")[i].as_py(), mt.column("withheld")[i].as_py())
-# A withheld latest revision means "no value": the plugin failed on that window.
-latest = {k: v for k, v in latest.items() if not v[3]}
+# The current ctr and cvr of every (window, campaign). A withheld key means "no value": the plugin
+# failed on that window (of at least one partition), so it is left out.
+cur = current_metrics(mt, where="metric IN ('ctr', 'cvr') AND NOT withheld")
+latest = {(w, camp, metric): (num, den) for w, camp, metric, num, den in zip(
+    cur.column("window_start").cast(pa.int64()).to_pylist(), cur.column("campaign_id").to_pylist(),
+    cur.column("metric").to_pylist(), cur.column("numerator").to_pylist(), cur.column("denominator").to_pylist())}
 
 mixed = {k: v for k, v in builds_per_window.items() if len(v) > 1}
 if mixed:
@@ -95,8 +97,8 @@ for (w, camp), (imp, clk, conv) in counts.items():
             continue
         if got is None:
             failures.append(f"no {metric} row for window {w} campaign {camp}")
-        elif (got[1], got[2]) != (num, den):
-            failures.append(f"{metric} window {w} {camp}: got {got[1]}/{got[2]}, want {num}/{den}")
+        elif got != (num, den):
+            failures.append(f"{metric} window {w} {camp}: got {got[0]}/{got[1]}, want {num}/{den}")
         else:
             checked += 1
 

@@ -198,6 +198,30 @@ pub fn render(s: &Status) -> String {
         c(&s.replayed),
     );
     o.one(
+        "admetrics_partitions_claimed_total",
+        "counter",
+        "Partitions this member claimed in the tables when the group assigned them.",
+        c(&s.partitions_claimed),
+    );
+    o.one(
+        "admetrics_partitions_lost_total",
+        "counter",
+        "Partitions another member claimed while this one still held rows of them (fenced).",
+        c(&s.partitions_lost),
+    );
+    o.one(
+        "admetrics_catalog_conflicts_total",
+        "counter",
+        "Catalog commits that lost the compare-and-swap to another writer and were retried.",
+        c(&s.catalog_conflicts),
+    );
+    o.one(
+        "admetrics_fenced_commits_total",
+        "counter",
+        "Commits the fence refused partitions of (another member claimed them).",
+        c(&s.fenced_commits),
+    );
+    o.one(
         "admetrics_redelivered_messages_total",
         "counter",
         "Messages the source delivered again (rebalance or seek), skipped.",

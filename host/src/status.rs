@@ -38,6 +38,13 @@ pub struct Status {
     /// How long the last plugin-set install held the event path, microseconds.
     pub last_swap_us: AtomicU64,
     pub commits: AtomicU64,
+    /// Catalog commits that lost the compare-and-swap to another writer (iceberg-rust retried
+    /// them on the new table state), and commits the fence refused partitions of.
+    pub catalog_conflicts: AtomicU64,
+    pub fenced_commits: AtomicU64,
+    /// Partitions claimed (assigned by the group) and lost to another member's claim.
+    pub partitions_claimed: AtomicU64,
+    pub partitions_lost: AtomicU64,
     pub committed_events: AtomicU64,
     pub committed_dead_letters: AtomicU64,
     pub metric_rows: AtomicU64,

@@ -10,7 +10,8 @@
      local warehouse; a fresh one per run);
    - Flink: PyFlink 2.3.0's local mini-cluster with the equivalent Flink SQL (flink_job.py).
 3. Checks that both give the same per-window counts and revenue (revenue to 1e-6), reading
-   admetrics' results back from Iceberg with PyIceberg (latest revision of each window).
+   admetrics' results back from Iceberg with PyIceberg (the current value of each window by
+   sql/current_metrics.sql: latest revision per Kafka partition, shares summed).
 4. Prints wall seconds, CPU seconds, events per CPU-second and peak RSS of the whole process tree
    (the JVM and the Python driver included for Flink) per run, the medians and the ratios.
 
@@ -102,18 +103,14 @@ def measure(cmd, env=None, log=None):
 
 def admetrics_rows(workdir):
     from pyiceberg.catalog.sql import SqlCatalog
+    sys.path.insert(0, str(REPO / "tests"))
+    from current_metrics import COLUMNS, current_metrics_rows
     cat = SqlCatalog("admetrics", uri=f"sqlite:///{workdir}/catalog.db", warehouse=f"file://{workdir}/wh")
-    t = cat.load_table("ads.campaign_metrics").scan(
-        selected_fields=("window_start", "campaign_id", "ad_id", "metric", "numerator", "denominator",
-                         "revision", "is_final", "withheld")).to_arrow().to_pylist()
-    latest = {}
-    for r in t:
-        key = (r["window_start"], r["campaign_id"], r["ad_id"], r["metric"])
-        if key not in latest or r["revision"] > latest[key]["revision"]:
-            latest[key] = r
+    t = cat.load_table("ads.campaign_metrics").scan(selected_fields=COLUMNS).to_arrow()
     out = defaultdict(lambda: {"impressions": 0, "clicks": 0, "conversions": 0, "revenue": Decimal(0)})
     not_final = 0
-    for (ws, c, ad, m), r in latest.items():
+    for r in current_metrics_rows(t):
+        ws, c, m = r["window_start"], r["campaign_id"], r["metric"]
         not_final += not r["is_final"] or r["withheld"]
         k = (c, ws.replace(tzinfo=None).strftime("%Y-%m-%dT%H:%M:%S"))
         if m == "ctr":

@@ -96,6 +96,7 @@ pub async fn run(
     let runtime = PluginRuntime::new(&cfg.plugins)?;
     let (plugins, installed) = crate::watch::load_initial(&runtime, &cfg)?;
     let mut processor = Processor::new(&cfg, plugins, status.clone());
+    processor.assign_on_first_message = false;
     // Per partition: from which event time the committed ids are read back for dedup.
     let dedup_horizon = processor.dedup_horizon_ms();
     let ids_since = move |wm: Option<i64>| match (dedup_horizon, wm) {
@@ -270,6 +271,7 @@ fn clone_batch(b: &crate::sink::CommitBatch) -> crate::sink::CommitBatch {
         metrics: b.metrics.clone(),
         dead_letters: b.dead_letters.clone(),
         positions: b.positions.clone(),
+        dead_letter_floors: b.dead_letter_floors.clone(),
         produced_at_ms: Vec::new(),
         has_final: b.has_final,
         click_horizon_ms: b.click_horizon_ms,
@@ -278,6 +280,10 @@ fn clone_batch(b: &crate::sink::CommitBatch) -> crate::sink::CommitBatch {
 
 fn record_commit(status: &Status, r: &CommitReport) {
     status.commits.fetch_add(1, Relaxed);
+    status.catalog_conflicts.store(r.conflicts, Relaxed);
+    if !r.fenced.is_empty() {
+        status.fenced_commits.fetch_add(1, Relaxed);
+    }
     status.committed_events.fetch_add(r.events as u64, Relaxed);
     status
         .committed_dead_letters
@@ -308,8 +314,8 @@ fn on_ack(
     r: CommitReport,
     summary: &mut RunSummary,
 ) {
-    for &p in &r.fenced {
-        processor.lost(p);
+    for &(p, epoch) in &r.fenced {
+        processor.lost(p, epoch);
     }
     crate::fault::point("before-offset-store", r.has_final);
     if let Err(e) = source.commit(&r.offsets) {
@@ -318,6 +324,21 @@ fn on_ack(
     *status.committed_offsets.lock().unwrap() = r.offsets.clone();
     summary.commits += 1;
     summary.committed_offsets = r.offsets;
+}
+
+/// Takes a commit batch from the processor and queues it for the sink; waits while a batch is
+/// already queued (backpressure).
+fn send_batch(
+    processor: &mut Processor,
+    batch_tx: &mpsc::Sender<crate::sink::CommitBatch>,
+    in_flight: &mut usize,
+) -> anyhow::Result<()> {
+    let batch = processor.tick(&Clock::now());
+    if batch_tx.blocking_send(batch).is_err() {
+        anyhow::bail!("the sink stopped; see its error");
+    }
+    *in_flight += 1;
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -349,12 +370,29 @@ fn ingest_loop(
             if n > 0 {
                 processor.flush_plugins();
             }
-            // Assignment changes come after the messages polled before them.
+            // Assignment changes come after the messages polled before them. A revoked
+            // partition's buffered rows are committed at once with its position and its old
+            // epoch (Kafka Streams' commit on revoke), before any claim that follows: if the
+            // partition was claimed again meanwhile (by another member, or by this one after a
+            // rebalance), the fence refuses them and the claimant replays them; they must never
+            // be committed under a newer epoch than the position they belong to.
+            let mut revoked = false;
             for c in source.take_changes() {
                 match c {
-                    Change::Assigned(claim) => processor.assign(claim, Instant::now()),
-                    Change::Revoked(p) => processor.revoke(p),
+                    Change::Revoked(p) => {
+                        processor.revoke(p);
+                        revoked = true;
+                    }
+                    Change::Assigned(claim) => {
+                        if std::mem::take(&mut revoked) {
+                            send_batch(processor, batch_tx, &mut in_flight)?;
+                        }
+                        processor.assign(claim, Instant::now());
+                    }
                 }
+            }
+            if revoked {
+                send_batch(processor, batch_tx, &mut in_flight)?;
             }
             if cfg.kafka.max_events_per_sec > 0 {
                 // Token bucket, at most one second of burst: waiting for an assignment does not
@@ -401,16 +439,11 @@ fn ingest_loop(
         let now = Instant::now();
         if now >= next_tick || stopping || processor.buffered() >= cfg.commit.max_rows {
             let owned = processor.owned();
-            let batch = processor.tick(&Clock::now());
             status.ready.store(
                 !stopping && !owned.is_empty() && !processor.replaying(),
                 Relaxed,
             );
-            // blocking_send: waits while a batch is already queued (backpressure).
-            if batch_tx.blocking_send(batch).is_err() {
-                anyhow::bail!("the sink stopped; see its error");
-            }
-            in_flight += 1;
+            send_batch(processor, batch_tx, &mut in_flight)?;
             next_tick = now + interval;
             if now.duration_since(last_lag) >= Duration::from_secs(1) && !owned.is_empty() {
                 *status.end_offsets.lock().unwrap() = source.end_offsets(&owned);

@@ -138,6 +138,7 @@ pub struct Processor {
     /// Positions of partitions given up since the last tick: the next summary records them (the
     /// fence drops them if the new owner claimed first).
     handoff: BTreeMap<i32, Position>,
+    handoff_dead_letter_floors: BTreeMap<i32, i64>,
     dedup_horizon_secs: u64,
     dedup_max_ids: usize,
     events: EventsBuffer,
@@ -155,6 +156,9 @@ pub struct Processor {
     current: (i64, BTreeMap<Arc<str>, CampaignLine>),
     /// Whether rows are built into Arrow (false in the in-process benchmark's "no sink" mode).
     pub build_tables: bool,
+    /// Whether a message of a partition nobody assigned starts it fresh (the benches and
+    /// `plugin test`, which have no group); the daemon only processes partitions it claimed.
+    pub assign_on_first_message: bool,
 }
 
 impl Processor {
@@ -186,6 +190,7 @@ impl Processor {
             watermarks,
             tasks: BTreeMap::new(),
             handoff: BTreeMap::new(),
+            handoff_dead_letter_floors: BTreeMap::new(),
             dedup_horizon_secs: cfg.dedup.horizon_secs,
             dedup_max_ids: cfg.dedup.max_ids,
             events: EventsBuffer::new(),
@@ -199,6 +204,7 @@ impl Processor {
             status,
             current: (i64::MIN, BTreeMap::new()),
             build_tables: true,
+            assign_on_first_message: true,
         }
     }
 
@@ -233,10 +239,12 @@ impl Processor {
     /// before stay closed), and its revisions rise above its previous owner's.
     pub fn assign(&mut self, claim: Claimed, now: Instant) {
         let p = claim.partition;
-        self.handoff.remove(&p);
+        // The pipeline commits a revoked partition's handoff before a claim of it is applied.
+        debug_assert!(!self.handoff.contains_key(&p), "partition {p} claimed with its handoff pending");
         self.watermarks
             .assign(p, claim.position.and_then(|pos| pos.watermark_ms), now);
         let task = self.new_task(&claim);
+        self.status.partitions_claimed.fetch_add(1, Relaxed);
         tracing::info!(partition = p, epoch = claim.epoch, position = ?claim.position,
             dedup_ids = claim.ids.len(), "partition assigned; replaying from the recorded replay point");
         self.tasks.insert(p, task);
@@ -252,17 +260,21 @@ impl Processor {
             let pos = t.position(wm, self.click_horizon_ms());
             tracing::info!(partition, epoch = t.epoch, position = ?pos, "partition revoked; handing off its position");
             self.handoff.insert(partition, pos);
+            self.handoff_dead_letter_floors
+                .insert(partition, t.dead_letter_floor);
         }
         self.watermarks.revoke(partition);
     }
 
-    /// Forgets a partition another member claimed (the fence refused our commit of it).
-    pub fn lost(&mut self, partition: i32) {
-        if self.tasks.remove(&partition).is_some() {
+    /// Forgets a partition another member claimed: the fence refused our commit of it at
+    /// `epoch`. A task of a later claim (this member got the partition back) is kept.
+    pub fn lost(&mut self, partition: i32, epoch: u64) {
+        if self.tasks.get(&partition).is_some_and(|t| t.epoch <= epoch) {
+            self.tasks.remove(&partition);
+            self.status.partitions_lost.fetch_add(1, Relaxed);
+            self.watermarks.revoke(partition);
             tracing::warn!(partition, "partition lost to another member; state dropped");
         }
-        self.handoff.remove(&partition);
-        self.watermarks.revoke(partition);
     }
 
     /// Partitions this processor owns.
@@ -482,6 +494,12 @@ impl Processor {
     #[inline]
     pub fn process(&mut self, m: RawMessage<'_>, clock: &Clock) {
         if !self.tasks.contains_key(&m.partition) {
+            if !self.assign_on_first_message {
+                // A partition lost to another member's claim that the group has not revoked
+                // yet: its new owner reads it.
+                self.status.redelivered.fetch_add(1, Relaxed);
+                return;
+            }
             // Only without a source that assigns partitions (the benches, `plugin test`): the
             // partition starts fresh, as if claimed in empty tables.
             let claim = Claimed {
@@ -679,11 +697,14 @@ impl Processor {
         self.seq += 1;
         let horizon = self.click_horizon_ms();
         let mut positions = std::mem::take(&mut self.handoff);
+        let mut dead_letter_floors = std::mem::take(&mut self.handoff_dead_letter_floors);
         for (p, t) in self.tasks.iter_mut() {
             positions.insert(*p, t.position(self.watermarks.of(*p), horizon));
+            dead_letter_floors.insert(*p, t.dead_letter_floor);
         }
         CommitBatch {
             positions,
+            dead_letter_floors,
             seq: self.seq,
             events: self.events.take(),
             has_final: rows.iter().any(|r| r.is_final),

@@ -49,6 +49,8 @@ struct State {
     scanned: HashMap<TableIdent, (i64, BTreeMap<i32, u64>)>,
     fence: Option<Fence>,
     fenced: Vec<i32>,
+    /// Commits the catalog refused because the table had moved on (another writer's commit).
+    conflicts: u64,
 }
 
 #[derive(Debug)]
@@ -74,6 +76,11 @@ impl FencingCatalog {
 
     pub fn disarm(&self) {
         self.state.lock().unwrap().fence = None;
+    }
+
+    /// Catalog commits lost to another writer's so far (iceberg-rust retries them).
+    pub fn conflicts(&self) -> u64 {
+        self.state.lock().unwrap().conflicts
     }
 
     /// The partitions the last refused commit lost (empty if it was not refused by the fence).
@@ -202,6 +209,10 @@ impl Catalog for FencingCatalog {
                 }
             }
         }
-        self.inner.update_table(commit).await
+        let r = self.inner.update_table(commit).await;
+        if r.as_ref().is_err_and(|e| e.retryable()) {
+            self.state.lock().unwrap().conflicts += 1;
+        }
+        r
     }
 }

@@ -80,6 +80,10 @@ pub struct CommitBatch {
     /// Per partition this member owns (or gave up since the last batch): where it stands once
     /// this batch is committed, with this member's epoch for it.
     pub positions: BTreeMap<i32, Position>,
+    /// Per partition, the first offset not yet in `dead_letters` as recorded when it was
+    /// claimed: the dead-letter table's position never goes below it (a restart may resume
+    /// the events table below a dead letter already committed).
+    pub dead_letter_floors: BTreeMap<i32, i64>,
     /// Producer timestamps (ms) of the events in this batch, for produce→visible latency.
     pub produced_at_ms: Vec<i64>,
     /// Whether `metrics` holds final rows of a closing window (fault-injection tests aim there).
@@ -93,8 +97,11 @@ pub struct CommitBatch {
 pub struct CommitReport {
     pub seq: u64,
     pub offsets: BTreeMap<i32, i64>,
-    /// Partitions another member claimed meanwhile: their rows were left out of this commit.
-    pub fenced: Vec<i32>,
+    /// Partitions (with the epoch this commit held them at) another member claimed meanwhile:
+    /// their rows were left out of this commit.
+    pub fenced: Vec<(i32, u64)>,
+    /// Catalog commits lost to other writers so far (this process).
+    pub conflicts: u64,
     pub events: usize,
     pub metric_rows: usize,
     pub dead_letters: usize,
@@ -470,7 +477,17 @@ impl IcebergSink {
                 props.insert(summary::WRITER_ID.to_string(), self.writer_id.clone());
                 props.insert(summary::COMMIT_SEQ.to_string(), batch.seq.to_string());
                 props.insert(summary::TOPIC.to_string(), self.topic.clone());
-                summary::encode(&mut props, &batch.positions, batch.click_horizon_ms);
+                if which == Which::DeadLetters {
+                    let mut positions = batch.positions.clone();
+                    for (p, pos) in positions.iter_mut() {
+                        if let Some(&f) = batch.dead_letter_floors.get(p) {
+                            pos.offset = pos.offset.max(f);
+                        }
+                    }
+                    summary::encode(&mut props, &positions, batch.click_horizon_ms);
+                } else {
+                    summary::encode(&mut props, &batch.positions, batch.click_horizon_ms);
+                }
                 let epochs = batch.positions.iter().map(|(p, pos)| (*p, pos.epoch)).collect();
                 crate::fault::point(which.before(), batch.has_final);
                 match self.append(&table, data, props, &epochs, false).await {
@@ -485,8 +502,11 @@ impl IcebergSink {
                         // them); the batch is written again without the lost partitions.
                         tracing::warn!(partitions = ?lost, table = which.name(),
                             "another member owns these partitions now: their rows are left to it");
+                        fenced.extend(
+                            lost.iter()
+                                .filter_map(|p| batch.positions.get(p).map(|pos| (*p, pos.epoch))),
+                        );
                         batch.drop_partitions(&lost);
-                        fenced.extend(lost);
                     }
                     Err(e) => return Err(e),
                 }
@@ -501,6 +521,7 @@ impl IcebergSink {
                 .map(|(p, pos)| (*p, pos.offset))
                 .collect(),
             fenced,
+            conflicts: self.catalog.conflicts(),
             events: batch.events.iter().map(|(_, b)| b.num_rows()).sum(),
             metric_rows: batch.metric_rows(),
             dead_letters: batch.dead_letter_rows(),
@@ -662,6 +683,7 @@ impl CommitBatch {
             *rb = keep(rb, partitions);
         }
         self.positions.retain(|p, _| !partitions.contains(p));
+        self.dead_letter_floors.retain(|p, _| !partitions.contains(p));
     }
 }
 

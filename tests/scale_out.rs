@@ -1,0 +1,284 @@
+//! Many daemons, one consumer group, on a real Apache Kafka broker: partitions move between members
+//! (kills, joins, graceful stops, rolling restarts, a broker restart, a paused member that wakes
+//! up after its partitions moved) and every message still lands in `campaign_events` exactly once,
+//! every bad one in `dead_letters` once, and the current value of every window
+//! (`sql/current_metrics.sql`) equals a single daemon's over the same input (`verify_same.py`).
+//!
+//! Also: a partition the tables cannot resume is refused loudly, never skipped: its replay point
+//! fell below the log start (retention), or the topic was recreated and ends below the recorded
+//! position.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::{Offset, TopicPartitionList};
+use support::daemon::*;
+use support::*;
+
+const PARTITIONS: i32 = 12;
+const GROUP: &str = "scale";
+
+/// Member `name` of the group (static membership: `name` is its `group.instance.id`), its
+/// stderr kept in `dir/name.log`.
+fn member(cfg: &Path, dir: &Path, name: &str) -> Daemon {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.log")))
+        .unwrap();
+    Daemon(
+        daemon_command(cfg, GROUP)
+            .env("ADMETRICS__KAFKA__GROUP_INSTANCE_ID", name)
+            .stderr(log)
+            .spawn()
+            .expect("spawn admetrics"),
+    )
+}
+
+fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client")
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// Waits until the recorded position moved `by` messages past where it was, with every member
+/// in `alive` still running; fails if the input runs out first (the step would prove nothing).
+fn progress(probe: &Probe, alive: &mut BTreeMap<String, Daemon>, by: i64, total: i64, what: &str) {
+    let before = probe.committed();
+    assert!(
+        before + by < total,
+        "the input ran out before {what}: raise the event count"
+    );
+    wait_for(what, Duration::from_secs(180), || {
+        for (name, d) in alive.iter_mut() {
+            if let Some(status) = d.try_wait().unwrap() {
+                panic!("member {name} exited with {status} during {what}");
+            }
+        }
+        probe.committed() >= before + by
+    });
+    support::progress(format_args!(
+        "{what}: position {} of {total}",
+        probe.committed()
+    ));
+}
+
+fn stop(alive: &mut BTreeMap<String, Daemon>, name: &str) -> Duration {
+    let mut d = alive.remove(name).expect("member running");
+    sigterm(&mut d)
+}
+
+fn kill(alive: &mut BTreeMap<String, Daemon>, name: &str) {
+    let mut d = alive.remove(name).expect("member running");
+    d.kill().unwrap();
+    d.wait().unwrap();
+}
+
+#[test]
+fn daemons_in_one_group_survive_kills_joins_stops_rolling_restarts_and_a_broker_restart() {
+    let n = env_or("ADMETRICS_SCALE_EVENTS", 150_000);
+    let mut broker = Broker::start();
+    broker.create_topic(TOPIC, PARTITIONS as u32);
+    let total = produce(&broker.bootstrap, PARTITIONS, n, 61);
+    let ref_dir = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    reference_run(ref_dir.path(), &broker.bootstrap, total);
+    support::progress(format_args!(
+        "reference: one daemon, {total} messages in {:.1} s",
+        t.elapsed().as_secs_f64()
+    ));
+
+    // Each member throttled, so the input lasts through every step below.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &broker.bootstrap, 2_500);
+    let probe = Probe::new(&cfg);
+    let mut alive: BTreeMap<String, Daemon> = BTreeMap::new();
+    for name in ["a", "b", "c"] {
+        alive.insert(name.into(), member(&cfg, dir.path(), name));
+    }
+    let step = (total / 14).max(1_000);
+    progress(&probe, &mut alive, step, total, "three members consuming");
+    kill(&mut alive, "b");
+    progress(&probe, &mut alive, step, total, "after kill -9 of b");
+    alive.insert("d".into(), member(&cfg, dir.path(), "d"));
+    progress(&probe, &mut alive, step, total, "after d joined");
+    let exit = stop(&mut alive, "c");
+    progress(&probe, &mut alive, step, total, "after SIGTERM of c");
+    support::progress(format_args!("c stopped in {} ms", exit.as_millis()));
+    // Rolling restart: every member in turn (b comes back too, under its old instance id).
+    alive.insert("b".into(), member(&cfg, dir.path(), "b"));
+    for name in ["a", "b", "d"] {
+        stop(&mut alive, name);
+        alive.insert(name.into(), member(&cfg, dir.path(), name));
+        progress(&probe, &mut alive, step, total, &format!("after restarting {name}"));
+    }
+    broker.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    broker.restart();
+    progress(&probe, &mut alive, step, total, "after the broker restart");
+    wait_for("the input to be consumed", Duration::from_secs(300), || {
+        for (name, d) in alive.iter_mut() {
+            if let Some(status) = d.try_wait().unwrap() {
+                panic!("member {name} exited with {status}");
+            }
+        }
+        probe.committed() >= total
+    });
+    for name in ["a", "b", "d"] {
+        stop(&mut alive, name);
+    }
+    let logs: String = ["a", "b", "c", "d"]
+        .iter()
+        .map(|m| std::fs::read_to_string(dir.path().join(format!("{m}.log"))).unwrap_or_default())
+        .collect();
+    println!(
+        "claims raced: {}, fenced commits: {}",
+        logs.matches("claim raced").count(),
+        logs.matches("their rows are left to it").count()
+    );
+    verify(ref_dir.path(), dir.path(), total);
+}
+
+#[test]
+fn a_paused_member_that_wakes_after_its_partitions_moved_rewinds_and_doubles_nothing() {
+    let broker = Broker::start();
+    broker.create_topic(TOPIC, PARTITIONS as u32);
+    let total = produce(&broker.bootstrap, PARTITIONS, 60_000, 67);
+    let ref_dir = tempfile::tempdir().unwrap();
+    reference_run(ref_dir.path(), &broker.bootstrap, total);
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &broker.bootstrap, 2_000);
+    let probe = Probe::new(&cfg);
+    let mut alive: BTreeMap<String, Daemon> = BTreeMap::new();
+    for name in ["zombie", "other"] {
+        alive.insert(name.into(), member(&cfg, dir.path(), name));
+    }
+    progress(&probe, &mut alive, 8_000, total, "two members consuming");
+    let zombie = alive.remove("zombie").unwrap();
+    let pid = zombie.id().to_string();
+    assert!(Command::new("kill").args(["-s", "STOP", &pid]).status().unwrap().success());
+    // Past the session timeout (6 s) the group gives its partitions to the other member, which
+    // claims them and commits past the zombie's positions.
+    std::thread::sleep(Duration::from_secs(8));
+    progress(&probe, &mut alive, 8_000, total, "the other member took over");
+    let positions_before = probe.offsets();
+    assert!(Command::new("kill").args(["-s", "CONT", &pid]).status().unwrap().success());
+    alive.insert("zombie".into(), zombie);
+    // Awake again: whatever it held is refused by the fence, its partitions are not rewound.
+    std::thread::sleep(Duration::from_secs(3));
+    let positions_after = probe.offsets();
+    for (p, o) in &positions_before {
+        assert!(
+            positions_after.get(p).is_some_and(|a| a >= o),
+            "partition {p} moved back from {o} to {:?} after the zombie woke up",
+            positions_after.get(p)
+        );
+    }
+    wait_for("the input to be consumed", Duration::from_secs(300), || {
+        probe.committed() >= total
+    });
+    for name in ["zombie", "other"] {
+        stop(&mut alive, name);
+    }
+    let log = std::fs::read_to_string(dir.path().join("zombie.log")).unwrap();
+    let fenced = log.matches("their rows are left to it").count();
+    println!("the zombie's commits refused by the fence: {fenced}");
+    assert!(
+        fenced >= 1,
+        "the zombie never tried to commit a partition it had lost:\n{log}"
+    );
+    verify(ref_dir.path(), dir.path(), total);
+}
+
+/// Runs one member until it exits by itself (it must), returning its stderr.
+fn run_until_refused(cfg: &Path) -> (std::process::ExitStatus, String) {
+    let mut c = daemon_command(cfg, GROUP)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if c.try_wait().unwrap().is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            panic!("the daemon kept running on a partition it cannot resume");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = c.wait_with_output().unwrap();
+    (out.status, String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+#[test]
+fn a_partition_below_its_log_start_or_past_its_end_is_refused_loudly() {
+    const P: i32 = 2;
+    let broker = Broker::start();
+    broker.create_topic(TOPIC, P as u32);
+    let total = produce(&broker.bootstrap, P, 4_000, 71);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &broker.bootstrap, 0);
+    let probe = Probe::new(&cfg);
+    let mut d = spawn(&cfg, GROUP);
+    wait_running(&mut d, "first run", Duration::from_secs(120), || {
+        probe.committed() >= total
+    });
+    sigterm(&mut d);
+    let recorded = probe.offsets();
+
+    // Retention: everything but the last message of partition 1 deleted (the replay point, with
+    // a 7-day lookback, is the partition's start).
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(TOPIC, 1, Offset::Offset(recorded[&1] - 1))
+        .unwrap();
+    block_on(admin(&broker.bootstrap).delete_records(&tpl, &AdminOptions::new()))
+        .expect("delete records");
+    let (status, err) = run_until_refused(&cfg);
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("partition 1") && err.contains("retention removed offsets"),
+        "{err}"
+    );
+    println!("refused: {}", err.lines().rfind(|l| l.contains("retention")).unwrap_or_default());
+
+    // Recreated topic: offsets restart at 0, far below the recorded position.
+    let results = block_on(admin(&broker.bootstrap).delete_topics(&[TOPIC], &AdminOptions::new()))
+        .expect("delete topic");
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    wait_for("the topic to be gone", Duration::from_secs(60), || {
+        let c: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &broker.bootstrap)
+            .create()
+            .unwrap();
+        use rdkafka::consumer::Consumer;
+        c.fetch_metadata(Some(TOPIC), Duration::from_secs(5))
+            .map(|m| m.topics().first().is_none_or(|t| t.partitions().is_empty()))
+            .unwrap_or(false)
+    });
+    broker.create_topic(TOPIC, P as u32);
+    produce(&broker.bootstrap, P, 100, 72);
+    let (status, err) = run_until_refused(&cfg);
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("recreated or restored") && err.contains("partition"),
+        "{err}"
+    );
+    println!("refused: {}", err.lines().rfind(|l| l.contains("recreated")).unwrap_or_default());
+}
