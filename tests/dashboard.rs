@@ -1,6 +1,6 @@
 //! The Superset dashboard, in a real browser, over the tables of a running daemon.
 //!
-//! A tansu broker, the daemon binary (with its `/metrics` endpoint) and Superset served by
+//! An Apache Kafka broker, the daemon binary (with its `/metrics` endpoint) and Superset served by
 //! `scripts/dashboard.sh` (its own venv, DuckDB reading the Iceberg tables) all run as real
 //! processes on loopback. Debian's Chromium, driven by Playwright (`dashboard/browser_check.py`),
 //! logs in and opens the dashboard; every chart's data request must succeed, and

@@ -1,4 +1,4 @@
-//! End to end on real parts: a tansu broker process, the daemon with the three built plugin
+//! End to end on real parts: an Apache Kafka broker process, the daemon with the three built plugin
 //! components, the SQLite catalog + local warehouse, and PyIceberg/DuckDB (tests/verify_e2e.py)
 //! reading the tables back and checking them against values it computes itself from the
 //! produced messages.
@@ -231,8 +231,9 @@ fn build_input(base: i64) -> Vec<Msg> {
         phase1.extend(copies);
         phase1_of.push(phase1);
     }
-    // One impression per partition delivered again on the next partition at the same moment
-    // (whichever copy is read first counts).
+    // One impression per partition delivered again on the next partition at the same moment:
+    // deduplication is per partition (a producer's retry lands on the partition of its key), so
+    // both copies count.
     for p in 0..PARTITIONS as usize {
         let (t, key, payload) = phase1_of[p]
             .iter()

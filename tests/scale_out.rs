@@ -56,12 +56,22 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
-/// Waits until the recorded position moved `by` messages past where it was, with every member
-/// in `alive` still running; fails if the input runs out first (the step would prove nothing).
-fn progress(probe: &Probe, alive: &mut BTreeMap<String, Daemon>, by: i64, total: i64, what: &str) {
-    let before = probe.committed();
+/// Waits until the recorded position moved `by` messages past where it was AND every
+/// partition not yet at its end moved (so a killed member's partitions were taken over), with
+/// every member in `alive` still running; fails if the input runs out first (the step would
+/// prove nothing).
+fn progress(
+    probe: &Probe,
+    ends: &BTreeMap<i32, i64>,
+    alive: &mut BTreeMap<String, Daemon>,
+    by: i64,
+    total: i64,
+    what: &str,
+) {
+    let before = probe.offsets();
+    let before_sum: i64 = before.values().sum();
     assert!(
-        before + by < total,
+        before_sum + by < total,
         "the input ran out before {what}: raise the event count"
     );
     wait_for(what, Duration::from_secs(180), || {
@@ -70,12 +80,33 @@ fn progress(probe: &Probe, alive: &mut BTreeMap<String, Daemon>, by: i64, total:
                 panic!("member {name} exited with {status} during {what}");
             }
         }
-        probe.committed() >= before + by
+        let now = probe.offsets();
+        now.values().sum::<i64>() >= before_sum + by
+            && ends.iter().all(|(p, end)| {
+                let (b, n) = (before.get(p).copied().unwrap_or(0), now.get(p).copied().unwrap_or(0));
+                n > b || n >= *end
+            })
     });
     support::progress(format_args!(
         "{what}: position {} of {total}",
         probe.committed()
     ));
+}
+
+fn end_offsets(bootstrap: &str, partitions: i32) -> BTreeMap<i32, i64> {
+    use rdkafka::consumer::Consumer;
+    let c: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    (0..partitions)
+        .map(|p| {
+            let (_, high) = c
+                .fetch_watermarks(TOPIC, p, Duration::from_secs(10))
+                .unwrap();
+            (p, high)
+        })
+        .collect()
 }
 
 fn stop(alive: &mut BTreeMap<String, Daemon>, name: &str) -> Duration {
@@ -95,6 +126,7 @@ fn daemons_in_one_group_survive_kills_joins_stops_rolling_restarts_and_a_broker_
     let mut broker = Broker::start();
     broker.create_topic(TOPIC, PARTITIONS as u32);
     let total = produce(&broker.bootstrap, PARTITIONS, n, 61);
+    let ends = end_offsets(&broker.bootstrap, PARTITIONS);
     let ref_dir = tempfile::tempdir().unwrap();
     let t = Instant::now();
     reference_run(ref_dir.path(), &broker.bootstrap, total);
@@ -112,25 +144,25 @@ fn daemons_in_one_group_survive_kills_joins_stops_rolling_restarts_and_a_broker_
         alive.insert(name.into(), member(&cfg, dir.path(), name));
     }
     let step = (total / 14).max(1_000);
-    progress(&probe, &mut alive, step, total, "three members consuming");
+    progress(&probe, &ends, &mut alive, step, total, "three members consuming");
     kill(&mut alive, "b");
-    progress(&probe, &mut alive, step, total, "after kill -9 of b");
+    progress(&probe, &ends, &mut alive, step, total, "after kill -9 of b");
     alive.insert("d".into(), member(&cfg, dir.path(), "d"));
-    progress(&probe, &mut alive, step, total, "after d joined");
+    progress(&probe, &ends, &mut alive, step, total, "after d joined");
     let exit = stop(&mut alive, "c");
-    progress(&probe, &mut alive, step, total, "after SIGTERM of c");
+    progress(&probe, &ends, &mut alive, step, total, "after SIGTERM of c");
     support::progress(format_args!("c stopped in {} ms", exit.as_millis()));
     // Rolling restart: every member in turn (b comes back too, under its old instance id).
     alive.insert("b".into(), member(&cfg, dir.path(), "b"));
     for name in ["a", "b", "d"] {
         stop(&mut alive, name);
         alive.insert(name.into(), member(&cfg, dir.path(), name));
-        progress(&probe, &mut alive, step, total, &format!("after restarting {name}"));
+        progress(&probe, &ends, &mut alive, step, total, &format!("after restarting {name}"));
     }
     broker.kill();
     std::thread::sleep(Duration::from_secs(2));
     broker.restart();
-    progress(&probe, &mut alive, step, total, "after the broker restart");
+    progress(&probe, &ends, &mut alive, step, total, "after the broker restart");
     wait_for("the input to be consumed", Duration::from_secs(300), || {
         for (name, d) in alive.iter_mut() {
             if let Some(status) = d.try_wait().unwrap() {
@@ -159,6 +191,7 @@ fn a_paused_member_that_wakes_after_its_partitions_moved_rewinds_and_doubles_not
     let broker = Broker::start();
     broker.create_topic(TOPIC, PARTITIONS as u32);
     let total = produce(&broker.bootstrap, PARTITIONS, 60_000, 67);
+    let ends = end_offsets(&broker.bootstrap, PARTITIONS);
     let ref_dir = tempfile::tempdir().unwrap();
     reference_run(ref_dir.path(), &broker.bootstrap, total);
 
@@ -169,14 +202,14 @@ fn a_paused_member_that_wakes_after_its_partitions_moved_rewinds_and_doubles_not
     for name in ["zombie", "other"] {
         alive.insert(name.into(), member(&cfg, dir.path(), name));
     }
-    progress(&probe, &mut alive, 8_000, total, "two members consuming");
+    progress(&probe, &ends, &mut alive, 8_000, total, "two members consuming");
     let zombie = alive.remove("zombie").unwrap();
     let pid = zombie.id().to_string();
     assert!(Command::new("kill").args(["-s", "STOP", &pid]).status().unwrap().success());
     // Past the session timeout (6 s) the group gives its partitions to the other member, which
     // claims them and commits past the zombie's positions.
     std::thread::sleep(Duration::from_secs(8));
-    progress(&probe, &mut alive, 8_000, total, "the other member took over");
+    progress(&probe, &ends, &mut alive, 8_000, total, "the other member took over");
     let positions_before = probe.offsets();
     assert!(Command::new("kill").args(["-s", "CONT", &pid]).status().unwrap().success());
     alive.insert("zombie".into(), zombie);

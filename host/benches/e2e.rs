@@ -132,8 +132,8 @@ fn main() {
         producer.send(p, &key, payload.as_bytes());
     }
     producer.flush();
-    // Every message was acknowledged (TestProducer::flush checks). tansu 0.6.0 can under-report
-    // high watermarks after a bulk produce, so completion is judged against `n`, not them.
+    // Every message was acknowledged (TestProducer::flush checks); completion is judged against
+    // `n`, and the broker's high watermarks are only checked against it.
     let ends = end_offsets(&broker.bootstrap);
     if ends.values().sum::<i64>() != n as i64 {
         println!(

@@ -302,6 +302,19 @@ pub struct Plugin {
 }
 
 impl Plugin {
+    /// Another instance of the same compiled, validated component (no compilation): what a
+    /// second processor in the same process (the simulation test's restarts) runs.
+    pub fn another(&self) -> Plugin {
+        Plugin {
+            info: self.info.clone(),
+            path: self.path.clone(),
+            runtime: self.runtime.clone(),
+            pre: self.pre.clone(),
+            live: None,
+            restarts: 0,
+        }
+    }
+
     fn instantiate(&self) -> Result<Live, PluginError> {
         let rt = &self.runtime.inner;
         let stderr = MemoryOutputPipe::new(4096);

@@ -96,8 +96,15 @@ impl Watermarks {
     }
 
     /// Recomputes every partition's watermark (none moves backwards); returns the minimum over
-    /// owned partitions, for status output.
-    pub fn advance(&mut self, now: Instant, now_ms: i64) -> i64 {
+    /// owned partitions, for status output. Partitions for which `hold` is true keep theirs (a
+    /// partition still replaying: its windows are half rebuilt, and a watermark advanced now
+    /// would close them before they are published, or be recorded and close them for good).
+    pub fn advance_holding(
+        &mut self,
+        now: Instant,
+        now_ms: i64,
+        hold: impl Fn(i32) -> bool,
+    ) -> i64 {
         let cap = now_ms.saturating_add(self.max_clock_skew_ms);
         let ooo = self.out_of_orderness_ms;
         let own = |c: &PartitionClock| {
@@ -115,7 +122,10 @@ impl Watermarks {
             }
         }
         let idle_follow = min_active.or(max_any).unwrap_or(i64::MIN);
-        for c in self.partitions.values_mut() {
+        for (p, c) in self.partitions.iter_mut() {
+            if hold(*p) {
+                continue;
+            }
             let mut wm = own(c);
             if now.duration_since(c.last_active) >= self.idle_timeout {
                 wm = wm.max(idle_follow);
@@ -123,6 +133,11 @@ impl Watermarks {
             c.current = c.current.max(wm);
         }
         self.current()
+    }
+
+    /// [`advance_holding`](Self::advance_holding) with no partition held.
+    pub fn advance(&mut self, now: Instant, now_ms: i64) -> i64 {
+        self.advance_holding(now, now_ms, |_| false)
     }
 
     /// Watermark of one partition (`i64::MIN` if unknown).

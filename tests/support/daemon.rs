@@ -180,7 +180,12 @@ pub fn kafka_committed(bootstrap: &str, group: &str, partitions: i32) -> BTreeMa
 }
 
 /// `wait_for`, failing at once if the daemon exits meanwhile (a config or start-up error).
-pub fn wait_running(child: &mut Daemon, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+pub fn wait_running(
+    child: &mut Daemon,
+    what: &str,
+    timeout: Duration,
+    mut cond: impl FnMut() -> bool,
+) {
     wait_for(what, timeout, || {
         if let Some(status) = child.try_wait().unwrap() {
             panic!("the daemon exited with {status} while waiting for {what}");
@@ -285,4 +290,3 @@ pub fn verify(reference: &Path, other: &Path, total: i64) -> String {
 pub fn percentile(sorted: &[Duration], q: f64) -> u128 {
     sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1].as_millis()
 }
-

@@ -93,7 +93,8 @@ impl Broker {
         let port = self.port;
         let deadline = Instant::now() + Duration::from_secs(90);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            let log = std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default();
             assert!(
                 Instant::now() < deadline,
                 "Kafka did not listen on {port} within 90 s; its log:\n{log}"
@@ -137,19 +138,23 @@ impl Broker {
             .set("bootstrap.servers", &self.bootstrap)
             .create()
             .expect("metadata client");
-        wait_for("the topic's partition leaders", Duration::from_secs(60), || {
-            use rdkafka::consumer::Consumer;
-            consumer
-                .fetch_metadata(Some(topic), Duration::from_secs(5))
-                .ok()
-                .and_then(|m| {
-                    m.topics().first().map(|t| {
-                        t.partitions().len() == partitions as usize
-                            && t.partitions().iter().all(|p| p.leader() >= 0)
+        wait_for(
+            "the topic's partition leaders",
+            Duration::from_secs(60),
+            || {
+                use rdkafka::consumer::Consumer;
+                consumer
+                    .fetch_metadata(Some(topic), Duration::from_secs(5))
+                    .ok()
+                    .and_then(|m| {
+                        m.topics().first().map(|t| {
+                            t.partitions().len() == partitions as usize
+                                && t.partitions().iter().all(|p| p.leader() >= 0)
+                        })
                     })
-                })
-                .unwrap_or(false)
-        });
+                    .unwrap_or(false)
+            },
+        );
     }
 
     pub fn kill(&mut self) {

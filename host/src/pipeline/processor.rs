@@ -721,7 +721,10 @@ impl Processor {
     /// would replace complete revisions with partial ones.
     pub fn publish(&mut self, clock: &Clock) -> Vec<MetricRecord> {
         self.flush_plugins();
-        let wm = self.watermarks.advance(clock.instant, clock.now_ms);
+        let tasks = &self.tasks;
+        let wm = self.watermarks.advance_holding(clock.instant, clock.now_ms, |p| {
+            tasks.get(&p).is_some_and(Task::replaying)
+        });
         self.status.watermark_ms.store(wm, Relaxed);
         let mut rows = Vec::new();
         let mut failures = Vec::new();
