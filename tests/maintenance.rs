@@ -144,7 +144,12 @@ fn compaction_merges_and_expiry_beside_the_daemon_lose_and_duplicate_nothing() {
         // The daemon has stopped: nothing unreferenced is one of its uncommitted files, and no
         // snapshot needs keeping for its recency (how recent the last commits are depends on
         // how long the verification above took).
-        .args(["--delete-after-minutes", "0", "--keep-snapshots-minutes", "0"])
+        .args([
+            "--delete-after-minutes",
+            "0",
+            "--keep-snapshots-minutes",
+            "0",
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -83,7 +83,10 @@ fn progress(
         let now = probe.offsets();
         now.values().sum::<i64>() >= before_sum + by
             && ends.iter().all(|(p, end)| {
-                let (b, n) = (before.get(p).copied().unwrap_or(0), now.get(p).copied().unwrap_or(0));
+                let (b, n) = (
+                    before.get(p).copied().unwrap_or(0),
+                    now.get(p).copied().unwrap_or(0),
+                );
                 n > b || n >= *end
             })
     });
@@ -144,7 +147,14 @@ fn daemons_in_one_group_survive_kills_joins_stops_rolling_restarts_and_a_broker_
         alive.insert(name.into(), member(&cfg, dir.path(), name));
     }
     let step = (total / 14).max(1_000);
-    progress(&probe, &ends, &mut alive, step, total, "three members consuming");
+    progress(
+        &probe,
+        &ends,
+        &mut alive,
+        step,
+        total,
+        "three members consuming",
+    );
     kill(&mut alive, "b");
     progress(&probe, &ends, &mut alive, step, total, "after kill -9 of b");
     alive.insert("d".into(), member(&cfg, dir.path(), "d"));
@@ -157,12 +167,26 @@ fn daemons_in_one_group_survive_kills_joins_stops_rolling_restarts_and_a_broker_
     for name in ["a", "b", "d"] {
         stop(&mut alive, name);
         alive.insert(name.into(), member(&cfg, dir.path(), name));
-        progress(&probe, &ends, &mut alive, step, total, &format!("after restarting {name}"));
+        progress(
+            &probe,
+            &ends,
+            &mut alive,
+            step,
+            total,
+            &format!("after restarting {name}"),
+        );
     }
     broker.kill();
     std::thread::sleep(Duration::from_secs(2));
     broker.restart();
-    progress(&probe, &ends, &mut alive, step, total, "after the broker restart");
+    progress(
+        &probe,
+        &ends,
+        &mut alive,
+        step,
+        total,
+        "after the broker restart",
+    );
     wait_for("the input to be consumed", Duration::from_secs(300), || {
         for (name, d) in alive.iter_mut() {
             if let Some(status) = d.try_wait().unwrap() {
@@ -202,16 +226,42 @@ fn a_paused_member_that_wakes_after_its_partitions_moved_rewinds_and_doubles_not
     for name in ["zombie", "other"] {
         alive.insert(name.into(), member(&cfg, dir.path(), name));
     }
-    progress(&probe, &ends, &mut alive, 8_000, total, "two members consuming");
+    progress(
+        &probe,
+        &ends,
+        &mut alive,
+        8_000,
+        total,
+        "two members consuming",
+    );
     let zombie = alive.remove("zombie").unwrap();
     let pid = zombie.id().to_string();
-    assert!(Command::new("kill").args(["-s", "STOP", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-s", "STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     // Past the session timeout (6 s) the group gives its partitions to the other member, which
     // claims them and commits past the zombie's positions.
     std::thread::sleep(Duration::from_secs(8));
-    progress(&probe, &ends, &mut alive, 8_000, total, "the other member took over");
+    progress(
+        &probe,
+        &ends,
+        &mut alive,
+        8_000,
+        total,
+        "the other member took over",
+    );
     let positions_before = probe.offsets();
-    assert!(Command::new("kill").args(["-s", "CONT", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-s", "CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     alive.insert("zombie".into(), zombie);
     // Awake again: whatever it held is refused by the fence, its partitions are not rewound.
     std::thread::sleep(Duration::from_secs(3));
@@ -289,7 +339,12 @@ fn a_partition_below_its_log_start_or_past_its_end_is_refused_loudly() {
         err.contains("partition 1") && err.contains("retention removed offsets"),
         "{err}"
     );
-    println!("refused: {}", err.lines().rfind(|l| l.contains("retention")).unwrap_or_default());
+    println!(
+        "refused: {}",
+        err.lines()
+            .rfind(|l| l.contains("retention"))
+            .unwrap_or_default()
+    );
 
     // Recreated topic: offsets restart at 0, far below the recorded position.
     let results = block_on(admin(&broker.bootstrap).delete_topics(&[TOPIC], &AdminOptions::new()))
@@ -313,5 +368,10 @@ fn a_partition_below_its_log_start_or_past_its_end_is_refused_loudly() {
         err.contains("recreated or restored") && err.contains("partition"),
         "{err}"
     );
-    println!("refused: {}", err.lines().rfind(|l| l.contains("recreated")).unwrap_or_default());
+    println!(
+        "refused: {}",
+        err.lines()
+            .rfind(|l| l.contains("recreated"))
+            .unwrap_or_default()
+    );
 }

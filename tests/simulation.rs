@@ -71,10 +71,15 @@ fn gen_partition(rng: &mut fastrand::Rng, p: i32, n: usize, base: i64) -> Vec<Ms
         if rng.f64() < 0.04 {
             // Hostile input: never an event, always a dead letter.
             let bad = match rng.u32(0..6) {
-                5 => format!(r#"{{"event_id":"long-{p}-{i}","event_type":"click","event_time":{t},"campaign_id":"c","ad_id":"a","user_id":"{}"}}"#, "u".repeat(257)),
+                5 => format!(
+                    r#"{{"event_id":"long-{p}-{i}","event_type":"click","event_time":{t},"campaign_id":"c","ad_id":"a","user_id":"{}"}}"#,
+                    "u".repeat(257)
+                ),
                 0 => "not json".to_string(),
                 1 => r#"{"event_id":"x","event_type":"click"}"#.to_string(),
-                2 => format!(r#"{{"event_id":"neg-{p}-{i}","event_type":"conversion","event_time":{t},"campaign_id":"c","ad_id":"a","user_id":"u","revenue":"-1.00","currency":"USD"}}"#),
+                2 => format!(
+                    r#"{{"event_id":"neg-{p}-{i}","event_type":"conversion","event_time":{t},"campaign_id":"c","ad_id":"a","user_id":"u","revenue":"-1.00","currency":"USD"}}"#
+                ),
                 3 => "[1,2,3]".to_string(),
                 _ => String::new(),
             };
@@ -152,11 +157,7 @@ fn json(e: &Ev) -> String {
     };
     format!(
         r#"{{"event_id":"{}","event_type":"{kind}","event_time":{},"campaign_id":"{}","ad_id":"{}","user_id":"{}"{rev}}}"#,
-        e.id,
-        e.time_ms,
-        e.campaign,
-        e.ad,
-        e.user
+        e.id, e.time_ms, e.campaign, e.ad, e.user
     )
 }
 
@@ -205,7 +206,12 @@ fn model(log: &[Vec<Msg>]) -> BTreeMap<Key, (i64, i64)> {
                     match best {
                         Some((_, bc, ba)) => {
                             add(
-                                (w, bc.to_string(), Some(ba.to_string()), "attributed_revenue".into()),
+                                (
+                                    w,
+                                    bc.to_string(),
+                                    Some(ba.to_string()),
+                                    "attributed_revenue".into(),
+                                ),
                                 e.micros,
                                 1,
                             );
@@ -643,7 +649,11 @@ fn run_seed(seed: u64, plugins: &[Plugin]) -> Result<String, String> {
             if n != 1 {
                 return Err(format!(
                     "partition {p} offset {o} is in the tables {n} times ({}); events: {events:?}",
-                    if m.event.is_some() { "event" } else { "dead letter" }
+                    if m.event.is_some() {
+                        "event"
+                    } else {
+                        "dead letter"
+                    }
                 ));
             }
             if let Some(e) = &m.event {
@@ -699,7 +709,9 @@ fn run_seed(seed: u64, plugins: &[Plugin]) -> Result<String, String> {
         .filter(|k| k.1 != "flush" && !want.contains_key(*k))
         .collect();
     if !extra.is_empty() {
-        return Err(format!("keys the model does not have: {extra:?}; events: {events:?}"));
+        return Err(format!(
+            "keys the model does not have: {extra:?}; events: {events:?}"
+        ));
     }
     Ok(format!(
         "{} partitions, {} messages, {} keys, {} crashes/moves",

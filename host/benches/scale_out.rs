@@ -70,7 +70,8 @@ fn metric(port: u16, prefix: &str) -> Option<f64> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .ok()?;
     let mut page = String::new();
     s.read_to_string(&mut page).ok()?;
     page.lines()
@@ -80,7 +81,12 @@ fn metric(port: u16, prefix: &str) -> Option<f64> {
 
 fn cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let f: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let f: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
     let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (t(11) + t(12)) / 100.0
 }
@@ -149,7 +155,7 @@ fn main() {
         let probe = Probe::new(&cfg);
         let mut other = start(&cfg, Some("other"));
         let mut samples = Vec::new();
-        let mut gen = 0;
+        let mut restart_no = 0;
         let id = |g: usize| {
             if static_membership {
                 "restarted".to_string()
@@ -157,10 +163,18 @@ fn main() {
                 format!("restarted-{g}")
             }
         };
-        let mut m = start(&cfg, Some(&id(gen)).filter(|_| static_membership).map(|s| s.as_str()));
+        let mut m = start(
+            &cfg,
+            Some(&id(restart_no))
+                .filter(|_| static_membership)
+                .map(|s| s.as_str()),
+        );
         wait_for("both members committing", Duration::from_secs(120), || {
-            metric(m.port, "admetrics_committed_rows_total{table=\"campaign_events\"}")
-                .is_some_and(|v| v > 0.0)
+            metric(
+                m.port,
+                "admetrics_committed_rows_total{table=\"campaign_events\"}",
+            )
+            .is_some_and(|v| v > 0.0)
         });
         for _ in 0..restarts {
             if probe.committed() >= total {
@@ -168,13 +182,25 @@ fn main() {
             }
             m.daemon.kill().unwrap();
             m.daemon.wait().unwrap();
-            gen += 1;
+            restart_no += 1;
             let t = Instant::now();
-            m = start(&cfg, Some(&id(gen)).filter(|_| static_membership).map(|s| s.as_str()));
-            wait_for("the restarted member's first commit", Duration::from_secs(120), || {
-                metric(m.port, "admetrics_committed_rows_total{table=\"campaign_events\"}")
+            m = start(
+                &cfg,
+                Some(&id(restart_no))
+                    .filter(|_| static_membership)
+                    .map(|s| s.as_str()),
+            );
+            wait_for(
+                "the restarted member's first commit",
+                Duration::from_secs(120),
+                || {
+                    metric(
+                        m.port,
+                        "admetrics_committed_rows_total{table=\"campaign_events\"}",
+                    )
                     .is_some_and(|v| v > 0.0)
-            });
+                },
+            );
             samples.push(t.elapsed().as_secs_f64());
             std::thread::sleep(Duration::from_secs(2));
         }
@@ -186,13 +212,19 @@ fn main() {
         }
         samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
         if samples.is_empty() {
-            println!("  restart → first commit: no sample (input ran out; raise ADMETRICS_BENCH_EVENTS)");
+            println!(
+                "  restart → first commit: no sample (input ran out; raise ADMETRICS_BENCH_EVENTS)"
+            );
             continue;
         }
         println!(
             "  restart → first commit, {} membership ({} samples, session.timeout.ms = {SESSION_MS}): \
              p50 {:.2} s, p99 {:.2} s, max {:.2} s",
-            if static_membership { "static" } else { "dynamic" },
+            if static_membership {
+                "static"
+            } else {
+                "dynamic"
+            },
             samples.len(),
             percentile(&samples, 0.5),
             percentile(&samples, 0.99),

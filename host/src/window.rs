@@ -143,7 +143,9 @@ impl Watermarks {
     /// Watermark of one partition (`i64::MIN` if unknown).
     #[inline]
     pub fn of(&self, partition: i32) -> i64 {
-        self.partitions.get(&partition).map_or(i64::MIN, |c| c.current)
+        self.partitions
+            .get(&partition)
+            .map_or(i64::MIN, |c| c.current)
     }
 
     /// The minimum over owned partitions (`i64::MIN` when none), for status output.

@@ -169,8 +169,7 @@ impl Processor {
         let wants_touchpoints = plugins.iter().any(|p| p.info.wants_touchpoints);
         let mut watermarks =
             Watermarks::new(cfg.window.out_of_orderness_ms, cfg.window.idle_timeout_ms);
-        watermarks
-            .set_max_clock_skew(Some(cfg.window.max_clock_skew_ms).filter(|&s| s > 0));
+        watermarks.set_max_clock_skew(Some(cfg.window.max_clock_skew_ms).filter(|&s| s > 0));
         Processor {
             topic: cfg.stream(),
             size_ms: cfg.window_size_ms(),
@@ -240,7 +239,10 @@ impl Processor {
     pub fn assign(&mut self, claim: Claimed, now: Instant) {
         let p = claim.partition;
         // The pipeline commits a revoked partition's handoff before a claim of it is applied.
-        debug_assert!(!self.handoff.contains_key(&p), "partition {p} claimed with its handoff pending");
+        debug_assert!(
+            !self.handoff.contains_key(&p),
+            "partition {p} claimed with its handoff pending"
+        );
         self.watermarks
             .assign(p, claim.position.and_then(|pos| pos.watermark_ms), now);
         let task = self.new_task(&claim);
@@ -722,9 +724,11 @@ impl Processor {
     pub fn publish(&mut self, clock: &Clock) -> Vec<MetricRecord> {
         self.flush_plugins();
         let tasks = &self.tasks;
-        let wm = self.watermarks.advance_holding(clock.instant, clock.now_ms, |p| {
-            tasks.get(&p).is_some_and(Task::replaying)
-        });
+        let wm = self
+            .watermarks
+            .advance_holding(clock.instant, clock.now_ms, |p| {
+                tasks.get(&p).is_some_and(Task::replaying)
+            });
         self.status.watermark_ms.store(wm, Relaxed);
         let mut rows = Vec::new();
         let mut failures = Vec::new();
@@ -757,12 +761,13 @@ impl Processor {
                         // Every row must name ids the host handed out: a plugin cannot invent campaigns.
                         out.into_iter()
                             .map(|r| {
-                                let campaign = self.campaigns.name(r.campaign).ok_or_else(|| {
-                                    PluginError::Malformed(format!(
-                                        "unknown campaign id {}",
-                                        r.campaign
-                                    ))
-                                })?;
+                                let campaign =
+                                    self.campaigns.name(r.campaign).ok_or_else(|| {
+                                        PluginError::Malformed(format!(
+                                            "unknown campaign id {}",
+                                            r.campaign
+                                        ))
+                                    })?;
                                 let ad = match r.ad {
                                     None => None,
                                     Some(a) => Some(

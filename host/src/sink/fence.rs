@@ -92,7 +92,10 @@ impl FencingCatalog {
     /// scanned before.
     fn max_epochs(s: &mut State, base: &Table, topic: &str) -> BTreeMap<i32, u64> {
         let ident = base.identifier().clone();
-        let (seen_head, mut max) = s.scanned.remove(&ident).unwrap_or((i64::MIN, BTreeMap::new()));
+        let (seen_head, mut max) = s
+            .scanned
+            .remove(&ident)
+            .unwrap_or((i64::MIN, BTreeMap::new()));
         let mut head = None;
         for (id, props) in summary::ancestry(base) {
             head.get_or_insert(id);
@@ -112,7 +115,10 @@ impl FencingCatalog {
 
 #[async_trait]
 impl Catalog for FencingCatalog {
-    async fn list_namespaces(&self, parent: Option<&NamespaceIdent>) -> Result<Vec<NamespaceIdent>> {
+    async fn list_namespaces(
+        &self,
+        parent: Option<&NamespaceIdent>,
+    ) -> Result<Vec<NamespaceIdent>> {
         self.inner.list_namespaces(parent).await
     }
     async fn create_namespace(

@@ -488,7 +488,11 @@ impl IcebergSink {
                 } else {
                     summary::encode(&mut props, &batch.positions, batch.click_horizon_ms);
                 }
-                let epochs = batch.positions.iter().map(|(p, pos)| (*p, pos.epoch)).collect();
+                let epochs = batch
+                    .positions
+                    .iter()
+                    .map(|(p, pos)| (*p, pos.epoch))
+                    .collect();
                 crate::fault::point(which.before(), batch.has_final);
                 match self.append(&table, data, props, &epochs, false).await {
                     Ok(t) => {
@@ -679,11 +683,15 @@ impl CommitBatch {
             *rb = keep(rb, partitions);
         }
         self.events.retain(|(_, rb)| rb.num_rows() > 0);
-        for rb in [&mut self.metrics, &mut self.dead_letters].into_iter().flatten() {
+        for rb in [&mut self.metrics, &mut self.dead_letters]
+            .into_iter()
+            .flatten()
+        {
             *rb = keep(rb, partitions);
         }
         self.positions.retain(|p, _| !partitions.contains(p));
-        self.dead_letter_floors.retain(|p, _| !partitions.contains(p));
+        self.dead_letter_floors
+            .retain(|p, _| !partitions.contains(p));
     }
 }
 

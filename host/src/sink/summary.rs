@@ -144,7 +144,8 @@ pub fn entries(
 pub fn ancestry(table: &Table) -> impl Iterator<Item = (i64, &HashMap<String, String>)> + '_ {
     let meta = table.metadata();
     std::iter::successors(meta.current_snapshot(), move |s| {
-        s.parent_snapshot_id().and_then(|id| meta.snapshot_by_id(id))
+        s.parent_snapshot_id()
+            .and_then(|id| meta.snapshot_by_id(id))
     })
     .map(|s| (s.snapshot_id(), &s.summary().additional_properties))
 }

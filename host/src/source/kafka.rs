@@ -47,7 +47,11 @@ impl GroupMember {
     /// partition cannot serve is refused loudly: past its end (the topic was recreated or
     /// restored: the offsets no longer name the same messages), or a replay point below its log
     /// start (retention deleted messages that were never read, or that the state needs).
-    fn on_assign(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) -> TopicPartitionList {
+    fn on_assign(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &TopicPartitionList,
+    ) -> TopicPartitionList {
         let parts: Vec<i32> = tpl
             .elements()
             .iter()
@@ -69,7 +73,9 @@ impl GroupMember {
                         std::thread::sleep(Duration::from_millis(500 * attempt));
                     }
                     Err(e) => {
-                        self.fail(format!("claiming partitions {parts:?} in the tables failed: {e}"));
+                        self.fail(format!(
+                            "claiming partitions {parts:?} in the tables failed: {e}"
+                        ));
                         return TopicPartitionList::new();
                     }
                 }
@@ -113,8 +119,13 @@ impl GroupMember {
                         Err(e) => tracing::warn!(partition = p, error = %e,
                             "could not read the partition's offsets to check the recorded position"),
                     }
-                    tracing::info!(partition = p, epoch = c.epoch, offset = pos.offset, replay_from = pos.replay_from,
-                        "assigned; starting at the replay point recorded in Iceberg");
+                    tracing::info!(
+                        partition = p,
+                        epoch = c.epoch,
+                        offset = pos.offset,
+                        replay_from = pos.replay_from,
+                        "assigned; starting at the replay point recorded in Iceberg"
+                    );
                     Offset::Offset(pos.replay_from)
                 }
             };
@@ -288,7 +299,11 @@ impl KafkaSource {
         }
     }
 
-    fn commit_mode(&self, offsets: &BTreeMap<i32, i64>, mode: CommitMode) -> Result<(), SourceError> {
+    fn commit_mode(
+        &self,
+        offsets: &BTreeMap<i32, i64>,
+        mode: CommitMode,
+    ) -> Result<(), SourceError> {
         // Only partitions still assigned: committing a revoked one fails with the group's
         // generation error (its new owner commits it).
         let owned = self.assignment();
