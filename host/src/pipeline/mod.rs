@@ -144,7 +144,7 @@ pub async fn run(
                 let (batch_tx, ack_rx, control_rx) = (&batch_tx, &ack_rx, &control_rx);
                 match file_input {
                     Some((path, start)) => {
-                        let mut source = FileSource::open(&path, start)?;
+                        let mut source = FileSource::open(&path, start, cfg.validation.max_message_bytes)?;
                         tracing::info!(path = %path.display(), start_line = start, "reading events from a file");
                         ingest_loop(
                             &cfg, &mut source, &mut processor, &status, &stop, batch_tx,
