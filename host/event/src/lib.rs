@@ -293,14 +293,16 @@ fn decode_with<'a>(
             )
         })?,
     };
-    if time_ms > now_ms.saturating_add(limits.max_future_ms)
-        || time_ms < now_ms.saturating_sub(limits.max_past_ms)
+    if let Some(now_ms) = limits.time_bounds.reference_ms(now_ms)
+        && (time_ms > now_ms.saturating_add(limits.max_future_ms)
+            || time_ms < now_ms.saturating_sub(limits.max_past_ms))
     {
         return Err(reject(
             Reason::TimeOutOfRange,
             format!(
-                "event_time {time_ms} ms is outside [now - {} ms, now + {} ms]",
-                limits.max_past_ms, limits.max_future_ms
+                "event_time {time_ms} ms is outside [now - {} ms, now + {} ms] ({}; a backfill of \
+                 older data: run --event-time-bounds)",
+                limits.max_past_ms, limits.max_future_ms, limits.time_bounds
             ),
         ));
     }
@@ -518,16 +520,73 @@ pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// What the event-time bounds (`max_future_ms`, `max_past_ms`) are measured from.
+///
+/// A live daemon measures them from the host clock; a backfill of last month's file would then
+/// dead-letter every event as `time_out_of_range`, so `admetrics run --event-time-bounds` picks
+/// another reference: a fixed instant (the data validated as if read then) or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TimeBounds {
+    /// The host clock when the message is read (the default: a live daemon).
+    #[default]
+    WallClock,
+    /// A fixed instant, epoch milliseconds (`--event-time-bounds 2026-11-01T00:00:00Z`).
+    At(i64),
+    /// No event-time bound (`--event-time-bounds off`): any time is accepted.
+    Off,
+}
+
+impl TimeBounds {
+    /// The instant the bounds are measured from, given the host clock; `None`: no bound.
+    #[inline]
+    pub fn reference_ms(self, wall_clock_ms: i64) -> Option<i64> {
+        match self {
+            TimeBounds::WallClock => Some(wall_clock_ms),
+            TimeBounds::At(ms) => Some(ms),
+            TimeBounds::Off => None,
+        }
+    }
+}
+
+impl std::str::FromStr for TimeBounds {
+    type Err = String;
+    /// `wall-clock`, `off`, or an RFC 3339 instant.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "wall-clock" => Ok(TimeBounds::WallClock),
+            "off" => Ok(TimeBounds::Off),
+            _ => parse_rfc3339_ms(s)
+                .map(TimeBounds::At)
+                .ok_or_else(|| format!("{s:?}: expected wall-clock, off or an RFC 3339 instant")),
+        }
+    }
+}
+
+impl fmt::Display for TimeBounds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TimeBounds::WallClock => f.write_str("now = the host clock"),
+            TimeBounds::At(ms) => write!(f, "now = {ms} ms, --event-time-bounds"),
+            TimeBounds::Off => f.write_str("no bound"),
+        }
+    }
+}
+
 /// Bounds applied while validating (the `[validation]` config section).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ValidationConfig {
-    /// Events whose time is further in the future than this (vs. the host clock) are rejected.
+    /// Events whose time is further in the future than this (vs. `time_bounds`, by default the
+    /// host clock) are rejected.
     pub max_future_ms: i64,
-    /// Events older than this (vs. the host clock) are rejected.
+    /// Events older than this (vs. `time_bounds`, by default the host clock) are rejected.
     pub max_past_ms: i64,
     /// Messages larger than this many bytes are rejected unparsed.
     pub max_message_bytes: usize,
+    /// What the two time bounds are measured from. Not a config key: set by `run
+    /// --event-time-bounds` for backfills.
+    #[serde(skip)]
+    pub time_bounds: TimeBounds,
 }
 
 impl Default for ValidationConfig {
@@ -536,6 +595,7 @@ impl Default for ValidationConfig {
             max_future_ms: 3_600_000,
             max_past_ms: 30 * 24 * 3_600_000,
             max_message_bytes: 64 * 1024,
+            time_bounds: TimeBounds::WallClock,
         }
     }
 }
@@ -773,6 +833,62 @@ mod tests {
         assert_eq!(parse_decimal_micros("1.2345678"), None);
         assert_eq!(parse_decimal_micros("1e3"), None);
         assert_eq!(parse_decimal_micros(".5"), None);
+    }
+}
+
+#[cfg(test)]
+mod time_bounds_tests {
+    use super::*;
+
+    const NOW: i64 = 1_764_000_000_000;
+    const DAY: i64 = 86_400_000;
+
+    fn click_at(ms: i64) -> String {
+        format!(
+            r#"{{"event_id":"e","event_type":"click","event_time":{ms},"campaign_id":"c","ad_id":"a","user_id":"u"}}"#
+        )
+    }
+
+    /// Issue 14, defect 7: a backfill of 40-day-old events is `time_out_of_range` against the
+    /// wall clock (the default, and what dead-lettered every event of `run --file` before), and
+    /// accepted with `--event-time-bounds off` or an instant near the data.
+    #[test]
+    fn backfill_bounds_are_relative_to_the_chosen_reference() {
+        let old = click_at(NOW - 40 * DAY);
+        let mut limits = ValidationConfig::default();
+        let r = decode(old.as_bytes(), NOW, &limits).unwrap_err();
+        assert_eq!(r.reason, Reason::TimeOutOfRange);
+        assert!(r.detail.contains("--event-time-bounds"), "{r}");
+
+        limits.time_bounds = "off".parse().unwrap();
+        assert_eq!(limits.time_bounds, TimeBounds::Off);
+        assert_eq!(limits.time_bounds.reference_ms(NOW), None);
+        assert!(decode(old.as_bytes(), NOW, &limits).is_ok());
+        assert!(decode(click_at(0).as_bytes(), NOW, &limits).is_ok());
+
+        // Relative to an instant: the bounds still hold around it.
+        let at = NOW - 39 * DAY;
+        limits.time_bounds = TimeBounds::At(at);
+        assert_eq!(limits.time_bounds.reference_ms(NOW), Some(at));
+        assert!(decode(old.as_bytes(), NOW, &limits).is_ok());
+        assert_eq!(
+            decode(click_at(NOW).as_bytes(), NOW, &limits)
+                .unwrap_err()
+                .reason,
+            Reason::TimeOutOfRange,
+            "an event 39 days after the instant is in its future"
+        );
+        assert_eq!(
+            "2025-10-15T00:00:00Z".parse::<TimeBounds>(),
+            Ok(TimeBounds::At(
+                parse_rfc3339_ms("2025-10-15T00:00:00Z").unwrap()
+            ))
+        );
+        assert_eq!(
+            "wall-clock".parse::<TimeBounds>(),
+            Ok(TimeBounds::WallClock)
+        );
+        assert!("yesterday".parse::<TimeBounds>().is_err());
     }
 }
 
