@@ -67,6 +67,9 @@ pub struct Status {
     pub ready: AtomicBool,
     /// Set when the daemon is going down on an error (the sink gave up, say): `/health` fails.
     pub failure: Mutex<Option<String>>,
+    /// The ingest loop's heartbeat: wall-clock ms of its last poll of the source (0 = none
+    /// yet). `/health` fails when it is older than `observe::STALL_AFTER`.
+    pub last_poll_ms: AtomicI64,
 }
 
 /// One loaded plugin version's counters (see `/metrics`).

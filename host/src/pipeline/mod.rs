@@ -346,6 +346,8 @@ fn ingest_loop(
                 processor.process(m, &clock)
             });
             summary.messages += n as u64;
+            // Heartbeat for /health (observe::STALL_AFTER): the loop is making progress.
+            status.last_poll_ms.store(clock.now_ms, Relaxed);
             if n > 0 {
                 processor.flush_plugins();
             }
