@@ -386,18 +386,19 @@ fn decimal_to_micros(d: &WireDecimal) -> Result<i64, Rejection> {
             )
         })?,
     };
+    let written = || match d {
+        WireDecimal::Int(i) => i.to_string(),
+        WireDecimal::Float(f) => f.to_string(),
+        WireDecimal::Text(s) => s.to_string(),
+    };
     if micros < 0 {
         return Err(reject(
             Reason::NegativeRevenue,
-            format!("revenue {} < 0", micros as f64 / 1e6),
+            format!("revenue {} < 0", written()),
         ));
     }
     if micros > MAX_REVENUE_MICROS as i128 {
-        let written = match d {
-            WireDecimal::Int(i) => i.to_string(),
-            WireDecimal::Float(f) => f.to_string(),
-            WireDecimal::Text(s) => s.to_string(),
-        };
+        let written = written();
         return Err(reject(
             Reason::InvalidField,
             format!(
@@ -917,6 +918,7 @@ mod revenue_bound_tests {
     fn i64_min_revenue_is_negative_not_zero() {
         let r = conversion("-9223372036854775808").unwrap_err();
         assert_eq!(r.reason, Reason::NegativeRevenue, "{r}");
+        assert_eq!(r.detail, "revenue -9223372036854775808 < 0");
         let r = conversion("\"-9223372036854775808\"").unwrap_err();
         assert_eq!(r.reason, Reason::NegativeRevenue, "{r}");
         let r = conversion("-9223372036854775808.0").unwrap_err();

@@ -315,6 +315,11 @@ impl Counters {
                 .checked_add(d)
                 .is_none_or(|v| v.unsigned_abs() > MAX_COUNTER as u64)
             {
+                let ad = if ad == NO_AD {
+                    "-".to_string()
+                } else {
+                    ad.to_string()
+                };
                 return Err(format!(
                     "counter overflow: campaign {campaign} ad {ad} slot {j}: {current} + {d} \
                      passes ±{MAX_COUNTER} (MAX_COUNTER, the largest DECIMAL(18,6) in micro-units)"
