@@ -115,6 +115,8 @@ struct State {
     cfg: Config,
     config_path: Option<PathBuf>,
     config_text: Option<String>,
+    /// The file's `[source]` at start-up, before `run --file` / `--stream` overrode it.
+    file_source: Option<crate::config::SourceConfig>,
     runtime: PluginRuntime,
     /// Path → sha256 of the version currently installed for it.
     installed: BTreeMap<PathBuf, String>,
@@ -140,10 +142,15 @@ pub fn spawn(
     let config_text = config_path
         .as_ref()
         .and_then(|p| std::fs::read_to_string(p).ok());
+    let file_source = config_path
+        .as_deref()
+        .and_then(|p| Config::load(p).ok())
+        .map(|c| c.source);
     let mut st = State {
         cfg,
         config_path,
         config_text,
+        file_source,
         runtime,
         installed,
         rejected: BTreeMap::new(),
@@ -184,7 +191,7 @@ impl State {
             return;
         }
         self.config_text = Some(text);
-        let new = match Config::load(path) {
+        let mut new = match Config::load(path) {
             Ok(c) => c,
             Err(e) => {
                 self.status.config_refusals.fetch_add(1, Relaxed);
@@ -192,6 +199,7 @@ impl State {
                 return;
             }
         };
+        keep_cli_source(self.file_source.as_ref(), &self.cfg.source, &mut new.source);
         let changes = classify(&self.cfg, &new);
         for (key, reason) in &changes.refused {
             self.status.config_refusals.fetch_add(1, Relaxed);
@@ -319,6 +327,22 @@ impl State {
                 tracing::error!(path = %path.display(), reason = why, "plugin rejected; not loaded")
             }
         }
+    }
+}
+
+/// `run --file` / `--stream` override the file's `[source]`: while the file's `[source]` is what
+/// it was at start-up, a reload keeps the running one (else every reload of a file run would
+/// refuse `source.kind` though nobody changed it); a real edit of `[source]` is still refused.
+fn keep_cli_source(
+    file_at_start: Option<&crate::config::SourceConfig>,
+    running: &crate::config::SourceConfig,
+    new: &mut crate::config::SourceConfig,
+) {
+    let same = |a: &crate::config::SourceConfig, b: &crate::config::SourceConfig| {
+        a.kind == b.kind && a.path == b.path && a.stream == b.stream
+    };
+    if file_at_start.is_some_and(|f| same(f, new)) {
+        *new = running.clone();
     }
 }
 
@@ -685,6 +709,36 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn a_file_run_keeps_its_command_line_source_across_reloads() {
+        use crate::config::{SourceConfig, SourceKind};
+        let file = SourceConfig::default();
+        let running = SourceConfig {
+            kind: SourceKind::File,
+            path: Some("events.jsonl".into()),
+            stream: Some("backfill".into()),
+        };
+        let mut new = file.clone();
+        keep_cli_source(Some(&file), &running, &mut new);
+        assert_eq!(new.path, running.path, "[source] untouched in the file");
+        let mut edited = SourceConfig {
+            stream: Some("other".into()),
+            ..file.clone()
+        };
+        keep_cli_source(Some(&file), &running, &mut edited);
+        assert_eq!(
+            edited.stream.as_deref(),
+            Some("other"),
+            "a real edit is kept (and refused)"
+        );
+        let mut old = Config::default();
+        old.source = running;
+        let mut new = old.clone();
+        new.source = edited;
+        // The file says kafka, no path, stream "other": all three refused by name.
+        assert_eq!(classify(&old, &new).refused.len(), 3);
     }
 
     #[test]
