@@ -34,6 +34,10 @@ fuzz_target!(|data: &[u8]| {
                 "past time accepted"
             );
             assert!(ev.revenue_micros >= 0, "negative revenue accepted");
+            assert!(
+                ev.revenue_micros <= admetrics_event::MAX_REVENUE_MICROS,
+                "revenue past DECIMAL(18,6) accepted"
+            );
             if ev.kind == EventKind::Conversion {
                 let c = ev
                     .currency

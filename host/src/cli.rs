@@ -52,6 +52,18 @@ enum Command {
         /// `file:<file name>`). A second run with the same name resumes after what is committed.
         #[arg(long)]
         stream: Option<String>,
+        /// What `validation.max_past_ms` / `max_future_ms` are measured from. `wall-clock`
+        /// (default): the host clock, right for live traffic; a backfill of older events (say
+        /// last month's file) would dead-letter every event as `time_out_of_range`. For a
+        /// backfill: `off` (no event-time bound) or an RFC 3339 instant, e.g.
+        /// `2026-11-01T00:00:00Z` (the events are validated as if read at that time: the bounds
+        /// still catch corrupt timestamps). Applies to --file and to Kafka alike.
+        #[arg(
+            long,
+            value_name = "wall-clock|off|RFC3339",
+            default_value = "wall-clock"
+        )]
+        event_time_bounds: crate::event::TimeBounds,
     },
     /// Run the daemon and a load generator together, with a live view of the results.
     Demo {
@@ -135,18 +147,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             config,
             file,
             stream,
+            event_time_bounds,
         } => {
-            let mut cfg = Config::load(&config)?;
-            if let Some(path) = file {
-                cfg.source.kind = crate::config::SourceKind::File;
-                cfg.source.path = Some(crate::source::file::resolve(
-                    &std::env::current_dir()?,
-                    &path,
-                ));
-            }
-            if stream.is_some() {
-                cfg.source.stream = stream;
-            }
+            let cfg = run_config(Config::load(&config)?, file, stream, event_time_bounds)?;
             let started = std::time::Instant::now();
             let rt = tokio_runtime()?;
             let status = Arc::new(Status::default());
@@ -216,6 +219,28 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 },
         } => plugin_test(&plugin, &events, window_secs),
     }
+}
+
+/// The configuration of `run`: the file's, with the command line's input and validation
+/// reference applied.
+fn run_config(
+    mut cfg: Config,
+    file: Option<PathBuf>,
+    stream: Option<String>,
+    event_time_bounds: crate::event::TimeBounds,
+) -> anyhow::Result<Config> {
+    if let Some(path) = file {
+        cfg.source.kind = crate::config::SourceKind::File;
+        cfg.source.path = Some(crate::source::file::resolve(
+            &std::env::current_dir()?,
+            &path,
+        ));
+    }
+    if stream.is_some() {
+        cfg.source.stream = stream;
+    }
+    cfg.validation.time_bounds = event_time_bounds;
+    Ok(cfg)
 }
 
 fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -387,4 +412,78 @@ fn plugin_test(
         anyhow::bail!("the plugin failed on {errs} call(s); see the log above");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_cfg(args: &[&str]) -> Config {
+        let cli = Cli::try_parse_from(args).unwrap();
+        let Command::Run {
+            file,
+            stream,
+            event_time_bounds,
+            ..
+        } = cli.command
+        else {
+            panic!("not run")
+        };
+        run_config(Config::default(), file, stream, event_time_bounds).unwrap()
+    }
+
+    /// Issue 14, defect 7: `run --file` of 40-day-old events dead-letters every one of them as
+    /// `time_out_of_range` by default (bounds from the wall clock) and accepts them with
+    /// `--event-time-bounds off` or an instant near the data; through the processor, as a file
+    /// run does.
+    #[test]
+    fn a_backfill_of_old_events_is_accepted_with_event_time_bounds() {
+        use crate::event::{Reason, TimeBounds};
+        let now = chrono::Utc::now().timestamp_millis();
+        let t = now - 40 * 86_400_000;
+        let line = format!(
+            r#"{{"event_id":"e","event_type":"click","event_time":{t},"campaign_id":"c","ad_id":"a","user_id":"u"}}"#
+        );
+        let day_after = chrono::DateTime::from_timestamp_millis(t + 86_400_000)
+            .unwrap()
+            .to_rfc3339();
+        for (flags, accepted) in [
+            (&[][..], false),
+            (&["--event-time-bounds", "wall-clock"][..], false),
+            (&["--event-time-bounds", "off"][..], true),
+            (&["--event-time-bounds", day_after.as_str()][..], true),
+        ] {
+            let mut args = vec!["admetrics", "run", "--file", "old.jsonl"];
+            args.extend_from_slice(flags);
+            let cfg = run_cfg(&args);
+            let status = Arc::new(Status::default());
+            let mut p = Processor::new(&cfg, Vec::new(), status.clone());
+            p.process(
+                RawMessage {
+                    partition: 0,
+                    offset: 0,
+                    payload: Some(line.as_bytes()),
+                    timestamp_ms: None,
+                },
+                &Clock::now(),
+            );
+            let dead = status.dead_by_reason[Reason::TimeOutOfRange as usize].load(Relaxed);
+            let valid = status.valid_events.load(Relaxed);
+            assert_eq!(
+                (valid, dead),
+                if accepted { (1, 0) } else { (0, 1) },
+                "{flags:?}: {:?}",
+                cfg.validation.time_bounds
+            );
+        }
+        assert_eq!(
+            run_cfg(&["admetrics", "run", "--file", "f"])
+                .validation
+                .time_bounds,
+            TimeBounds::WallClock
+        );
+        assert!(
+            Cli::try_parse_from(["admetrics", "run", "--event-time-bounds", "last month"]).is_err()
+        );
+    }
 }

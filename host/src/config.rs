@@ -164,7 +164,8 @@ pub struct PluginsConfig {
     pub paths: Vec<PathBuf>,
     /// Memory cap per plugin instance, bytes.
     pub max_memory_bytes: usize,
-    /// CPU deadline per call, milliseconds (epoch interruption; checked every ~`epoch_tick_ms`).
+    /// CPU deadline per call, milliseconds (epoch interruption: the engine's epoch advances every
+    /// 5 ms, a fixed tick in `plugin.rs`, so a call is stopped within ~5 ms past its deadline).
     pub call_deadline_ms: u64,
     /// WebAssembly stack limit, bytes.
     pub max_wasm_stack_bytes: usize,

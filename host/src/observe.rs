@@ -1,6 +1,7 @@
 //! The daemon's face for operators: `GET /metrics` (Prometheus text format 0.0.4), `/health`
-//! (the process serves and its sink has not failed) and `/ready` (consuming new input: started,
-//! partitions assigned, replay after a restart done).
+//! (the sink has not failed and the ingest loop is making progress: it polled its source within
+//! [`STALL_AFTER`]) and `/ready` (consuming new input: healthy, partitions assigned, replay after
+//! a restart done).
 //!
 //! Why a hand-written HTTP/1.1 responder instead of hyper/axum: three read-only GET routes,
 //! `Connection: close`, no bodies to parse. It keeps the daemon's build small and the scrape
@@ -19,6 +20,30 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::status::Status;
+
+/// `/health` fails when the ingest loop's last poll (`Status::last_poll_ms`) is older than this.
+/// The loop polls every few tens of milliseconds while it runs (a 20 ms poll timeout, then at
+/// most one commit interval's work); it stops polling only when wedged: stuck in a plugin call
+/// past its deadline, in a rebalance, or blocked behind a sink commit that keeps failing (whose
+/// retries give up after a minute). Before the first poll (start-up) `/health` answers 200.
+pub const STALL_AFTER: Duration = Duration::from_secs(30);
+
+/// `None` when healthy, else why not: the sink's failure, or a stalled ingest loop.
+fn unhealthy(status: &Status, now_ms: i64) -> Option<String> {
+    if let Some(e) = status.failure.lock().unwrap().clone() {
+        return Some(format!("failing: {e}"));
+    }
+    let last = status.last_poll_ms.load(Relaxed);
+    let age_ms = now_ms.saturating_sub(last);
+    if last > 0 && age_ms > STALL_AFTER.as_millis() as i64 {
+        return Some(format!(
+            "stalled: no poll of the source for {} s (bound {} s): the ingest loop is wedged or blocked",
+            age_ms / 1000,
+            STALL_AFTER.as_secs()
+        ));
+    }
+    None
+}
 
 /// Binds `addr` and serves until `shutdown` completes. Returns the bound address (port 0 picks
 /// a free one) and the serving future.
@@ -95,13 +120,13 @@ fn route(method: &str, path: &str, status: &Status) -> (u16, &'static str, Strin
             "text/plain; version=0.0.4; charset=utf-8",
             render(status),
         ),
-        "/health" => match status.failure.lock().unwrap().clone() {
+        "/health" => match unhealthy(status, chrono::Utc::now().timestamp_millis()) {
             None => (200, TEXT, "ok\n".into()),
-            Some(e) => (503, TEXT, format!("failing: {e}\n")),
+            Some(why) => (503, TEXT, format!("{why}\n")),
         },
         "/ready" => {
-            if status.failure.lock().unwrap().is_some() {
-                (503, TEXT, "not ready: failing\n".into())
+            if let Some(why) = unhealthy(status, chrono::Utc::now().timestamp_millis()) {
+                (503, TEXT, format!("not ready: {why}\n"))
             } else if status.ready.load(Relaxed) {
                 (200, TEXT, "ready\n".into())
             } else {
@@ -497,6 +522,38 @@ mod tests {
         assert!(page.contains("admetrics_commit_seconds_bucket{le=\"0.025\"} 1\n"));
         assert!(page.contains("admetrics_commit_seconds_bucket{le=\"+Inf\"} 2\n"));
         assert!(page.contains("admetrics_commit_seconds_count 2\n"));
+    }
+
+    fn now_ms() -> i64 {
+        chrono::Utc::now().timestamp_millis()
+    }
+
+    /// Issue 14, defect 10: `/health` answered 200 while the ingest thread was wedged.
+    #[test]
+    fn health_follows_the_ingest_heartbeat() {
+        let s = Status::default();
+        // Starting: no poll yet.
+        assert_eq!(route("GET", "/health", &s).0, 200);
+        s.last_poll_ms.store(now_ms() - 1_000, Relaxed);
+        let (code, _, body) = route("GET", "/health", &s);
+        assert_eq!(code, 200, "{body}");
+        s.ready.store(true, Relaxed);
+        assert_eq!(route("GET", "/ready", &s).0, 200);
+        // Wedged: the last poll is older than the bound.
+        s.last_poll_ms.store(now_ms() - 60_000, Relaxed);
+        let (code, _, body) = route("GET", "/health", &s);
+        assert_eq!(code, 503, "a stale heartbeat fails /health: {body}");
+        assert!(body.contains("no poll") && body.contains("30 s"), "{body}");
+        let (code, _, body) = route("GET", "/ready", &s);
+        assert_eq!(code, 503, "not consuming new input: {body}");
+        // Fresh again, but the sink failed.
+        s.last_poll_ms.store(now_ms(), Relaxed);
+        assert_eq!(route("GET", "/health", &s).0, 200);
+        *s.failure.lock().unwrap() = Some("sink: commit failed".into());
+        let (code, _, body) = route("GET", "/health", &s);
+        assert_eq!(code, 503);
+        assert!(body.contains("commit failed"), "{body}");
+        assert_eq!(route("GET", "/ready", &s).0, 503);
     }
 
     #[tokio::test]

@@ -30,7 +30,8 @@ pub struct Status {
     pub plugin_rejections: AtomicU64,
     pub plugins_quarantined: AtomicU64,
     pub plugin_rollbacks: AtomicU64,
-    /// Config file changes applied (fully or partly) and refused (per unsafe key).
+    /// Config file changes that applied at least one key, and refused keys (one per key that
+    /// needs a restart; a change whose every key is refused is not counted as a reload).
     pub config_reloads: AtomicU64,
     pub config_refusals: AtomicU64,
     /// The attribution lookback in force, seconds (changes live).
@@ -73,6 +74,9 @@ pub struct Status {
     pub ready: AtomicBool,
     /// Set when the daemon is going down on an error (the sink gave up, say): `/health` fails.
     pub failure: Mutex<Option<String>>,
+    /// The ingest loop's heartbeat: wall-clock ms of its last poll of the source (0 = none
+    /// yet). `/health` fails when it is older than `observe::STALL_AFTER`.
+    pub last_poll_ms: AtomicI64,
 }
 
 /// One loaded plugin version's counters (see `/metrics`).

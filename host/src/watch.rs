@@ -9,9 +9,11 @@
 //!
 //! A plugin that fails to load (not a component, wrong world, bad self-description, failing
 //! smoke test) is rejected with a log line and the version already running for that file keeps
-//! serving. A config change that is unsafe live (window size, Kafka, Iceberg, commit settings)
-//! is refused with the key and the reason; safe ones (lateness, out-of-orderness, idle timeout,
-//! attribution lookback and touchpoint bound, the plugin list) apply at once.
+//! serving. Each key of a config change is either applied at once (out-of-orderness, lateness,
+//! idle timeout, clock skew bound, attribution, validation time bounds, the plugin list, the
+//! watch interval, quarantine thresholds) or refused with its name and "restart to apply"
+//! (source, every `kafka.*` key, window size, `validation.max_message_bytes`, sandbox limits,
+//! every `iceberg.*`, `commit.*`, `dedup.*` and `http.*` key): see [`classify`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -113,6 +115,8 @@ struct State {
     cfg: Config,
     config_path: Option<PathBuf>,
     config_text: Option<String>,
+    /// The file's `[source]` at start-up, before `run --file` / `--stream` overrode it.
+    file_source: Option<crate::config::SourceConfig>,
     runtime: PluginRuntime,
     /// Path → sha256 of the version currently installed for it.
     installed: BTreeMap<PathBuf, String>,
@@ -138,11 +142,15 @@ pub fn spawn(
     let config_text = config_path
         .as_ref()
         .and_then(|p| std::fs::read_to_string(p).ok());
-    let interval = Duration::from_millis(cfg.plugins.watch_interval_ms.max(10));
+    let file_source = config_path
+        .as_deref()
+        .and_then(|p| Config::load(p).ok())
+        .map(|c| c.source);
     let mut st = State {
         cfg,
         config_path,
         config_text,
+        file_source,
         runtime,
         installed,
         rejected: BTreeMap::new(),
@@ -156,7 +164,10 @@ pub fn spawn(
             .name("plugin-watch".into())
             .spawn(move || {
                 while !stop.load(Relaxed) {
-                    std::thread::sleep(interval);
+                    // Read each round: `plugins.watch_interval_ms` applies live.
+                    std::thread::sleep(Duration::from_millis(
+                        st.cfg.plugins.watch_interval_ms.max(10),
+                    ));
                     st.check_config();
                     st.check_plugins();
                 }
@@ -180,7 +191,7 @@ impl State {
             return;
         }
         self.config_text = Some(text);
-        let new = match Config::load(path) {
+        let mut new = match Config::load(path) {
             Ok(c) => c,
             Err(e) => {
                 self.status.config_refusals.fetch_add(1, Relaxed);
@@ -188,27 +199,31 @@ impl State {
                 return;
             }
         };
-        for (key, reason) in unsafe_changes(&self.cfg, &new) {
+        keep_cli_source(self.file_source.as_ref(), &self.cfg.source, &mut new.source);
+        let changes = classify(&self.cfg, &new);
+        for (key, reason) in &changes.refused {
             self.status.config_refusals.fetch_add(1, Relaxed);
-            tracing::warn!(key, reason, "config change needs a restart; not applied");
+            tracing::warn!(
+                key,
+                reason,
+                "config change refused (restart to apply); the running value stays"
+            );
         }
-        self.status.config_reloads.fetch_add(1, Relaxed);
+        // A reload counts only if it changed something in force (a file whose every change
+        // was refused is not a successful reload).
+        if !changes.applied.is_empty() {
+            self.status.config_reloads.fetch_add(1, Relaxed);
+            tracing::info!(keys = ?changes.applied, "config change applied");
+        }
         let (old_live, new_live) = (
             LiveSettings::from_config(&self.cfg),
-            LiveSettings::from_config(&new),
+            LiveSettings::from_config(&changes.merged),
         );
         if old_live != new_live {
             let _ = self.tx.send(Control::Settings(new_live));
         }
-        // Keep the running values for everything that cannot change live.
-        let mut merged = self.cfg.clone();
-        merged.window.out_of_orderness_ms = new.window.out_of_orderness_ms;
-        merged.window.allowed_lateness_ms = new.window.allowed_lateness_ms;
-        merged.window.idle_timeout_ms = new.window.idle_timeout_ms;
-        merged.attribution = new.attribution.clone();
-        merged.plugins.paths = new.plugins.paths.clone();
-        merged.plugins.dir = new.plugins.dir.clone();
-        self.cfg = merged;
+        // The running values stay for everything refused.
+        self.cfg = changes.merged;
     }
 
     fn check_plugins(&mut self) {
@@ -315,65 +330,416 @@ impl State {
     }
 }
 
-/// Keys whose live change is refused, with the reason.
-fn unsafe_changes(old: &Config, new: &Config) -> Vec<(&'static str, &'static str)> {
-    let mut out = Vec::new();
-    if old.window.size_secs != new.window.size_secs {
-        out.push((
-            "window.size_secs",
-            "open windows would no longer align with the new size",
-        ));
+/// `run --file` / `--stream` override the file's `[source]`: while the file's `[source]` is what
+/// it was at start-up, a reload keeps the running one (else every reload of a file run would
+/// refuse `source.kind` though nobody changed it); a real edit of `[source]` is still refused.
+fn keep_cli_source(
+    file_at_start: Option<&crate::config::SourceConfig>,
+    running: &crate::config::SourceConfig,
+    new: &mut crate::config::SourceConfig,
+) {
+    let same = |a: &crate::config::SourceConfig, b: &crate::config::SourceConfig| {
+        a.kind == b.kind && a.path == b.path && a.stream == b.stream
+    };
+    if file_at_start.is_some_and(|f| same(f, new)) {
+        *new = running.clone();
     }
-    if old.source.kind != new.source.kind
-        || old.source.path != new.source.path
-        || old.source.stream != new.source.stream
-    {
-        out.push((
-            "source",
-            "the position in the tables belongs to the old input",
-        ));
+}
+
+/// A live config change, key by key: applied, or refused with the reason; `merged` is the
+/// configuration in force afterwards (the new values of the applied keys, the running values of
+/// the refused ones).
+struct Changes {
+    applied: Vec<&'static str>,
+    refused: Vec<(&'static str, &'static str)>,
+    merged: Config,
+}
+
+const RESTART_SOURCE: &str =
+    "the position in the tables belongs to the old input; restart to apply";
+const RESTART_KAFKA: &str = "the consumer is configured once, at start-up (group, position, fetch and assignment); restart to apply";
+const RESTART_KAFKA_LOOP: &str = "read by the ingest loop at start-up; restart to apply";
+const RESTART_WINDOW: &str =
+    "open windows would no longer align with the new size; restart to apply";
+const RESTART_MESSAGE_BYTES: &str =
+    "the file source cuts long lines at the value in force at start-up; restart to apply";
+const RESTART_ENGINE: &str = "the engine's limits are set at start-up; restart to apply";
+const RESTART_ICEBERG: &str = "the catalog and tables are opened once; offsets and open windows are tied to them; restart to apply";
+const RESTART_COMMIT: &str = "read by the ingest loop and the sink at start-up; restart to apply";
+const RESTART_DEDUP: &str =
+    "the remembered ids are loaded for the horizon at start-up; restart to apply";
+const RESTART_HTTP: &str = "the listener is bound at start-up; restart to apply";
+
+/// Sorts every key of a config change into applied (live) or refused (restart to apply).
+///
+/// Every key is named here: the destructuring below lists each field without `..`, so a new
+/// config key does not compile until it is classified (and then `every_live_change_is_applied_or_refused_by_name`
+/// pins its class).
+fn classify(old: &Config, new: &Config) -> Changes {
+    let mut c = Changes {
+        applied: Vec::new(),
+        refused: Vec::new(),
+        merged: old.clone(),
+    };
+    // Applied live: the watcher and the ingest thread pick the new value up (`LiveSettings`,
+    // the plugin files, the watch interval).
+    macro_rules! live {
+        ($key:literal, $($f:ident).+) => {
+            if old.$($f).+ != new.$($f).+ {
+                c.merged.$($f).+ = new.$($f).+.clone();
+                c.applied.push($key);
+            }
+        };
     }
-    if old.kafka.brokers != new.kafka.brokers
-        || old.kafka.topic != new.kafka.topic
-        || old.kafka.group_id != new.kafka.group_id
-    {
-        out.push((
-            "kafka",
-            "the consumer's group and position belong to the old topic/brokers",
-        ));
+    macro_rules! restart {
+        ($key:literal, $why:expr, $($f:ident).+) => {
+            if old.$($f).+ != new.$($f).+ {
+                c.refused.push(($key, $why));
+            }
+        };
     }
-    if old.iceberg.catalog_uri != new.iceberg.catalog_uri
-        || old.iceberg.warehouse != new.iceberg.warehouse
-        || old.iceberg.namespace != new.iceberg.namespace
-    {
-        out.push((
-            "iceberg",
-            "offsets and open windows are tied to the tables being written",
-        ));
-    }
-    if old.commit.interval_ms != new.commit.interval_ms
-        || old.commit.max_rows != new.commit.max_rows
-    {
-        out.push(("commit", "read at start-up"));
-    }
-    if old.plugins.max_memory_bytes != new.plugins.max_memory_bytes
-        || old.plugins.call_deadline_ms != new.plugins.call_deadline_ms
-        || old.plugins.max_wasm_stack_bytes != new.plugins.max_wasm_stack_bytes
-    {
-        out.push(("plugins limits", "the engine's limits are set at start-up"));
-    }
-    if old.dedup.horizon_secs != new.dedup.horizon_secs || old.dedup.max_ids != new.dedup.max_ids {
-        out.push((
-            "dedup",
-            "the remembered ids are loaded for the horizon at start-up",
-        ));
-    }
-    out
+    let Config {
+        source:
+            crate::config::SourceConfig {
+                kind: _,
+                path: _,
+                stream: _,
+            },
+        kafka:
+            crate::config::KafkaConfig {
+                brokers: _,
+                topic: _,
+                group_id: _,
+                group_instance_id: _,
+                assignment_strategy: _,
+                consumer: _,
+                batch_size: _,
+                max_events_per_sec: _,
+            },
+        window:
+            crate::config::WindowConfig {
+                size_secs: _,
+                out_of_orderness_ms: _,
+                allowed_lateness_ms: _,
+                idle_timeout_ms: _,
+                max_clock_skew_ms: _,
+            },
+        attribution:
+            crate::config::AttributionConfig {
+                lookback_secs: _,
+                max_touchpoints: _,
+                accept_partial_lookback: _,
+            },
+        validation:
+            crate::config::ValidationConfig {
+                max_future_ms: _,
+                max_past_ms: _,
+                max_message_bytes: _,
+                // Set by `run --event-time-bounds`, never by the file: not a live key.
+                time_bounds: _,
+            },
+        plugins:
+            crate::config::PluginsConfig {
+                paths: _,
+                max_memory_bytes: _,
+                call_deadline_ms: _,
+                max_wasm_stack_bytes: _,
+                dir: _,
+                watch_interval_ms: _,
+                quarantine_after: _,
+                quarantine_window_secs: _,
+            },
+        iceberg:
+            crate::config::IcebergConfig {
+                catalog_uri: _,
+                catalog_name: _,
+                warehouse: _,
+                namespace: _,
+                properties: _,
+            },
+        commit:
+            crate::config::CommitConfig {
+                interval_ms: _,
+                target_file_bytes: _,
+                max_rows: _,
+                shutdown_timeout_ms: _,
+            },
+        dedup:
+            crate::config::DedupConfig {
+                horizon_secs: _,
+                max_ids: _,
+            },
+        http: crate::config::HttpConfig { listen: _ },
+        source_path: _,
+    } = new;
+
+    restart!("source.kind", RESTART_SOURCE, source.kind);
+    restart!("source.path", RESTART_SOURCE, source.path);
+    restart!("source.stream", RESTART_SOURCE, source.stream);
+
+    restart!("kafka.brokers", RESTART_KAFKA, kafka.brokers);
+    restart!("kafka.topic", RESTART_KAFKA, kafka.topic);
+    restart!("kafka.group_id", RESTART_KAFKA, kafka.group_id);
+    restart!(
+        "kafka.group_instance_id",
+        RESTART_KAFKA,
+        kafka.group_instance_id
+    );
+    restart!(
+        "kafka.assignment_strategy",
+        RESTART_KAFKA,
+        kafka.assignment_strategy
+    );
+    restart!("kafka.consumer", RESTART_KAFKA, kafka.consumer);
+    restart!("kafka.batch_size", RESTART_KAFKA_LOOP, kafka.batch_size);
+    restart!(
+        "kafka.max_events_per_sec",
+        RESTART_KAFKA_LOOP,
+        kafka.max_events_per_sec
+    );
+
+    restart!("window.size_secs", RESTART_WINDOW, window.size_secs);
+    live!("window.out_of_orderness_ms", window.out_of_orderness_ms);
+    live!("window.allowed_lateness_ms", window.allowed_lateness_ms);
+    live!("window.idle_timeout_ms", window.idle_timeout_ms);
+    live!("window.max_clock_skew_ms", window.max_clock_skew_ms);
+
+    live!("attribution.lookback_secs", attribution.lookback_secs);
+    live!("attribution.max_touchpoints", attribution.max_touchpoints);
+    // Consulted at start-up only (against the tables' replay point); recorded for the next one.
+    live!(
+        "attribution.accept_partial_lookback",
+        attribution.accept_partial_lookback
+    );
+
+    live!("validation.max_future_ms", validation.max_future_ms);
+    live!("validation.max_past_ms", validation.max_past_ms);
+    restart!(
+        "validation.max_message_bytes",
+        RESTART_MESSAGE_BYTES,
+        validation.max_message_bytes
+    );
+
+    live!("plugins.paths", plugins.paths);
+    live!("plugins.dir", plugins.dir);
+    live!("plugins.watch_interval_ms", plugins.watch_interval_ms);
+    live!("plugins.quarantine_after", plugins.quarantine_after);
+    live!(
+        "plugins.quarantine_window_secs",
+        plugins.quarantine_window_secs
+    );
+    restart!(
+        "plugins.max_memory_bytes",
+        RESTART_ENGINE,
+        plugins.max_memory_bytes
+    );
+    restart!(
+        "plugins.call_deadline_ms",
+        RESTART_ENGINE,
+        plugins.call_deadline_ms
+    );
+    restart!(
+        "plugins.max_wasm_stack_bytes",
+        RESTART_ENGINE,
+        plugins.max_wasm_stack_bytes
+    );
+
+    restart!("iceberg.catalog_uri", RESTART_ICEBERG, iceberg.catalog_uri);
+    restart!(
+        "iceberg.catalog_name",
+        RESTART_ICEBERG,
+        iceberg.catalog_name
+    );
+    restart!("iceberg.warehouse", RESTART_ICEBERG, iceberg.warehouse);
+    restart!("iceberg.namespace", RESTART_ICEBERG, iceberg.namespace);
+    restart!("iceberg.properties", RESTART_ICEBERG, iceberg.properties);
+
+    restart!("commit.interval_ms", RESTART_COMMIT, commit.interval_ms);
+    restart!(
+        "commit.target_file_bytes",
+        RESTART_COMMIT,
+        commit.target_file_bytes
+    );
+    restart!("commit.max_rows", RESTART_COMMIT, commit.max_rows);
+    restart!(
+        "commit.shutdown_timeout_ms",
+        RESTART_COMMIT,
+        commit.shutdown_timeout_ms
+    );
+
+    restart!("dedup.horizon_secs", RESTART_DEDUP, dedup.horizon_secs);
+    restart!("dedup.max_ids", RESTART_DEDUP, dedup.max_ids);
+
+    restart!("http.listen", RESTART_HTTP, http.listen);
+    c
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 14, defect 8: every key, changed alone, is applied or refused by name (with
+    /// "restart to apply"); none is silently ignored while the reload counts as a success.
+    #[test]
+    fn every_live_change_is_applied_or_refused_by_name() {
+        type Edit = fn(&mut Config);
+        let applied: &[(&str, Edit)] = &[
+            ("window.out_of_orderness_ms", |c| {
+                c.window.out_of_orderness_ms += 1
+            }),
+            ("window.allowed_lateness_ms", |c| {
+                c.window.allowed_lateness_ms += 1
+            }),
+            ("window.idle_timeout_ms", |c| c.window.idle_timeout_ms += 1),
+            ("window.max_clock_skew_ms", |c| {
+                c.window.max_clock_skew_ms += 1
+            }),
+            ("attribution.lookback_secs", |c| {
+                c.attribution.lookback_secs += 1
+            }),
+            ("attribution.max_touchpoints", |c| {
+                c.attribution.max_touchpoints += 1
+            }),
+            ("attribution.accept_partial_lookback", |c| {
+                c.attribution.accept_partial_lookback ^= true
+            }),
+            ("validation.max_future_ms", |c| {
+                c.validation.max_future_ms += 1
+            }),
+            ("validation.max_past_ms", |c| c.validation.max_past_ms += 1),
+            ("plugins.paths", |c| c.plugins.paths.push("x.wasm".into())),
+            ("plugins.dir", |c| c.plugins.dir = Some("d".into())),
+            ("plugins.watch_interval_ms", |c| {
+                c.plugins.watch_interval_ms += 1
+            }),
+            ("plugins.quarantine_after", |c| {
+                c.plugins.quarantine_after += 1
+            }),
+            ("plugins.quarantine_window_secs", |c| {
+                c.plugins.quarantine_window_secs += 1
+            }),
+        ];
+        let refused: &[(&str, Edit)] = &[
+            ("source.kind", |c| {
+                c.source.kind = crate::config::SourceKind::File
+            }),
+            ("source.path", |c| c.source.path = Some("f".into())),
+            ("source.stream", |c| c.source.stream = Some("s".into())),
+            ("kafka.brokers", |c| c.kafka.brokers.push('x')),
+            ("kafka.topic", |c| c.kafka.topic.push('x')),
+            ("kafka.group_id", |c| c.kafka.group_id.push('x')),
+            ("kafka.group_instance_id", |c| {
+                c.kafka.group_instance_id = Some("i".into())
+            }),
+            ("kafka.assignment_strategy", |c| {
+                c.kafka.assignment_strategy = "range".into()
+            }),
+            ("kafka.consumer", |c| {
+                c.kafka
+                    .consumer
+                    .insert("fetch.min.bytes".into(), "1".into());
+            }),
+            ("kafka.batch_size", |c| c.kafka.batch_size += 1),
+            ("kafka.max_events_per_sec", |c| {
+                c.kafka.max_events_per_sec += 1
+            }),
+            ("window.size_secs", |c| c.window.size_secs += 1),
+            ("validation.max_message_bytes", |c| {
+                c.validation.max_message_bytes += 1
+            }),
+            ("plugins.max_memory_bytes", |c| {
+                c.plugins.max_memory_bytes += 1
+            }),
+            ("plugins.call_deadline_ms", |c| {
+                c.plugins.call_deadline_ms += 1
+            }),
+            ("plugins.max_wasm_stack_bytes", |c| {
+                c.plugins.max_wasm_stack_bytes += 1
+            }),
+            ("iceberg.catalog_uri", |c| c.iceberg.catalog_uri.push('x')),
+            ("iceberg.catalog_name", |c| c.iceberg.catalog_name.push('x')),
+            ("iceberg.warehouse", |c| c.iceberg.warehouse.push("x")),
+            ("iceberg.namespace", |c| c.iceberg.namespace.push('x')),
+            ("iceberg.properties", |c| {
+                c.iceberg.properties.insert("s3.region".into(), "x".into());
+            }),
+            ("commit.interval_ms", |c| c.commit.interval_ms += 1),
+            ("commit.target_file_bytes", |c| {
+                c.commit.target_file_bytes += 1
+            }),
+            ("commit.max_rows", |c| c.commit.max_rows += 1),
+            ("commit.shutdown_timeout_ms", |c| {
+                c.commit.shutdown_timeout_ms += 1
+            }),
+            ("dedup.horizon_secs", |c| c.dedup.horizon_secs += 1),
+            ("dedup.max_ids", |c| c.dedup.max_ids += 1),
+            ("http.listen", |c| {
+                c.http.listen = Some("127.0.0.1:1".into())
+            }),
+        ];
+        let old = Config::default();
+        let mut failures = Vec::new();
+        for (key, edit) in applied {
+            let mut new = old.clone();
+            edit(&mut new);
+            let c = classify(&old, &new);
+            if c.applied != [*key] || !c.refused.is_empty() {
+                failures.push(format!(
+                    "{key}: expected applied, got applied {:?} refused {:?}",
+                    c.applied, c.refused
+                ));
+            } else if format!("{:?}", c.merged) != format!("{new:?}") {
+                failures.push(format!("{key}: reported applied but not in force"));
+            }
+        }
+        for (key, edit) in refused {
+            let mut new = old.clone();
+            edit(&mut new);
+            let c = classify(&old, &new);
+            let named = c.refused.len() == 1
+                && c.refused[0].0 == *key
+                && c.refused[0].1.contains("restart to apply");
+            if !named || !c.applied.is_empty() {
+                failures.push(format!(
+                    "{key}: expected refused by name with \"restart to apply\", got applied {:?} refused {:?}",
+                    c.applied, c.refused
+                ));
+            } else if format!("{:?}", c.merged) != format!("{old:?}") {
+                failures.push(format!("{key}: refused but changed the running config"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn a_file_run_keeps_its_command_line_source_across_reloads() {
+        use crate::config::{SourceConfig, SourceKind};
+        let file = SourceConfig::default();
+        let running = SourceConfig {
+            kind: SourceKind::File,
+            path: Some("events.jsonl".into()),
+            stream: Some("backfill".into()),
+        };
+        let mut new = file.clone();
+        keep_cli_source(Some(&file), &running, &mut new);
+        assert_eq!(new.path, running.path, "[source] untouched in the file");
+        let mut edited = SourceConfig {
+            stream: Some("other".into()),
+            ..file.clone()
+        };
+        keep_cli_source(Some(&file), &running, &mut edited);
+        assert_eq!(
+            edited.stream.as_deref(),
+            Some("other"),
+            "a real edit is kept (and refused)"
+        );
+        let mut old = Config::default();
+        old.source = running;
+        let mut new = old.clone();
+        new.source = edited;
+        // The file says kafka, no path, stream "other": all three refused by name.
+        assert_eq!(classify(&old, &new).refused.len(), 3);
+    }
 
     #[test]
     fn unsafe_live_changes_are_named() {
@@ -382,15 +748,19 @@ mod tests {
         new.window.allowed_lateness_ms = 5_000;
         new.attribution.lookback_secs = 60;
         assert!(
-            unsafe_changes(&old, &new).is_empty(),
+            classify(&old, &new).refused.is_empty(),
             "lateness and lookback are safe live"
         );
         new.window.size_secs = 30;
         new.kafka.topic = "other".into();
-        let keys: Vec<_> = unsafe_changes(&old, &new)
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
-        assert_eq!(keys, vec!["window.size_secs", "kafka"]);
+        let c = classify(&old, &new);
+        let keys: Vec<_> = c.refused.into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, vec!["kafka.topic", "window.size_secs"]);
+        assert_eq!(
+            c.applied,
+            vec!["window.allowed_lateness_ms", "attribution.lookback_secs"]
+        );
+        assert_eq!(c.merged.window.size_secs, old.window.size_secs);
+        assert_eq!(c.merged.window.allowed_lateness_ms, 5_000);
     }
 }

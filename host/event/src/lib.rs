@@ -201,8 +201,17 @@ impl<'de: 'a, 'a> Deserialize<'de> for WireDecimal<'a> {
     }
 }
 
-/// Revenue above this (in units) is refused: it would overflow i64 micro-unit sums quickly.
-const MAX_REVENUE_UNITS: i64 = 1_000_000_000_000;
+/// The largest revenue accepted, in micro-units: 999 999 999 999.999999, the largest value of the
+/// `campaign_events.revenue` column, DECIMAL(18,6) (`host/src/sink/schema.rs`). It is also the
+/// bound on a window's revenue sum: the plugin SDK's counters (`admetrics-plugin-sdk`,
+/// `MAX_COUNTER`, checked equal to this by its tests) fail the plugin's call past it. One bound
+/// everywhere: a revenue the decoder accepts always fits the table, and a window sum that would
+/// not is the plugin's error, never a wrapped number. 10^18 − 1 < i64::MAX / 9, so the sum of
+/// two values within the bound never overflows i64 before the bound check.
+pub const MAX_REVENUE_MICROS: i64 = 999_999_999_999_999_999;
+
+/// `MAX_REVENUE_MICROS` as written in a detail: the decimal the table can store.
+const MAX_REVENUE_TEXT: &str = "999999999999.999999";
 
 /// Decodes and validates one message. `now_ms` is the host clock, for the time bounds.
 #[inline]
@@ -284,14 +293,16 @@ fn decode_with<'a>(
             )
         })?,
     };
-    if time_ms > now_ms.saturating_add(limits.max_future_ms)
-        || time_ms < now_ms.saturating_sub(limits.max_past_ms)
+    if let Some(now_ms) = limits.time_bounds.reference_ms(now_ms)
+        && (time_ms > now_ms.saturating_add(limits.max_future_ms)
+            || time_ms < now_ms.saturating_sub(limits.max_past_ms))
     {
         return Err(reject(
             Reason::TimeOutOfRange,
             format!(
-                "event_time {time_ms} ms is outside [now - {} ms, now + {} ms]",
-                limits.max_past_ms, limits.max_future_ms
+                "event_time {time_ms} ms is outside [now - {} ms, now + {} ms] ({}; a backfill of \
+                 older data: run --event-time-bounds)",
+                limits.max_past_ms, limits.max_future_ms, limits.time_bounds
             ),
         ));
     }
@@ -302,16 +313,7 @@ fn decode_with<'a>(
                 "missing field `revenue` on a conversion",
             ));
         }
-        (EventKind::Conversion, Some(r)) => {
-            let m = decimal_to_micros(r).map_err(|d| reject(Reason::InvalidField, d))?;
-            if m < 0 {
-                return Err(reject(
-                    Reason::NegativeRevenue,
-                    format!("revenue {} < 0", m as f64 / 1e6),
-                ));
-            }
-            m
-        }
+        (EventKind::Conversion, Some(r)) => decimal_to_micros(r)?,
         (_, _) => 0,
     };
     if kind == EventKind::Conversion {
@@ -358,51 +360,87 @@ fn classify_json_error(e: sonic_rs::Error) -> Rejection {
     reject(reason, msg)
 }
 
-fn decimal_to_micros(d: &WireDecimal) -> Result<i64, String> {
-    match d {
-        WireDecimal::Int(i) => {
-            if i.abs() > MAX_REVENUE_UNITS {
-                return Err(format!("revenue {i} out of range"));
-            }
-            Ok(i * 1_000_000)
-        }
+/// Revenue → micro-units, within `0..=MAX_REVENUE_MICROS`: a negative value (any magnitude,
+/// `i64::MIN` included) is `negative_revenue`, one past the bound `invalid_field` naming it. No
+/// arithmetic here can wrap: integers are widened to i128, floats are range-checked before the
+/// cast.
+fn decimal_to_micros(d: &WireDecimal) -> Result<i64, Rejection> {
+    let micros: i128 = match d {
+        WireDecimal::Int(i) => *i as i128 * 1_000_000,
         WireDecimal::Float(f) => {
-            if !f.is_finite() || f.abs() > MAX_REVENUE_UNITS as f64 {
-                return Err(format!("revenue {f} out of range"));
+            if !f.is_finite() {
+                return Err(reject(
+                    Reason::InvalidField,
+                    format!("revenue {f} is not a finite number"),
+                ));
             }
             // JSON numbers arrive as the nearest f64; rounding to micros recovers the written
-            // decimal for up to 6 fractional digits.
-            Ok((f * 1e6).round() as i64)
+            // decimal for up to 6 fractional digits. Clamp before the cast (a saturating cast
+            // would turn 1e300 into i64::MAX silently; ±1e19 is outside the bound anyway).
+            ((f * 1e6).round().clamp(-1e19, 1e19)) as i128
         }
-        WireDecimal::Text(s) => {
-            parse_decimal_micros(s).ok_or_else(|| format!("revenue {s:?} is not a decimal"))
-        }
+        WireDecimal::Text(s) => parse_decimal_micros_wide(s).ok_or_else(|| {
+            reject(
+                Reason::InvalidField,
+                format!("revenue {s:?} is not a decimal"),
+            )
+        })?,
+    };
+    let written = || match d {
+        WireDecimal::Int(i) => i.to_string(),
+        WireDecimal::Float(f) => f.to_string(),
+        WireDecimal::Text(s) => s.to_string(),
+    };
+    if micros < 0 {
+        return Err(reject(
+            Reason::NegativeRevenue,
+            format!("revenue {} < 0", written()),
+        ));
     }
+    if micros > MAX_REVENUE_MICROS as i128 {
+        let written = written();
+        return Err(reject(
+            Reason::InvalidField,
+            format!(
+                "revenue {written} exceeds the maximum {MAX_REVENUE_TEXT} (DECIMAL(18,6), MAX_REVENUE_MICROS)"
+            ),
+        ));
+    }
+    Ok(micros as i64)
 }
 
-/// Parses `[-]digits[.digits]` exactly into micro-units (at most 6 fractional digits).
+/// Parses `[-]digits[.digits]` exactly into micro-units (at most 6 fractional digits); `None` for
+/// anything else or a magnitude above [`MAX_REVENUE_MICROS`].
 pub fn parse_decimal_micros(s: &str) -> Option<i64> {
+    parse_decimal_micros_wide(s)
+        .filter(|m| m.unsigned_abs() <= MAX_REVENUE_MICROS as u128)
+        .map(|m| m as i64)
+}
+
+/// [`parse_decimal_micros`] without the bound, in i128 so that no digit string the syntax allows
+/// can overflow: up to 24 integer digits (10^30 micros < i128::MAX); longer is refused as syntax.
+fn parse_decimal_micros_wide(s: &str) -> Option<i128> {
     let (neg, s) = match s.strip_prefix('-') {
         Some(r) => (true, r),
         None => (false, s),
     };
     let (int, frac) = s.split_once('.').unwrap_or((s, ""));
     if int.is_empty()
-        || int.len() > 13
+        || int.len() > 24
         || frac.len() > 6
         || !int.bytes().all(|b| b.is_ascii_digit())
         || !frac.bytes().all(|b| b.is_ascii_digit())
     {
         return None;
     }
-    let mut v: i64 = int.parse().ok()?;
-    if v > MAX_REVENUE_UNITS {
-        return None;
+    let mut v: i128 = 0;
+    for b in int.bytes() {
+        v = v * 10 + (b - b'0') as i128;
     }
     v *= 1_000_000;
     let mut scale = 100_000;
     for b in frac.bytes() {
-        v += (b - b'0') as i64 * scale;
+        v += (b - b'0') as i128 * scale;
         scale /= 10;
     }
     Some(if neg { -v } else { v })
@@ -483,16 +521,73 @@ pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// What the event-time bounds (`max_future_ms`, `max_past_ms`) are measured from.
+///
+/// A live daemon measures them from the host clock; a backfill of last month's file would then
+/// dead-letter every event as `time_out_of_range`, so `admetrics run --event-time-bounds` picks
+/// another reference: a fixed instant (the data validated as if read then) or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TimeBounds {
+    /// The host clock when the message is read (the default: a live daemon).
+    #[default]
+    WallClock,
+    /// A fixed instant, epoch milliseconds (`--event-time-bounds 2026-11-01T00:00:00Z`).
+    At(i64),
+    /// No event-time bound (`--event-time-bounds off`): any time is accepted.
+    Off,
+}
+
+impl TimeBounds {
+    /// The instant the bounds are measured from, given the host clock; `None`: no bound.
+    #[inline]
+    pub fn reference_ms(self, wall_clock_ms: i64) -> Option<i64> {
+        match self {
+            TimeBounds::WallClock => Some(wall_clock_ms),
+            TimeBounds::At(ms) => Some(ms),
+            TimeBounds::Off => None,
+        }
+    }
+}
+
+impl std::str::FromStr for TimeBounds {
+    type Err = String;
+    /// `wall-clock`, `off`, or an RFC 3339 instant.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "wall-clock" => Ok(TimeBounds::WallClock),
+            "off" => Ok(TimeBounds::Off),
+            _ => parse_rfc3339_ms(s)
+                .map(TimeBounds::At)
+                .ok_or_else(|| format!("{s:?}: expected wall-clock, off or an RFC 3339 instant")),
+        }
+    }
+}
+
+impl fmt::Display for TimeBounds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TimeBounds::WallClock => f.write_str("now = the host clock"),
+            TimeBounds::At(ms) => write!(f, "now = {ms} ms, --event-time-bounds"),
+            TimeBounds::Off => f.write_str("no bound"),
+        }
+    }
+}
+
 /// Bounds applied while validating (the `[validation]` config section).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ValidationConfig {
-    /// Events whose time is further in the future than this (vs. the host clock) are rejected.
+    /// Events whose time is further in the future than this (vs. `time_bounds`, by default the
+    /// host clock) are rejected.
     pub max_future_ms: i64,
-    /// Events older than this (vs. the host clock) are rejected.
+    /// Events older than this (vs. `time_bounds`, by default the host clock) are rejected.
     pub max_past_ms: i64,
     /// Messages larger than this many bytes are rejected unparsed.
     pub max_message_bytes: usize,
+    /// What the two time bounds are measured from. Not a config key: set by `run
+    /// --event-time-bounds` for backfills.
+    #[serde(skip)]
+    pub time_bounds: TimeBounds,
 }
 
 impl Default for ValidationConfig {
@@ -501,6 +596,7 @@ impl Default for ValidationConfig {
             max_future_ms: 3_600_000,
             max_past_ms: 30 * 24 * 3_600_000,
             max_message_bytes: 64 * 1024,
+            time_bounds: TimeBounds::WallClock,
         }
     }
 }
@@ -738,5 +834,135 @@ mod tests {
         assert_eq!(parse_decimal_micros("1.2345678"), None);
         assert_eq!(parse_decimal_micros("1e3"), None);
         assert_eq!(parse_decimal_micros(".5"), None);
+    }
+}
+
+#[cfg(test)]
+mod time_bounds_tests {
+    use super::*;
+
+    const NOW: i64 = 1_764_000_000_000;
+    const DAY: i64 = 86_400_000;
+
+    fn click_at(ms: i64) -> String {
+        format!(
+            r#"{{"event_id":"e","event_type":"click","event_time":{ms},"campaign_id":"c","ad_id":"a","user_id":"u"}}"#
+        )
+    }
+
+    /// Issue 14, defect 7: a backfill of 40-day-old events is `time_out_of_range` against the
+    /// wall clock (the default, and what dead-lettered every event of `run --file` before), and
+    /// accepted with `--event-time-bounds off` or an instant near the data.
+    #[test]
+    fn backfill_bounds_are_relative_to_the_chosen_reference() {
+        let old = click_at(NOW - 40 * DAY);
+        let mut limits = ValidationConfig::default();
+        let r = decode(old.as_bytes(), NOW, &limits).unwrap_err();
+        assert_eq!(r.reason, Reason::TimeOutOfRange);
+        assert!(r.detail.contains("--event-time-bounds"), "{r}");
+
+        limits.time_bounds = "off".parse().unwrap();
+        assert_eq!(limits.time_bounds, TimeBounds::Off);
+        assert_eq!(limits.time_bounds.reference_ms(NOW), None);
+        assert!(decode(old.as_bytes(), NOW, &limits).is_ok());
+        assert!(decode(click_at(0).as_bytes(), NOW, &limits).is_ok());
+
+        // Relative to an instant: the bounds still hold around it.
+        let at = NOW - 39 * DAY;
+        limits.time_bounds = TimeBounds::At(at);
+        assert_eq!(limits.time_bounds.reference_ms(NOW), Some(at));
+        assert!(decode(old.as_bytes(), NOW, &limits).is_ok());
+        assert_eq!(
+            decode(click_at(NOW).as_bytes(), NOW, &limits)
+                .unwrap_err()
+                .reason,
+            Reason::TimeOutOfRange,
+            "an event 39 days after the instant is in its future"
+        );
+        assert_eq!(
+            "2025-10-15T00:00:00Z".parse::<TimeBounds>(),
+            Ok(TimeBounds::At(
+                parse_rfc3339_ms("2025-10-15T00:00:00Z").unwrap()
+            ))
+        );
+        assert_eq!(
+            "wall-clock".parse::<TimeBounds>(),
+            Ok(TimeBounds::WallClock)
+        );
+        assert!("yesterday".parse::<TimeBounds>().is_err());
+    }
+}
+
+#[cfg(test)]
+mod revenue_bound_tests {
+    use super::*;
+
+    const NOW: i64 = 1_764_000_000_000;
+
+    fn conversion(revenue: &str) -> Result<i64, Rejection> {
+        let json = format!(
+            r#"{{"event_id":"e","event_type":"conversion","event_time":{NOW},"campaign_id":"c","ad_id":"a","user_id":"u","revenue":{revenue},"currency":"USD"}}"#
+        );
+        let fast = decode(json.as_bytes(), NOW, &ValidationConfig::default());
+        let general = decode_reference(json.as_bytes(), NOW, &ValidationConfig::default());
+        assert_eq!(
+            fast, general,
+            "fast path and general decoder differ on {json}"
+        );
+        fast.map(|e| e.revenue_micros)
+    }
+
+    /// Issue 14, defect 2: `i64::MIN` passed `i.abs()` (a wrap in release, a panic in debug)
+    /// and became revenue 0.
+    #[test]
+    fn i64_min_revenue_is_negative_not_zero() {
+        let r = conversion("-9223372036854775808").unwrap_err();
+        assert_eq!(r.reason, Reason::NegativeRevenue, "{r}");
+        assert_eq!(r.detail, "revenue -9223372036854775808 < 0");
+        let r = conversion("\"-9223372036854775808\"").unwrap_err();
+        assert_eq!(r.reason, Reason::NegativeRevenue, "{r}");
+        let r = conversion("-9223372036854775808.0").unwrap_err();
+        assert_eq!(r.reason, Reason::NegativeRevenue, "{r}");
+    }
+
+    /// The largest accepted revenue is the largest DECIMAL(18,6); one micro more is refused with
+    /// a detail naming the bound, in every spelling.
+    #[test]
+    fn revenue_bound_is_the_decimal_18_6_maximum() {
+        assert_eq!(MAX_REVENUE_MICROS, 10i64.pow(18) - 1);
+        assert_eq!(
+            conversion("\"999999999999.999999\""),
+            Ok(MAX_REVENUE_MICROS)
+        );
+        assert_eq!(
+            conversion("\"999999999999.999998\""),
+            Ok(MAX_REVENUE_MICROS - 1)
+        );
+        assert_eq!(conversion("999999999999"), Ok(999_999_999_999_000_000));
+        for over in [
+            "\"1000000000000\"",
+            "\"1000000000000.000000\"",
+            "1000000000000",
+            "1000000000000.0",
+            "1e12",
+            "9223372036854775807",
+            "\"9223372036854.775807\"",
+        ] {
+            let r = conversion(over).unwrap_err();
+            assert_eq!(r.reason, Reason::InvalidField, "{over}: {r}");
+            assert!(
+                r.detail.contains("999999999999.999999"),
+                "{over}: the detail names the bound: {r}"
+            );
+        }
+        // One micro below zero is negative, not out of range.
+        assert_eq!(
+            conversion("\"-0.000001\"").unwrap_err().reason,
+            Reason::NegativeRevenue
+        );
+        assert_eq!(
+            conversion("\"-999999999999.999999\"").unwrap_err().reason,
+            Reason::NegativeRevenue
+        );
     }
 }

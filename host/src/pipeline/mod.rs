@@ -145,7 +145,7 @@ pub async fn run(
                 let (batch_tx, ack_rx, control_rx) = (&batch_tx, &ack_rx, &control_rx);
                 match file_input {
                     Some((path, start)) => {
-                        let mut source = FileSource::open(&path, start)?;
+                        let mut source = FileSource::open(&path, start, cfg.validation.max_message_bytes)?;
                         tracing::info!(path = %path.display(), start_line = start, "reading events from a file");
                         ingest_loop(
                             &cfg, &mut source, &mut processor, &status, &stop, batch_tx,
@@ -367,6 +367,8 @@ fn ingest_loop(
                 processor.process(m, &clock)
             });
             summary.messages += n as u64;
+            // Heartbeat for /health (observe::STALL_AFTER): the loop is making progress.
+            status.last_poll_ms.store(clock.now_ms, Relaxed);
             if n > 0 {
                 processor.flush_plugins();
             }

@@ -99,8 +99,13 @@ pub struct LiveSettings {
     pub out_of_orderness_ms: u64,
     pub allowed_lateness_ms: u64,
     pub idle_timeout_ms: u64,
+    pub max_clock_skew_ms: u64,
     pub lookback_secs: u64,
     pub max_touchpoints: usize,
+    pub max_future_ms: i64,
+    pub max_past_ms: i64,
+    pub quarantine_after: u32,
+    pub quarantine_window_secs: u64,
 }
 
 impl LiveSettings {
@@ -109,8 +114,13 @@ impl LiveSettings {
             out_of_orderness_ms: cfg.window.out_of_orderness_ms,
             allowed_lateness_ms: cfg.window.allowed_lateness_ms,
             idle_timeout_ms: cfg.window.idle_timeout_ms,
+            max_clock_skew_ms: cfg.window.max_clock_skew_ms,
             lookback_secs: cfg.attribution.lookback_secs,
             max_touchpoints: cfg.attribution.max_touchpoints,
+            max_future_ms: cfg.validation.max_future_ms,
+            max_past_ms: cfg.validation.max_past_ms,
+            quarantine_after: cfg.plugins.quarantine_after,
+            quarantine_window_secs: cfg.plugins.quarantine_window_secs,
         }
     }
 }
@@ -381,6 +391,14 @@ impl Processor {
         self.lateness_ms = s.allowed_lateness_ms as i64;
         self.watermarks
             .set_params(s.out_of_orderness_ms, s.idle_timeout_ms);
+        self.watermarks
+            .set_max_clock_skew(Some(s.max_clock_skew_ms).filter(|&k| k > 0));
+        // The time bounds only: `max_message_bytes` needs a restart, and `time_bounds` comes
+        // from the command line, not the file.
+        self.validation.max_future_ms = s.max_future_ms;
+        self.validation.max_past_ms = s.max_past_ms;
+        self.quarantine_after = s.quarantine_after;
+        self.quarantine_window = Duration::from_secs(s.quarantine_window_secs);
         for t in self.tasks.values_mut() {
             t.touchpoints
                 .set_params(s.max_touchpoints, s.lookback_secs as i64 * 1000);

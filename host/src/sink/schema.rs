@@ -39,6 +39,8 @@ pub fn events_schema() -> Schema {
             req(4, "campaign_id", String),
             req(5, "ad_id", String),
             req(6, "user_id", String),
+            // DECIMAL(18,6): up to 999999999999.999999, which is `MAX_REVENUE_MICROS`, the
+            // decoder's bound (and the plugin SDK's bound on a window's sums).
             opt(
                 7,
                 "revenue",
@@ -452,4 +454,58 @@ impl Default for DeadLetterBuffer {
 /// Binds the events partition spec to its schema.
 pub fn bound_events_spec(schema: &Schema) -> iceberg::Result<PartitionSpec> {
     events_partition_spec().bind(Arc::new(schema.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::Array;
+    use arrow_array::types::DecimalType as _;
+
+    /// Issue 14, defect 2: the decoder's largest accepted revenue must fit `revenue`
+    /// DECIMAL(18,6) and read back as written; and whatever the decoder accepts around the bound
+    /// fits (the old bound, 10^12 units, accepted 1000000000000 = 10^18 micros: 19 digits).
+    #[test]
+    fn the_largest_accepted_revenue_round_trips_into_decimal_18_6() {
+        let now = 1_764_000_000_000i64;
+        let limits = crate::event::ValidationConfig::default();
+        let mut buf = EventsBuffer::new();
+        let mut accepted = Vec::new();
+        for revenue in [
+            "\"999999999999.999999\"",
+            "\"1000000000000\"",
+            "\"1000000000000.000001\"",
+            "1000000000000",
+            "1e12",
+        ] {
+            let json = format!(
+                r#"{{"event_id":"e","event_type":"conversion","event_time":{now},"campaign_id":"c","ad_id":"a","user_id":"u","revenue":{revenue},"currency":"USD"}}"#
+            );
+            if let Ok(e) = crate::event::decode(json.as_bytes(), now, &limits) {
+                buf.push(&e, 0, 0, 0, false, false);
+                accepted.push((revenue, e.revenue_micros));
+            }
+        }
+        assert_eq!(
+            accepted.first().map(|a| a.1),
+            Some(999_999_999_999_999_999),
+            "the maximum is accepted: {accepted:?}"
+        );
+        let batches = buf.take();
+        let col = batches[0].1.column(6);
+        let dec = col
+            .as_any()
+            .downcast_ref::<arrow_array::Decimal128Array>()
+            .unwrap();
+        assert_eq!((dec.precision(), dec.scale()), (18, 6));
+        assert_eq!(dec.value_as_string(0), "999999999999.999999");
+        for (i, (revenue, micros)) in accepted.iter().enumerate() {
+            assert!(
+                arrow_array::types::Decimal128Type::is_valid_decimal_precision(dec.value(i), 18),
+                "revenue {revenue} was accepted as {micros} micros but does not fit DECIMAL(18,6)"
+            );
+        }
+        dec.validate_decimal_precision(18)
+            .expect("every accepted revenue fits the column");
+    }
 }

@@ -9,10 +9,19 @@
 //! A reader thread reads large blocks and hands over whole lines, so reading overlaps with
 //! processing (on two cores the ingest thread is the bottleneck, not the disk) and a stalled
 //! stdin never blocks the ingest loop past its poll timeout (SIGTERM still stops the daemon).
+//!
+//! A line longer than `validation.max_message_bytes` that does not fit in one block is cut: its
+//! first `max_message_bytes + 1` bytes are kept (the decoder then dead-letters it as
+//! `oversized`, with that prefix as the payload) and the rest is skipped up to its newline. It is
+//! still one message with one line number, and the reader's memory stays within the bound + a
+//! block whatever the input (a line with no newline at all used to be carried and re-copied
+//! whole on every block: unbounded memory, quadratic copying).
 
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::time::Duration;
 
@@ -42,11 +51,15 @@ pub struct FileSource {
     start: i64,
     done: bool,
     error: Option<std::io::Error>,
+    /// The largest partial line the reader carried from one block to the next, bytes.
+    peak_carry: Arc<AtomicUsize>,
 }
 
 impl FileSource {
     /// Opens `path` (`-` = stdin) and starts at line `start` (earlier lines are read past).
-    pub fn open(path: &Path, start: i64) -> Result<Self, SourceError> {
+    /// Lines longer than `max_line` bytes (`validation.max_message_bytes`) may be handed out cut
+    /// to `max_line + 1` bytes: still over the bound, so still dead-lettered as oversized.
+    pub fn open(path: &Path, start: i64, max_line: usize) -> Result<Self, SourceError> {
         let name = path.display().to_string();
         let reader: Box<dyn Read + Send> = if path == Path::new("-") {
             Box::new(std::io::stdin())
@@ -58,9 +71,12 @@ impl FileSource {
         };
         let (tx, rx) = sync_channel(8);
         let (recycle, recycled) = sync_channel(8);
+        let peak_carry = Arc::new(AtomicUsize::new(0));
+        let peak = peak_carry.clone();
+        let cap = max_line.saturating_add(1);
         std::thread::Builder::new()
             .name("file-reader".into())
-            .spawn(move || read_blocks(reader, tx, recycled))
+            .spawn(move || read_blocks(reader, tx, recycled, cap, &peak))
             .map_err(|source| SourceError::Io {
                 path: name.clone(),
                 source,
@@ -76,7 +92,13 @@ impl FileSource {
             start,
             done: false,
             error: None,
+            peak_carry,
         })
+    }
+
+    /// The largest partial line carried between blocks so far (at most `max_line + 1`).
+    pub fn peak_carry(&self) -> usize {
+        self.peak_carry.load(Relaxed)
     }
 
     /// The stream name a file is recorded under when the config names none.
@@ -99,13 +121,19 @@ impl FileSource {
 }
 
 /// The reader thread: blocks of whole lines until the end of input (a last line without a
-/// newline gets one) or an error.
+/// newline gets one) or an error. A line still open at the end of a block is carried into the
+/// next one, at most `cap` bytes of it: past that the line is cut there and the rest of it is
+/// skipped up to its newline.
 fn read_blocks(
     mut reader: Box<dyn Read + Send>,
     tx: SyncSender<Block>,
     recycled: Receiver<Vec<u8>>,
+    cap: usize,
+    peak: &AtomicUsize,
 ) {
     let mut carry: Vec<u8> = Vec::new();
+    // The carried line was cut at `cap`: drop what follows up to its newline.
+    let mut skipping = false;
     let mut spare: Option<Vec<u8>> = None;
     loop {
         // Buffers keep their length when recycled: only a new one is zero-filled, once.
@@ -129,7 +157,7 @@ fn read_blocks(
                 }
             }
         };
-        let end = filled + n;
+        let mut end = filled + n;
         if n == 0 {
             if end > 0 {
                 buf[end] = b'\n'; // the last line had none
@@ -140,18 +168,39 @@ fn read_blocks(
             let _ = tx.send(Block::End);
             return;
         }
-        match memchr::memrchr(b'\n', &buf[..end]) {
-            Some(i) => {
-                carry.extend_from_slice(&buf[i + 1..end]);
-                if tx.send(Block::Lines(buf, i + 1)).is_err() {
-                    return; // the source was dropped
+        if skipping {
+            match memchr::memchr(b'\n', &buf[filled..end]) {
+                // The cut line ends here: close it right after its kept prefix.
+                Some(i) => {
+                    buf.copy_within(filled + i..end, filled);
+                    end -= i;
+                    skipping = false;
+                }
+                // Still inside it: keep only the prefix, read on.
+                None => {
+                    carry.extend_from_slice(&buf[..filled]);
+                    spare = Some(buf);
+                    continue;
                 }
             }
+        }
+        let rest = match memchr::memrchr(b'\n', &buf[..end]) {
+            Some(i) => i + 1,
             // A line longer than what we have so far: keep reading.
-            None => {
-                carry.extend_from_slice(&buf[..end]);
-                spare = Some(buf);
+            None => 0,
+        };
+        let open = end - rest;
+        carry.extend_from_slice(&buf[rest..rest + open.min(cap)]);
+        if open > cap {
+            skipping = true;
+        }
+        peak.fetch_max(carry.len(), Relaxed);
+        if rest > 0 {
+            if tx.send(Block::Lines(buf, rest)).is_err() {
+                return; // the source was dropped
             }
+        } else {
+            spare = Some(buf);
         }
     }
 }
@@ -255,6 +304,13 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    fn open_bounded(path: &Path, start: i64, max: usize) -> FileSource {
+        FileSource::open(path, start, max).unwrap()
+    }
+    fn peak_carry(src: &FileSource) -> usize {
+        src.peak_carry()
+    }
+
     fn collect(src: &mut FileSource, max: usize) -> Vec<(i64, String)> {
         let mut out = Vec::new();
         while !src.finished().unwrap() {
@@ -292,20 +348,75 @@ mod tests {
         f.write_all(text.as_bytes()).unwrap();
         assert!(text.len() > BLOCK);
 
-        let mut src = FileSource::open(f.path(), 0).unwrap();
+        let mut src = FileSource::open(f.path(), 0, 1 << 16).unwrap();
         let got = collect(&mut src, 777);
         assert_eq!(got.len(), expect.len());
         assert_eq!(got, expect);
         assert_eq!(src.lines(), 40_001);
 
-        let mut src = FileSource::open(f.path(), 30_000).unwrap();
+        let mut src = FileSource::open(f.path(), 30_000, 1 << 16).unwrap();
         let got = collect(&mut src, 4096);
         assert_eq!(got, expect[expect.len() - 10_001..]);
     }
 
+    /// Issue 14, defect 9: a 10 MB line, once without a newline at the end of the file and once
+    /// with one in the middle, is one message each, cut to the bound (the decoder then rejects it
+    /// as oversized), the reader's carry stays within the bound + a block, and the lines after
+    /// it keep their numbers.
+    #[test]
+    fn a_huge_line_is_one_bounded_message() {
+        const MAX: usize = 64 * 1024;
+        let huge = "x".repeat(10 << 20);
+        for text in [
+            format!("{{\"a\":1}}\n{huge}\n{{\"b\":2}}\n{huge}"),
+            format!("{{\"a\":1}}\n{huge}"),
+        ] {
+            let mut f = tempfile::NamedTempFile::new().unwrap();
+            f.write_all(text.as_bytes()).unwrap();
+            let mut src = open_bounded(f.path(), 0, MAX);
+            let mut got: Vec<(i64, usize, Vec<u8>)> = Vec::new();
+            while !src.finished().unwrap() {
+                src.poll_batch(16, Duration::from_millis(100), |m| {
+                    let p = m.payload.unwrap();
+                    got.push((m.offset, p.len(), p[..p.len().min(8)].to_vec()));
+                });
+            }
+            let offsets: Vec<i64> = got.iter().map(|g| g.0).collect();
+            let lines = text.split('\n').count() as i64;
+            assert_eq!(
+                offsets,
+                (0..lines).collect::<Vec<_>>(),
+                "one message per line"
+            );
+            for (offset, len, head) in &got {
+                if head.starts_with(b"xxxx") {
+                    assert_eq!(*len, MAX + 1, "line {offset}: cut to the bound + 1 byte");
+                } else {
+                    assert!(*len < 16, "line {offset}");
+                }
+            }
+            assert!(
+                peak_carry(&src) <= MAX + 1 + BLOCK,
+                "the carry grew to {} bytes",
+                peak_carry(&src)
+            );
+            let payload = "x".repeat(MAX + 1);
+            let rej = crate::event::decode(
+                payload.as_bytes(),
+                0,
+                &crate::event::ValidationConfig {
+                    max_message_bytes: MAX,
+                    ..Default::default()
+                },
+            )
+            .unwrap_err();
+            assert_eq!(rej.reason, crate::event::Reason::Oversized);
+        }
+    }
+
     #[test]
     fn a_missing_file_is_a_clear_error() {
-        let err = FileSource::open(Path::new("/nonexistent/events.jsonl"), 0)
+        let err = FileSource::open(Path::new("/nonexistent/events.jsonl"), 0, 1 << 16)
             .err()
             .unwrap()
             .to_string();

@@ -197,7 +197,19 @@ pub fn sum_row(campaign: u32, ad: Option<u32>, metric: &str, sum: f64, count: f6
     }
 }
 
+/// The largest magnitude a counter may hold: 999 999 999 999.999999 in micro-units, the largest
+/// DECIMAL(18,6), which is also the largest revenue the host's decoder accepts
+/// (`admetrics_event::MAX_REVENUE_MICROS`; the SDK cannot depend on the host, so the value is
+/// repeated here and a test checks that the two are equal). A window sum past it could not be
+/// stored exactly, so it is the plugin's error, never a wrapped or rounded number.
+pub const MAX_COUNTER: i64 = 999_999_999_999_999_999;
+
 /// Sparse `i64` counters keyed by (campaign, ad), `width` counters per key.
+///
+/// Arithmetic is checked: a sum whose magnitude would pass [`MAX_COUNTER`] is not applied;
+/// [`Counters::try_add`] returns the error, and [`Counters::add`] records it so that the SDK fails
+/// the whole `accumulate` call with it (the host then counts a plugin failure and withholds the
+/// window, as for any plugin error).
 ///
 /// Encoded as little-endian `[u32 width][(u32 campaign, u32 ad, i64 × width)…]` sorted by key, so
 /// the host can store it as opaque bytes and equal states encode to equal bytes.
@@ -207,6 +219,8 @@ pub struct Counters {
     // A sorted Vec beats a map here: windows hold ~100 keys and batches hit them in runs.
     keys: Vec<(u32, u32)>,
     values: Vec<i64>,
+    // The first failed `add`: the SDK turns it into the call's error.
+    overflow: Option<String>,
 }
 
 impl Counters {
@@ -216,6 +230,7 @@ impl Counters {
             width,
             keys: Vec::new(),
             values: Vec::new(),
+            overflow: None,
         }
     }
 
@@ -240,6 +255,7 @@ impl Counters {
             width,
             keys: Vec::with_capacity(n),
             values: Vec::with_capacity(n * width),
+            overflow: None,
         };
         for chunk in body.chunks_exact(entry) {
             let campaign = u32::from_le_bytes(chunk[0..4].try_into().unwrap());
@@ -247,8 +263,13 @@ impl Counters {
             c.keys.push((campaign, ad));
             for i in 0..width {
                 let o = 8 + 8 * i;
-                c.values
-                    .push(i64::from_le_bytes(chunk[o..o + 8].try_into().unwrap()));
+                let v = i64::from_le_bytes(chunk[o..o + 8].try_into().unwrap());
+                if v.unsigned_abs() > MAX_COUNTER as u64 {
+                    return Err(format!(
+                        "accumulator counter {v} is outside ±{MAX_COUNTER} (MAX_COUNTER)"
+                    ));
+                }
+                c.values.push(v);
             }
         }
         Ok(c)
@@ -268,10 +289,44 @@ impl Counters {
         out
     }
 
-    /// Adds `delta` (of length `width`) to the counters of (campaign, ad).
+    /// Adds `delta` (of length `width`) to the counters of (campaign, ad). If a sum would pass
+    /// [`MAX_COUNTER`], nothing is added and the error is recorded: the SDK then fails the
+    /// `accumulate` call with it, whatever the plugin returns. Use [`Counters::try_add`] to
+    /// handle the error yourself.
     pub fn add(&mut self, campaign: u32, ad: u32, delta: &[i64]) {
+        if let Err(e) = self.try_add(campaign, ad, delta)
+            && self.overflow.is_none()
+        {
+            self.overflow = Some(e);
+        }
+    }
+
+    /// Adds `delta` (of length `width`) to the counters of (campaign, ad), or, if any sum's
+    /// magnitude would pass [`MAX_COUNTER`], changes nothing and says which.
+    pub fn try_add(&mut self, campaign: u32, ad: u32, delta: &[i64]) -> Result<(), String> {
         let w = self.width;
-        let i = match self.keys.binary_search(&(campaign, ad)) {
+        let found = self.keys.binary_search(&(campaign, ad));
+        for (j, &d) in delta.iter().take(w).enumerate() {
+            let current = match found {
+                Ok(i) => self.values[i * w + j],
+                Err(_) => 0,
+            };
+            if current
+                .checked_add(d)
+                .is_none_or(|v| v.unsigned_abs() > MAX_COUNTER as u64)
+            {
+                let ad = if ad == NO_AD {
+                    "-".to_string()
+                } else {
+                    ad.to_string()
+                };
+                return Err(format!(
+                    "counter overflow: campaign {campaign} ad {ad} slot {j}: {current} + {d} \
+                     passes ±{MAX_COUNTER} (MAX_COUNTER, the largest DECIMAL(18,6) in micro-units)"
+                ));
+            }
+        }
+        let i = match found {
             Ok(i) => i,
             Err(i) => {
                 self.keys.insert(i, (campaign, ad));
@@ -280,8 +335,9 @@ impl Counters {
             }
         };
         for (slot, d) in self.values[i * w..(i + 1) * w].iter_mut().zip(delta) {
-            *slot += d;
+            *slot += d; // checked above
         }
+        Ok(())
     }
 
     /// Iterates `(campaign, ad, counters)` in key order; `ad` is `None` for [`NO_AD`].
@@ -301,6 +357,9 @@ pub fn __accumulate<P: Plugin>(acc: Vec<u8>, events: EventBatch) -> Result<Vec<u
     let events = Events::new(events)?;
     let mut c = Counters::decode(&acc, P::WIDTH)?;
     P::accumulate(&mut c, &events)?;
+    if let Some(overflow) = c.overflow.take() {
+        return Err(overflow);
+    }
     Ok(c.encode())
 }
 
@@ -350,5 +409,85 @@ mod tests {
         assert_eq!(rows, vec![(3, Some(1), vec![0, 5]), (7, None, vec![3, 1])]);
         assert!(Counters::decode(&c.encode(), 3).is_err());
         assert!(Counters::decode(&[1, 0, 0, 0, 9], 1).is_err());
+    }
+
+    /// Sums each conversion's revenue per campaign, as the attribution plugin does.
+    struct Revenue;
+    impl Plugin for Revenue {
+        const WIDTH: usize = 2;
+        fn info() -> PluginInfo {
+            info("revenue", "0", &["revenue"], false)
+        }
+        fn accumulate(acc: &mut Counters, events: &Events) -> Result<(), String> {
+            for e in events.iter() {
+                acc.add(e.campaign, NO_AD, &[e.revenue_micros, 1]);
+            }
+            Ok(())
+        }
+        fn finish(acc: &Counters) -> Vec<MetricRow> {
+            acc.iter()
+                .map(|(c, _, v)| sum_row(c, None, "revenue", v[0] as f64, v[1] as f64))
+                .collect()
+        }
+    }
+
+    fn conversions(revenues: &[i64]) -> EventBatch {
+        let n = revenues.len();
+        EventBatch {
+            kinds: vec![2; n],
+            times_ms: vec![0; n],
+            campaigns: vec![1; n],
+            ads: vec![1; n],
+            revenue_micros: revenues.to_vec(),
+            touchpoint_ends: vec![],
+            touchpoints: vec![],
+        }
+    }
+
+    /// The largest revenue the decoder accepts: 999 999 999 999.999999 (DECIMAL(18,6)).
+    const NEAR_MAX: i64 = 999_999_999_999_999_999;
+
+    /// Issue 14, defect 2: ten conversions near the accepted maximum wrapped the window's revenue
+    /// negative in a release build. Now the call fails (the host counts a plugin failure and
+    /// withholds the window) instead of returning a wrapped sum.
+    #[test]
+    fn summing_near_max_revenue_errors_instead_of_wrapping() {
+        let r = __accumulate::<Revenue>(vec![], conversions(&[NEAR_MAX; 10]));
+        match &r {
+            Ok(acc) => {
+                let c = Counters::decode(acc, 2).unwrap();
+                let sums: Vec<i64> = c.iter().map(|(_, _, v)| v[0]).collect();
+                panic!("accumulate returned Ok with sums {sums:?}");
+            }
+            Err(e) => assert!(e.contains("overflow"), "{e}"),
+        }
+        // Across calls too: the stored accumulator at the bound plus one more micro fails.
+        let acc = __accumulate::<Revenue>(vec![], conversions(&[NEAR_MAX])).unwrap();
+        assert!(__accumulate::<Revenue>(acc.clone(), conversions(&[1])).is_err());
+        assert!(__accumulate::<Revenue>(acc, conversions(&[0])).is_ok());
+    }
+
+    #[test]
+    fn counter_bound_is_the_decoder_revenue_bound() {
+        assert_eq!(MAX_COUNTER, admetrics_event::MAX_REVENUE_MICROS);
+    }
+
+    #[test]
+    fn try_add_changes_nothing_on_overflow() {
+        let mut c = Counters::new(2);
+        c.try_add(1, NO_AD, &[MAX_COUNTER, 1]).unwrap();
+        assert!(c.try_add(1, NO_AD, &[1, 1]).is_err());
+        assert!(c.try_add(2, NO_AD, &[i64::MIN, 0]).is_err());
+        assert!(c.try_add(2, NO_AD, &[-MAX_COUNTER, 0]).is_ok());
+        let rows: Vec<_> = c.iter().map(|(c, _, v)| (c, v.to_vec())).collect();
+        assert_eq!(
+            rows,
+            vec![(1, vec![MAX_COUNTER, 1]), (2, vec![-MAX_COUNTER, 0])]
+        );
+        // A stored accumulator past the bound (not written by this SDK) is refused.
+        let mut bad = Counters::new(1);
+        bad.values.push(MAX_COUNTER + 1);
+        bad.keys.push((1, NO_AD));
+        assert!(Counters::decode(&bad.encode(), 1).is_err());
     }
 }
