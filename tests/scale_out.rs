@@ -24,6 +24,13 @@ use support::*;
 const PARTITIONS: i32 = 12;
 const GROUP: &str = "scale";
 
+/// One test at a time: each runs a broker and up to four daemons on the machine's two cores.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Member `name` of the group (static membership: `name` is its `group.instance.id`), its
 /// stderr kept in `dir/name.log`.
 fn member(cfg: &Path, dir: &Path, name: &str) -> Daemon {
@@ -125,6 +132,7 @@ fn kill(alive: &mut BTreeMap<String, Daemon>, name: &str) {
 
 #[test]
 fn daemons_in_one_group_survive_kills_joins_stops_rolling_restarts_and_a_broker_restart() {
+    let _serial = serial();
     let n = env_or("ADMETRICS_SCALE_EVENTS", 150_000);
     let mut broker = Broker::start();
     broker.create_topic(TOPIC, PARTITIONS as u32);
@@ -212,6 +220,7 @@ fn daemons_in_one_group_survive_kills_joins_stops_rolling_restarts_and_a_broker_
 
 #[test]
 fn a_paused_member_that_wakes_after_its_partitions_moved_rewinds_and_doubles_nothing() {
+    let _serial = serial();
     let broker = Broker::start();
     broker.create_topic(TOPIC, PARTITIONS as u32);
     let total = produce(&broker.bootstrap, PARTITIONS, 60_000, 67);
@@ -312,6 +321,7 @@ fn run_until_refused(cfg: &Path) -> (std::process::ExitStatus, String) {
 
 #[test]
 fn a_partition_below_its_log_start_or_past_its_end_is_refused_loudly() {
+    let _serial = serial();
     const P: i32 = 2;
     let broker = Broker::start();
     broker.create_topic(TOPIC, P as u32);
