@@ -130,7 +130,7 @@ impl Default for WindowConfig {
             out_of_orderness_ms: 5_000,
             allowed_lateness_ms: 0,
             idle_timeout_ms: 10_000,
-            max_clock_skew_ms: 5_000,
+            max_clock_skew_ms: 1_000,
         }
     }
 }

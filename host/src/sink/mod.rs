@@ -295,29 +295,35 @@ impl IcebergSink {
         };
         let (positions, _) = summary::positions(&self.events, &self.topic);
         let (dl, _) = summary::positions(&self.dead_letters, &self.topic);
-        let mut out = Vec::new();
-        for (&p, &epoch) in &epochs {
-            let position = positions.get(&p).copied();
-            let mut ids = Vec::new();
-            if let Some(since) = ids_since(position.and_then(|pos| pos.watermark_ms)) {
-                self.committed_ids(p, since, |hash, offset, time_ms, was_copy| {
-                    ids.push(CommittedId {
-                        hash,
-                        offset,
-                        time_ms,
-                        was_copy,
-                    })
+        // The dedup ids of every claimed partition's horizon, in one scan of the events table.
+        let since: BTreeMap<i32, i64> = epochs
+            .keys()
+            .filter_map(|p| {
+                ids_since(positions.get(p).and_then(|pos| pos.watermark_ms)).map(|s| (*p, s))
+            })
+            .collect();
+        let mut ids: BTreeMap<i32, Vec<CommittedId>> = BTreeMap::new();
+        if let Some(&from) = since.values().min() {
+            self.committed_ids(&since, from, |p, hash, offset, time_ms, was_copy| {
+                ids.entry(p).or_default().push(CommittedId {
+                    hash,
+                    offset,
+                    time_ms,
+                    was_copy,
                 })
-                .await?;
-            }
-            out.push(Claimed {
+            })
+            .await?;
+        }
+        let out = epochs
+            .iter()
+            .map(|(&p, &epoch)| Claimed {
                 partition: p,
                 epoch,
-                position,
+                position: positions.get(&p).copied(),
                 dead_letter_floor: dl.get(&p).map(|pos| pos.offset),
-                ids,
-            });
-        }
+                ids: ids.remove(&p).unwrap_or_default(),
+            })
+            .collect();
         tracing::info!(partitions = ?epochs, "claimed (partition → epoch)");
         Ok(out)
     }
@@ -338,16 +344,17 @@ impl IcebergSink {
         }
     }
 
-    /// Calls `f(id hash, offset, event time ms, is_duplicate)` for every event of `partition`
-    /// committed to `campaign_events` with event time ≥ `since_ms`: the ids the partition's new
-    /// owner must remember to keep counting copies once, and the verdicts its replay must
-    /// repeat. Reads only those columns, and only the files that can match. Returns how many
-    /// rows were handed over.
+    /// Calls `f(partition, id hash, offset, event time ms, is_duplicate)` for every event of a
+    /// partition in `since` committed to `campaign_events` with event time ≥ its `since` value:
+    /// the ids a partition's new owner must remember to keep counting copies once, and the
+    /// verdicts its replay must repeat. One scan from `from_ms` (the smallest `since`), of only
+    /// those columns and the day partitions that can match. Returns how many rows were handed
+    /// over.
     pub async fn committed_ids(
         &self,
-        partition: i32,
-        since_ms: i64,
-        mut f: impl FnMut(u64, i64, i64, bool),
+        since: &BTreeMap<i32, i64>,
+        from_ms: i64,
+        mut f: impl FnMut(i32, u64, i64, i64, bool),
     ) -> Result<u64, SinkError> {
         use arrow_array::cast::AsArray;
         use arrow_array::types::{Int32Type, Int64Type, TimestampMicrosecondType};
@@ -358,7 +365,7 @@ impl IcebergSink {
         if self.events.metadata().current_snapshot().is_none() {
             return Ok(0);
         }
-        let since_us = since_ms.saturating_mul(1000);
+        let since_us = from_ms.saturating_mul(1000);
         let scan = self
             .events
             .scan()
@@ -371,8 +378,7 @@ impl IcebergSink {
             ])
             .with_filter(
                 Reference::new("event_time")
-                    .greater_than_or_equal_to(Datum::timestamptz_micros(since_us))
-                    .and(Reference::new("kafka_partition").equal_to(Datum::int(partition))),
+                    .greater_than_or_equal_to(Datum::timestamptz_micros(since_us)),
             )
             .build()?;
         let mut stream = scan.to_arrow().await?;
@@ -392,10 +398,13 @@ impl IcebergSink {
             let offs = offs.as_primitive::<Int64Type>();
             let dups = dups.as_boolean();
             for i in 0..b.num_rows() {
-                if times.value(i) < since_us || parts.value(i) != partition {
-                    continue;
+                let p = parts.value(i);
+                match since.get(&p) {
+                    Some(&s) if times.value(i) >= s.saturating_mul(1000) => {}
+                    _ => continue,
                 }
                 f(
+                    p,
                     crate::dedup::hash_id(ids.value(i)),
                     offs.value(i),
                     times.value(i) / 1000,

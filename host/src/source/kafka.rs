@@ -13,8 +13,8 @@
 //! tables (raising its epoch, which fences the previous owner's commits) before reading it, and
 //! starts it at the replay point the claim returned.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -30,13 +30,20 @@ use crate::sink::Claimed;
 /// Claims partitions in the tables for this member (see `sink::IcebergSink::claim`).
 pub type Claimer = Box<dyn Fn(&[i32]) -> Result<Vec<Claimed>, String> + Send + Sync>;
 
-struct GroupMember {
-    topic: String,
+/// What outlives one consumer instance (see `KafkaSource::rebuild`).
+struct Shared {
     claimer: Claimer,
     /// Assignment changes not yet handed to the pipeline, in the order they happened.
     changes: Mutex<Vec<Change>>,
+    /// Partitions assigned and not revoked since.
+    assigned: Mutex<BTreeSet<i32>>,
     /// Why this member cannot go on (a partition the tables cannot resume), once known.
     fatal: Mutex<Option<String>>,
+}
+
+struct GroupMember {
+    topic: String,
+    shared: Arc<Shared>,
 }
 
 impl ClientContext for GroupMember {}
@@ -66,7 +73,7 @@ impl GroupMember {
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                match (self.claimer)(&parts) {
+                match (self.shared.claimer)(&parts) {
                     Ok(c) => break c,
                     Err(e) if attempt < 5 => {
                         tracing::warn!(partitions = ?parts, error = %e, attempt, "claiming partitions failed; retrying");
@@ -81,7 +88,7 @@ impl GroupMember {
                 }
             }
         };
-        let mut changes = self.changes.lock().unwrap();
+        let mut changes = self.shared.changes.lock().unwrap();
         for c in claims {
             let p = c.partition;
             let start = match c.position {
@@ -130,6 +137,7 @@ impl GroupMember {
                 }
             };
             let _ = seeded.set_partition_offset(&self.topic, p, start);
+            self.shared.assigned.lock().unwrap().insert(p);
             changes.push(Change::Assigned(c));
         }
         seeded
@@ -137,7 +145,7 @@ impl GroupMember {
 
     fn fail(&self, why: String) {
         tracing::error!("{why}");
-        self.fatal.lock().unwrap().get_or_insert(why);
+        self.shared.fatal.lock().unwrap().get_or_insert(why);
     }
 }
 
@@ -163,8 +171,10 @@ impl ConsumerContext for GroupMember {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 {
-                    let mut changes = self.changes.lock().unwrap();
+                    let mut changes = self.shared.changes.lock().unwrap();
+                    let mut assigned = self.shared.assigned.lock().unwrap();
                     for e in tpl.elements().iter().filter(|e| e.topic() == self.topic) {
+                        assigned.remove(&e.partition());
                         changes.push(Change::Revoked(e.partition()));
                     }
                 }
@@ -187,6 +197,8 @@ impl ConsumerContext for GroupMember {
 
 pub struct KafkaSource {
     consumer: BaseConsumer<GroupMember>,
+    cfg: KafkaConfig,
+    shared: Arc<Shared>,
     topic: String,
     /// A message polled in the same call that changed the assignment: handed over first next
     /// time, after the change (it may belong to a partition just assigned).
@@ -196,6 +208,25 @@ pub struct KafkaSource {
 impl KafkaSource {
     /// Joins the group. Each partition the group assigns is first claimed with `claimer`.
     pub fn connect(cfg: &KafkaConfig, claimer: Claimer) -> Result<Self, SourceError> {
+        let shared = Arc::new(Shared {
+            claimer,
+            changes: Mutex::new(Vec::new()),
+            assigned: Mutex::new(BTreeSet::new()),
+            fatal: Mutex::new(None),
+        });
+        Ok(KafkaSource {
+            consumer: Self::consumer(cfg, &shared)?,
+            cfg: cfg.clone(),
+            shared,
+            topic: cfg.topic.clone(),
+            stash: None,
+        })
+    }
+
+    fn consumer(
+        cfg: &KafkaConfig,
+        shared: &Arc<Shared>,
+    ) -> Result<BaseConsumer<GroupMember>, SourceError> {
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", &cfg.brokers)
             .set("group.id", &cfg.group_id)
@@ -216,21 +247,40 @@ impl KafkaSource {
         }
         let ctx = GroupMember {
             topic: cfg.topic.clone(),
-            claimer,
-            changes: Mutex::new(Vec::new()),
-            fatal: Mutex::new(None),
+            shared: shared.clone(),
         };
         let consumer: BaseConsumer<GroupMember> = cc.create_with_context(ctx)?;
         consumer.subscribe(&[&cfg.topic])?;
-        Ok(KafkaSource {
-            consumer,
-            topic: cfg.topic.clone(),
-            stash: None,
-        })
+        Ok(consumer)
+    }
+
+    /// The consumer hit a fatal error (librdkafka's instance is unusable from then on; seen here:
+    /// a static member whose session expired while the broker restarted is fenced by its own
+    /// rejoin, `FENCED_INSTANCE_ID`). Every partition it held is given up (the pipeline commits
+    /// their positions, which the fence refuses if they were claimed meanwhile) and a new
+    /// consumer joins the group; its partitions are claimed again as they are assigned.
+    fn rebuild(&mut self, why: &rdkafka::error::KafkaError) {
+        tracing::error!(error = %why, "the Kafka consumer failed fatally; giving up its partitions and joining the group again");
+        {
+            let mut changes = self.shared.changes.lock().unwrap();
+            let mut assigned = self.shared.assigned.lock().unwrap();
+            for p in std::mem::take(&mut *assigned) {
+                changes.push(Change::Revoked(p));
+            }
+        }
+        self.stash = None;
+        match Self::consumer(&self.cfg, &self.shared) {
+            Ok(c) => self.consumer = c,
+            Err(e) => {
+                self.shared.fatal.lock().unwrap().get_or_insert(format!(
+                    "the Kafka consumer failed ({why}) and could not be created again: {e}"
+                ));
+            }
+        }
     }
 
     fn changed(&self) -> bool {
-        !self.consumer.context().changes.lock().unwrap().is_empty()
+        !self.shared.changes.lock().unwrap().is_empty()
     }
 
     /// Polls up to `max` messages, waiting at most `timeout` for the first one, and hands each
@@ -275,6 +325,10 @@ impl KafkaSource {
                         timestamp_ms: m.timestamp().to_millis(),
                     });
                     n += 1;
+                }
+                Some(Err(e @ rdkafka::error::KafkaError::MessageConsumptionFatal(_))) => {
+                    self.rebuild(&e);
+                    break;
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "kafka consumer error");
@@ -357,7 +411,7 @@ impl Source for KafkaSource {
     }
 
     fn take_changes(&mut self) -> Vec<Change> {
-        std::mem::take(&mut *self.consumer.context().changes.lock().unwrap())
+        std::mem::take(&mut *self.shared.changes.lock().unwrap())
     }
 
     fn assignment(&self) -> Vec<i32> {
@@ -377,7 +431,7 @@ impl Source for KafkaSource {
     }
 
     fn finished(&mut self) -> Result<bool, SourceError> {
-        match self.consumer.context().fatal.lock().unwrap().clone() {
+        match self.shared.fatal.lock().unwrap().clone() {
             Some(why) => Err(SourceError::Refused(why)),
             None => Ok(false),
         }
