@@ -319,6 +319,19 @@ fn run_until_refused(cfg: &Path) -> (std::process::ExitStatus, String) {
     (out.status, String::from_utf8_lossy(&out.stderr).to_string())
 }
 
+/// Runs one member, which must stop by itself with an error saying all of `says`.
+fn assert_refused(cfg: &Path, says: &[&str]) {
+    let (status, err) = run_until_refused(cfg);
+    assert!(!status.success(), "{err}");
+    assert!(says.iter().all(|s| err.contains(s)), "{err}");
+    println!(
+        "refused: {}",
+        err.lines()
+            .rfind(|l| l.contains(says[says.len() - 1]))
+            .unwrap_or_default()
+    );
+}
+
 #[test]
 fn a_partition_below_its_log_start_or_past_its_end_is_refused_loudly() {
     let _serial = serial();
@@ -343,18 +356,7 @@ fn a_partition_below_its_log_start_or_past_its_end_is_refused_loudly() {
         .unwrap();
     block_on(admin(&broker.bootstrap).delete_records(&tpl, &AdminOptions::new()))
         .expect("delete records");
-    let (status, err) = run_until_refused(&cfg);
-    assert!(!status.success(), "{err}");
-    assert!(
-        err.contains("partition 1") && err.contains("retention removed offsets"),
-        "{err}"
-    );
-    println!(
-        "refused: {}",
-        err.lines()
-            .rfind(|l| l.contains("retention"))
-            .unwrap_or_default()
-    );
+    assert_refused(&cfg, &["partition 1", "retention removed offsets"]);
 
     // Recreated topic: offsets restart at 0, far below the recorded position.
     let results = block_on(admin(&broker.bootstrap).delete_topics(&[TOPIC], &AdminOptions::new()))
@@ -372,16 +374,5 @@ fn a_partition_below_its_log_start_or_past_its_end_is_refused_loudly() {
     });
     broker.create_topic(TOPIC, P as u32);
     produce(&broker.bootstrap, P, 100, 72);
-    let (status, err) = run_until_refused(&cfg);
-    assert!(!status.success(), "{err}");
-    assert!(
-        err.contains("recreated or restored") && err.contains("partition"),
-        "{err}"
-    );
-    println!(
-        "refused: {}",
-        err.lines()
-            .rfind(|l| l.contains("recreated"))
-            .unwrap_or_default()
-    );
+    assert_refused(&cfg, &["partition", "recreated or restored"]);
 }

@@ -298,12 +298,7 @@ impl KafkaSource {
             return 0;
         }
         if let Some(m) = self.stash.take() {
-            f(RawMessage {
-                partition: m.partition(),
-                offset: m.offset(),
-                payload: m.payload(),
-                timestamp_ms: m.timestamp().to_millis(),
-            });
+            f(raw(&m));
             n += 1;
         }
         let mut wait = timeout;
@@ -318,12 +313,7 @@ impl KafkaSource {
             match polled {
                 None => break,
                 Some(Ok(m)) => {
-                    f(RawMessage {
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        payload: m.payload(),
-                        timestamp_ms: m.timestamp().to_millis(),
-                    });
+                    f(raw(&m));
                     n += 1;
                 }
                 Some(Err(e @ rdkafka::error::KafkaError::MessageConsumptionFatal(_))) => {
@@ -397,6 +387,16 @@ impl KafkaSource {
 
     pub fn topic(&self) -> &str {
         &self.topic
+    }
+}
+
+/// The pipeline's view of a consumed message (borrowed, no copy).
+fn raw<M: Message>(m: &M) -> RawMessage<'_> {
+    RawMessage {
+        partition: m.partition(),
+        offset: m.offset(),
+        payload: m.payload(),
+        timestamp_ms: m.timestamp().to_millis(),
     }
 }
 
