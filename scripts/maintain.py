@@ -218,7 +218,8 @@ def compact_small_files(catalog, ident: str, min_files: int, max_file_bytes: int
 # position was committed after it. The fence only lets a commit land when no higher epoch sits in
 # the history, so the newest entry of a partition carries its highest epoch: keeping the newest
 # snapshot carrying each key for each partition keeps everything the daemon reads.
-RESUME_KEYS = ("admetrics.offsets", "admetrics.replay-from", "admetrics.watermarks", "admetrics.epochs")
+RESUME_KEYS = ("admetrics.offsets", "admetrics.replay-from", "admetrics.watermarks", "admetrics.closed-through",
+               "admetrics.epochs")
 RESUME_SCALARS = ("admetrics.watermark", "admetrics.click-horizon-ms", "admetrics.commit-seq")
 
 

@@ -140,6 +140,10 @@ fn rest_catalog_on_s3_holds_every_event_once_and_the_dashboard_views_read_it() {
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
             .env("ADMETRICS_LOG", "info")
+            // Issue 14, defect 11, over REST: every third catalog commit is applied and then
+            // reported as failed (see `tests/service.rs`); the verifier checks that every row
+            // and data file is in the tables once.
+            .env("ADMETRICS_FAULT", "ambiguous-commit:3")
             .stdin(Stdio::null())
             .output()
             .unwrap()
@@ -163,6 +167,12 @@ fn rest_catalog_on_s3_holds_every_event_once_and_the_dashboard_views_read_it() {
         "run --file over REST + S3 failed:\n{}",
         output_text(&o)
     );
+    let faults = String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .filter(|l| l.contains("fault injection: commit"))
+        .count();
+    println!("{faults} catalog commits applied and reported as failed");
+    assert!(faults >= 2, "{}", output_text(&o));
     verify();
 
     // Table maintenance as the compose stack runs it, over REST and S3: the ~10 commits' small

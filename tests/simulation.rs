@@ -114,7 +114,13 @@ fn gen_partition(rng: &mut fastrand::Rng, p: i32, n: usize, base: i64) -> Vec<Ms
             kind,
             time_ms,
             campaign: format!("camp-{c}"),
-            ad: format!("ad-{c}-{}", rng.u32(0..2)),
+            // Some ad ids are seen once (a buggy SDK's garbage): the interners free and reuse
+            // them as their windows close (issue 14, defect 4), which must never rename a row.
+            ad: if rng.f64() < 0.15 {
+                format!("ad-{c}-once-{p}-{i}")
+            } else {
+                format!("ad-{c}-{}", rng.u32(0..2))
+            },
             user: users[rng.usize(0..users.len())].clone(),
             micros: if kind == 2 {
                 rng.i64(1..5_000_000_000)
@@ -456,8 +462,10 @@ impl Sim {
     fn clock(&mut self) -> Clock {
         self.step += 1;
         Clock {
-            now_ms: self.now_ms + self.step as i64 * 100,
-            instant: self.t0 + Duration::from_millis(self.step * 100),
+            // Half a second a step: the processor's 30 s housekeeping (pruning clicks and
+            // dedup ids, freeing interned ids) runs every 60 steps.
+            now_ms: self.now_ms + self.step as i64 * 500,
+            instant: self.t0 + Duration::from_millis(self.step * 500),
         }
     }
 
@@ -756,4 +764,234 @@ fn random_streams_crashes_and_rebalances_match_the_reference_model() {
         started.elapsed().as_secs_f64()
     );
     assert!(failures.is_empty(), "failing seeds: {failures:?}");
+}
+
+fn shipped_plugins() -> Vec<Plugin> {
+    let rt = PluginRuntime::new(&Config::default().plugins).unwrap();
+    support::plugin_paths()
+        .iter()
+        .map(|p| rt.load(p).expect("load plugin"))
+        .collect()
+}
+
+fn impression(id: &str, time_ms: i64, campaign: &str, ad: &str) -> Msg {
+    let ev = Ev {
+        id: id.into(),
+        kind: 0,
+        time_ms,
+        campaign: campaign.into(),
+        ad: ad.into(),
+        user: "u".into(),
+        micros: 0,
+    };
+    Msg {
+        payload: json(&ev).into_bytes(),
+        event: Some(ev),
+    }
+}
+
+/// Issue 14, defect 3: raising `window.allowed_lateness_ms` (live, or across a restart) re-created
+/// windows already published as final, and published a higher revision holding only the late
+/// events, which readers took as the window's value.
+#[test]
+fn raising_the_allowed_lateness_never_reopens_a_final_window() {
+    const BASE: i64 = 1_700_000_040_000; // a window start
+    for restart in [false, true] {
+        let mut cfg = Config::default();
+        cfg.window.size_secs = 60;
+        cfg.window.out_of_orderness_ms = OOO_MS as u64;
+        cfg.window.allowed_lateness_ms = 0;
+        cfg.window.idle_timeout_ms = 3_600_000;
+        let mut log: Vec<Msg> = (0..10)
+            .map(|i| impression(&format!("on-time-{i}"), BASE + i * 1_000, "camp", "a"))
+            .collect();
+        // Moves the watermark past the first window: it is published as final (10 impressions).
+        log.push(impression("ahead", BASE + 200_000, "camp", "a"));
+        // Late under a lateness of 0; on time under 10 minutes.
+        log.push(impression("late", BASE + 30_000, "camp", "a"));
+        let mut sim = Sim {
+            cfg,
+            plugins: shipped_plugins(),
+            log: vec![log],
+            tables: Tables::default(),
+            rng: fastrand::Rng::with_seed(1),
+            now_ms: BASE + 3_600_000,
+            t0: Instant::now(),
+            step: 0,
+        };
+        // Feeds partition 0 up to (not including) offset `to`.
+        let feed_to = |sim: &mut Sim, m: &mut Member, to: usize| {
+            let clock = sim.clock();
+            for o in m.read[&0] as usize..to {
+                m.processor.process(
+                    RawMessage {
+                        partition: 0,
+                        offset: o as i64,
+                        payload: Some(&sim.log[0][o].payload),
+                        timestamp_ms: None,
+                    },
+                    &clock,
+                );
+            }
+            m.read.insert(0, to as i64);
+        };
+        let mut m = sim.member(&[0]);
+        feed_to(&mut sim, &mut m, 11);
+        sim.tick(&mut m, 3);
+        let key: Key = (BASE, "camp".into(), None, "ctr".into());
+        assert_eq!(sim.tables.current().get(&key), Some(&(0.0, 10.0)));
+
+        sim.cfg.window.allowed_lateness_ms = 600_000;
+        if restart {
+            drop(m);
+            m = sim.member(&[0]);
+        } else {
+            let mut s = m.processor.settings().clone();
+            s.allowed_lateness_ms = 600_000;
+            m.processor.apply_settings(&s);
+        }
+        feed_to(&mut sim, &mut m, 12);
+        sim.tick(&mut m, 3);
+        sim.tick(&mut m, 3);
+        let rows: Vec<_> = sim.tables.metrics.iter().filter(|r| r.key == key).collect();
+        assert_eq!(
+            sim.tables.current().get(&key),
+            Some(&(0.0, 10.0)),
+            "restart: {restart}; rows of the closed window: {rows:?}"
+        );
+        assert_eq!(rows.len(), 1, "restart: {restart}: {rows:?}");
+    }
+}
+
+/// Issue 14, defect 4: the campaign and ad interners kept every distinct id ever seen, so a stream
+/// of garbage `ad_id`s grew the daemon without bound.
+#[test]
+fn garbage_ad_ids_are_freed_as_their_windows_close() {
+    const BASE: i64 = 1_700_000_040_000;
+    let mut cfg = Config::default();
+    cfg.window.size_secs = 60;
+    cfg.window.out_of_orderness_ms = OOO_MS as u64;
+    let status = Arc::new(Status::default());
+    let mut p = Processor::new(&cfg, shipped_plugins(), status.clone());
+    let t0 = Instant::now();
+    let mut most = 0;
+    for minute in 0..200i64 {
+        let clock = Clock {
+            now_ms: BASE + minute * 60_000 + 60_000,
+            instant: t0 + Duration::from_secs(31 * minute as u64),
+        };
+        for i in 0..100i64 {
+            let m = impression(
+                &format!("e-{minute}-{i}"),
+                BASE + minute * 60_000 + i * 100,
+                &format!("camp-{minute}-{}", i % 10),
+                &format!("garbage-{minute}-{i}"),
+            );
+            p.process(
+                RawMessage {
+                    partition: 0,
+                    offset: minute * 100 + i,
+                    payload: Some(&m.payload),
+                    timestamp_ms: None,
+                },
+                &clock,
+            );
+        }
+        let batch = p.tick(&clock);
+        if minute > 0 {
+            // Each window's rows still name its own campaigns (freed numbers are reused).
+            let b = batch.metrics.expect("the windows' rows");
+            let campaigns = column(&b, "campaign_id").as_string::<i32>();
+            let ws = column(&b, "window_start").as_primitive::<TimestampMicrosecondType>();
+            for r in 0..b.num_rows() {
+                let w = (ws.value(r) / 1000 - BASE) / 60_000;
+                assert!(
+                    campaigns.value(r).starts_with(&format!("camp-{w}-")),
+                    "window {w}: {}",
+                    campaigns.value(r)
+                );
+            }
+        }
+        most = most.max(p.interned_ids().1);
+    }
+    // 20 000 distinct ads and 2 000 campaigns seen; at most the open windows' are held.
+    assert!(most <= 300, "{most} ad ids held at once");
+    assert!(
+        status
+            .interned_ids_evicted
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 20_000,
+        "{:?}",
+        status.interned_ids_evicted
+    );
+}
+
+/// Found by `tests/hot_swap.rs` in CI: a plugin version swapped in between two partitions
+/// opening the same window failed on one partition's window before publishing anything, and
+/// readers summing the partitions' shares took the other partition's share for the whole window
+/// (a smaller total, final and not withheld). Now a failed plugin's every declared metric is
+/// published as withheld for each campaign of that partition's window.
+#[test]
+fn a_plugin_failing_on_one_partitions_window_withholds_the_key() {
+    const BASE: i64 = 1_700_000_040_000;
+    let rt = PluginRuntime::new(&Config::default().plugins).unwrap();
+    let ctr = support::plugin_paths()
+        .into_iter()
+        .find(|p| p.ends_with("ctr.wasm"))
+        .expect("ctr plugin");
+    let bad = support::repo_root().join("target/wasm32-wasip2/release/fixture_ctr_bad.wasm");
+    let mut cfg = Config::default();
+    cfg.window.size_secs = 60;
+    cfg.window.out_of_orderness_ms = OOO_MS as u64;
+    let status = Arc::new(Status::default());
+    let mut p = Processor::new(&cfg, vec![rt.load(&ctr).unwrap()], status.clone());
+    let clock = Clock {
+        now_ms: BASE + 600_000,
+        instant: Instant::now(),
+    };
+    let mut offsets = [0i64; 2];
+    let mut send = |p: &mut Processor, part: i32, id: &str, t: i64| {
+        let m = impression(id, t, "camp", "a");
+        p.process(
+            RawMessage {
+                partition: part,
+                offset: offsets[part as usize],
+                payload: Some(&m.payload),
+                timestamp_ms: None,
+            },
+            &clock,
+        );
+        offsets[part as usize] += 1;
+    };
+    for i in 0..10 {
+        send(&mut p, 0, &format!("p0-{i}"), BASE + i * 1_000);
+    }
+    p.flush_plugins();
+    // The failing build (it traps on batches of more than 8 events) is swapped in: partition
+    // 1's window opens with it.
+    p.install(vec![admetrics::pipeline::processor::PluginSpec::New(
+        rt.load(&bad).unwrap(),
+    )]);
+    for i in 0..10 {
+        send(&mut p, 1, &format!("p1-{i}"), BASE + i * 1_000);
+    }
+    p.flush_plugins();
+    assert!(
+        status
+            .plugin_errors
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    for part in 0..2 {
+        send(&mut p, part, &format!("ahead-{part}"), BASE + 300_000);
+    }
+    let mut tables = Tables::default();
+    tables.commit(p.tick(&clock), 3);
+    let key: Key = (BASE, "camp".into(), None, "ctr".into());
+    let shares: Vec<_> = tables.metrics.iter().filter(|r| r.key == key).collect();
+    assert!(
+        shares.iter().any(|r| r.partition == 1 && r.withheld),
+        "{shares:?}"
+    );
+    assert_eq!(tables.current().get(&key), None, "{shares:?}");
 }

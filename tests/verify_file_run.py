@@ -122,6 +122,18 @@ def main():
     got_dead = {r["kafka_offset"]: r["payload"] for r in dead}
     if len(dead) != len(got_dead) or got_dead != bad:
         problems.append(f"dead_letters: {len(dead)} rows for lines {sorted(got_dead)[:10]}, file has bad lines {sorted(bad)[:10]}")
+    # Every data file referenced once: an ambiguous commit appended again would reference the
+    # same files twice (rows counted twice in a table whose duplicate-file check is off).
+    files_total = 0
+    for t in ("campaign_events", "campaign_metrics", "dead_letters"):
+        tbl = cat.load_table(f"ads.{t}")
+        snap = tbl.current_snapshot()
+        paths = [e.data_file.file_path
+                 for m in (snap.manifests(tbl.io) if snap else [])
+                 for e in m.fetch_manifest_entry(tbl.io, discard_deleted=True)]
+        files_total += len(paths)
+        if len(paths) != len(set(paths)):
+            problems.append(f"{t}: {len(paths) - len(set(paths))} data files referenced more than once")
     if a.same_as:
         _, other = final_metrics(*a.same_as)
         # Fractional sums to a relative 1e-12: the partitions' shares may be added in another order.
@@ -133,7 +145,7 @@ def main():
             problems.append(f"the second warehouse differs: {len(other)} vs {len(latest)} metric keys, "
                             f"{len(differ)} differ, e.g. {sorted(differ, key=str)[:3]}")
     print(f"verify_file_run: {len(raw)} lines = {len(valid)} valid + {len(bad)} bad; {len(want)} (campaign, window) keys; "
-          f"{len(latest)} final metric rows")
+          f"{len(latest)} final metric rows; {files_total} data files, each referenced once")
     if problems:
         print(f"{len(problems)} problems:")
         for p in problems[:30]:

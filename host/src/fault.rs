@@ -3,6 +3,10 @@
 //! `<point>`; with `@final`, only passes whose commit carries final metric rows count. Points:
 //! `before-commit:<table>` (its data files are written, the catalog commit not yet made),
 //! `after-commit:<table>`, and `before-offset-store` (Iceberg committed, Kafka not yet told).
+//!
+//! `ADMETRICS_FAULT=ambiguous-commit:<n>` does not abort: every n-th catalog commit is applied
+//! and then answered with an error, as a catalog whose response is lost would (see
+//! [`ambiguous_commit`]).
 //! Unset (always, outside tests) it costs one initialised `OnceLock` read per commit.
 
 use std::sync::OnceLock;
@@ -46,4 +50,33 @@ pub fn point(name: &str, final_rows: bool) {
         );
         std::process::abort();
     }
+}
+
+/// How an ambiguous commit (applied by the catalog, then failed) is reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ambiguous {
+    /// As a compare-and-swap conflict: retryable, so iceberg-rust retries it inside
+    /// `Transaction::commit` on the reloaded table (which already holds the commit).
+    Conflict,
+    /// As "the commit state is unknown" (a REST 5xx, a lost response): not retryable for
+    /// iceberg-rust; the sink retries the whole batch.
+    Unknown,
+}
+
+/// Whether the catalog commit just applied is to be reported as failed, and how
+/// (`ambiguous-commit:<n>`: every n-th commit, alternately as each kind).
+pub fn ambiguous_commit() -> Option<Ambiguous> {
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let s = spec().filter(|s| s.point == "ambiguous-commit" && s.n > 0)?;
+    let hit = HITS.fetch_add(1, Ordering::Relaxed) + 1;
+    if hit % s.n != 0 {
+        return None;
+    }
+    let kind = if (hit / s.n) % 2 == 1 {
+        Ambiguous::Conflict
+    } else {
+        Ambiguous::Unknown
+    };
+    eprintln!("admetrics: fault injection: commit {hit} applied, reported as {kind:?}");
+    Some(kind)
 }

@@ -10,8 +10,9 @@
 //! | [`window`]  | watermarks, tumbling windows, per-user touchpoints, id interning       |
 //! | [`dedup`]   | event ids remembered for the dedup horizon: copies count once          |
 //! | [`plugin`]  | wasmtime component runtime for the `wit/` metric-plugin world          |
-//! | [`sink`]    | Iceberg tables (SQLite SQL catalog + local warehouse), fast appends    |
-//! | [`pipeline`]| the processor that chains the stages, and the daemon's threads         |
+//! | [`sink`]    | Iceberg tables (SQL or REST catalog), fenced fast appends, summaries   |
+//! | [`pipeline`]| the processor that chains the stages (per-partition tasks, the plugin  |
+//! |             | registry, the live view), and the daemon's threads                    |
 //! | [`config`]  | TOML configuration with env overrides and strict keys                  |
 //! | [`watch`]   | hot reload: plugin files and config watched, compiled off the event path |
 //!

@@ -333,6 +333,18 @@ pub fn render(s: &Status) -> String {
         "Event ids remembered for deduplication.",
         c(&s.dedup_ids),
     );
+    o.one(
+        "admetrics_interned_ids",
+        "gauge",
+        "Campaign and ad ids held for open windows and remembered clicks.",
+        c(&s.interned_ids),
+    );
+    o.one(
+        "admetrics_interned_ids_evicted_total",
+        "counter",
+        "Campaign and ad ids freed once no open window or click held them.",
+        c(&s.interned_ids_evicted),
+    );
 
     let plugins = s.plugins.lock().unwrap().clone();
     let label = |p: &crate::status::PluginStat| {

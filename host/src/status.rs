@@ -25,6 +25,9 @@ pub struct Status {
     /// Ids remembered for deduplication and the table's heap bytes.
     pub dedup_ids: AtomicU64,
     pub dedup_bytes: AtomicU64,
+    /// Campaign and ad ids interned now, and freed since the start (their windows closed).
+    pub interned_ids: AtomicU64,
+    pub interned_ids_evicted: AtomicU64,
     pub plugin_errors: AtomicU64,
     pub plugin_swaps: AtomicU64,
     pub plugin_rejections: AtomicU64,

@@ -251,6 +251,18 @@ impl Touchpoints {
         self.users.len()
     }
 
+    /// Marks in `campaigns` and `ads` (indexed by id) every id a remembered click holds.
+    pub fn mark_ids(&self, campaigns: &mut [bool], ads: &mut [bool]) {
+        for tp in self.users.values().flatten() {
+            if let Some(c) = campaigns.get_mut(tp.campaign as usize) {
+                *c = true;
+            }
+            if let Some(a) = ads.get_mut(tp.ad as usize) {
+                *a = true;
+            }
+        }
+    }
+
     /// Approximate heap bytes held (table slots, spilled click lists).
     pub fn bytes_estimate(&self) -> usize {
         let slot = std::mem::size_of::<(u64, SmallVec<[Touchpoint; 1]>)>() + 1;
@@ -269,35 +281,96 @@ fn user_key(user: &str) -> u64 {
     twox_hash::XxHash3_64::oneshot(user.as_bytes())
 }
 
-/// Strings ↔ dense `u32` ids.
+/// Strings ↔ dense `u32` ids, bounded by the state that uses them.
+///
+/// Plugins keep ids inside their opaque accumulators, so an id cannot be renumbered while any
+/// open window or remembered click might hold it. Each id records the newest window (start, ms)
+/// it was used in; [`evict`](Self::evict) frees ids whose every use is in windows already closed
+/// and that no remembered click holds, and `intern` hands freed numbers out again. A stream of
+/// garbage `ad_id`s thus costs memory only for as long as its windows are open (issue 14,
+/// defect 4).
 #[derive(Debug, Default)]
 pub struct Interner {
-    ids: FxHashMap<Box<str>, u32>,
-    names: Vec<std::sync::Arc<str>>,
+    ids: FxHashMap<std::sync::Arc<str>, u32>,
+    names: Vec<Option<std::sync::Arc<str>>>,
+    /// Per id: start (ms) of the newest window that used it.
+    last_used: Vec<i64>,
+    free: Vec<u32>,
+    evicted: u64,
 }
 
 impl Interner {
+    /// The id of `s`, used by the window starting at `window_ms`.
     #[inline]
-    pub fn intern(&mut self, s: &str) -> u32 {
+    pub fn intern(&mut self, s: &str, window_ms: i64) -> u32 {
         if let Some(&id) = self.ids.get(s) {
+            self.touch(id, window_ms);
             return id;
         }
-        let id = self.names.len() as u32;
-        self.ids.insert(s.into(), id);
-        self.names.push(s.into());
+        let name: std::sync::Arc<str> = s.into();
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.names[id as usize] = Some(name.clone());
+                self.last_used[id as usize] = window_ms;
+                id
+            }
+            None => {
+                self.names.push(Some(name.clone()));
+                self.last_used.push(window_ms);
+                (self.names.len() - 1) as u32
+            }
+        };
+        self.ids.insert(name, id);
         id
     }
 
-    pub fn name(&self, id: u32) -> Option<&std::sync::Arc<str>> {
-        self.names.get(id as usize)
+    /// Records that the window starting at `window_ms` uses `id` (a click handed to a conversion).
+    #[inline]
+    pub fn touch(&mut self, id: u32, window_ms: i64) {
+        if let Some(t) = self.last_used.get_mut(id as usize) {
+            *t = (*t).max(window_ms);
+        }
     }
 
+    pub fn name(&self, id: u32) -> Option<&std::sync::Arc<str>> {
+        self.names.get(id as usize).and_then(Option::as_ref)
+    }
+
+    /// Frees every id last used by a window starting before `open_from_ms` (no open or future
+    /// window can hold it) that `held` does not name (a remembered click). Returns how many.
+    pub fn evict(&mut self, open_from_ms: i64, held: &[bool]) -> usize {
+        let mut n = 0;
+        for id in 0..self.names.len() {
+            if self.last_used[id] >= open_from_ms || held.get(id).copied().unwrap_or(false) {
+                continue;
+            }
+            if let Some(name) = self.names[id].take() {
+                self.ids.remove(&name);
+                self.free.push(id as u32);
+                n += 1;
+            }
+        }
+        self.evicted += n as u64;
+        n
+    }
+
+    /// Ids in use.
     pub fn len(&self) -> usize {
-        self.names.len()
+        self.ids.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
+        self.ids.is_empty()
+    }
+
+    /// Numbers handed out so far (the id space: a slot per number, used or free).
+    pub fn capacity(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Ids freed since the start.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
     }
 }
 
@@ -403,6 +476,35 @@ mod tests {
         assert!(bytes <= 128 << 20, "{} MB for 1M users", bytes >> 20);
         assert!(tp.for_conversion("user-000000009", 10_000).len() >= 2);
         assert_eq!(tp.for_conversion("user-000000001", 10_000).len(), 1);
+    }
+
+    /// Issue 14, defect 4: every distinct id ever seen used to stay in memory.
+    #[test]
+    fn ids_are_freed_once_no_open_window_or_click_holds_them_and_reused() {
+        let mut i = Interner::default();
+        for n in 0..1_000 {
+            i.intern(&format!("garbage-{n}"), 0);
+        }
+        let keep = i.intern("kept-by-a-click", 0);
+        let live = i.intern("live", 60_000);
+        assert_eq!(i.intern("live", 120_000), live);
+        let mut held = vec![false; i.capacity()];
+        held[keep as usize] = true;
+        // Windows from 60 s on are open: everything used only before is freed, but the click's.
+        assert_eq!(i.evict(60_000, &held), 1_000);
+        assert_eq!(i.len(), 2);
+        assert_eq!(i.evicted(), 1_000);
+        assert_eq!(i.name(keep).map(|s| &**s), Some("kept-by-a-click"));
+        assert!(i.name(0).is_none());
+        // Freed numbers are handed out again: the id space does not grow.
+        for n in 0..1_000 {
+            i.intern(&format!("more-{n}"), 180_000);
+        }
+        assert_eq!(i.capacity(), 1_002);
+        // A use of an id moves its lifetime on.
+        i.touch(live, 240_000);
+        assert_eq!(i.evict(200_000, &[]), 1_001);
+        assert_eq!(i.name(live).map(|s| &**s), Some("live"));
     }
 
     #[test]

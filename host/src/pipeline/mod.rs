@@ -4,8 +4,8 @@
 //!  ingest thread (blocking)                         sink task (tokio)
 //!  ┌──────────────────────────────────────┐  batch  ┌───────────────────────────┐
 //!  │ Source::poll_batch (Kafka or file)   │ ──────▶ │ IcebergSink::commit        │
-//!  │ Processor::process / flush_plugins   │ (≤ 1    │ events → dead letters →    │
-//!  │ every commit interval: tick()        │ queued) │ metrics, offsets in summary│
+//!  │ Processor::process / flush_plugins   │ (≤ 1    │ dead letters →             │
+//!  │ every commit interval: tick()        │ queued) │ metrics → events (position)│
 //!  │ on ack: commit offsets to Kafka      │ ◀────── │ ack (CommitReport)         │
 //!  └──────────────────────────────────────┘   ack   └───────────────────────────┘
 //! ```
@@ -16,7 +16,9 @@
 //! A bounded source (a file) ends the run by itself: at its end every window is closed (like
 //! Flink's final watermark), the last batch is committed and `run` returns.
 
+mod live;
 pub mod processor;
+pub mod registry;
 mod task;
 
 use std::collections::BTreeMap;

@@ -11,6 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use super::live::LiveView;
+pub use super::registry::PluginSpec;
+use super::registry::{Registry, Slot};
 use super::task::{Task, Window};
 use crate::config::Config;
 use crate::dedup::{Delivery, SeenIds};
@@ -19,7 +22,7 @@ use crate::plugin::{self, Plugin, PluginError, Touchpoint};
 use crate::sink::schema::{DeadLetterBuffer, EventsBuffer, MetricRecord, metrics_batch};
 use crate::sink::{Claimed, CommitBatch, Position};
 use crate::source::RawMessage;
-use crate::status::{CampaignLine, Status};
+use crate::status::Status;
 use crate::window::{Interner, Touchpoints, Watermarks, window_start};
 
 /// Wall-clock readings taken once per poll batch, not per event.
@@ -36,61 +39,6 @@ impl Clock {
             instant: Instant::now(),
         }
     }
-}
-
-/// Where a loaded plugin version stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SlotState {
-    /// In the active set: new windows use it.
-    Active,
-    /// Replaced by a swap; still finishing the windows it opened with.
-    Retired,
-    /// Failed `quarantine_after` times within `quarantine_window_secs`: no longer called.
-    Quarantined,
-}
-
-/// A loaded plugin version with the strings its rows are stamped with and its health.
-pub struct Slot {
-    pub plugin: Plugin,
-    name: Arc<str>,
-    version: Arc<str>,
-    sha256: Arc<str>,
-    pub calls: u64,
-    pub errors: u64,
-    pub busy: Duration,
-    pub state: SlotState,
-    /// Times of recent failures (within the quarantine window).
-    recent_failures: std::collections::VecDeque<Instant>,
-    /// The version of the same plugin this one replaced, for automatic rollback.
-    previous: Option<usize>,
-}
-
-impl Slot {
-    pub fn new(plugin: Plugin, previous: Option<usize>) -> Self {
-        Slot {
-            name: plugin.info.name.as_str().into(),
-            version: plugin.info.version.as_str().into(),
-            sha256: plugin.info.sha256.as_str().into(),
-            plugin,
-            calls: 0,
-            errors: 0,
-            busy: Duration::ZERO,
-            state: SlotState::Active,
-            recent_failures: Default::default(),
-            previous,
-        }
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-}
-
-/// One entry of a new plugin set sent by the watcher: a version already loaded (by sha256), or
-/// a freshly compiled and validated one.
-pub enum PluginSpec {
-    Keep(String),
-    New(Plugin),
 }
 
 /// Settings that can change while running (see `watch`).
@@ -130,15 +78,10 @@ pub struct Processor {
     size_ms: i64,
     lateness_ms: i64,
     validation: crate::config::ValidationConfig,
-    /// Every loaded plugin version, by id; `None` once no window or set needs it any more.
-    versions: Vec<Option<Slot>>,
-    /// The active set: version ids new windows open with, in configuration order.
-    active: Vec<usize>,
-    quarantine_after: u32,
-    quarantine_window: Duration,
+    /// The loaded plugin versions and the active set (see `registry`).
+    registry: Registry,
     /// The live-changeable settings in force.
     settings: LiveSettings,
-    wants_touchpoints: bool,
     campaigns: Interner,
     ads: Interner,
     /// Per owned partition: its watermark (each partition closes its own windows).
@@ -163,7 +106,7 @@ pub struct Processor {
     last_prune: Instant,
     status: Arc<Status>,
     /// Latest figures of the newest window, for the live view.
-    current: (i64, BTreeMap<Arc<str>, CampaignLine>),
+    live: LiveView,
     /// Whether rows are built into Arrow (false in the in-process benchmark's "no sink" mode).
     pub build_tables: bool,
     /// Whether a message of a partition nobody assigned starts it fresh (the benches and
@@ -176,7 +119,6 @@ impl Processor {
         status
             .lookback_secs
             .store(cfg.attribution.lookback_secs, Relaxed);
-        let wants_touchpoints = plugins.iter().any(|p| p.info.wants_touchpoints);
         let mut watermarks =
             Watermarks::new(cfg.window.out_of_orderness_ms, cfg.window.idle_timeout_ms);
         watermarks.set_max_clock_skew(Some(cfg.window.max_clock_skew_ms).filter(|&s| s > 0));
@@ -185,15 +127,13 @@ impl Processor {
             size_ms: cfg.window_size_ms(),
             lateness_ms: cfg.window.allowed_lateness_ms as i64,
             validation: cfg.validation.clone(),
-            active: (0..plugins.len()).collect(),
-            versions: plugins
-                .into_iter()
-                .map(|p| Some(Slot::new(p, None)))
-                .collect(),
-            quarantine_after: cfg.plugins.quarantine_after,
-            quarantine_window: Duration::from_secs(cfg.plugins.quarantine_window_secs),
+            registry: Registry::new(
+                plugins,
+                cfg.plugins.quarantine_after,
+                Duration::from_secs(cfg.plugins.quarantine_window_secs),
+                status.clone(),
+            ),
             settings: LiveSettings::from_config(cfg),
-            wants_touchpoints,
             campaigns: Interner::default(),
             ads: Interner::default(),
             watermarks,
@@ -211,7 +151,7 @@ impl Processor {
             seq: 0,
             last_prune: Instant::now(),
             status,
-            current: (i64::MIN, BTreeMap::new()),
+            live: LiveView::default(),
             build_tables: true,
             assign_on_first_message: true,
         }
@@ -236,8 +176,18 @@ impl Processor {
         for id in &claim.ids {
             seen.remember(id.hash, claim.partition, id.offset, id.time_ms, id.was_copy);
         }
+        // Summaries written before `closed-through` existed: the watermark closed what the
+        // lateness in force now says it closed.
+        let closed_through = claim
+            .position
+            .and_then(|p| {
+                p.closed_through_ms
+                    .or(p.watermark_ms.map(|w| w.saturating_sub(self.lateness_ms)))
+            })
+            .unwrap_or(i64::MIN);
         Task::new(
             claim,
+            closed_through,
             Touchpoints::new(self.settings.max_touchpoints, self.lookback_ms),
             seen,
         )
@@ -301,83 +251,18 @@ impl Processor {
 
     /// Every loaded plugin version.
     pub fn slots(&self) -> impl Iterator<Item = &Slot> {
-        self.versions.iter().flatten()
+        self.registry.slots()
     }
 
     /// (name, version, sha256) of the active set, in order.
     pub fn active_set(&self) -> Vec<(String, String, String)> {
-        self.active
-            .iter()
-            .filter_map(|&v| self.versions[v].as_ref())
-            .map(|s| {
-                (
-                    s.name.to_string(),
-                    s.version.to_string(),
-                    s.sha256.to_string(),
-                )
-            })
-            .collect()
+        self.registry.active_set()
     }
 
-    /// Installs a new active set. Windows already open finish on the versions they opened
-    /// with; windows opened from now on use the new set. Cheap (no compilation happens here),
-    /// so it can run on the event path between two poll batches.
+    /// Installs a new active set (see [`Registry::install`]). Cheap (no compilation happens
+    /// here), so it runs on the event path between two poll batches.
     pub fn install(&mut self, specs: Vec<PluginSpec>) {
-        let mut next = Vec::new();
-        for spec in specs {
-            let id = match spec {
-                PluginSpec::Keep(sha) => {
-                    match self.versions.iter().position(|v| {
-                        v.as_ref()
-                            .is_some_and(|s| *s.sha256 == *sha && s.state != SlotState::Quarantined)
-                    }) {
-                        Some(id) => id,
-                        None => {
-                            tracing::warn!(sha256 = %sha, "plugin version to keep is no longer loaded; skipped");
-                            continue;
-                        }
-                    }
-                }
-                PluginSpec::New(p) => {
-                    if let Some(id) = self.versions.iter().position(|v| {
-                        v.as_ref()
-                            .is_some_and(|s| s.sha256.as_ref() == p.info.sha256)
-                    }) {
-                        id
-                    } else {
-                        let previous = self.active.iter().copied().find(|&a| {
-                            self.versions[a]
-                                .as_ref()
-                                .is_some_and(|s| s.plugin.info.name == p.info.name)
-                        });
-                        self.versions.push(Some(Slot::new(p, previous)));
-                        self.versions.len() - 1
-                    }
-                }
-            };
-            if !next.contains(&id) {
-                next.push(id);
-            }
-        }
-        for &old in &self.active {
-            if !next.contains(&old)
-                && let Some(s) = self.versions[old].as_mut()
-                && s.state == SlotState::Active
-            {
-                s.state = SlotState::Retired;
-            }
-        }
-        for &id in &next {
-            if let Some(s) = self.versions[id].as_mut() {
-                s.state = SlotState::Active;
-                s.recent_failures.clear();
-            }
-        }
-        self.active = next;
-        self.refresh_wants_touchpoints();
-        self.status.plugin_swaps.fetch_add(1, Relaxed);
-        tracing::info!(active = ?self.active_set().iter().map(|(n, v, s)| format!("{n} {v} {}", &s[..12])).collect::<Vec<_>>(),
-            "plugin set installed; open windows finish on their versions");
+        self.registry.install(specs);
     }
 
     pub fn settings(&self) -> &LiveSettings {
@@ -397,99 +282,16 @@ impl Processor {
         // from the command line, not the file.
         self.validation.max_future_ms = s.max_future_ms;
         self.validation.max_past_ms = s.max_past_ms;
-        self.quarantine_after = s.quarantine_after;
-        self.quarantine_window = Duration::from_secs(s.quarantine_window_secs);
+        self.registry.set_quarantine(
+            s.quarantine_after,
+            Duration::from_secs(s.quarantine_window_secs),
+        );
         for t in self.tasks.values_mut() {
             t.touchpoints
                 .set_params(s.max_touchpoints, s.lookback_secs as i64 * 1000);
         }
         self.lookback_ms = s.lookback_secs as i64 * 1000;
         tracing::info!(?s, "live settings applied");
-    }
-
-    fn refresh_wants_touchpoints(&mut self) {
-        self.wants_touchpoints = self
-            .versions
-            .iter()
-            .flatten()
-            .any(|s| s.plugin.info.wants_touchpoints);
-    }
-
-    /// Records a failure of version `id`; after `quarantine_after` failures within the
-    /// quarantine window (successes in between do not excuse a plugin that keeps failing) it is
-    /// quarantined, and if it replaced an earlier version that is still healthy, that one is
-    /// restored in the active set (a swap that went bad rolls itself back).
-    fn on_failure(&mut self, id: usize, window: i64, e: &PluginError) {
-        let Some(slot) = self.versions[id].as_mut() else {
-            return;
-        };
-        slot.errors += 1;
-        let now = Instant::now();
-        slot.recent_failures.push_back(now);
-        while slot
-            .recent_failures
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > self.quarantine_window)
-        {
-            slot.recent_failures.pop_front();
-        }
-        self.status.plugin_errors.fetch_add(1, Relaxed);
-        tracing::error!(plugin = %slot.name, version = %slot.version, window_start_ms = window, error = %e,
-            "plugin failed; its rows for this window are withheld");
-        if (slot.recent_failures.len() as u32) < self.quarantine_after
-            || slot.state == SlotState::Quarantined
-        {
-            return;
-        }
-        slot.state = SlotState::Quarantined;
-        let (name, version, previous) = (slot.name.clone(), slot.version.clone(), slot.previous);
-        self.status.plugins_quarantined.fetch_add(1, Relaxed);
-        let Some(pos) = self.active.iter().position(|&a| a == id) else {
-            return;
-        };
-        let healthy_previous = previous.filter(|&p| {
-            self.versions[p]
-                .as_ref()
-                .is_some_and(|s| s.state != SlotState::Quarantined)
-        });
-        match healthy_previous {
-            Some(p) => {
-                self.active[pos] = p;
-                let prev = self.versions[p].as_mut().expect("checked above");
-                prev.state = SlotState::Active;
-                self.status.plugin_rollbacks.fetch_add(1, Relaxed);
-                tracing::error!(plugin = %name, version = %version, restored = %prev.version,
-                    "plugin quarantined after repeated failures; previous version restored for new windows");
-            }
-            None => {
-                self.active.remove(pos);
-                tracing::error!(plugin = %name, version = %version,
-                    "plugin quarantined after repeated failures; it computes nothing until a new version is installed");
-            }
-        }
-    }
-
-    /// Drops versions that neither the active set, nor any open window, nor a rollback (the
-    /// version an active one replaced) can use.
-    fn collect_versions(&mut self) {
-        let mut used = vec![false; self.versions.len()];
-        for &a in &self.active {
-            used[a] = true;
-            if let Some(p) = self.versions[a].as_ref().and_then(|s| s.previous) {
-                used[p] = true;
-            }
-        }
-        for w in self.tasks.values().flat_map(|t| t.windows.values()) {
-            for (v, _) in &w.accs {
-                used[*v] = true;
-            }
-        }
-        for (id, v) in self.versions.iter_mut().enumerate() {
-            if !used[id] && v.as_ref().is_some_and(|s| s.state != SlotState::Active) {
-                *v = None;
-            }
-        }
-        self.refresh_wants_touchpoints();
     }
 
     /// The smallest watermark over owned partitions.
@@ -611,9 +413,10 @@ impl Processor {
             .observe(m.partition, ev.time_ms, clock.instant);
 
         let start = window_start(ev.time_ms, self.size_ms);
-        let late = start + self.size_ms + self.lateness_ms <= self.watermarks.of(m.partition);
-        let campaign = self.campaigns.intern(&ev.campaign_id);
-        let ad = self.ads.intern(&ev.ad_id);
+        let late = start + self.size_ms
+            <= closed_through(task, &self.watermarks, m.partition, self.lateness_ms);
+        let campaign = self.campaigns.intern(&ev.campaign_id, start);
+        let ad = self.ads.intern(&ev.ad_id, start);
         if ev.kind == EventKind::Click {
             task.touchpoints.record_click(
                 &ev.user_id,
@@ -634,24 +437,32 @@ impl Processor {
                 self.status.late_events.fetch_add(1, Relaxed);
             }
         } else {
-            let active = &self.active;
+            let active = self.registry.active();
             let w = task.windows.entry(start).or_insert_with(|| Window {
                 pending: plugin::new_batch(),
                 accs: active.iter().map(|&v| (v, Some(Vec::new()))).collect(),
                 published: vec![Vec::new(); active.len()],
                 retract: Vec::new(),
+                campaigns: Default::default(),
                 min_offset: m.offset,
                 dirty: false,
             });
+            w.campaigns.insert(campaign);
             let kind = match ev.kind {
                 EventKind::Impression => plugin::kind::IMPRESSION,
                 EventKind::Click => plugin::kind::CLICK,
                 EventKind::Conversion => plugin::kind::CONVERSION,
             };
-            let tps = match (self.wants_touchpoints, ev.kind) {
+            let tps = match (self.registry.wants_touchpoints(), ev.kind) {
                 (false, _) => None,
                 (true, EventKind::Conversion) => {
-                    Some(task.touchpoints.for_conversion(&ev.user_id, ev.time_ms))
+                    let tps = task.touchpoints.for_conversion(&ev.user_id, ev.time_ms);
+                    // The clicks' ids now live in this window's accumulators too.
+                    for tp in tps {
+                        self.campaigns.touch(tp.campaign, start);
+                        self.ads.touch(tp.ad, start);
+                    }
+                    Some(tps)
                 }
                 (true, _) => Some(&[][..]),
             };
@@ -684,7 +495,7 @@ impl Processor {
                 for i in 0..w.accs.len() {
                     let id = w.accs[i].0;
                     let Some(a) = &w.accs[i].1 else { continue };
-                    let Some(slot) = live_slot(&mut self.versions, id) else {
+                    let Some(slot) = self.registry.live_slot(id) else {
                         w.poison(i);
                         continue;
                     };
@@ -705,7 +516,7 @@ impl Processor {
             }
         }
         for (id, _, start, e) in failures {
-            self.on_failure(id, start, &e);
+            self.registry.on_failure(id, start, &e);
         }
     }
 
@@ -757,12 +568,12 @@ impl Processor {
                 open_windows += task.windows.len() as u64;
                 continue;
             }
-            let wm = self.watermarks.of(p);
             // Revisions rise with the epoch (a new owner, a restart) and the commit sequence.
             let revision = ((task.epoch as i64) << 32) | ((self.seq + 1) & 0xffff_ffff) as i64;
             let mut closed = Vec::new();
+            task.closed_through = closed_through(task, &self.watermarks, p, self.lateness_ms);
             for (&start, w) in task.windows.iter_mut() {
-                let is_final = start + self.size_ms + self.lateness_ms <= wm;
+                let is_final = start + self.size_ms <= task.closed_through;
                 if !w.dirty && !is_final {
                     continue;
                 }
@@ -770,7 +581,7 @@ impl Processor {
                 for i in 0..w.accs.len() {
                     let id = w.accs[i].0;
                     let Some(a) = &w.accs[i].1 else { continue };
-                    let Some(slot) = live_slot(&mut self.versions, id) else {
+                    let Some(slot) = self.registry.live_slot(id) else {
                         w.poison(i);
                         continue;
                     };
@@ -831,6 +642,53 @@ impl Processor {
                         }
                     }
                 }
+                // A failed plugin's share of this partition's window is unknown: every metric it
+                // declares is withheld for every campaign of the window (beside the rows it had
+                // published, retracted below), at every revision of the window, so campaigns
+                // whose first event came after the failure are covered too.
+                let dead: Vec<usize> = w
+                    .accs
+                    .iter()
+                    .filter(|(_, a)| a.is_none())
+                    .map(|(v, _)| *v)
+                    .collect();
+                for v in dead {
+                    let Some(slot) = self.registry.slot(v) else {
+                        continue;
+                    };
+                    for &c in &w.campaigns {
+                        let Some(campaign) = self.campaigns.name(c) else {
+                            continue;
+                        };
+                        for metric in &slot.plugin.info.metrics {
+                            if w.retract.iter().any(|r| {
+                                r.ad_id.is_none()
+                                    && r.metric == *metric
+                                    && r.campaign_id == *campaign
+                            }) {
+                                continue;
+                            }
+                            w.retract.push(MetricRecord {
+                                window_start_ms: start,
+                                window_end_ms: start + self.size_ms,
+                                campaign_id: campaign.clone(),
+                                ad_id: None,
+                                metric: metric.clone(),
+                                value: 0.0,
+                                numerator: 0.0,
+                                denominator: 0.0,
+                                plugin: slot.name.clone(),
+                                plugin_version: slot.version.clone(),
+                                plugin_sha256: slot.sha256.clone(),
+                                revision,
+                                partition: p,
+                                is_final,
+                                computed_at_ms: clock.now_ms,
+                                withheld: true,
+                            });
+                        }
+                    }
+                }
                 for mut r in std::mem::take(&mut w.retract) {
                     (r.value, r.numerator, r.denominator) = (0.0, 0.0, 0.0);
                     (r.revision, r.is_final, r.withheld, r.computed_at_ms) =
@@ -848,9 +706,14 @@ impl Processor {
             open_windows += task.windows.len() as u64;
         }
         for (id, start, e) in failures {
-            self.on_failure(id, start, &e);
+            self.registry.on_failure(id, start, &e);
         }
-        self.collect_versions();
+        let in_windows = self
+            .tasks
+            .values()
+            .flat_map(|t| t.windows.values())
+            .flat_map(|w| w.accs.iter().map(|(v, _)| *v));
+        self.registry.collect(in_windows);
         self.status
             .windows_finalized
             .fetch_add(closed_windows, Relaxed);
@@ -867,6 +730,7 @@ impl Processor {
                 ids += task.seen.len();
                 id_bytes += task.seen.bytes_estimate();
             }
+            self.evict_ids();
             self.status.dedup_ids.store(ids as u64, Relaxed);
             self.status.dedup_bytes.store(id_bytes as u64, Relaxed);
             self.long_state_bytes = (id_bytes + self.touchpoint_bytes()) as u64;
@@ -876,8 +740,41 @@ impl Processor {
         self.status
             .touchpoint_users
             .store(self.touchpoint_users() as u64, Relaxed);
-        self.update_current(&rows);
+        self.live.update(&rows, &self.status);
         rows
+    }
+
+    /// Frees interned ids no open (or future) window and no remembered click can hold: the
+    /// interners live as long as the state that uses them, not as long as the process.
+    fn evict_ids(&mut self) {
+        // Windows that can still open start after their partition's closed windows end.
+        let open_from = self
+            .tasks
+            .values()
+            .map(|t| {
+                let next = t.closed_through.saturating_sub(self.size_ms - 1);
+                t.windows.keys().next().map_or(next, |&w| w.min(next))
+            })
+            .min()
+            .unwrap_or(i64::MAX);
+        let mut held_campaigns = vec![false; self.campaigns.capacity()];
+        let mut held_ads = vec![false; self.ads.capacity()];
+        for t in self.tasks.values() {
+            t.touchpoints.mark_ids(&mut held_campaigns, &mut held_ads);
+        }
+        self.campaigns.evict(open_from, &held_campaigns);
+        self.ads.evict(open_from, &held_ads);
+        self.status
+            .interned_ids
+            .store((self.campaigns.len() + self.ads.len()) as u64, Relaxed);
+        self.status
+            .interned_ids_evicted
+            .store(self.campaigns.evicted() + self.ads.evicted(), Relaxed);
+    }
+
+    /// Interned (campaign, ad) ids in use.
+    pub fn interned_ids(&self) -> (usize, usize) {
+        (self.campaigns.len(), self.ads.len())
     }
 
     /// Counters for `/metrics` that live here rather than in atomics (once per publish).
@@ -901,23 +798,7 @@ impl Processor {
             .lock()
             .unwrap()
             .clone_from(&self.partition_messages);
-        *self.status.plugins.lock().unwrap() = self
-            .versions
-            .iter()
-            .flatten()
-            .map(|s| crate::status::PluginStat {
-                name: s.name.to_string(),
-                version: s.version.to_string(),
-                state: match s.state {
-                    SlotState::Active => "active",
-                    SlotState::Retired => "retired",
-                    SlotState::Quarantined => "quarantined",
-                },
-                calls: s.calls,
-                errors: s.errors,
-                busy_secs: s.busy.as_secs_f64(),
-            })
-            .collect();
+        *self.status.plugins.lock().unwrap() = self.registry.stats();
     }
 
     /// The input ended (a file source): moves the watermark past every window that holds an
@@ -943,48 +824,6 @@ impl Processor {
     pub fn buffered(&self) -> usize {
         self.events.rows() + self.dead.rows()
     }
-
-    fn update_current(&mut self, rows: &[MetricRecord]) {
-        let Some(newest) = rows.iter().map(|r| r.window_start_ms).max() else {
-            return;
-        };
-        if newest > self.current.0 {
-            self.current = (newest, BTreeMap::new());
-        }
-        if newest < self.current.0 {
-            return;
-        }
-        for r in rows.iter().filter(|r| r.window_start_ms == newest) {
-            let line = self
-                .current
-                .1
-                .entry(r.campaign_id.clone())
-                .or_insert_with(|| CampaignLine {
-                    campaign: r.campaign_id.to_string(),
-                    ..Default::default()
-                });
-            match r.metric.as_str() {
-                "ctr" => (line.clicks, line.impressions) = (r.numerator, r.denominator),
-                "cvr" => line.conversions = r.numerator,
-                "revenue" => line.revenue = r.value,
-                "attributed_revenue" => {} // per ad; summed below
-                _ => {}
-            }
-        }
-        for line in self.current.1.values_mut() {
-            line.attributed_revenue = rows
-                .iter()
-                .filter(|r| {
-                    r.window_start_ms == newest
-                        && r.metric == "attributed_revenue"
-                        && *r.campaign_id == *line.campaign
-                })
-                .map(|r| r.value)
-                .sum::<f64>()
-                .max(line.attributed_revenue);
-        }
-        *self.status.current.lock().unwrap() = (newest, self.current.1.values().cloned().collect());
-    }
 }
 
 /// A bounded input ended before the position the tables record for it.
@@ -1001,9 +840,10 @@ pub struct EndOfInputError {
     pub recorded: i64,
 }
 
-/// The loaded, not quarantined version `id`, if any: what a window may still call.
-fn live_slot(versions: &mut [Option<Slot>], id: usize) -> Option<&mut Slot> {
-    versions[id]
-        .as_mut()
-        .filter(|s| s.state != SlotState::Quarantined)
+/// End of the windows of partition `p` that are closed: those its watermark closed under the
+/// lateness in force, and those closed earlier (under a smaller lateness, or by a previous owner).
+#[inline]
+fn closed_through(task: &Task, watermarks: &Watermarks, p: i32, lateness_ms: i64) -> i64 {
+    task.closed_through
+        .max(watermarks.of(p).saturating_sub(lateness_ms))
 }

@@ -28,6 +28,12 @@ pub(super) struct Window {
     pub published: Vec<Vec<MetricRecord>>,
     /// Rows to publish as withheld at the next revision.
     pub retract: Vec<MetricRecord>,
+    /// Campaign ids (interned) with events in this window of this partition. A plugin that
+    /// failed on the window has every metric it declares published as withheld for each of
+    /// them, so a reader summing partitions' shares sees the key as unknown even when the
+    /// plugin never published a row for this partition (a missing share would otherwise read
+    /// as a smaller total that looks complete).
+    pub campaigns: rustc_hash::FxHashSet<u32>,
     /// The smallest offset of an event in this window: a restart replays from there to rebuild
     /// the window.
     pub min_offset: i64,
@@ -39,10 +45,8 @@ impl Window {
     pub fn poison(&mut self, i: usize) {
         self.accs[i].1 = None;
         let rows = std::mem::take(&mut self.published[i]);
-        if !rows.is_empty() {
-            self.retract.extend(rows);
-            self.dirty = true;
-        }
+        self.retract.extend(rows);
+        self.dirty = true;
     }
 }
 
@@ -69,13 +73,22 @@ pub(super) struct Task {
     /// Next offset handed to this task: a message below it is a re-delivery (a seek in the
     /// source) and must not count twice. `None` until the first message.
     pub seen_to: Option<i64>,
+    /// Windows ending at or before this (ms) are final: published as such, or closed before any
+    /// event reached them. Recorded in every summary, so raising `allowed_lateness_ms` (live or
+    /// across a restart) cannot reopen a window readers already hold as final.
+    pub closed_through: i64,
     /// Per minute of event time, the smallest offset of a click: how far back a restart must
     /// replay to rebuild the touchpoints still inside the lookback.
     pub click_offsets: BTreeMap<i64, i64>,
 }
 
 impl Task {
-    pub fn new(claim: &Claimed, touchpoints: Touchpoints, seen: SeenIds) -> Self {
+    pub fn new(
+        claim: &Claimed,
+        closed_through: i64,
+        touchpoints: Touchpoints,
+        seen: SeenIds,
+    ) -> Self {
         let pos = claim.position.unwrap_or_default();
         Task {
             epoch: claim.epoch,
@@ -87,6 +100,7 @@ impl Task {
             dead_letter_floor: claim.dead_letter_floor.unwrap_or(0),
             claimed_replay_from: pos.replay_from,
             seen_to: None,
+            closed_through,
             click_offsets: BTreeMap::new(),
         }
     }
@@ -99,7 +113,8 @@ impl Task {
 
     /// Where this partition stands for the next summary: the next offset, the first offset a
     /// restart must replay (the smallest of the next offset, the first offset of every open
-    /// window and the first click still inside the attribution horizon), the watermark.
+    /// window and the first click still inside the attribution horizon), the watermark, the end
+    /// of the windows closed for good.
     pub fn position(&mut self, watermark_ms: i64, click_horizon_ms: i64) -> Position {
         let offset = self.offset.max(self.floor);
         let mut replay_from = offset;
@@ -126,6 +141,7 @@ impl Task {
             offset,
             replay_from,
             watermark_ms: (watermark_ms > i64::MIN).then_some(watermark_ms),
+            closed_through_ms: (self.closed_through > i64::MIN).then_some(self.closed_through),
             epoch: self.epoch,
         }
     }

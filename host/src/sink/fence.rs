@@ -35,10 +35,16 @@ pub struct Fence {
     pub epochs: BTreeMap<i32, u64>,
     /// A claim: an entry with an equal epoch also wins over it.
     pub claim: bool,
+    /// Summary entries only this commit carries (writer id and commit sequence, or claim id):
+    /// when iceberg-rust retries the commit, a base that already holds them means an earlier
+    /// attempt landed.
+    pub mark: Vec<(String, String)>,
 }
 
 /// Message prefix of the error a fenced commit fails with (see [`FencingCatalog::fenced`]).
 pub const FENCED: &str = "admetrics: fenced";
+/// Message prefix of the error a retried commit stops with when an earlier attempt landed.
+pub const ALREADY_COMMITTED: &str = "admetrics: already committed";
 
 #[derive(Debug, Default)]
 struct State {
@@ -48,6 +54,8 @@ struct State {
     /// its history, so each check reads only the snapshots added since.
     scanned: HashMap<TableIdent, (i64, BTreeMap<i32, u64>)>,
     fence: Option<Fence>,
+    /// `update_table` calls since the fence was armed (more than one: iceberg-rust retried).
+    attempts: u32,
     fenced: Vec<i32>,
     /// Commits the catalog refused because the table had moved on (another writer's commit).
     conflicts: u64,
@@ -71,6 +79,7 @@ impl FencingCatalog {
     pub fn arm(&self, fence: Fence) {
         let mut s = self.state.lock().unwrap();
         s.fence = Some(fence);
+        s.attempts = 0;
         s.fenced.clear();
     }
 
@@ -193,6 +202,20 @@ impl Catalog for FencingCatalog {
                         "fence armed but the commit's base table was not loaded through it",
                     ));
                 };
+                s.attempts += 1;
+                // A retry inside iceberg-rust: the previous attempt's outcome was unknown to
+                // it, and re-applying the append on a base that holds it would reference the
+                // same data files twice (the duplicate-file check is off, see `append`).
+                if s.attempts > 1
+                    && !f.mark.is_empty()
+                    && summary::ancestry(&base)
+                        .any(|(_, props)| f.mark.iter().all(|(k, v)| props.get(k) == Some(v)))
+                {
+                    return Err(Error::new(
+                        ErrorKind::DataInvalid,
+                        format!("{ALREADY_COMMITTED}: {} holds this commit", f.table),
+                    ));
+                }
                 let max = Self::max_epochs(&mut s, &base, &f.topic);
                 let lost: Vec<i32> = f
                     .epochs
@@ -216,6 +239,18 @@ impl Catalog for FencingCatalog {
             }
         }
         let r = self.inner.update_table(commit).await;
+        let r = match (r, crate::fault::ambiguous_commit()) {
+            (Ok(_), Some(crate::fault::Ambiguous::Conflict)) => Err(Error::new(
+                ErrorKind::CatalogCommitConflicts,
+                "fault injection: applied, reported as a conflict",
+            )
+            .with_retryable(true)),
+            (Ok(_), Some(crate::fault::Ambiguous::Unknown)) => Err(Error::new(
+                ErrorKind::Unexpected,
+                "fault injection: applied, reported as: the commit state is unknown",
+            )),
+            (r, _) => r,
+        };
         if r.as_ref().is_err_and(|e| e.retryable()) {
             self.state.lock().unwrap().conflicts += 1;
         }

@@ -60,10 +60,13 @@ pub enum SinkError {
 }
 
 impl SinkError {
-    /// Whether trying the same commit again may succeed (catalog conflicts, I/O hiccups).
+    /// Whether trying the same commit again may succeed: catalog conflicts, and errors that
+    /// leave the commit's outcome unknown (a REST 5xx, a lost response, an I/O hiccup: kind
+    /// `Unexpected`). A retry first checks whether the table already holds the commit, so an
+    /// ambiguous commit that in fact landed is not appended twice.
     pub fn retryable(&self) -> bool {
         match self {
-            SinkError::Iceberg(e) => e.retryable(),
+            SinkError::Iceberg(e) => e.retryable() || e.kind() == iceberg::ErrorKind::Unexpected,
             SinkError::Warehouse { .. } | SinkError::Fenced(_) => false,
         }
     }
@@ -269,6 +272,10 @@ impl IcebergSink {
             let mut props = HashMap::new();
             props.insert(summary::WRITER_ID.to_string(), self.writer_id.clone());
             props.insert(summary::TOPIC.to_string(), self.topic.clone());
+            props.insert(
+                summary::CLAIM_ID.to_string(),
+                uuid::Uuid::new_v4().simple().to_string(),
+            );
             summary::encode_claim(&mut props, &epochs);
             let mut lost = None;
             for which in [Which::DeadLetters, Which::Metrics, Which::Events] {
@@ -282,13 +289,24 @@ impl IcebergSink {
                         lost = Some(ps);
                         break;
                     }
+                    // The claim's outcome is unknown: claim again from the tables as they are
+                    // (a claim that landed only makes the next epoch one higher).
+                    Err(e) if e.retryable() && attempt < 10 => {
+                        tracing::warn!(error = %e, attempt, "claim failed; claiming again");
+                        lost = Some(Vec::new());
+                        break;
+                    }
                     Err(e) => return Err(e),
                 }
             }
             match lost {
                 None => break epochs,
                 Some(ps) if attempt < 10 => {
-                    tracing::warn!(partitions = ?ps, attempt, "claim raced with another member's claim; claiming again");
+                    if ps.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(50 << attempt.min(6))).await;
+                    } else {
+                        tracing::warn!(partitions = ?ps, attempt, "claim raced with another member's claim; claiming again");
+                    }
                 }
                 Some(ps) => return Err(SinkError::Fenced(ps)),
             }
@@ -461,6 +479,11 @@ impl IcebergSink {
                 }
                 let table = self.table(which).clone();
                 if retrying && self.holds(&table, batch.seq) {
+                    tracing::warn!(
+                        table = which.name(),
+                        seq = batch.seq,
+                        "a commit reported as failed had landed (found on the sink's retry); not appended again"
+                    );
                     break;
                 }
                 let mut data = Vec::new();
@@ -593,6 +616,10 @@ impl IcebergSink {
         epochs: &BTreeMap<i32, u64>,
         claim: bool,
     ) -> Result<Table, SinkError> {
+        let mark = [summary::WRITER_ID, summary::COMMIT_SEQ, summary::CLAIM_ID]
+            .into_iter()
+            .filter_map(|k| props.get(k).map(|v| (k.to_string(), v.clone())))
+            .collect();
         let tx = Transaction::new(table);
         // Our file names are unique by construction; the duplicate check would re-read every
         // manifest on every commit, which grows without bound.
@@ -607,11 +634,17 @@ impl IcebergSink {
             topic: self.topic.clone(),
             epochs: epochs.clone(),
             claim,
+            mark,
         });
         let r = tx.commit(self.catalog.as_ref()).await;
         self.catalog.disarm();
         match r {
             Ok(t) => Ok(t),
+            Err(e) if e.message().starts_with(fence::ALREADY_COMMITTED) => {
+                tracing::warn!(table = %table.identifier(),
+                    "a commit reported as failed had landed (found inside the catalog retry); not appended again");
+                Ok(self.catalog.load_table(table.identifier()).await?)
+            }
             Err(e) if e.message().starts_with(fence::FENCED) => {
                 Err(SinkError::Fenced(self.catalog.fenced()))
             }

@@ -22,8 +22,13 @@ pub const OFFSETS: &str = "admetrics.offsets";
 pub const REPLAY_FROM: &str = "admetrics.replay-from";
 /// JSON object partition → that partition's watermark (ms): windows it had closed stay closed.
 pub const WATERMARKS: &str = "admetrics.watermarks";
+/// JSON object partition → end (ms) of the newest window that partition has finalized: a window
+/// ending at or before it is closed for good, whatever `allowed_lateness_ms` says later.
+pub const CLOSED_THROUGH: &str = "admetrics.closed-through";
 /// JSON object partition → epoch of the member that wrote this entry (or claims the partition).
 pub const EPOCHS: &str = "admetrics.epochs";
+/// A claim's unique id (a retried claim recognises its own earlier attempt by it).
+pub const CLAIM_ID: &str = "admetrics.claim-id";
 /// Present (value "true") on a claim: an empty commit that only raises epochs.
 pub const CLAIM: &str = "admetrics.claim";
 /// The smallest watermark of the partitions in this commit (for people reading summaries).
@@ -39,6 +44,9 @@ pub struct Position {
     /// First offset a new owner replays to rebuild state (≤ `offset`).
     pub replay_from: i64,
     pub watermark_ms: Option<i64>,
+    /// Windows ending at or before this are final (`None`: nothing closed yet, or a summary
+    /// written before this key existed).
+    pub closed_through_ms: Option<i64>,
     /// Epoch of the member that recorded it.
     pub epoch: u64,
 }
@@ -82,6 +90,7 @@ pub fn encode(
     props.insert(OFFSETS.into(), map(&|p| Some(p.offset)));
     props.insert(REPLAY_FROM.into(), map(&|p| Some(p.replay_from)));
     props.insert(WATERMARKS.into(), map(&|p| p.watermark_ms));
+    props.insert(CLOSED_THROUGH.into(), map(&|p| p.closed_through_ms));
     props.insert(EPOCHS.into(), map(&|p| Some(p.epoch as i64)));
     if let Some(min) = positions.values().filter_map(|p| p.watermark_ms).min() {
         props.insert(WATERMARK.into(), min.to_string());
@@ -118,6 +127,7 @@ pub fn entries(
     let offsets = json_map(props, OFFSETS);
     let replay = json_map(props, REPLAY_FROM);
     let watermarks = json_map(props, WATERMARKS);
+    let closed = json_map(props, CLOSED_THROUGH);
     let epochs = json_map(props, EPOCHS);
     let legacy_watermark: Option<i64> = props.get(WATERMARK).and_then(|w| w.parse().ok());
     for (&p, &e) in &epochs {
@@ -132,6 +142,7 @@ pub fn entries(
                 .get(&p)
                 .copied()
                 .or(legacy_watermark.filter(|_| !props.contains_key(WATERMARKS))),
+            closed_through_ms: closed.get(&p).copied(),
             epoch,
         };
         out.insert(p, (Some(pos), epoch));
@@ -205,6 +216,7 @@ mod tests {
                     offset: 10,
                     replay_from: 4,
                     watermark_ms: Some(99),
+                    closed_through_ms: Some(60),
                     epoch: 3,
                 },
             ),
@@ -214,6 +226,7 @@ mod tests {
                     offset: 7,
                     replay_from: 7,
                     watermark_ms: None,
+                    closed_through_ms: None,
                     epoch: 1,
                 },
             ),
@@ -237,6 +250,7 @@ mod tests {
                     offset: 50,
                     replay_from: 40,
                     watermark_ms: Some(777),
+                    closed_through_ms: None,
                     epoch: 0
                 }),
                 0
