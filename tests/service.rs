@@ -217,35 +217,30 @@ fn a_commit_reported_as_failed_that_landed_is_never_appended_twice() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let events = d.join("events.jsonl");
-    let o = admetrics(&[
-        "loadgen",
-        "--out",
-        events.to_str().unwrap(),
-        "--total",
-        "20000",
-        "--rate",
-        "100",
-        "--campaigns",
-        "5",
-        "--users",
-        "300",
-        "--ctr",
-        "0.2",
-        "--cvr",
-        "0.3",
-        "--seed",
-        "11",
-    ])
-    .output()
-    .unwrap();
-    assert!(o.status.success(), "{}", output_text(&o));
+    loadgen_file(
+        &events,
+        &[
+            "--total",
+            "20000",
+            "--rate",
+            "100",
+            "--campaigns",
+            "5",
+            "--users",
+            "300",
+            "--seed",
+            "11",
+        ],
+    );
     let run = |name: &str, fault: Option<&str>| {
         let mut c = admetrics(&["run", "--config"]);
         c.arg(config(d, name))
             .arg("--file")
             .arg(&events)
-            // Many small commits: 2 s of input, a commit of three tables every 25 ms.
-            .env("ADMETRICS__KAFKA__MAX_EVENTS_PER_SEC", "10000")
+            // Small commits (how many depends on the machine's speed: at least the claim's three
+            // and one of metrics + events, so faults 2 and 4 always happen: a conflict on the
+            // claim, an unknown state on the first data commit).
+            .env("ADMETRICS__COMMIT__MAX_ROWS", "1000")
             .env("ADMETRICS__COMMIT__INTERVAL_MS", "25")
             .env("ADMETRICS_LOG", "warn");
         if let Some(f) = fault {
@@ -271,7 +266,7 @@ fn a_commit_reported_as_failed_that_landed_is_never_appended_twice() {
         "faults: {conflicts} applied commits reported as conflicts, {unknown} as unknown; \
          landed commits recognised: {inside} inside iceberg-rust's retry, {on_retry} on the sink's retry"
     );
-    assert!(conflicts >= 3 && unknown >= 3, "{log}");
+    assert!(conflicts >= 1 && unknown >= 1, "{log}");
     assert!(inside >= 1 && on_retry >= 1, "{log}");
     let args: Vec<String> = [
         "--events".to_string(),

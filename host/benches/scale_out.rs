@@ -9,10 +9,14 @@
 //! * events/s end to end with k members (start of the members → every message committed to
 //!   Iceberg), the catalog conflicts the members met (commits that lost the compare-and-swap to
 //!   another member and were retried), per minute, and CPU seconds of the daemons;
+//! * the broker's CPU seconds in the same span (the 2 cores are shared by the broker and the
+//!   members: where the time goes);
 //! * restart → first commit of the restarted member (kill -9, start again, until its /metrics
 //!   shows committed campaign_events rows), p50/p99, with static membership (same
 //!   `group.instance.id`: the group hands its partitions straight back) and without (a new member:
-//!   the group first waits out the killed member's session, 10 s here).
+//!   the group first waits out the killed member's session, 10 s here), and the rebalance pause
+//!   the other member sees: its longest gap between two commits from the kill until 2 s after
+//!   the restarted member's first commit (commits are 1 s apart when nothing pauses).
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -91,6 +95,32 @@ fn cpu_secs(pid: u32) -> f64 {
     (t(11) + t(12)) / 100.0
 }
 
+/// The longest time a counter went without changing, from its observations.
+struct Gap {
+    last: Option<f64>,
+    since: Instant,
+    longest: Duration,
+}
+
+impl Gap {
+    fn new(v: Option<f64>) -> Self {
+        Gap {
+            last: v,
+            since: Instant::now(),
+            longest: Duration::ZERO,
+        }
+    }
+
+    fn observe(&mut self, v: Option<f64>) {
+        let now = Instant::now();
+        self.longest = self.longest.max(now - self.since);
+        if v.is_some() && v != self.last {
+            self.last = v;
+            self.since = now;
+        }
+    }
+}
+
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
@@ -116,12 +146,15 @@ fn main() {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!();
-    println!("  members   wall s   events/s   daemon CPU s   catalog conflicts   per minute");
+    println!(
+        "  members   wall s   events/s   daemon CPU s   broker CPU s   catalog conflicts   per minute"
+    );
     for k in 1..=3usize {
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(dir.path(), &broker.bootstrap, 0);
         let probe = Probe::new(&cfg);
         let t = Instant::now();
+        let broker_cpu = cpu_secs(broker.pid());
         let mut members: Vec<Member> = (0..k)
             .map(|i| start(&cfg, Some(&format!("m{i}"))))
             .collect();
@@ -134,6 +167,7 @@ fn main() {
             .filter_map(|m| metric(m.port, "admetrics_catalog_conflicts_total"))
             .sum();
         let cpu: f64 = members.iter().map(|m| cpu_secs(m.daemon.id())).sum();
+        let broker_cpu = cpu_secs(broker.pid()) - broker_cpu;
         for m in members.iter_mut() {
             let _ = Command::new("kill")
                 .args(["-s", "TERM", &m.daemon.id().to_string()])
@@ -141,7 +175,7 @@ fn main() {
             let _ = m.daemon.wait();
         }
         println!(
-            "  {k:>7}   {wall:>6.1}   {:>8.0}   {cpu:>12.1}   {conflicts:>17.0}   {:>10.1}",
+            "  {k:>7}   {wall:>6.1}   {:>8.0}   {cpu:>12.1}   {broker_cpu:>12.1}   {conflicts:>17.0}   {:>10.1}",
             total as f64 / wall,
             conflicts / wall * 60.0
         );
@@ -155,6 +189,7 @@ fn main() {
         let probe = Probe::new(&cfg);
         let mut other = start(&cfg, Some("other"));
         let mut samples = Vec::new();
+        let mut pauses = Vec::new();
         let mut restart_no = 0;
         let id = |g: usize| {
             if static_membership {
@@ -180,6 +215,14 @@ fn main() {
             if probe.committed() >= total {
                 break;
             }
+            // The other member's commits, watched from the kill on.
+            let committed = |port: u16| {
+                metric(
+                    port,
+                    "admetrics_committed_rows_total{table=\"campaign_events\"}",
+                )
+            };
+            let mut gap = Gap::new(committed(other.port));
             m.daemon.kill().unwrap();
             m.daemon.wait().unwrap();
             restart_no += 1;
@@ -194,15 +237,17 @@ fn main() {
                 "the restarted member's first commit",
                 Duration::from_secs(120),
                 || {
-                    metric(
-                        m.port,
-                        "admetrics_committed_rows_total{table=\"campaign_events\"}",
-                    )
-                    .is_some_and(|v| v > 0.0)
+                    gap.observe(committed(other.port));
+                    committed(m.port).is_some_and(|v| v > 0.0)
                 },
             );
             samples.push(t.elapsed().as_secs_f64());
-            std::thread::sleep(Duration::from_secs(2));
+            let until = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < until {
+                gap.observe(committed(other.port));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            pauses.push(gap.longest.as_secs_f64());
         }
         for d in [&mut m.daemon, &mut other.daemon] {
             let _ = Command::new("kill")
@@ -217,9 +262,10 @@ fn main() {
             );
             continue;
         }
+        pauses.sort_by(|a, b| a.partial_cmp(b).unwrap());
         println!(
             "  restart → first commit, {} membership ({} samples, session.timeout.ms = {SESSION_MS}): \
-             p50 {:.2} s, p99 {:.2} s, max {:.2} s",
+             p50 {:.2} s, p99 {:.2} s, max {:.2} s; the other member's longest commit gap p50 {:.2} s, max {:.2} s",
             if static_membership {
                 "static"
             } else {
@@ -228,7 +274,9 @@ fn main() {
             samples.len(),
             percentile(&samples, 0.5),
             percentile(&samples, 0.99),
-            samples.last().unwrap()
+            samples.last().unwrap(),
+            percentile(&pauses, 0.5),
+            pauses.last().unwrap()
         );
     }
 }

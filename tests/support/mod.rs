@@ -82,6 +82,11 @@ impl Broker {
             .expect("spawn scripts/kafka.sh run (run scripts/setup.sh --kafka first)")
     }
 
+    /// The broker's process id (the JVM: `scripts/kafka.sh run` execs it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts the broker again on the same ports and data (after `kill`).
     pub fn restart(&mut self) {
         self.child = Self::spawn(self.dir.path(), self.port, self.controller_port);
