@@ -926,25 +926,22 @@ fn garbage_ad_ids_are_freed_as_their_windows_close() {
     );
 }
 
-/// Found by `tests/hot_swap.rs` in CI: a plugin version swapped in between two partitions
-/// opening the same window failed on one partition's window before publishing anything, and
-/// readers summing the partitions' shares took the other partition's share for the whole window
-/// (a smaller total, final and not withheld). Now a failed plugin's every declared metric is
+/// Found by `tests/hot_swap.rs` in CI: a plugin that failed on one partition's window before
+/// publishing anything (here: a build that traps on batches of more than 8 events, which one
+/// partition's window gets and the other's does not) left no row for that partition, and readers
+/// summing the partitions' shares took the other partition's share for the whole window (a
+/// smaller total, final and not withheld). Now a failed plugin's every declared metric is
 /// published as withheld for each campaign of that partition's window.
 #[test]
 fn a_plugin_failing_on_one_partitions_window_withholds_the_key() {
     const BASE: i64 = 1_700_000_040_000;
     let rt = PluginRuntime::new(&Config::default().plugins).unwrap();
-    let ctr = support::plugin_paths()
-        .into_iter()
-        .find(|p| p.ends_with("ctr.wasm"))
-        .expect("ctr plugin");
     let bad = support::repo_root().join("target/wasm32-wasip2/release/fixture_ctr_bad.wasm");
     let mut cfg = Config::default();
     cfg.window.size_secs = 60;
     cfg.window.out_of_orderness_ms = OOO_MS as u64;
     let status = Arc::new(Status::default());
-    let mut p = Processor::new(&cfg, vec![rt.load(&ctr).unwrap()], status.clone());
+    let mut p = Processor::new(&cfg, vec![rt.load(&bad).unwrap()], status.clone());
     let clock = Clock {
         now_ms: BASE + 600_000,
         instant: Instant::now(),
@@ -963,15 +960,16 @@ fn a_plugin_failing_on_one_partitions_window_withholds_the_key() {
         );
         offsets[part as usize] += 1;
     };
-    for i in 0..10 {
+    for i in 0..5 {
         send(&mut p, 0, &format!("p0-{i}"), BASE + i * 1_000);
     }
     p.flush_plugins();
-    // The failing build (it traps on batches of more than 8 events) is swapped in: partition
-    // 1's window opens with it.
-    p.install(vec![admetrics::pipeline::processor::PluginSpec::New(
-        rt.load(&bad).unwrap(),
-    )]);
+    assert_eq!(
+        status
+            .plugin_errors
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
     for i in 0..10 {
         send(&mut p, 1, &format!("p1-{i}"), BASE + i * 1_000);
     }

@@ -80,6 +80,11 @@ pub struct Processor {
     validation: crate::config::ValidationConfig,
     /// The loaded plugin versions and the active set (see `registry`).
     registry: Registry,
+    /// Per window start: the versions the first of this member's partitions to open it opened
+    /// it with. The others open it with the same ones, so a hot swap never makes a window's
+    /// partition shares come from different builds (on this member). Dropped once no partition
+    /// can open the window any more.
+    window_sets: BTreeMap<i64, Vec<usize>>,
     /// The live-changeable settings in force.
     settings: LiveSettings,
     campaigns: Interner,
@@ -133,6 +138,7 @@ impl Processor {
                 Duration::from_secs(cfg.plugins.quarantine_window_secs),
                 status.clone(),
             ),
+            window_sets: BTreeMap::new(),
             settings: LiveSettings::from_config(cfg),
             campaigns: Interner::default(),
             ads: Interner::default(),
@@ -437,15 +443,19 @@ impl Processor {
                 self.status.late_events.fetch_add(1, Relaxed);
             }
         } else {
-            let active = self.registry.active();
-            let w = task.windows.entry(start).or_insert_with(|| Window {
-                pending: plugin::new_batch(),
-                accs: active.iter().map(|&v| (v, Some(Vec::new()))).collect(),
-                published: vec![Vec::new(); active.len()],
-                retract: Vec::new(),
-                campaigns: Default::default(),
-                min_offset: m.offset,
-                dirty: false,
+            let (active, window_sets) = (self.registry.active(), &mut self.window_sets);
+            let w = task.windows.entry(start).or_insert_with(|| {
+                // The versions this member first opened the window with, in any partition.
+                let set = window_sets.entry(start).or_insert_with(|| active.to_vec());
+                Window {
+                    pending: plugin::new_batch(),
+                    accs: set.iter().map(|&v| (v, Some(Vec::new()))).collect(),
+                    published: vec![Vec::new(); set.len()],
+                    retract: Vec::new(),
+                    campaigns: Default::default(),
+                    min_offset: m.offset,
+                    dirty: false,
+                }
             });
             w.campaigns.insert(campaign);
             let kind = match ev.kind {
@@ -708,11 +718,14 @@ impl Processor {
         for (id, start, e) in failures {
             self.registry.on_failure(id, start, &e);
         }
+        let open_from = self.open_from();
+        self.window_sets = self.window_sets.split_off(&open_from);
         let in_windows = self
             .tasks
             .values()
             .flat_map(|t| t.windows.values())
-            .flat_map(|w| w.accs.iter().map(|(v, _)| *v));
+            .flat_map(|w| w.accs.iter().map(|(v, _)| *v))
+            .chain(self.window_sets.values().flatten().copied());
         self.registry.collect(in_windows);
         self.status
             .windows_finalized
@@ -747,16 +760,7 @@ impl Processor {
     /// Frees interned ids no open (or future) window and no remembered click can hold: the
     /// interners live as long as the state that uses them, not as long as the process.
     fn evict_ids(&mut self) {
-        // Windows that can still open start after their partition's closed windows end.
-        let open_from = self
-            .tasks
-            .values()
-            .map(|t| {
-                let next = t.closed_through.saturating_sub(self.size_ms - 1);
-                t.windows.keys().next().map_or(next, |&w| w.min(next))
-            })
-            .min()
-            .unwrap_or(i64::MAX);
+        let open_from = self.open_from();
         let mut held_campaigns = vec![false; self.campaigns.capacity()];
         let mut held_ads = vec![false; self.ads.capacity()];
         for t in self.tasks.values() {
@@ -770,6 +774,19 @@ impl Processor {
         self.status
             .interned_ids_evicted
             .store(self.campaigns.evicted() + self.ads.evicted(), Relaxed);
+    }
+
+    /// The start of the oldest window any owned partition has open or can still open (windows
+    /// that can still open start after their partition's closed windows end).
+    fn open_from(&self) -> i64 {
+        self.tasks
+            .values()
+            .map(|t| {
+                let next = t.closed_through.saturating_sub(self.size_ms - 1);
+                t.windows.keys().next().map_or(next, |&w| w.min(next))
+            })
+            .min()
+            .unwrap_or(i64::MAX)
     }
 
     /// Interned (campaign, ad) ids in use.

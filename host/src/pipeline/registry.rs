@@ -166,8 +166,9 @@ impl Registry {
     }
 
     /// Installs a new active set. Windows already open finish on the versions they opened
-    /// with; windows opened from now on use the new set. Cheap (no compilation happens here),
-    /// so it can run on the event path between two poll batches.
+    /// with (in every partition of this member: see `Processor::window_sets`); windows opened
+    /// from now on use the new set. Cheap (no compilation happens here), so it can run on the
+    /// event path between two poll batches.
     pub fn install(&mut self, specs: Vec<PluginSpec>) {
         let mut next = Vec::new();
         for spec in specs {
