@@ -208,6 +208,27 @@ pub fn sigterm(child: &mut Daemon) -> Duration {
 /// ending 30 minutes ago, some delivered twice, then one far-ahead event per partition that
 /// closes every data window. Returns the number of messages.
 pub fn produce(bootstrap: &str, partitions: i32, n: u64, seed: u64) -> i64 {
+    let now = chrono::Utc::now().timestamp_millis();
+    produce_span(
+        bootstrap,
+        partitions,
+        n,
+        seed,
+        (now - 50 * 60_000, 20 * 60_000),
+        Some(now - 5 * 60_000),
+    )
+}
+
+/// [`produce`] with event times spread over `(start, span)` (ms), and a final event per
+/// partition at `flush_at` (closing every window before it) if given.
+pub fn produce_span(
+    bootstrap: &str,
+    partitions: i32,
+    n: u64,
+    seed: u64,
+    (start, span): (i64, i64),
+    flush_at: Option<i64>,
+) -> i64 {
     let mut producer = TestProducer::new(bootstrap, TOPIC);
     let mut g = EventGen::new(LoadgenArgs {
         campaigns: 20,
@@ -215,8 +236,6 @@ pub fn produce(bootstrap: &str, partitions: i32, n: u64, seed: u64) -> i64 {
         seed,
         ..Default::default()
     });
-    let now = chrono::Utc::now().timestamp_millis();
-    let start = now - 50 * 60_000;
     // ~2% of the events are delivered a second time up to 20 000 messages later (a producer
     // retry): often after a restart, so the remembered ids must survive it.
     let mut rng = fastrand::Rng::with_seed(seed ^ 0xd0b1e);
@@ -224,7 +243,7 @@ pub fn produce(bootstrap: &str, partitions: i32, n: u64, seed: u64) -> i64 {
         Default::default();
     let mut sent = 0i64;
     for i in 0..n {
-        let (key, payload) = g.next(start + (i as i64 * 20 * 60_000 / n as i64));
+        let (key, payload) = g.next(start + (i as i64 * span / n as i64));
         let p = (key
             .bytes()
             .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32))
@@ -247,17 +266,72 @@ pub fn produce(bootstrap: &str, partitions: i32, n: u64, seed: u64) -> i64 {
             sent += 1;
         }
     }
-    let flush_t = chrono::DateTime::from_timestamp_millis(now - 5 * 60_000)
-        .unwrap()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ");
-    for p in 0..partitions {
-        let flush = format!(
-            r#"{{"event_id":"flush-{p}","event_type":"impression","event_time":"{flush_t}","campaign_id":"flush","ad_id":"flush","user_id":"flush-{p}"}}"#
-        );
-        producer.send(p, "flush", flush.as_bytes());
+    if let Some(at) = flush_at {
+        let flush_t = chrono::DateTime::from_timestamp_millis(at)
+            .unwrap()
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ");
+        for p in 0..partitions {
+            let flush = format!(
+                r#"{{"event_id":"flush-{p}","event_type":"impression","event_time":"{flush_t}","campaign_id":"flush","ad_id":"flush","user_id":"flush-{p}"}}"#
+            );
+            producer.send(p, "flush", flush.as_bytes());
+            sent += 1;
+        }
     }
     producer.flush();
-    sent + partitions as i64
+    sent
+}
+
+/// A producer thread that keeps the topic fed (a chunk of `per_sec` messages a second, event
+/// time moving 10 s a chunk from 50 minutes ago) until [`Feeder::finish`]: a scenario that
+/// waits for partitions to move never runs out of input, however fast the machine.
+pub struct Feeder {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<i64>,
+}
+
+impl Feeder {
+    pub fn start(bootstrap: &str, partitions: i32, per_sec: u64, seed: u64) -> Feeder {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (flag, bootstrap) = (stop.clone(), bootstrap.to_string());
+        let handle = std::thread::spawn(move || {
+            let t0 = chrono::Utc::now().timestamp_millis() - 50 * 60_000;
+            let (mut total, mut k) = (0, 0);
+            while !flag.load(Ordering::Relaxed) {
+                let started = std::time::Instant::now();
+                total += produce_span(
+                    &bootstrap,
+                    partitions,
+                    per_sec,
+                    seed + k,
+                    (t0 + k as i64 * 10_000, 10_000),
+                    None,
+                );
+                k += 1;
+                std::thread::sleep(
+                    std::time::Duration::from_secs(1).saturating_sub(started.elapsed()),
+                );
+            }
+            // The last events close every window the chunks filled.
+            total
+                + produce_span(
+                    &bootstrap,
+                    partitions,
+                    0,
+                    seed,
+                    (t0, 1),
+                    Some(t0 + k as i64 * 10_000 + 10 * 60_000),
+                )
+        });
+        Feeder { stop, handle }
+    }
+
+    /// Stops producing; returns how many messages were produced in all.
+    pub fn finish(self) -> i64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.join().expect("feeder thread")
+    }
 }
 
 /// An uninterrupted run over the whole topic into `dir`, stopped with SIGTERM at the end.
