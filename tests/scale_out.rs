@@ -92,6 +92,33 @@ fn progress(probe: &Probe, alive: &mut BTreeMap<String, Daemon>, by: i64, what: 
     support::progress(format_args!("{what}: position {}", probe.committed()));
 }
 
+/// Waits until every message is committed AND every partition's owner has published the
+/// windows the last events close as final (its recorded `closed_through`). Positions alone are
+/// not enough: a partition handed over after its last message keeps the position past it, while
+/// its new owner is still replaying and has not closed those windows yet.
+fn consumed_and_closed(probe: &Probe, alive: &mut BTreeMap<String, Daemon>, fed: Fed) {
+    wait_for(
+        "the input to be consumed and its windows closed",
+        Duration::from_secs(300),
+        || {
+            for (name, d) in alive.iter_mut() {
+                if let Some(status) = d.try_wait().unwrap() {
+                    panic!("member {name} exited with {status}");
+                }
+            }
+            let closed = probe.closed_through();
+            probe.committed() >= fed.total
+                && (0..PARTITIONS).all(|p| {
+                    closed
+                        .get(&p)
+                        .copied()
+                        .flatten()
+                        .is_some_and(|c| c >= fed.closes_through_ms)
+                })
+        },
+    );
+}
+
 fn stop(alive: &mut BTreeMap<String, Daemon>, name: &str) -> Duration {
     let mut d = alive.remove(name).expect("member running");
     sigterm(&mut d)
@@ -144,15 +171,9 @@ fn daemons_in_one_group_survive_kills_joins_stops_rolling_restarts_and_a_broker_
     std::thread::sleep(Duration::from_secs(2));
     broker.restart();
     progress(&probe, &mut alive, step, "after the broker restart");
-    let total = feeder.finish();
-    wait_for("the input to be consumed", Duration::from_secs(300), || {
-        for (name, d) in alive.iter_mut() {
-            if let Some(status) = d.try_wait().unwrap() {
-                panic!("member {name} exited with {status}");
-            }
-        }
-        probe.committed() >= total
-    });
+    let fed = feeder.finish();
+    let total = fed.total;
+    consumed_and_closed(&probe, &mut alive, fed);
     for name in ["a", "b", "d"] {
         stop(&mut alive, name);
     }
@@ -257,10 +278,9 @@ fn a_paused_member_that_wakes_after_its_partitions_moved_rewinds_and_doubles_not
     );
     // The other member reads the rest (a throttled member's replay would take its time).
     stop(&mut alive, "zombie");
-    let total = feeder.finish();
-    wait_for("the input to be consumed", Duration::from_secs(300), || {
-        probe.committed() >= total
-    });
+    let fed = feeder.finish();
+    let total = fed.total;
+    consumed_and_closed(&probe, &mut alive, fed);
     stop(&mut alive, "other");
     let ref_dir = tempfile::tempdir().unwrap();
     reference_run(ref_dir.path(), &broker.bootstrap, total);

@@ -26,17 +26,21 @@ pub fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// `window.out_of_orderness_ms` of [`write_config`].
+pub const OUT_OF_ORDERNESS_MS: i64 = 5_000;
+
 /// Daemon config for one table set. The idle timeout is long so that lateness depends only on
 /// the input (a partition that has not been read yet holds the watermark, whatever the timing),
 /// which makes two runs comparable window by window. A small prefetch queue makes the
 /// partitions interleave, so windows close during the run, not only at its end. The lookback is
 /// the default's (7 days: every restart replays the whole input's clicks).
 pub fn write_config(dir: &Path, bootstrap: &str, rate: u64) -> std::path::PathBuf {
+    let ooo = OUT_OF_ORDERNESS_MS;
     let plugins = plugin_paths();
     let text = format!(
         "[kafka]\nbrokers = \"{bootstrap}\"\ntopic = \"{TOPIC}\"\ngroup_id = \"unused\"\nmax_events_per_sec = {rate}\nbatch_size = 1000\n\
          [kafka.consumer]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n\"queued.min.messages\" = \"2000\"\n\"max.partition.fetch.bytes\" = \"65536\"\n\
-         [window]\nsize_secs = 60\nout_of_orderness_ms = 5000\nidle_timeout_ms = 600000\n\
+         [window]\nsize_secs = 60\nout_of_orderness_ms = {ooo}\nidle_timeout_ms = 600000\n\
          [attribution]\nlookback_secs = 604800\n\
          [plugins]\npaths = {:?}\n\
          [iceberg]\ncatalog_uri = \"sqlite:{d}/catalog.db\"\nwarehouse = \"{d}/warehouse\"\n\
@@ -125,6 +129,20 @@ impl Probe {
 
     pub fn committed(&self) -> i64 {
         self.offsets().values().sum()
+    }
+
+    /// Per partition, the end of the windows the recorded state holds closed (published final).
+    pub fn closed_through(&self) -> BTreeMap<i32, Option<i64>> {
+        self.rt.block_on(async {
+            match IcebergSink::open(&self.cfg.iceberg, TOPIC, "probe", 1 << 20).await {
+                Ok(sink) => sink
+                    .positions()
+                    .into_iter()
+                    .map(|(p, pos)| (p, pos.closed_through_ms))
+                    .collect(),
+                Err(_) => BTreeMap::new(),
+            }
+        })
     }
 
     /// Writer ids of the `campaign_metrics` snapshots.
@@ -287,7 +305,18 @@ pub fn produce_span(
 /// waits for partitions to move never runs out of input, however fast the machine.
 pub struct Feeder {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    handle: std::thread::JoinHandle<i64>,
+    handle: std::thread::JoinHandle<Fed>,
+}
+
+/// What a [`Feeder`] produced.
+#[derive(Debug, Clone, Copy)]
+pub struct Fed {
+    /// Messages in all.
+    pub total: i64,
+    /// Every window ending at or before this is closed by the last events (their time minus
+    /// `write_config`'s out-of-orderness): a member's recorded `closed_through` reaches it once
+    /// it has published those windows as final.
+    pub closes_through_ms: i64,
 }
 
 impl Feeder {
@@ -314,21 +343,18 @@ impl Feeder {
                 );
             }
             // The last events close every window the chunks filled.
-            total
-                + produce_span(
-                    &bootstrap,
-                    partitions,
-                    0,
-                    seed,
-                    (t0, 1),
-                    Some(t0 + k as i64 * 10_000 + 10 * 60_000),
-                )
+            let flush_at = t0 + k as i64 * 10_000 + 10 * 60_000;
+            total += produce_span(&bootstrap, partitions, 0, seed, (t0, 1), Some(flush_at));
+            Fed {
+                total,
+                closes_through_ms: flush_at - OUT_OF_ORDERNESS_MS,
+            }
         });
         Feeder { stop, handle }
     }
 
-    /// Stops producing; returns how many messages were produced in all.
-    pub fn finish(self) -> i64 {
+    /// Stops producing; returns what was produced in all.
+    pub fn finish(self) -> Fed {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.handle.join().expect("feeder thread")
     }
