@@ -743,7 +743,7 @@ impl Processor {
                 ids += task.seen.len();
                 id_bytes += task.seen.bytes_estimate();
             }
-            self.evict_ids();
+            self.evict_ids(open_from);
             self.status.dedup_ids.store(ids as u64, Relaxed);
             self.status.dedup_bytes.store(id_bytes as u64, Relaxed);
             self.long_state_bytes = (id_bytes + self.touchpoint_bytes()) as u64;
@@ -759,8 +759,8 @@ impl Processor {
 
     /// Frees interned ids no open (or future) window and no remembered click can hold: the
     /// interners live as long as the state that uses them, not as long as the process.
-    fn evict_ids(&mut self) {
-        let open_from = self.open_from();
+    /// `open_from`: see [`open_from`](Self::open_from), computed once per publish.
+    fn evict_ids(&mut self, open_from: i64) {
         let mut held_campaigns = vec![false; self.campaigns.capacity()];
         let mut held_ads = vec![false; self.ads.capacity()];
         for t in self.tasks.values() {
