@@ -10,11 +10,16 @@
 -- * A row is ONE KAFKA PARTITION's share. The partition is the unit of state: each member of
 --   the consumer group computes the windows of the partitions it owns from their events only
 --   and publishes them with `kafka_partition` set. A window's metric is the sum of the shares.
+-- * Several STREAMS may share the tables (a topic and a backfill file, two topics): each row
+--   carries its `stream`, each stream has its own partitions, epochs and revisions, and counts
+--   its own events (duplicates are decided within a stream). A share is a (stream, partition)
+--   pair; the streams' shares are summed like partitions'. Rows written before the column
+--   existed have stream NULL: one stream of their own (GROUP BY groups NULLs together).
 -- * Revisions are per partition. `revision` = epoch << 32 | commit sequence of the member that
 --   owned the partition (a new owner's revisions are above all of an earlier owner's), so it
 --   orders the rows of one partition only; revisions of different partitions do not compare.
---   Hence: per (window, campaign, ad, metric, partition) the row with the highest revision,
---   then the sum over partitions. (The latest revision over all partitions would pick one
+--   Hence: per (window, campaign, ad, metric, stream, partition) the row with the highest
+--   revision, then the sum over streams and partitions. (The latest revision over all partitions would pick one
 --   partition's share and drop the others.)
 -- * Numerators and denominators are summed, never values: for the rates (`ctr`, `cvr`) the
 --   value is re-derived as Σnumerator / Σdenominator (0 when Σdenominator is 0), never an
@@ -27,7 +32,7 @@
 --   partition's window after publishing earlier revisions, so its share is unknown and so is
 --   the total: the key has no valid value (numerator, denominator and value are then
 --   meaningless) and readers skip it (`WHERE NOT withheld`).
--- * partitions: how many partitions contributed a share.
+-- * partitions: how many shares ((stream, partition) pairs) contributed.
 --
 -- ad_id is NULL for every metric but attribution's: GROUP BY puts NULLs in one group, which is
 -- what we want (IS NOT DISTINCT FROM semantics).
@@ -44,10 +49,10 @@
 -- key.
 CREATE OR REPLACE VIEW current_metrics AS
 WITH latest AS (
-  SELECT window_start, window_end, campaign_id, ad_id, metric, kafka_partition,
+  SELECT window_start, window_end, campaign_id, ad_id, metric, stream, kafka_partition,
          arg_max(struct_pack(numerator, denominator, is_final, withheld), revision) AS r
   FROM campaign_metrics
-  GROUP BY window_start, window_end, campaign_id, ad_id, metric, kafka_partition),
+  GROUP BY window_start, window_end, campaign_id, ad_id, metric, stream, kafka_partition),
 summed AS (
   SELECT window_start, window_end, campaign_id, ad_id, metric,
          sum(r.numerator) AS numerator,

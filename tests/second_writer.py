@@ -29,11 +29,11 @@ def row(name, i):
         return {"event_id": f"second-{i}", "event_type": "impression", "event_time": now, "campaign_id": "second-writer",
                 "ad_id": "second-writer", "user_id": "second-writer", "revenue": None, "currency": None, "device": None,
                 "country": None, "placement": None, "kafka_partition": -1, "kafka_offset": i, "ingest_time": now,
-                "is_late": False, "is_duplicate": False}
+                "is_late": False, "is_duplicate": False, "stream": "second-writer"}
     return {"window_start": now, "window_end": now, "campaign_id": "second-writer", "ad_id": None, "metric": "ctr",
             "value": 0.0, "numerator": 0.0, "denominator": 0.0, "plugin": "second-writer", "plugin_version": "0",
             "plugin_sha256": "0" * 64, "revision": (1 << 32) | i, "is_final": True, "computed_at": now, "withheld": False,
-            "kafka_partition": -1}
+            "kafka_partition": -1, "stream": "second-writer"}
 
 
 commits = {"campaign_events": 0, "campaign_metrics": 0}

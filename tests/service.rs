@@ -3,7 +3,7 @@
 //! through the same decode → window → plugins → Iceberg stages as Kafka, checked against the
 //! file by an independent reader (`tests/verify_file_run.py`, PyIceberg). A second run over the
 //! same file resumes after what is committed (adds nothing); the same file through stdin gives
-//! the same metrics.
+//! the same metrics; files and streams sharing one set of tables are each counted in full.
 
 mod support;
 
@@ -202,6 +202,93 @@ fn a_file_goes_through_the_whole_pipeline_once_with_json_logs() {
         format!("{}/file/catalog.db", d.display()),
         format!("{}/file/warehouse", d.display()),
     ];
+    println!("{}", run_python("verify_file_run.py", &args));
+
+    // Standard input again, unnamed: it cannot be told from the first one, so resuming it would
+    // skip as many of its lines as the tables hold. Refused before anything is read.
+    let o = admetrics(&["run", "--config"])
+        .arg(&cfg2)
+        .args(["--file", "-"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("--stream"),
+        "the refusal does not name the way out:\n{}",
+        output_text(&o)
+    );
+    println!("{}", run_python("verify_file_run.py", &args));
+}
+
+/// Issue 14, defect 6: streams sharing the tables. `a/events.jsonl` then `b/events.jsonl` had
+/// one default stream name (`file:events.jsonl`): the second run resumed at the first one's
+/// position and silently skipped its first lines. And rows had no stream: a stream's restart
+/// read another stream's ids and offsets as its own (its events became copies of the other's),
+/// and two streams' metric rows for the same window replaced each other under
+/// latest-revision-wins. Here three inputs share one set of tables over the same windows: two
+/// files of one name, and a third stream (named) holding a's events one line further down.
+/// Every file must be one stream's rows (none of "again"'s events a copy of a's), and every
+/// metric the sum of the three files' counts. (A restart reading another stream's ids back:
+/// `sink::tests`.)
+#[test]
+fn files_and_streams_sharing_tables_are_each_counted_in_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (a, b) = (d.join("a/events.jsonl"), d.join("b/events.jsonl"));
+    std::fs::create_dir_all(a.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(b.parent().unwrap()).unwrap();
+    for (file, total, seed) in [(&a, "6000", "5"), (&b, "9000", "6")] {
+        loadgen_file(
+            file,
+            &[
+                "--total",
+                total,
+                "--rate",
+                "100",
+                "--campaigns",
+                "5",
+                "--seed",
+                seed,
+            ],
+        );
+    }
+    let cfg = config(d, "shared");
+    let run = |file: &Path, stream: Option<&str>| {
+        let mut c = admetrics(&["run", "--config"]);
+        c.arg(&cfg).arg("--file").arg(file);
+        if let Some(s) = stream {
+            c.args(["--stream", s]);
+        }
+        let o = c.output().unwrap();
+        assert!(
+            o.status.success(),
+            "run --file {}:\n{}",
+            file.display(),
+            output_text(&o)
+        );
+    };
+    run(&a, None);
+    run(&b, None);
+    // a's events, each one line later (a bad first line), as the stream "again".
+    let again = d.join("again.jsonl");
+    let whole = format!("not json\n{}", std::fs::read_to_string(&a).unwrap());
+    std::fs::write(&again, &whole).unwrap();
+    run(&again, Some("again"));
+    let args: Vec<String> = [
+        "--events",
+        a.to_str().unwrap(),
+        "--events",
+        b.to_str().unwrap(),
+        "--events",
+        again.to_str().unwrap(),
+        "--catalog",
+        &format!("{}/shared/catalog.db", d.display()),
+        "--warehouse",
+        &format!("{}/shared/warehouse", d.display()),
+    ]
+    .map(String::from)
+    .to_vec();
     println!("{}", run_python("verify_file_run.py", &args));
 }
 

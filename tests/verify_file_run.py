@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks the tables written by `admetrics run --file EVENTS.jsonl` against the file itself.
 
-    verify_file_run.py --events FILE --catalog DB --warehouse DIR [--same-as DB2 DIR2]
+    verify_file_run.py --events FILE [--events FILE2 ...] --catalog DB --warehouse DIR [--same-as DB2 DIR2]
     verify_file_run.py --events FILE --catalog http://REST --s3-endpoint URL   (REST catalog on S3)
 
 Independently of the daemon: every line is classified valid or bad by a few rules of our own
@@ -11,6 +11,11 @@ compared with the current value in campaign_metrics (sql/current_metrics.sql: pe
 the latest revision, shares summed), which must be final and not withheld. campaign_events must
 hold each valid line once (by line number = kafka_offset), dead_letters each bad line once with
 its raw bytes. With --same-as, a second warehouse must hold the same final metrics (the stdin run).
+
+Several --events: each file was run as a stream of its own into the same tables (the same file
+twice: two streams). Each file's lines must be one stream's rows (matched by content, whatever the
+streams are called), and the metrics the sum of the files' counts: a stream's events are never
+duplicates of another stream's, and no stream's metric rows replace another's.
 """
 import argparse
 import json
@@ -64,28 +69,33 @@ def final_metrics(catalog, warehouse, s3_endpoint=None):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--events", required=True)
+    ap.add_argument("--events", required=True, action="append")
     ap.add_argument("--catalog", required=True)
     ap.add_argument("--warehouse", default=None)
     ap.add_argument("--s3-endpoint", default=None, help="with a REST catalog: where its S3 server is")
     ap.add_argument("--same-as", nargs=2, default=None)
     a = ap.parse_args()
-    raw = open(a.events, "rb").read().split(b"\n")
-    if raw and raw[-1] == b"":
-        raw.pop()
     want = defaultdict(lambda: {"impressions": 0, "clicks": 0, "conversions": 0, "revenue": Decimal(0)})
-    valid, bad = {}, {}
-    for i, line in enumerate(raw):
-        e = classify(line)
-        if e is None:
-            bad[i] = line
-            continue
-        valid[i] = e
-        w = to_ms(e["event_time"]) // 60000 * 60000
-        k = (e["campaign_id"], w)
-        want[k][e["event_type"] + "s" if e["event_type"] != "click" else "clicks"] += 1
-        if e["event_type"] == "conversion":
-            want[k]["revenue"] += Decimal(str(e["revenue"]))
+    files = []  # per file: (name, {line: valid event}, {line: bad raw bytes})
+    lines_total = 0
+    for path in a.events:
+        raw = open(path, "rb").read().split(b"\n")
+        if raw and raw[-1] == b"":
+            raw.pop()
+        lines_total += len(raw)
+        valid, bad = {}, {}
+        for i, line in enumerate(raw):
+            e = classify(line)
+            if e is None:
+                bad[i] = line
+                continue
+            valid[i] = e
+            w = to_ms(e["event_time"]) // 60000 * 60000
+            k = (e["campaign_id"], w)
+            want[k][e["event_type"] + "s" if e["event_type"] != "click" else "clicks"] += 1
+            if e["event_type"] == "conversion":
+                want[k]["revenue"] += Decimal(str(e["revenue"]))
+        files.append((path, valid, bad))
     cat, latest = final_metrics(a.catalog, a.warehouse, a.s3_endpoint)
     if a.s3_endpoint:
         for t in ("campaign_events", "campaign_metrics", "dead_letters"):
@@ -110,18 +120,39 @@ def main():
                 problems.append(f"{k} {f}: tables {got[k][f]}, file {want[k][f]}")
         if abs(want[k]["revenue"] - got[k]["revenue"]) > Decimal("0.000001"):
             problems.append(f"{k} revenue: tables {got[k]['revenue']}, file {want[k]['revenue']}")
-    events = cat.load_table("ads.campaign_events").scan(selected_fields=("kafka_offset", "event_id")).to_arrow().to_pylist()
-    offsets = sorted(r["kafka_offset"] for r in events)
-    if offsets != sorted(valid):
-        problems.append(f"campaign_events: {len(offsets)} rows ({len(set(offsets))} distinct lines), file has {len(valid)} valid lines")
+    # Each file's lines are exactly one stream's rows, a different stream per file.
+    events = cat.load_table("ads.campaign_events").scan(
+        selected_fields=("kafka_offset", "event_id", "stream")).to_arrow().to_pylist()
+    by_stream = defaultdict(dict)
     for r in events:
-        if valid.get(r["kafka_offset"], {}).get("event_id") != r["event_id"]:
-            problems.append(f"campaign_events line {r['kafka_offset']}: event_id {r['event_id']}")
-            break
+        if r["kafka_offset"] in by_stream[r["stream"]]:
+            problems.append(f"campaign_events: stream {r['stream']!r} line {r['kafka_offset']} more than once")
+        by_stream[r["stream"]][r["kafka_offset"]] = r["event_id"]
     dead = cat.load_table("ads.dead_letters").scan().to_arrow().to_pylist()
-    got_dead = {r["kafka_offset"]: r["payload"] for r in dead}
-    if len(dead) != len(got_dead) or got_dead != bad:
-        problems.append(f"dead_letters: {len(dead)} rows for lines {sorted(got_dead)[:10]}, file has bad lines {sorted(bad)[:10]}")
+    dead_by_stream = defaultdict(dict)
+    for r in dead:
+        if r["kafka_offset"] in dead_by_stream[r["kafka_topic"]]:
+            problems.append(f"dead_letters: stream {r['kafka_topic']!r} line {r['kafka_offset']} more than once")
+        dead_by_stream[r["kafka_topic"]][r["kafka_offset"]] = r["payload"]
+    unused = set(by_stream)
+    for path, valid, bad in files:
+        ids = {i: e["event_id"] for i, e in valid.items()}
+        match = next((s for s in sorted(unused, key=str) if by_stream[s] == ids), None)
+        if match is None:
+            sizes = {s: len(by_stream[s]) for s in unused}
+            problems.append(f"campaign_events: no stream holds exactly the {len(valid)} valid lines of {path} "
+                            f"(streams left and their rows: {sizes})")
+            continue
+        unused.discard(match)
+        if dead_by_stream.get(match, {}) != bad:
+            got = dead_by_stream.get(match, {})
+            problems.append(f"dead_letters of stream {match!r}: {len(got)} rows for lines {sorted(got)[:10]}, "
+                            f"{path} has bad lines {sorted(bad)[:10]}")
+    if unused:
+        problems.append(f"campaign_events: streams {sorted(unused, key=str)} hold rows of no file")
+    extra_dead = set(dead_by_stream) - set(by_stream)
+    if extra_dead:
+        problems.append(f"dead_letters: streams {sorted(extra_dead, key=str)} have no events")
     # Every data file referenced once: an ambiguous commit appended again would reference the
     # same files twice (rows counted twice in a table whose duplicate-file check is off).
     files_total = 0
@@ -144,7 +175,9 @@ def main():
         if differ:
             problems.append(f"the second warehouse differs: {len(other)} vs {len(latest)} metric keys, "
                             f"{len(differ)} differ, e.g. {sorted(differ, key=str)[:3]}")
-    print(f"verify_file_run: {len(raw)} lines = {len(valid)} valid + {len(bad)} bad; {len(want)} (campaign, window) keys; "
+    n_valid, n_bad = sum(len(f[1]) for f in files), sum(len(f[2]) for f in files)
+    print(f"verify_file_run: {len(files)} file(s), {lines_total} lines = {n_valid} valid + {n_bad} bad; "
+          f"{len(by_stream)} stream(s); {len(want)} (campaign, window) keys; "
           f"{len(latest)} final metric rows; {files_total} data files, each referenced once")
     if problems:
         print(f"{len(problems)} problems:")

@@ -48,8 +48,11 @@ enum Command {
         /// windows, plugins and tables; every window is closed at the end of the input.
         #[arg(long)]
         file: Option<PathBuf>,
-        /// Name the tables record this input's position under (default: the topic, or
-        /// `file:<file name>`). A second run with the same name resumes after what is committed.
+        /// The stream this input is recorded under (default: the topic; for a file
+        /// `file:<file name>@<digest of its first line>`, so another file of the same name is
+        /// another stream and a grown file resumes; `stdin` must be named to run twice). A
+        /// second run with the same name resumes after what is committed; streams sharing the
+        /// tables are counted apart and their metrics add up.
         #[arg(long)]
         stream: Option<String>,
         /// What `validation.max_past_ms` / `max_future_ms` are measured from. `wall-clock`

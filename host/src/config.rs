@@ -61,9 +61,13 @@ pub struct SourceConfig {
     pub kind: SourceKind,
     /// For `kind = "file"`: the JSON-lines file (relative to this config file) or `-`.
     pub path: Option<PathBuf>,
-    /// The name the tables record positions and dead letters under (the `topic` of snapshot
-    /// summaries). Default: the Kafka topic, or `file:<file name>` (`stdin`) for a file. Two
-    /// inputs must not share a name: a position means nothing in another input.
+    /// The name the tables record this input under: the `topic` of snapshot summaries, the
+    /// `stream` column of `campaign_events` and `campaign_metrics`, `kafka_topic` of dead
+    /// letters. Positions, duplicates and metric shares are kept per stream, so several streams
+    /// can share the tables (their metrics add up). Default: the Kafka topic, or
+    /// `file:<file name>@<digest of its first line>` for a file (see
+    /// [`FileSource::default_stream`](crate::source::FileSource::default_stream)), `stdin` for
+    /// standard input. Two inputs must not share a name: a position means nothing in another.
     pub stream: Option<String>,
 }
 

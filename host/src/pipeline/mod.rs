@@ -107,6 +107,20 @@ pub async fn run(
     };
     let file_input = match (cfg.source.kind, &cfg.source.path) {
         (SourceKind::File, Some(path)) => {
+            // Standard input has no name or content to tell two inputs apart by: resuming an
+            // unnamed one would skip the lines the tables already hold for another.
+            if path.as_os_str() == "-"
+                && cfg.source.stream.is_none()
+                && let Some((p, pos)) = sink.positions().into_iter().next()
+            {
+                anyhow::bail!(
+                    "the tables already hold stream {stream:?} (partition {p} up to line {}): \
+                     an unnamed standard input would resume there and skip that many of its \
+                     lines. Name this input with --stream (a new name counts it apart, the \
+                     name of the earlier input resumes it) or use fresh tables",
+                    pos.offset
+                );
+            }
             // A file is one partition, claimed here like a Kafka partition would be.
             let claim = sink
                 .claim(&[0], ids_since)

@@ -148,7 +148,7 @@ impl Processor {
             handoff_dead_letter_floors: BTreeMap::new(),
             dedup_horizon_secs: cfg.dedup.horizon_secs,
             dedup_max_ids: cfg.dedup.max_ids,
-            events: EventsBuffer::new(),
+            events: EventsBuffer::new(&cfg.stream()),
             dead: DeadLetterBuffer::new(),
             lookback_ms: cfg.attribution.lookback_secs as i64 * 1000,
             produced_at: Vec::new(),
@@ -550,7 +550,7 @@ impl Processor {
             events: self.events.take(),
             has_final: rows.iter().any(|r| r.is_final),
             click_horizon_ms: horizon,
-            metrics: (!rows.is_empty()).then(|| metrics_batch(&rows)),
+            metrics: (!rows.is_empty()).then(|| metrics_batch(&rows, &self.topic)),
             dead_letters: self.dead.take(),
             produced_at_ms: std::mem::take(&mut self.produced_at),
         }

@@ -57,6 +57,12 @@ pub enum SinkError {
     /// Another member claimed these partitions with a higher epoch (see `fence`).
     #[error("partitions {0:?} were claimed by another member of the group")]
     Fenced(Vec<i32>),
+    /// A table whose columns this release cannot write (and cannot evolve into its own).
+    #[error(
+        "table {table} has a schema this admetrics cannot write: {detail}. Use a namespace of its \
+         own ([iceberg] namespace) or migrate the table"
+    )]
+    Schema { table: String, detail: String },
 }
 
 impl SinkError {
@@ -67,7 +73,7 @@ impl SinkError {
     pub fn retryable(&self) -> bool {
         match self {
             SinkError::Iceberg(e) => e.retryable() || e.kind() == iceberg::ErrorKind::Unexpected,
-            SinkError::Warehouse { .. } | SinkError::Fenced(_) => false,
+            SinkError::Warehouse { .. } | SinkError::Fenced(_) | SinkError::Schema { .. } => false,
         }
     }
 }
@@ -374,6 +380,7 @@ impl IcebergSink {
         from_ms: i64,
         mut f: impl FnMut(i32, u64, i64, i64, bool),
     ) -> Result<u64, SinkError> {
+        use arrow_array::Array;
         use arrow_array::cast::AsArray;
         use arrow_array::types::{Int32Type, Int64Type, TimestampMicrosecondType};
         use futures::TryStreamExt;
@@ -393,29 +400,43 @@ impl IcebergSink {
                 "kafka_partition",
                 "kafka_offset",
                 "is_duplicate",
+                schema::STREAM_COLUMN,
             ])
             .with_filter(
                 Reference::new("event_time")
-                    .greater_than_or_equal_to(Datum::timestamptz_micros(since_us)),
+                    .greater_than_or_equal_to(Datum::timestamptz_micros(since_us))
+                    .and(
+                        Reference::new(schema::STREAM_COLUMN)
+                            .equal_to(Datum::string(&self.topic))
+                            .or(Reference::new(schema::STREAM_COLUMN).is_null()),
+                    ),
             )
             .build()?;
         let mut stream = scan.to_arrow().await?;
         let mut n = 0;
         while let Some(b) = stream.try_next().await? {
             let col = |name: &str| b.column_by_name(name).expect("selected column").clone();
-            let (ids, times, parts, offs, dups) = (
+            let (ids, times, parts, offs, dups, streams) = (
                 col("event_id"),
                 col("event_time"),
                 col("kafka_partition"),
                 col("kafka_offset"),
                 col("is_duplicate"),
+                col(schema::STREAM_COLUMN),
             );
+            let streams = streams.as_string::<i32>();
             let ids = ids.as_string::<i32>();
             let times = times.as_primitive::<TimestampMicrosecondType>();
             let parts = parts.as_primitive::<Int32Type>();
             let offs = offs.as_primitive::<Int64Type>();
             let dups = dups.as_boolean();
             for i in 0..b.num_rows() {
+                // Another stream's ids and offsets say nothing about this one's (the filter
+                // above should have dropped them; this does not rely on row filtering).
+                // Rows written before the column existed (NULL) were this table's only stream.
+                if streams.is_valid(i) && streams.value(i) != self.topic {
+                    continue;
+                }
                 let p = parts.value(i);
                 match since.get(&p) {
                     Some(&s) if times.value(i) >= s.saturating_mul(1000) => {}
@@ -811,11 +832,12 @@ async fn ensure_table(
 ) -> Result<Table, SinkError> {
     let ident = TableIdent::new(ns.clone(), name.to_string());
     if catalog.table_exists(&ident).await? {
-        return Ok(catalog.load_table(&ident).await?);
+        let table = catalog.load_table(&ident).await?;
+        return evolve(catalog, table, &schema).await;
     }
     let creation = TableCreation::builder()
         .name(name.to_string())
-        .schema(schema)
+        .schema(schema.clone())
         .partition_spec_opt(spec)
         .properties([
             (
@@ -828,7 +850,256 @@ async fn ensure_table(
     match catalog.create_table(ns, creation).await {
         Ok(t) => Ok(t),
         // Another writer created it between our check and our create.
-        Err(_) if catalog.table_exists(&ident).await? => Ok(catalog.load_table(&ident).await?),
+        Err(_) if catalog.table_exists(&ident).await? => {
+            let table = catalog.load_table(&ident).await?;
+            evolve(catalog, table, &schema).await
+        }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Brings an existing table to `want`: optional columns a table written by an earlier release
+/// lacks are appended (Iceberg add-column: old data files are not rewritten, their rows read
+/// NULL). Then every column of `want` must be in the table with its field id, type and
+/// nullability, since the writers build rows by `want`; anything else is refused by name.
+async fn evolve(
+    catalog: &dyn Catalog,
+    table: Table,
+    want: &iceberg::spec::Schema,
+) -> Result<Table, SinkError> {
+    use iceberg::transaction::AddColumn;
+
+    let have = table.metadata().current_schema().clone();
+    let missing: Vec<_> = want
+        .as_struct()
+        .fields()
+        .iter()
+        .filter(|f| have.field_by_name(&f.name).is_none())
+        .collect();
+    let table = if missing.is_empty() {
+        table
+    } else if let Some(f) = missing.iter().find(|f| f.required) {
+        return Err(SinkError::Schema {
+            table: table.identifier().to_string(),
+            detail: format!("it lacks the required column {:?}", f.name),
+        });
+    } else {
+        let tx = Transaction::new(&table);
+        let mut action = tx.update_schema();
+        for f in &missing {
+            action = action.add_column(AddColumn::optional(&f.name, (*f.field_type).clone()));
+        }
+        let tx = action.apply(tx)?;
+        let table = tx.commit(catalog).await?;
+        tracing::info!(
+            table = %table.identifier(),
+            added = ?missing.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
+            "table schema evolved"
+        );
+        table
+    };
+    let have = table.metadata().current_schema();
+    for f in want.as_struct().fields() {
+        let detail = match have.field_by_name(&f.name) {
+            None => format!("it lacks the column {:?}", f.name),
+            Some(h) if h.id != f.id || h.field_type != f.field_type || h.required != f.required => {
+                format!(
+                    "column {:?} is {} {} with field id {}, this release writes {} {} with id {}",
+                    f.name,
+                    if h.required { "required" } else { "optional" },
+                    h.field_type,
+                    h.id,
+                    if f.required { "required" } else { "optional" },
+                    f.field_type,
+                    f.id
+                )
+            }
+            Some(_) => continue,
+        };
+        return Err(SinkError::Schema {
+            table: table.identifier().to_string(),
+            detail,
+        });
+    }
+    if let Some(h) = have
+        .as_struct()
+        .fields()
+        .iter()
+        .find(|h| want.field_by_name(&h.name).is_none())
+    {
+        return Err(SinkError::Schema {
+            table: table.identifier().to_string(),
+            detail: format!(
+                "column {:?} is not one this release writes (a table of a newer release?)",
+                h.name
+            ),
+        });
+    }
+    Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, EventKind};
+
+    fn without_stream(s: iceberg::spec::Schema) -> iceberg::spec::Schema {
+        let fields: Vec<_> = s
+            .as_struct()
+            .fields()
+            .iter()
+            .filter(|f| f.name != schema::STREAM_COLUMN)
+            .cloned()
+            .collect();
+        iceberg::spec::Schema::builder()
+            .with_schema_id(0)
+            .with_fields(fields)
+            .build()
+            .unwrap()
+    }
+
+    fn event(id: &str, time_ms: i64) -> Event<'_> {
+        Event {
+            event_id: id.into(),
+            kind: EventKind::Impression,
+            time_ms,
+            campaign_id: "c".into(),
+            ad_id: "a".into(),
+            user_id: "u".into(),
+            revenue_micros: 0,
+            currency: None,
+            device: None,
+            country: None,
+            placement: None,
+        }
+    }
+
+    /// One `campaign_events` row of `stream` at `offset`, committed straight to the table.
+    async fn append_event(
+        sink: &mut IcebergSink,
+        stream: &str,
+        id: &str,
+        offset: i64,
+        legacy: bool,
+    ) {
+        let t = 1_767_225_600_000;
+        let mut buf = schema::EventsBuffer::new(stream);
+        buf.push(&event(id, t), 0, offset, t * 1000, false, false);
+        let (day, mut rb) = buf.take().pop().unwrap();
+        if legacy {
+            rb = rb
+                .project(&(0..rb.num_columns() - 1).collect::<Vec<_>>())
+                .unwrap();
+        }
+        let files = sink
+            .write(&sink.events, Some(day), &rb, offset as u64)
+            .await
+            .unwrap();
+        let events = sink.events.clone();
+        sink.events = sink
+            .append(&events, files, HashMap::new(), &BTreeMap::new(), false)
+            .await
+            .unwrap();
+    }
+
+    /// Issue 14, defect 6: tables written before the `stream` column existed are evolved in
+    /// place (their rows kept, reading NULL), and a stream's dedup hand-over reads its own ids
+    /// (and the legacy rows, the old tables' only stream), never another stream's.
+    #[tokio::test]
+    async fn tables_of_the_previous_release_gain_the_stream_column_and_streams_keep_their_ids_apart()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = IcebergConfig {
+            catalog_uri: format!("sqlite:{}/catalog.db", dir.path().display()),
+            warehouse: dir.path().join("warehouse"),
+            ..Default::default()
+        };
+        let catalog = Arc::new(fence::FencingCatalog::new(
+            open_catalog(&cfg).await.unwrap(),
+        ));
+        let ns = NamespaceIdent::new(cfg.namespace.clone());
+        catalog.create_namespace(&ns, HashMap::new()).await.unwrap();
+        let create = |name, s, spec| {
+            let catalog = catalog.clone();
+            let ns = ns.clone();
+            async move {
+                ensure_table(catalog.as_ref(), &ns, name, s, spec)
+                    .await
+                    .unwrap()
+            }
+        };
+        // The previous release's tables, with one row written by it.
+        let mut old = IcebergSink {
+            events: create(
+                EVENTS_TABLE,
+                without_stream(schema::events_schema()),
+                Some(schema::events_partition_spec()),
+            )
+            .await,
+            metrics: create(
+                METRICS_TABLE,
+                without_stream(schema::metrics_schema()),
+                None,
+            )
+            .await,
+            dead_letters: create(DEAD_LETTERS_TABLE, schema::dead_letters_schema(), None).await,
+            catalog: catalog.clone(),
+            writer_id: "old".into(),
+            topic: "s".into(),
+            target_file_bytes: 1 << 20,
+            props: WriterProperties::default(),
+            last_position: None,
+            retrying: false,
+        };
+        assert!(
+            old.events
+                .metadata()
+                .current_schema()
+                .field_by_name("stream")
+                .is_none()
+        );
+        append_event(&mut old, "s", "legacy", 0, true).await;
+
+        let mut s = IcebergSink::open(&cfg, "s", "w-s", 1 << 20).await.unwrap();
+        for t in [&s.events, &s.metrics] {
+            let f = t
+                .metadata()
+                .current_schema()
+                .field_by_name("stream")
+                .unwrap()
+                .clone();
+            assert_eq!(
+                (f.id, f.required),
+                (schema::STREAM_FIELD_ID, false),
+                "{}",
+                t.identifier()
+            );
+        }
+        append_event(&mut s, "s", "ours", 1, false).await;
+        let mut t = IcebergSink::open(&cfg, "t", "w-t", 1 << 20).await.unwrap();
+        // Stream t's partition 0 at offset 1 holds the same id as stream s's: not a copy of it.
+        append_event(&mut t, "t", "ours", 1, false).await;
+        append_event(&mut t, "t", "theirs", 2, false).await;
+        s.refresh().await.unwrap();
+        t.refresh().await.unwrap();
+
+        let h = crate::dedup::hash_id;
+        for (sink, mut want) in [
+            (&s, vec![(0, h("legacy"), 0), (0, h("ours"), 1)]),
+            (
+                &t,
+                vec![(0, h("legacy"), 0), (0, h("ours"), 1), (0, h("theirs"), 2)],
+            ),
+        ] {
+            let mut got = Vec::new();
+            sink.committed_ids(&BTreeMap::from([(0, 0)]), 0, |p, h, o, _, _| {
+                got.push((p, h, o))
+            })
+            .await
+            .unwrap();
+            got.sort();
+            want.sort();
+            assert_eq!(got, want, "stream {}", sink.topic);
+        }
     }
 }

@@ -10,7 +10,7 @@ use arrow_array::builder::{
     BooleanBuilder, Decimal128Builder, Float64Builder, Int32Builder, Int64Builder,
     LargeBinaryBuilder, StringBuilder, TimestampMicrosecondBuilder,
 };
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::{ArrayRef, RecordBatch, StringArray};
 use arrow_schema::SchemaRef as ArrowSchemaRef;
 use iceberg::spec::{
     NestedField, PartitionSpec, PrimitiveType, Schema, Transform, Type, UnboundPartitionSpec,
@@ -19,6 +19,19 @@ use iceberg::spec::{
 use crate::event::Event;
 
 const UTC: &str = "+00:00";
+
+/// `stream` in `campaign_events` and `campaign_metrics`: the last column of both, so a table
+/// created before it existed gets the same field id when evolution appends it.
+pub const STREAM_COLUMN: &str = "stream";
+pub const STREAM_FIELD_ID: i32 = 17;
+
+/// A column holding `stream` in each of `rows` rows (dictionary-encoded by Parquet: a few bytes
+/// per file).
+fn stream_column(stream: &str, rows: usize) -> ArrayRef {
+    Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+        stream, rows,
+    )))
+}
 
 fn req(id: i32, name: &str, t: PrimitiveType) -> Arc<NestedField> {
     NestedField::required(id, name, Type::Primitive(t)).into()
@@ -60,6 +73,11 @@ pub fn events_schema() -> Schema {
             // Another delivery of an event_id already seen within the dedup horizon: kept here
             // (every message is accounted for) but not counted in the metrics.
             req(16, "is_duplicate", Boolean),
+            // The stream (Kafka topic or named file input) the row came from: several streams
+            // may share the tables, and duplicates are decided within a stream only. Optional
+            // because a table written before this column existed gains it by schema evolution
+            // (its old rows read NULL); every row written now carries it.
+            opt(STREAM_FIELD_ID, STREAM_COLUMN, String),
         ])
         .build()
         .expect("static schema")
@@ -99,6 +117,9 @@ pub fn metrics_schema() -> Schema {
             req(14, "computed_at", Timestamptz),
             req(15, "withheld", Boolean),
             req(16, "kafka_partition", Int),
+            // Whose share: a (stream, partition) pair. Revisions of different streams do not
+            // compare; readers sum the latest revision of each stream's partitions.
+            opt(STREAM_FIELD_ID, STREAM_COLUMN, String),
         ])
         .build()
         .expect("static schema")
@@ -179,7 +200,8 @@ impl EventColumns {
         }
     }
 
-    fn finish(&mut self, schema: &ArrowSchemaRef) -> RecordBatch {
+    fn finish(&mut self, schema: &ArrowSchemaRef, stream: &str) -> RecordBatch {
+        let rows = self.rows;
         let cols: Vec<ArrayRef> = vec![
             Arc::new(self.event_id.finish()),
             Arc::new(self.event_type.finish()),
@@ -197,6 +219,7 @@ impl EventColumns {
             Arc::new(self.ingest_time.finish()),
             Arc::new(self.is_late.finish()),
             Arc::new(self.is_duplicate.finish()),
+            stream_column(stream, rows),
         ];
         self.rows = 0;
         RecordBatch::try_new(schema.clone(), cols).expect("columns match the events schema")
@@ -206,15 +229,18 @@ impl EventColumns {
 /// Buffers `campaign_events` rows per day of event time (the table's partitioning).
 pub struct EventsBuffer {
     schema: ArrowSchemaRef,
+    stream: Arc<str>,
     days: BTreeMap<i32, EventColumns>,
     /// Rows of the last batch taken: the size new builders are given.
     last_rows: usize,
 }
 
 impl EventsBuffer {
-    pub fn new() -> Self {
+    /// Rows of `stream`.
+    pub fn new(stream: &str) -> Self {
         EventsBuffer {
             schema: arrow_schema(&events_schema()),
+            stream: stream.into(),
             days: BTreeMap::new(),
             last_rows: 1024,
         }
@@ -273,14 +299,8 @@ impl EventsBuffer {
             self.last_rows = rows.next_power_of_two();
         }
         days.into_iter()
-            .map(|(day, mut c)| (day, c.finish(&self.schema)))
+            .map(|(day, mut c)| (day, c.finish(&self.schema, &self.stream)))
             .collect()
-    }
-}
-
-impl Default for EventsBuffer {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -308,7 +328,8 @@ pub struct MetricRecord {
     pub withheld: bool,
 }
 
-pub fn metrics_batch(rows: &[MetricRecord]) -> RecordBatch {
+/// `rows` as a `campaign_metrics` batch, every row a share of `stream`.
+pub fn metrics_batch(rows: &[MetricRecord], stream: &str) -> RecordBatch {
     let schema = arrow_schema(&metrics_schema());
     let mut b = (
         ts(),
@@ -367,6 +388,7 @@ pub fn metrics_batch(rows: &[MetricRecord]) -> RecordBatch {
         Arc::new(at.finish()),
         Arc::new(withheld.finish()),
         Arc::new(part.finish()),
+        stream_column(stream, rows.len()),
     ];
     RecordBatch::try_new(schema, cols).expect("columns match the metrics schema")
 }
@@ -469,7 +491,7 @@ mod tests {
     fn the_largest_accepted_revenue_round_trips_into_decimal_18_6() {
         let now = 1_764_000_000_000i64;
         let limits = crate::event::ValidationConfig::default();
-        let mut buf = EventsBuffer::new();
+        let mut buf = EventsBuffer::new("s");
         let mut accepted = Vec::new();
         for revenue in [
             "\"999999999999.999999\"",

@@ -101,16 +101,26 @@ impl FileSource {
         self.peak_carry.load(Relaxed)
     }
 
-    /// The stream name a file is recorded under when the config names none.
+    /// The stream name a file is recorded under when the config names none:
+    /// `file:NAME@DIGEST`, DIGEST the first 12 hex digits of the SHA-256 of the file's first
+    /// line. Positions, duplicates and metric shares are kept per stream, so two different files
+    /// that share a name (`a/events.jsonl`, `b/events.jsonl`) must not share a stream: the second
+    /// would resume at the first one's position and skip its lines. A longer version of the same
+    /// file (appended to) keeps its first line, so it resumes where the last run stopped; a copy
+    /// moved elsewhere is still the same input. Standard input is `stdin` (it cannot be read
+    /// twice; the pipeline refuses to resume an unnamed stdin stream).
     pub fn default_stream(path: &Path) -> String {
         if path == Path::new("-") {
-            "stdin".into()
-        } else {
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| path.display().to_string());
-            format!("file:{name}")
+            return "stdin".into();
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        match first_line_digest(path) {
+            Ok(d) => format!("file:{name}@{d}"),
+            // Unreadable: the run fails opening it, with the path in the error.
+            Err(_) => format!("file:{name}"),
         }
     }
 
@@ -299,6 +309,19 @@ pub fn resolve(base: &Path, p: &Path) -> PathBuf {
     }
 }
 
+/// First 12 hex digits of the SHA-256 of `path`'s first line (at most 64 KiB of it).
+fn first_line_digest(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest;
+
+    let mut head = Vec::with_capacity(4096);
+    std::fs::File::open(path)?
+        .take(64 * 1024)
+        .read_to_end(&mut head)?;
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let digest = sha2::Sha256::digest(line);
+    Ok(digest[..6].iter().map(|b| format!("{b:02x}")).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,6 +345,39 @@ mod tests {
             });
         }
         out
+    }
+
+    /// Issue 14, defect 6: `a/events.jsonl` and `b/events.jsonl` were both `file:events.jsonl`,
+    /// so the second run resumed at the first one's position and skipped its lines.
+    #[test]
+    fn files_sharing_a_name_get_their_own_stream_and_a_grown_file_keeps_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let (a, b) = (a.join("events.jsonl"), b.join("events.jsonl"));
+        std::fs::write(&a, "{\"event_id\":\"a1\"}\n{\"event_id\":\"a2\"}\n").unwrap();
+        std::fs::write(&b, "{\"event_id\":\"b1\"}\n").unwrap();
+        let (sa, sb) = (
+            FileSource::default_stream(&a),
+            FileSource::default_stream(&b),
+        );
+        assert!(sa.starts_with("file:events.jsonl@"), "{sa}");
+        assert_ne!(sa, sb);
+        // Appending keeps the stream: the next run resumes after what is committed.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&a)
+            .unwrap()
+            .write_all(b"{\"event_id\":\"a3\"}\n")
+            .unwrap();
+        assert_eq!(FileSource::default_stream(&a), sa);
+        // The same file moved to another directory is the same input.
+        let moved = dir.path().join("c");
+        std::fs::create_dir_all(&moved).unwrap();
+        std::fs::copy(&b, moved.join("events.jsonl")).unwrap();
+        assert_eq!(FileSource::default_stream(&moved.join("events.jsonl")), sb);
+        assert_eq!(FileSource::default_stream(Path::new("-")), "stdin");
     }
 
     #[test]
