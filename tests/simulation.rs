@@ -1,6 +1,6 @@
 //! Deterministic simulation of the processor against an in-memory stand-in for the tables:
 //! seeded event streams over several partitions (disorder within the watermark bound, copies,
-//! hostile messages, ids of every length), crashes at random points of the commit sequence
+//! hostile messages, valid messages damaged byte by byte, ids of every length), crashes at random points of the commit sequence
 //! (nothing, the dead letters, or dead letters + metrics landed), random rebalances between two
 //! members (revoke → handoff → claim by the other, with stale commits fenced), compared with a
 //! reference model of the metrics written here, independently of the host: every message once in
@@ -89,6 +89,13 @@ fn gen_partition(rng: &mut fastrand::Rng, p: i32, n: usize, base: i64) -> Vec<Ms
             });
             continue;
         }
+        if rng.f64() < 0.04 {
+            // Byte-level damage to a valid message (the processor fuzzed in place): a dead
+            // letter if the decoder refuses it, else the event it still is.
+            let ev = random_event(rng, p, i, t, &users, &mut used);
+            out.push(mutated(rng, ev));
+            continue;
+        }
         if rng.f64() < 0.05 && !out.is_empty() {
             // A copy of an earlier valid message of this partition (a producer retry).
             let earlier: Vec<&Msg> = out.iter().filter(|m| m.event.is_some()).collect();
@@ -98,36 +105,7 @@ fn gen_partition(rng: &mut fastrand::Rng, p: i32, n: usize, base: i64) -> Vec<Ms
                 continue;
             }
         }
-        // Disorder within the out-of-orderness bound: never late.
-        let mut time_ms = t - rng.i64(0..OOO_MS - 1_000);
-        while !used.insert(time_ms) {
-            time_ms += 1;
-        }
-        let kind = match rng.f64() {
-            x if x < 0.6 => 0,
-            x if x < 0.85 => 1,
-            _ => 2,
-        };
-        let c = rng.u32(0..3);
-        let ev = Ev {
-            id: format!("e{p}-{i}-{}", "i".repeat(rng.usize(0..60))),
-            kind,
-            time_ms,
-            campaign: format!("camp-{c}"),
-            // Some ad ids are seen once (a buggy SDK's garbage): the interners free and reuse
-            // them as their windows close (issue 14, defect 4), which must never rename a row.
-            ad: if rng.f64() < 0.15 {
-                format!("ad-{c}-once-{p}-{i}")
-            } else {
-                format!("ad-{c}-{}", rng.u32(0..2))
-            },
-            user: users[rng.usize(0..users.len())].clone(),
-            micros: if kind == 2 {
-                rng.i64(1..5_000_000_000)
-            } else {
-                0
-            },
-        };
+        let ev = random_event(rng, p, i, t, &users, &mut used);
         out.push(Msg {
             payload: json(&ev).into_bytes(),
             event: Some(ev),
@@ -148,6 +126,112 @@ fn gen_partition(rng: &mut fastrand::Rng, p: i32, n: usize, base: i64) -> Vec<Ms
         event: Some(flush),
     });
     out
+}
+
+/// A valid event of partition `p` near time `t`: disorder within the out-of-orderness bound
+/// (never late), distinct times within the partition (keeps "the latest click" unambiguous).
+fn random_event(
+    rng: &mut fastrand::Rng,
+    p: i32,
+    i: usize,
+    t: i64,
+    users: &[String],
+    used: &mut std::collections::HashSet<i64>,
+) -> Ev {
+    let mut time_ms = t - rng.i64(0..OOO_MS - 1_000);
+    while !used.insert(time_ms) {
+        time_ms += 1;
+    }
+    let kind = match rng.f64() {
+        x if x < 0.6 => 0,
+        x if x < 0.85 => 1,
+        _ => 2,
+    };
+    let c = rng.u32(0..3);
+    Ev {
+        id: format!("e{p}-{i}-{}", "i".repeat(rng.usize(0..60))),
+        kind,
+        time_ms,
+        campaign: format!("camp-{c}"),
+        // Some ad ids are seen once (a buggy SDK's garbage): the interners free and reuse
+        // them as their windows close (issue 14, defect 4), which must never rename a row.
+        ad: if rng.f64() < 0.15 {
+            format!("ad-{c}-once-{p}-{i}")
+        } else {
+            format!("ad-{c}-{}", rng.u32(0..2))
+        },
+        user: users[rng.usize(0..users.len())].clone(),
+        micros: if kind == 2 {
+            rng.i64(1..5_000_000_000)
+        } else {
+            0
+        },
+    }
+}
+
+/// `ev`'s JSON with one to four random edits (byte flips, deletions, insertions of JSON-ish or
+/// arbitrary bytes, truncation, repeats). What the model expects of it is the decoder's verdict
+/// with the time bounds off (the bounds only refuse more, and an event whose time an edit
+/// changed is not used): refused → a dead letter; accepted as exactly `ev` (whitespace, an
+/// unknown key, a changed currency) → `ev`; accepted as another event → `ev` undamaged
+/// instead, since such an event may be late or out of bounds, which the model does not follow.
+fn mutated(rng: &mut fastrand::Rng, ev: Ev) -> Msg {
+    use admetrics::event::{EventKind, TimeBounds, ValidationConfig, decode};
+    const JSONISH: &[u8] = b"{}[]\",:\\0123456789eE.-+ \t\nnulltrue\xff\x00";
+    let mut b = json(&ev).into_bytes();
+    for _ in 0..rng.usize(1..=4) {
+        let i = rng.usize(0..=b.len());
+        match rng.u32(0..6) {
+            0 if i < b.len() => b[i] = rng.u8(..),
+            1 => {
+                let j = rng.usize(i..=b.len().min(i + 12));
+                b.drain(i..j);
+            }
+            2 => {
+                let ins: Vec<u8> = (0..rng.usize(1..6))
+                    .map(|_| JSONISH[rng.usize(0..JSONISH.len())])
+                    .collect();
+                b.splice(i..i, ins);
+            }
+            3 => b.truncate(i),
+            4 => {
+                let j = rng.usize(i..=b.len().min(i + 40));
+                let rep = b[i..j].to_vec();
+                b.splice(i..i, rep);
+            }
+            _ => b.insert(i, rng.u8(..)),
+        }
+    }
+    let limits = ValidationConfig {
+        time_bounds: TimeBounds::Off,
+        ..Default::default()
+    };
+    let same = match decode(&b, 0, &limits) {
+        Err(_) => {
+            return Msg {
+                payload: b,
+                event: None,
+            };
+        }
+        Ok(d) => {
+            let kind = match d.kind {
+                EventKind::Impression => 0,
+                EventKind::Click => 1,
+                EventKind::Conversion => 2,
+            };
+            d.event_id == ev.id.as_str()
+                && kind == ev.kind
+                && d.time_ms == ev.time_ms
+                && d.campaign_id == ev.campaign.as_str()
+                && d.ad_id == ev.ad.as_str()
+                && d.user_id == ev.user.as_str()
+                && d.revenue_micros == ev.micros
+        }
+    };
+    Msg {
+        payload: if same { b } else { json(&ev).into_bytes() },
+        event: Some(ev),
+    }
 }
 
 fn json(e: &Ev) -> String {
