@@ -2,7 +2,7 @@
 # Installs everything admetrics needs on a fresh machine, skipping what is already there at the
 # right version. Idempotent; used by scripts/demo.sh (--demo: no Python) and scripts/test.sh.
 #
-#   scripts/setup.sh          # Kafka broker, wasm targets, cargo-component, Python test venv
+#   scripts/setup.sh          # Kafka broker, Iceberg REST catalog, wasm targets, cargo-component, Python test venv
 #   scripts/setup.sh --demo   # only what the demo needs (Kafka broker + wasm target)
 #   scripts/setup.sh --kafka  # only the Apache Kafka broker (scripts/kafka.sh install)
 #   scripts/setup.sh --python # only the Python venv (scripts/query.sh)
@@ -127,6 +127,10 @@ setup_kafka
 if [[ $mode == --demo ]]; then
   exit 0
 fi
+
+# Apache Iceberg's REST catalog server for the REST + S3 test (scripts/iceberg-rest.sh): jars
+# from Maven Central into .tools/iceberg-rest-<version>/.
+scripts/iceberg-rest.sh install
 
 install_crate cargo-component "$CARGO_COMPONENT_VERSION" "cargo component --version"
 # The fuzzer driver (scripts/fuzz.sh); runs on stable without a sanitizer.

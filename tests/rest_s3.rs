@@ -1,9 +1,10 @@
 //! The docker-compose storage path on loopback: an Iceberg REST catalog with its warehouse on an
 //! S3-protocol server, instead of the embedded SQLite catalog + local files.
 //!
-//! Real parts: moto's S3 server (PyPI, `moto[server]`) and a REST catalog server speaking the
-//! Iceberg REST spec (`tests/rest_catalog.py`: PyIceberg's SqlCatalog behind the spec's routes,
-//! the construction of Apache's REST fixture, which this machine cannot fetch). The daemon runs
+//! Real parts: moto's S3 server (PyPI, `moto[server]`) and Apache Iceberg's own REST catalog
+//! server (`RESTCatalogServer` from Maven Central, the server of the `apache/iceberg-rest-fixture`
+//! image docker-compose.yml runs; `scripts/iceberg-rest.sh`: a JdbcCatalog on SQLite, S3FileIO
+//! on moto). The daemon runs
 //! a generated file with bad lines through its binary (`run --file`), configured only by TOML;
 //! then three readers nobody here wrote the storage side of check it: PyIceberg's RestCatalog
 //! (every valid line once, every bad line a dead letter, all metrics equal to the file; tables on
@@ -65,18 +66,26 @@ fn rest_catalog_on_s3_holds_every_event_once_and_the_dashboard_views_read_it() {
         s3_port,
         &d.join("moto.log"),
     );
+    // The bucket first: the catalog server writes into it, it does not create it.
+    let o = Command::new(python())
+        .args(["-c", "import sys, boto3; boto3.client('s3', endpoint_url=sys.argv[1], aws_access_key_id='test', aws_secret_access_key='test', region_name='us-east-1').create_bucket(Bucket='lake')"])
+        .arg(&s3)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "creating the bucket: {}",
+        output_text(&o)
+    );
     let _catalog = start(
-        "REST catalog",
-        Command::new(python())
-            .arg(repo_root().join("tests/rest_catalog.py"))
-            .args([
-                "--port",
-                &rest_port.to_string(),
-                "--warehouse",
-                "s3://lake/warehouse",
-            ])
-            .args(["--s3-endpoint", &s3, "--create-bucket", "--quiet", "--db"])
-            .arg(d.join("rest-catalog.db")),
+        "Apache Iceberg REST catalog",
+        Command::new(repo_root().join("scripts/iceberg-rest.sh"))
+            .arg("run")
+            .arg(rest_port.to_string())
+            .arg(d.join("rest-catalog.db"))
+            .args(["s3://lake/warehouse", &s3])
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test"),
         rest_port,
         &d.join("rest.log"),
     );

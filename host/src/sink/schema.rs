@@ -85,6 +85,9 @@ pub fn events_schema() -> Schema {
 
 pub fn events_partition_spec() -> UnboundPartitionSpec {
     UnboundPartitionSpec::builder()
+        // Spelled out: iceberg-rust leaves an unset spec id out of a REST create-table request,
+        // and Apache's REST catalog server refuses a partition spec without one (400).
+        .with_spec_id(0)
         .add_partition_field(3, "event_day", Transform::Day)
         .expect("static spec")
         .build()
