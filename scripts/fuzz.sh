@@ -2,8 +2,13 @@
 # Fuzzes the event decoder (fuzz/fuzz_targets): `decode` on arbitrary bytes against the
 # validation rules, `rfc3339` differentially against chrono. Runs each target SECONDS (default
 # 30) on the stable toolchain without a sanitizer (the decoder is safe Rust; libFuzzer's coverage
-# instrumentation is what matters), keeps the grown corpus in fuzz/corpus, and prints runs and
-# crashes per target. A crash fails the script; its input is kept in fuzz/artifacts/TARGET.
+# instrumentation is what matters), and prints runs and crashes per target. A crash fails the
+# script; its input is kept in fuzz/artifacts/TARGET.
+#
+# The corpus is kept between runs in the repository: every run starts from fuzz/corpus/TARGET
+# (committed) plus the hand-written fuzz/seeds/TARGET, and adds what it finds to fuzz/corpus.
+# To keep a run's finds, minimize and commit them:
+#   (cd fuzz && cargo fuzz cmin -s none TARGET corpus/TARGET) && git add fuzz/corpus
 #
 #   scripts/fuzz.sh [SECONDS]
 set -euo pipefail
