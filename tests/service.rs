@@ -290,6 +290,31 @@ fn files_and_streams_sharing_tables_are_each_counted_in_full() {
     .map(String::from)
     .to_vec();
     println!("{}", run_python("verify_file_run.py", &args));
+
+    // Tables where an earlier release ran a: its default name then was `file:events.jsonl`.
+    // Run again unnamed, a would be a new stream counted a second time: refused, naming both
+    // ways out; with the old name it resumes (adds nothing).
+    let old = config(d, "old");
+    let o = admetrics(&["run", "--config"])
+        .arg(&old)
+        .arg("--file")
+        .arg(&a)
+        .args(["--stream", "file:events.jsonl"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", output_text(&o));
+    let o = admetrics(&["run", "--config"])
+        .arg(&old)
+        .arg("--file")
+        .arg(&a)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("--stream \"file:events.jsonl\""),
+        "{}",
+        output_text(&o)
+    );
 }
 
 /// Issue 14, defect 11: the sink turns iceberg-rust's duplicate-file check off, and iceberg-rust

@@ -121,6 +121,22 @@ pub async fn run(
                     pos.offset
                 );
             }
+            // A file an earlier release ran into these tables is recorded under the name it gave
+            // every file of that name: resuming it under the new default would count it again.
+            let old = crate::source::FileSource::unversioned_stream(path);
+            if path.as_os_str() != "-"
+                && cfg.source.stream.is_none()
+                && sink.positions().is_empty()
+                && let Some((p, pos)) = sink.positions_of(&old).into_iter().next()
+            {
+                anyhow::bail!(
+                    "the tables hold stream {old:?} (partition {p} up to line {}), the name \
+                     earlier releases gave every file called like this one; this release names \
+                     it {stream:?}. If it is the same input, resume it with --stream {old:?}; \
+                     if not, run it under --stream {stream:?} to count it apart",
+                    pos.offset
+                );
+            }
             // A file is one partition, claimed here like a Kafka partition would be.
             let claim = sink
                 .claim(&[0], ids_since)

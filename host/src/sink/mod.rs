@@ -224,7 +224,12 @@ impl IcebergSink {
 
     /// Per partition, where `campaign_events` stands (the entry with the highest epoch).
     pub fn positions(&self) -> BTreeMap<i32, Position> {
-        summary::positions(&self.events, &self.topic).0
+        self.positions_of(&self.topic)
+    }
+
+    /// [`positions`](Self::positions) of another stream sharing the tables.
+    pub fn positions_of(&self, stream: &str) -> BTreeMap<i32, Position> {
+        summary::positions(&self.events, stream).0
     }
 
     /// Per partition, the next offset not yet in `campaign_events`.

@@ -113,15 +113,20 @@ impl FileSource {
         if path == Path::new("-") {
             return "stdin".into();
         }
+        match first_line_digest(path) {
+            Ok(d) => format!("{}@{d}", Self::unversioned_stream(path)),
+            // Unreadable: the run fails opening it, with the path in the error.
+            Err(_) => Self::unversioned_stream(path),
+        }
+    }
+
+    /// `file:<file name>`: what releases before the digest called every file of that name.
+    pub fn unversioned_stream(path: &Path) -> String {
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| path.display().to_string());
-        match first_line_digest(path) {
-            Ok(d) => format!("file:{name}@{d}"),
-            // Unreadable: the run fails opening it, with the path in the error.
-            Err(_) => format!("file:{name}"),
-        }
+        format!("file:{name}")
     }
 
     /// Lines read so far (the next line's number).
