@@ -120,6 +120,20 @@ fn the_compose_file_is_valid_and_starts_things_in_order() {
 #[test]
 fn the_images_copy_what_exists_and_the_container_config_loads() {
     let root = repo_root();
+    // The build context leaves out build outputs, venvs, fetched jars and local tables.
+    let ignored: Vec<String> = std::fs::read_to_string(root.join(".dockerignore"))
+        .expect(".dockerignore")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect();
+    for heavy in ["target", ".state", ".tools", ".venv", ".venv-*", ".git"] {
+        assert!(
+            ignored.iter().any(|p| p == heavy),
+            ".dockerignore does not exclude {heavy}"
+        );
+    }
     for dockerfile in [
         "Dockerfile",
         "dashboard/Dockerfile",
@@ -136,6 +150,9 @@ fn the_images_copy_what_exists_and_the_container_config_loads() {
                     root.join(src).exists(),
                     "{dockerfile}: COPY source {src} does not exist"
                 );
+                if let Some(p) = ignored.iter().find(|p| src.starts_with(p.as_str())) {
+                    panic!("{dockerfile}: COPY source {src} is excluded by .dockerignore ({p})");
+                }
             }
         }
     }
