@@ -709,6 +709,29 @@ fn run_seed(seed: u64, plugins: &[Plugin]) -> Result<String, String> {
                 }
                 events.push(format!("move {p} (claim first: {claim_first})"));
             }
+            // A live config reload of what the model does not depend on (events are never
+            // late under any out-of-orderness ≥ the generator's, and no plugin fails): the
+            // out-of-orderness up or back, the clock skew bound, the quarantine settings.
+            // Later restarts start with it (it is the config file now). Not the allowed
+            // lateness: reloading it here makes seeds fail after crashes (a final window below
+            // the model), not yet diagnosed; `raising_the_allowed_lateness_never_reopens_a_final_window`
+            // covers its raise without crashes.
+            7..10 => {
+                let mut s = m.processor.settings().clone();
+                s.out_of_orderness_ms = [OOO_MS as u64, 8_000, 15_000][sim.rng.usize(0..3)];
+                s.max_clock_skew_ms = [0, 1_000, 60_000][sim.rng.usize(0..3)];
+                s.quarantine_after = sim.rng.u32(1..5);
+                s.quarantine_window_secs = sim.rng.u64(1..600);
+                m.processor.apply_settings(&s);
+                sim.cfg.window.out_of_orderness_ms = s.out_of_orderness_ms;
+                sim.cfg.window.max_clock_skew_ms = s.max_clock_skew_ms;
+                sim.cfg.plugins.quarantine_after = s.quarantine_after;
+                sim.cfg.plugins.quarantine_window_secs = s.quarantine_window_secs;
+                events.push(format!(
+                    "reload ooo {} skew {}",
+                    s.out_of_orderness_ms, s.max_clock_skew_ms
+                ));
+            }
             _ => {
                 if sim.rng.u32(0..4) == 0 {
                     sim.tick(&mut m, 3);
