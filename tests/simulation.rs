@@ -711,13 +711,16 @@ fn run_seed(seed: u64, plugins: &[Plugin]) -> Result<String, String> {
             }
             // A live config reload of what the model does not depend on (events are never
             // late under any out-of-orderness ≥ the generator's, and no plugin fails): the
-            // out-of-orderness up or back, the clock skew bound, the quarantine settings.
-            // Later restarts start with it (it is the config file now). Not the allowed
-            // lateness: reloading it here makes seeds fail after crashes (a final window below
-            // the model), not yet diagnosed; `raising_the_allowed_lateness_never_reopens_a_final_window`
-            // covers its raise without crashes.
+            // allowed lateness up or down, the out-of-orderness up or back, the clock skew
+            // bound, the quarantine settings. Later restarts start with it (it is the config
+            // file now), so owners of one partition run with different lateness. This found
+            // that a new owner with a smaller lateness took windows its predecessor had left
+            // open (published, not final) as closed at once, and never published them final.
             7..10 => {
                 let mut s = m.processor.settings().clone();
+                s.allowed_lateness_ms = [0, 10_000, 60_000, 120_000][sim.rng.usize(0..4)];
+                sim.cfg.window.allowed_lateness_ms = s.allowed_lateness_ms;
+                events.push(format!("lateness {}", s.allowed_lateness_ms));
                 s.out_of_orderness_ms = [OOO_MS as u64, 8_000, 15_000][sim.rng.usize(0..3)];
                 s.max_clock_skew_ms = [0, 1_000, 60_000][sim.rng.usize(0..3)];
                 s.quarantine_after = sim.rng.u32(1..5);

@@ -419,8 +419,16 @@ impl Processor {
             .observe(m.partition, ev.time_ms, clock.instant);
 
         let start = window_start(ev.time_ms, self.size_ms);
-        let late = start + self.size_ms
-            <= closed_through(task, &self.watermarks, m.partition, self.lateness_ms);
+        // While replaying, closed is only what the tables record as closed. The previous owner
+        // may have run with a larger `allowed_lateness_ms` and left windows open (published,
+        // not final) that this owner's lateness calls closed at once: they are rebuilt here
+        // and published final after the replay, instead of staying "not final" for good.
+        let closed = if replay {
+            task.closed_through
+        } else {
+            closed_through(task, &self.watermarks, m.partition, self.lateness_ms)
+        };
+        let late = start + self.size_ms <= closed;
         let campaign = self.campaigns.intern(&ev.campaign_id, start);
         let ad = self.ads.intern(&ev.ad_id, start);
         if ev.kind == EventKind::Click {
