@@ -169,8 +169,19 @@ def compact_small_files(catalog, ident: str, min_files: int, max_file_bytes: int
         # table's isolation level; under the default (serializable) any file the daemon appended
         # meanwhile is a conflict, so a busy table's compaction lost every race. Under snapshot
         # isolation it checks what a rewrite needs: the files it replaces are still there.
-        with table.transaction() as tx:
-            tx.set_properties({ISOLATION_KEY: "snapshot"})
+        # A commit like any other: it can lose a race to the daemon's append, so retried.
+        for attempt in range(1, attempts + 1):
+            try:
+                with table.transaction() as tx:
+                    tx.set_properties({ISOLATION_KEY: "snapshot"})
+                break
+            except CommitFailedException:
+                time.sleep(0.05 * attempt)
+                table = catalog.load_table(ident)
+                if table.properties.get(ISOLATION_KEY) == "snapshot":
+                    break
+        else:
+            return {"table": ident, "conflict": f"lost {attempts} commit races setting {ISOLATION_KEY}"}
         table = catalog.load_table(ident)
     old = [f for group in chosen for f in group]
     scan = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue())
