@@ -127,6 +127,9 @@ class NoActionLog(AbstractEventLogger):
         pass
 
 
+_DUCKDB_INIT_LOCK = threading.Lock()
+
+
 def run_duckdb_init(dbapi_connection, _record=None):
     """SQLAlchemy "connect" listener: a DuckDB file with a `<file>.init.sql` beside it (written by
     bundle.py for a REST catalog on S3) gets those statements run on every new connection, since
@@ -143,9 +146,14 @@ def run_duckdb_init(dbapi_connection, _record=None):
     init = f"{path}.init.sql" if path else None
     if init and os.path.exists(init):
         with open(init) as f:
-            for stmt in f.read().split(";\n"):
-                if stmt.strip():
-                    dbapi_connection.execute(stmt)
+            stmts = [s for s in f.read().split(";\n") if s.strip()]
+        # Connections to one DuckDB file share its database instance, so the ATTACH is seen by
+        # all of them; `ATTACH IF NOT EXISTS` is check-then-act, and two threads' first chart
+        # queries attaching at once fail with 'database with name "ice" already exists' (found
+        # by tests/stack.rs). One at a time per process.
+        with _DUCKDB_INIT_LOCK:
+            for stmt in stmts:
+                dbapi_connection.execute(stmt)
 
 
 def install_duckdb_init():

@@ -6,6 +6,7 @@
 #
 #   scripts/iceberg-rest.sh install                          # jars into .tools/iceberg-rest-<ver>/libs (once)
 #   scripts/iceberg-rest.sh run PORT DB WAREHOUSE S3_ENDPOINT # foreground server (exec java)
+#   scripts/iceberg-rest.sh serve PORT                       # configured like the image: CATALOG_* from the environment
 #
 # `run` serves http://127.0.0.1:PORT (the server binds every interface: loopback tests only),
 # keeps its catalog in the SQLite file DB (kept across runs) and writes table files to WAREHOUSE
@@ -13,6 +14,8 @@
 # the credentials in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (default test/test, moto's).
 # Clients set the S3 endpoint themselves: the server's /v1/config hands out none.
 # The server takes its catalog properties from CATALOG_* variables (CATALOG_A__B_C = a-b.c).
+# `serve` is the apache/iceberg-rest-fixture image's entrypoint: the caller's CATALOG_* (e.g. a
+# docker-compose service's environment, as tests/stack.rs passes it), over the image's defaults.
 set -euo pipefail
 
 ICEBERG_VERSION=1.10.0
@@ -68,8 +71,22 @@ run() { # PORT DB WAREHOUSE S3_ENDPOINT
     -cp "$libs/*" org.apache.iceberg.rest.RESTCatalogServer
 }
 
+serve() { # PORT
+  [[ $# -eq 1 && $1 =~ ^[0-9]+$ ]] || usage
+  install
+  # The image's ENV lines (docker/iceberg-rest-fixture/Dockerfile), where the caller set nothing.
+  export CATALOG_CATALOG__IMPL="${CATALOG_CATALOG__IMPL:-org.apache.iceberg.jdbc.JdbcCatalog}"
+  export CATALOG_URI="${CATALOG_URI:-jdbc:sqlite:file::memory:?cache=shared}"
+  export CATALOG_JDBC_USER="${CATALOG_JDBC_USER:-user}"
+  export CATALOG_JDBC_PASSWORD="${CATALOG_JDBC_PASSWORD:-password}"
+  export CATALOG_REST_PORT="$1"
+  exec java -Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Djava.awt.headless=true \
+    -cp "$libs/*" org.apache.iceberg.rest.RESTCatalogServer
+}
+
 case ${1:-} in
   install) install ;;
   run) shift; run "$@" ;;
+  serve) shift; serve "$@" ;;
   *) usage ;;
 esac

@@ -380,11 +380,26 @@ def main():
     ap.add_argument("--report", action="store_true", help="after each round, print each table's snapshots, manifests, data files")
     a = ap.parse_args()
     cfg = iceberg_config(Path(a.config))
-    catalog = open_catalog(cfg)
     while True:
+        # A new catalog client each round: a REST server closes idle connections (Jetty, the
+        # Apache REST server's, after 30 s: the default interval), and the first request of a
+        # round on a pooled connection it closed fails with RemoteDisconnected.
+        try:
+            catalog = open_catalog(cfg)
+        except Exception as e:  # noqa: BLE001 - the catalog down is a bad round, not the end
+            print("maintain: " + json.dumps({"error": f"catalog: {e!r}"[:300]}), flush=True)
+            if a.once:
+                return 1
+            time.sleep(a.interval)
+            continue
         for t in TABLES:
             ident = f"{cfg['namespace']}.{t}"
-            if not catalog.table_exists(ident):  # the daemon creates the tables when it starts
+            try:
+                exists = catalog.table_exists(ident)
+            except Exception as e:  # noqa: BLE001 - as below: the job outlives a bad round
+                print("maintain: " + json.dumps({"table": t, "error": repr(e)[:300]}), flush=True)
+                continue
+            if not exists:  # the daemon creates the tables when it starts
                 if a.once or a.report:
                     print("maintain: " + json.dumps({"table": ident, "skipped": "no such table yet"}), flush=True)
                 continue

@@ -4,6 +4,7 @@
 the same tables.
 
     verify_dashboard.py --catalog DB --warehouse DIR --charts browser.json [--metrics-url URL]
+    verify_dashboard.py --rest-uri URL --s3-endpoint URL --charts browser.json [...]   (AWS_* set)
 
 `browser.json` is dashboard/browser_check.py's output: every chart's data as the page got it.
 Expected values are computed here from campaign_metrics (the current value of every window key
@@ -15,10 +16,12 @@ input by tests/verify_e2e.py. Prints a summary; exits 1 listing every difference
 import argparse
 import json
 import math
+import os
 import sys
 import urllib.request
 from collections import defaultdict
 
+from pyiceberg.catalog.rest import RestCatalog
 from pyiceberg.catalog.sql import SqlCatalog
 
 from current_metrics import current_metrics_rows
@@ -36,13 +39,24 @@ def close(a, b, rel=1e-9):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--catalog", required=True)
-    ap.add_argument("--warehouse", required=True)
+    ap.add_argument("--catalog", help="the SQLite catalog file (embedded setup)")
+    ap.add_argument("--warehouse", help="its warehouse directory, or with --rest-uri s3://BUCKET/")
+    ap.add_argument("--rest-uri", help="an Iceberg REST catalog instead (the docker-compose stack)")
+    ap.add_argument("--s3-endpoint", help="with --rest-uri: the S3-protocol server (AWS_* credentials)")
     ap.add_argument("--namespace", default="ads")
     ap.add_argument("--charts", required=True)
     ap.add_argument("--metrics-url", default=None)
     a = ap.parse_args()
-    cat = SqlCatalog("admetrics", uri=f"sqlite:///{a.catalog}", warehouse=f"file://{a.warehouse}")
+    if a.rest_uri:
+        props = {"uri": a.rest_uri, "s3.endpoint": a.s3_endpoint, "s3.path-style-access": "true",
+                 "s3.region": os.environ.get("AWS_REGION", "us-east-1"),
+                 "s3.access-key-id": os.environ["AWS_ACCESS_KEY_ID"],
+                 "s3.secret-access-key": os.environ["AWS_SECRET_ACCESS_KEY"]}
+        cat = RestCatalog("admetrics", **props)
+    elif a.catalog and a.warehouse:
+        cat = SqlCatalog("admetrics", uri=f"sqlite:///{a.catalog}", warehouse=f"file://{a.warehouse}")
+    else:
+        ap.error("either --catalog and --warehouse, or --rest-uri and --s3-endpoint")
     load = lambda t: cat.load_table(f"{a.namespace}.{t}").scan().to_arrow()  # noqa: E731
     events, dead = load("campaign_events").to_pylist(), load("dead_letters").to_pylist()
     current = current_metrics_rows(load("campaign_metrics"), where="NOT withheld")
