@@ -385,7 +385,7 @@ interval_ms = 200
     // Every data window (10 minutes → 10 windows, plus the stragglers' window, already closed)
     // must have been finalised by the far-future events.
     wait_for("data windows finalised", Duration::from_secs(30), || {
-        status.windows_finalized.load(Relaxed) >= 10
+        status.windows_finalized.get() >= 10
     });
     stop_tx.send(()).unwrap();
     let summary = daemon.join().unwrap().expect("daemon run");
@@ -393,9 +393,9 @@ interval_ms = 200
         summary.committed_offsets, expected_end,
         "final committed offsets"
     );
-    assert_eq!(status.messages.load(Relaxed), msgs.len() as u64);
+    assert_eq!(status.messages.get(), msgs.len() as u64);
     assert_eq!(
-        status.valid_events.load(Relaxed) + status.dead_letters.load(Relaxed),
+        status.valid_events.get() + status.dead_letters.load(Relaxed),
         msgs.len() as u64
     );
 

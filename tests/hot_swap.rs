@@ -198,7 +198,7 @@ fn faulty_plugins_are_quarantined_while_events_and_other_plugins_keep_flowing() 
         stats.delivered.load(Relaxed) as i64
     );
     assert_eq!(
-        status.plugins_quarantined.load(Relaxed),
+        status.plugins_quarantined.get(),
         5,
         "each of the five faulty plugins quarantined"
     );
@@ -206,11 +206,7 @@ fn faulty_plugins_are_quarantined_while_events_and_other_plugins_keep_flowing() 
         status.plugin_errors.load(Relaxed) >= 15,
         "every failure recorded"
     );
-    assert_eq!(
-        status.plugin_rollbacks.load(Relaxed),
-        0,
-        "nothing to roll back to"
-    );
+    assert_eq!(status.plugin_rollbacks.get(), 0, "nothing to roll back to");
     verify(dir.path(), 20_000, 1);
 }
 
@@ -220,7 +216,7 @@ fn ctr_swapped_six_times_under_load_loses_nothing_and_never_mixes_builds() {
     let (v1, v2) = (wasm("ctr"), wasm("fixture_ctr_v2"));
     let daemon = Daemon::start(config(dir.path(), &broker.bootstrap, &plugin_dir));
     wait_for("daemon assigned", Duration::from_secs(30), || {
-        daemon.status.commits.load(Relaxed) > 2
+        daemon.status.commits.get() > 2
     });
 
     let total = 40_000;
@@ -239,10 +235,10 @@ fn ctr_swapped_six_times_under_load_loses_nothing_and_never_mixes_builds() {
     }
     assert_eq!(producer.join().unwrap(), total);
     // Removing a plugin file is noticed within 2 s too (a new set without it is installed).
-    let swaps = daemon.status.plugin_swaps.load(Relaxed);
+    let swaps = daemon.status.plugin_swaps.get();
     std::fs::remove_file(plugin_dir.join("attribution.wasm")).unwrap();
     wait_for("removal noticed", Duration::from_secs(2), || {
-        daemon.status.plugin_swaps.load(Relaxed) > swaps
+        daemon.status.plugin_swaps.get() > swaps
     });
     wait_for("all events committed", Duration::from_secs(60), || {
         daemon.committed() >= total as i64
@@ -255,9 +251,9 @@ fn ctr_swapped_six_times_under_load_loses_nothing_and_never_mixes_builds() {
         stats.delivered.load(Relaxed) as i64
     );
     assert!(
-        status.plugin_swaps.load(Relaxed) >= 6,
+        status.plugin_swaps.get() >= 6,
         "swaps installed: {}",
-        status.plugin_swaps.load(Relaxed)
+        status.plugin_swaps.get()
     );
     assert_eq!(
         status.plugin_rejections.load(Relaxed),
@@ -273,13 +269,13 @@ fn a_swapped_in_version_that_keeps_failing_is_rolled_back() {
     let (broker, dir, plugin_dir) = setup(&["ctr", "cvr"]);
     let daemon = Daemon::start(config(dir.path(), &broker.bootstrap, &plugin_dir));
     wait_for("daemon assigned", Duration::from_secs(30), || {
-        daemon.status.commits.load(Relaxed) > 2
+        daemon.status.commits.get() > 2
     });
     let (producer, _) = load(&broker.bootstrap, 4_000, 24_000);
     std::thread::sleep(Duration::from_millis(1_500));
     install(&wasm("fixture_ctr_bad"), &plugin_dir, "ctr.wasm");
     wait_for("rollback", Duration::from_secs(30), || {
-        daemon.status.plugin_rollbacks.load(Relaxed) == 1
+        daemon.status.plugin_rollbacks.get() == 1
     });
     assert_eq!(producer.join().unwrap(), 24_000);
     wait_for("all events committed", Duration::from_secs(60), || {
@@ -288,12 +284,12 @@ fn a_swapped_in_version_that_keeps_failing_is_rolled_back() {
     std::thread::sleep(Duration::from_secs(2));
     let status = daemon.status.clone();
     daemon.stop();
-    assert_eq!(status.plugins_quarantined.load(Relaxed), 1);
+    assert_eq!(status.plugins_quarantined.get(), 1);
     assert!(
         status.plugin_errors.load(Relaxed) >= 3,
         "at least three failures before the rollback"
     );
-    assert_eq!(status.plugin_rollbacks.load(Relaxed), 1);
+    assert_eq!(status.plugin_rollbacks.get(), 1);
     // The windows the bad build opened have no ctr rows (withheld, not wrong); every other
     // window's ctr comes from one healthy build and matches the events exactly.
     let out = run_python(
@@ -316,7 +312,7 @@ fn config_reload_applies_safe_changes_and_refuses_unsafe_ones() {
     let path = cfg.source_path.clone().unwrap();
     let daemon = Daemon::start(cfg);
     wait_for("daemon assigned", Duration::from_secs(30), || {
-        daemon.status.commits.load(Relaxed) > 2
+        daemon.status.commits.get() > 2
     });
     let (producer, _) = load(&broker.bootstrap, 2_000, 6_000);
     // Add a plugin through plugins.paths, change the lookback (safe) and the window size (unsafe).
@@ -336,7 +332,7 @@ fn config_reload_applies_safe_changes_and_refuses_unsafe_ones() {
         daemon.status.config_reloads.load(Relaxed) == 1
     });
     wait_for("cvr installed", Duration::from_secs(10), || {
-        daemon.status.plugin_swaps.load(Relaxed) >= 1
+        daemon.status.plugin_swaps.get() >= 1
     });
     assert_eq!(
         daemon.status.config_refusals.load(Relaxed),

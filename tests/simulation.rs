@@ -1027,10 +1027,7 @@ fn garbage_ad_ids_are_freed_as_their_windows_close() {
     // 20 000 distinct ads and 2 000 campaigns seen; at most the open windows' are held.
     assert!(most <= 300, "{most} ad ids held at once");
     assert!(
-        status
-            .interned_ids_evicted
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 20_000,
+        status.interned_ids_evicted.get() >= 20_000,
         "{:?}",
         status.interned_ids_evicted
     );

@@ -16,7 +16,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use admetrics::config::Config;
@@ -290,7 +290,7 @@ fn main() {
     };
     // Let the group settle (assignment) before measuring.
     wait_for("daemon assignment", Duration::from_secs(30), || {
-        status.commits.load(Relaxed) > 3
+        status.commits.get() > 3
     });
     status.latency.lock().unwrap().reset();
     let stop = AtomicBool::new(false);

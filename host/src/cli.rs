@@ -401,7 +401,7 @@ fn plugin_test(
     let errs = status.plugin_errors.load(Relaxed);
     println!(
         "# {} events, {} rows, {dl} rejected, {errs} plugin errors",
-        status.valid_events.load(Relaxed),
+        status.valid_events.get(),
         rows.len()
     );
     for (code, n) in status
@@ -470,8 +470,8 @@ mod tests {
                 },
                 &Clock::now(),
             );
-            let dead = status.dead_by_reason[Reason::TimeOutOfRange as usize].load(Relaxed);
-            let valid = status.valid_events.load(Relaxed);
+            let dead = status.dead_by_reason[Reason::TimeOutOfRange as usize].get();
+            let valid = status.valid_events.get();
             assert_eq!(
                 (valid, dead),
                 if accepted { (1, 0) } else { (0, 1) },

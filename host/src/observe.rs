@@ -3,21 +3,25 @@
 //! [`STALL_AFTER`]) and `/ready` (consuming new input: healthy, partitions assigned, replay after
 //! a restart done).
 //!
-//! Why a hand-written HTTP/1.1 responder instead of hyper/axum: three read-only GET routes,
-//! `Connection: close`, no bodies to parse. It keeps the daemon's build small and the scrape
-//! path obvious. Everything it renders comes from [`Status`], which the pipeline updates anyway
-//! (atomics, and per-partition / per-plugin snapshots published once per commit interval), so a
-//! scrape never touches the event path.
+//! Served by hyper's HTTP/1.1 server (hyper is already in the build for the catalog and object
+//! store clients): three read-only routes need no router. The page is encoded by
+//! `prometheus-client` from the registry of [`Status`] (see `status.rs` for why that library and
+//! the buckets), which the pipeline updates anyway, so a scrape never touches the event path.
 
-use std::fmt::Write as _;
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Response, header};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
 
 use crate::status::Status;
 
@@ -45,8 +49,9 @@ fn unhealthy(status: &Status, now_ms: i64) -> Option<String> {
     None
 }
 
-/// Binds `addr` and serves until `shutdown` completes. Returns the bound address (port 0 picks
-/// a free one) and the serving future.
+/// Binds `addr` and serves until the returned future is dropped (the daemon spawns it on its
+/// runtime, which ends it at shutdown). Returns the bound address (port 0 picks a free one) and
+/// the serving future.
 pub async fn bind(
     addr: &str,
     status: Arc<Status>,
@@ -69,46 +74,30 @@ async fn serve(listener: TcpListener, status: Arc<Status>) {
         };
         let status = status.clone();
         tokio::spawn(async move {
-            // A client that never sends its request must not hold a task forever.
-            let _ = tokio::time::timeout(Duration::from_secs(10), answer(stream, &status)).await;
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let (code, content_type, body) =
+                    route(req.method().as_str(), req.uri().path(), &status);
+                let response = Response::builder()
+                    .status(code)
+                    .header(header::CONTENT_TYPE, content_type)
+                    .body(Full::new(Bytes::from(body)))
+                    .expect("a status code and a static header are a valid response");
+                async move { Ok::<_, Infallible>(response) }
+            });
+            // A client that never sends its request headers must not hold a task forever.
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "/metrics connection ended with an error");
+            }
         });
     }
 }
 
-async fn answer(mut stream: TcpStream, status: &Status) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    // Headers only (GET has no body); 8 KiB is plenty for a scrape request.
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    let (code, content_type, body) = route(method, path, status);
-    let reason = match code {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Service Unavailable",
-    };
-    let head = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    if method != "HEAD" {
-        stream.write_all(body.as_bytes()).await?;
-    }
-    stream.shutdown().await
-}
-
+/// (status code, content type, body) of a request; HEAD gets GET's headers (hyper drops the
+/// body).
 fn route(method: &str, path: &str, status: &Status) -> (u16, &'static str, String) {
     const TEXT: &str = "text/plain; charset=utf-8";
     if method != "GET" && method != "HEAD" {
@@ -117,8 +106,8 @@ fn route(method: &str, path: &str, status: &Status) -> (u16, &'static str, Strin
     match path {
         "/metrics" => (
             200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            render(status),
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            status.encode(),
         ),
         "/health" => match unhealthy(status, chrono::Utc::now().timestamp_millis()) {
             None => (200, TEXT, "ok\n".into()),
@@ -142,355 +131,21 @@ fn route(method: &str, path: &str, status: &Status) -> (u16, &'static str, Strin
     }
 }
 
-/// Label values: `\`, `"` and newlines escaped as the text format requires.
-fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-struct Out(String);
-
-impl Out {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    }
-    fn one(&mut self, name: &str, kind: &str, help: &str, v: impl std::fmt::Display) {
-        self.family(name, kind, help);
-        let _ = writeln!(self.0, "{name} {v}");
-    }
-    fn sample(&mut self, name: &str, labels: &str, v: impl std::fmt::Display) {
-        let _ = writeln!(self.0, "{name}{{{labels}}} {v}");
-    }
-}
-
-/// The whole `/metrics` page.
-pub fn render(s: &Status) -> String {
-    let mut o = Out(String::with_capacity(8192));
-    let now_ms = chrono::Utc::now().timestamp_millis();
-    let c = |a: &std::sync::atomic::AtomicU64| a.load(Relaxed);
-
-    o.one(
-        "admetrics_messages_total",
-        "counter",
-        "Messages read from the source (valid events + dead letters), replays excluded.",
-        c(&s.messages),
-    );
-    let partitions = s.partitions.lock().unwrap().clone();
-    o.family(
-        "admetrics_partition_messages_total",
-        "counter",
-        "Messages read per source partition, replays excluded (published every commit interval).",
-    );
-    for (p, n) in &partitions {
-        o.sample(
-            "admetrics_partition_messages_total",
-            &format!("partition=\"{p}\""),
-            n,
-        );
-    }
-    let ends = s.end_offsets.lock().unwrap().clone();
-    let done = s.committed_offsets.lock().unwrap().clone();
-    o.family(
-        "admetrics_consumer_lag_messages",
-        "gauge",
-        "Per partition: the broker's high watermark minus the offset committed to Iceberg.",
-    );
-    for (p, end) in &ends {
-        let lag = (end - done.get(p).copied().unwrap_or(0)).max(0);
-        o.sample(
-            "admetrics_consumer_lag_messages",
-            &format!("partition=\"{p}\""),
-            lag,
-        );
-    }
-    o.family(
-        "admetrics_committed_offset",
-        "gauge",
-        "Per partition: the next offset, as committed to Iceberg (the resume position).",
-    );
-    for (p, off) in &done {
-        o.sample(
-            "admetrics_committed_offset",
-            &format!("partition=\"{p}\""),
-            off,
-        );
-    }
-    o.one(
-        "admetrics_replayed_messages_total",
-        "counter",
-        "Messages re-read after a restart to rebuild state (already in the tables).",
-        c(&s.replayed),
-    );
-    o.one(
-        "admetrics_partitions_claimed_total",
-        "counter",
-        "Partitions this member claimed in the tables when the group assigned them.",
-        c(&s.partitions_claimed),
-    );
-    o.one(
-        "admetrics_partitions_lost_total",
-        "counter",
-        "Partitions another member claimed while this one still held rows of them (fenced).",
-        c(&s.partitions_lost),
-    );
-    o.one(
-        "admetrics_catalog_conflicts_total",
-        "counter",
-        "Catalog commits that lost the compare-and-swap to another writer and were retried.",
-        c(&s.catalog_conflicts),
-    );
-    o.one(
-        "admetrics_fenced_commits_total",
-        "counter",
-        "Commits the fence refused partitions of (another member claimed them).",
-        c(&s.fenced_commits),
-    );
-    o.one(
-        "admetrics_redelivered_messages_total",
-        "counter",
-        "Messages the source delivered again (rebalance or seek), skipped.",
-        c(&s.redelivered),
-    );
-    o.one(
-        "admetrics_valid_events_total",
-        "counter",
-        "Events that passed validation.",
-        c(&s.valid_events),
-    );
-    o.one(
-        "admetrics_late_events_total",
-        "counter",
-        "Events whose window had already closed (kept in campaign_events with is_late).",
-        c(&s.late_events),
-    );
-    o.one(
-        "admetrics_duplicate_events_total",
-        "counter",
-        "Deliveries of an event id already seen within the dedup horizon (not counted).",
-        c(&s.duplicates),
-    );
-    o.family(
-        "admetrics_dead_letters_total",
-        "counter",
-        "Messages that failed validation, by reason (kept in dead_letters).",
-    );
-    for (reason, n) in s.dead_letter_counts() {
-        o.sample(
-            "admetrics_dead_letters_total",
-            &format!("reason=\"{reason}\""),
-            n,
-        );
-    }
-    let wm = s.watermark_ms.load(Relaxed);
-    o.one(
-        "admetrics_watermark_seconds",
-        "gauge",
-        "The event-time watermark (Unix seconds; 0 before the first event).",
-        if wm == i64::MIN || wm == 0 {
-            0.0
-        } else {
-            wm as f64 / 1000.0
-        },
-    );
-    o.one(
-        "admetrics_watermark_delay_seconds",
-        "gauge",
-        "Wall clock minus the watermark (0 before the first event).",
-        if wm == i64::MIN || wm == 0 {
-            0.0
-        } else {
-            (now_ms - wm) as f64 / 1000.0
-        },
-    );
-    o.one(
-        "admetrics_open_windows",
-        "gauge",
-        "Event-time windows holding state.",
-        c(&s.open_windows),
-    );
-    o.one(
-        "admetrics_windows_finalized_total",
-        "counter",
-        "Windows closed by the watermark (final revision published).",
-        c(&s.windows_finalized),
-    );
-    o.one(
-        "admetrics_touchpoint_users",
-        "gauge",
-        "Users with remembered clicks (attribution state).",
-        c(&s.touchpoint_users),
-    );
-    o.one(
-        "admetrics_state_bytes",
-        "gauge",
-        "Estimated heap bytes of window, attribution and dedup state.",
-        c(&s.state_bytes),
-    );
-    o.one(
-        "admetrics_dedup_ids",
-        "gauge",
-        "Event ids remembered for deduplication.",
-        c(&s.dedup_ids),
-    );
-    o.one(
-        "admetrics_interned_ids",
-        "gauge",
-        "Campaign and ad ids held for open windows and remembered clicks.",
-        c(&s.interned_ids),
-    );
-    o.one(
-        "admetrics_interned_ids_evicted_total",
-        "counter",
-        "Campaign and ad ids freed once no open window or click held them.",
-        c(&s.interned_ids_evicted),
-    );
-
-    let plugins = s.plugins.lock().unwrap().clone();
-    let label = |p: &crate::status::PluginStat| {
-        format!(
-            "plugin=\"{}\",version=\"{}\",state=\"{}\"",
-            esc(&p.name),
-            esc(&p.version),
-            p.state
-        )
-    };
-    o.family(
-        "admetrics_plugin_calls_total",
-        "counter",
-        "Plugin calls (accumulate and finish) per loaded plugin version.",
-    );
-    for p in &plugins {
-        o.sample("admetrics_plugin_calls_total", &label(p), p.calls);
-    }
-    o.family(
-        "admetrics_plugin_errors_total",
-        "counter",
-        "Plugin calls that failed (trap, deadline, memory cap, malformed rows).",
-    );
-    for p in &plugins {
-        o.sample("admetrics_plugin_errors_total", &label(p), p.errors);
-    }
-    o.family(
-        "admetrics_plugin_call_seconds",
-        "summary",
-        "Time inside plugin calls (lifting and lowering included).",
-    );
-    for p in &plugins {
-        o.sample("admetrics_plugin_call_seconds_sum", &label(p), p.busy_secs);
-        o.sample("admetrics_plugin_call_seconds_count", &label(p), p.calls);
-    }
-    o.one(
-        "admetrics_plugin_swaps_total",
-        "counter",
-        "Plugin sets installed live.",
-        c(&s.plugin_swaps),
-    );
-    o.one(
-        "admetrics_plugins_quarantined_total",
-        "counter",
-        "Plugin versions quarantined after repeated failures.",
-        c(&s.plugins_quarantined),
-    );
-    o.one(
-        "admetrics_plugin_rollbacks_total",
-        "counter",
-        "Automatic rollbacks to the version a failing one replaced.",
-        c(&s.plugin_rollbacks),
-    );
-
-    let commits = s.commit_seconds.lock().unwrap().clone();
-    o.family(
-        "admetrics_commit_seconds",
-        "histogram",
-        "Duration of one Iceberg commit (files written + the three catalog commits).",
-    );
-    let mut cumulative = 0;
-    for (bound, n) in crate::status::COMMIT_BUCKETS.iter().zip(&commits.buckets) {
-        cumulative += n;
-        o.sample(
-            "admetrics_commit_seconds_bucket",
-            &format!("le=\"{bound}\""),
-            cumulative,
-        );
-    }
-    o.sample(
-        "admetrics_commit_seconds_bucket",
-        "le=\"+Inf\"",
-        commits.count,
-    );
-    let _ = writeln!(o.0, "admetrics_commit_seconds_sum {}", commits.sum);
-    let _ = writeln!(o.0, "admetrics_commit_seconds_count {}", commits.count);
-    o.family(
-        "admetrics_committed_rows_total",
-        "counter",
-        "Rows committed to Iceberg, by table.",
-    );
-    o.sample(
-        "admetrics_committed_rows_total",
-        "table=\"campaign_events\"",
-        c(&s.committed_events),
-    );
-    o.sample(
-        "admetrics_committed_rows_total",
-        "table=\"campaign_metrics\"",
-        c(&s.metric_rows),
-    );
-    o.sample(
-        "admetrics_committed_rows_total",
-        "table=\"dead_letters\"",
-        c(&s.committed_dead_letters),
-    );
-    o.one(
-        "admetrics_committed_files_total",
-        "counter",
-        "Data files committed to Iceberg.",
-        c(&s.committed_files),
-    );
-    o.one(
-        "admetrics_commits_total",
-        "counter",
-        "Commit intervals acknowledged by the sink.",
-        c(&s.commits),
-    );
-    let lat = s.latency.lock().unwrap();
-    o.family(
-        "admetrics_visible_latency_seconds",
-        "gauge",
-        "Produce (Kafka timestamp) to visible in a committed metrics revision, quantiles since start.",
-    );
-    for q in [0.5, 0.99] {
-        if let Some(ms) = lat.quantile(q) {
-            o.sample(
-                "admetrics_visible_latency_seconds",
-                &format!("quantile=\"{q}\""),
-                ms as f64 / 1000.0,
-            );
-        }
-    }
-    drop(lat);
-    o.one(
-        "admetrics_ready",
-        "gauge",
-        "1 when consuming new input (what /ready answers).",
-        s.ready.load(Relaxed) as u8,
-    );
-    o.0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::Ordering::Relaxed;
 
-    /// Every sample line parses as `name{labels} value` with a finite number, every family has
-    /// HELP and TYPE, and the figures are the ones in `Status`.
+    /// The page carries the figures of `Status` under their names, counters with `_total`,
+    /// labelled series escaped, and real histograms (cumulative buckets ending in `+Inf` equal to
+    /// `_count`). `tests/verify_metrics.py` parses a live daemon's page with Prometheus's own
+    /// parser; this checks the encoding of figures a short run may not produce.
     #[test]
-    fn the_page_is_valid_text_format_with_the_status_figures() {
+    fn the_page_has_the_status_figures() {
         let s = Status::default();
-        s.messages.store(1234, Relaxed);
-        s.late_events.store(7, Relaxed);
-        s.dead_by_reason[crate::event::Reason::MalformedJson as usize].store(3, Relaxed);
+        s.messages.inc_by(1234);
+        s.late_events.inc_by(7);
+        s.dead_by_reason[crate::event::Reason::MalformedJson as usize].inc_by(3);
         s.end_offsets.lock().unwrap().insert(0, 100);
         s.committed_offsets.lock().unwrap().insert(0, 60);
         s.partitions.lock().unwrap().insert(0, 60);
@@ -500,40 +155,37 @@ mod tests {
             state: "active",
             calls: 10,
             errors: 1,
-            busy_secs: 0.5,
         });
-        s.commit_seconds.lock().unwrap().record(0.012);
-        s.commit_seconds.lock().unwrap().record(3.0);
-        let page = render(&s);
-        let mut typed = std::collections::HashSet::new();
-        for line in page.lines() {
-            if let Some(rest) = line.strip_prefix("# TYPE ") {
-                typed.insert(rest.split(' ').next().unwrap().to_string());
-                continue;
-            }
-            if line.starts_with('#') {
-                continue;
-            }
-            let (name_labels, value) = line.rsplit_once(' ').expect("name value");
-            assert!(value.parse::<f64>().is_ok_and(f64::is_finite), "{line}");
-            let name = name_labels.split('{').next().unwrap();
-            let family = ["_bucket", "_sum", "_count"]
-                .iter()
-                .find_map(|suf| name.strip_suffix(suf).filter(|f| typed.contains(*f)))
-                .unwrap_or(name);
-            assert!(typed.contains(family), "no TYPE for {name}");
+        s.commit_seconds.observe(0.012);
+        s.commit_seconds.observe(3.0);
+        s.ready.store(true, Relaxed);
+        let page = s.encode();
+        for line in [
+            "# TYPE admetrics_messages_total counter",
+            "admetrics_messages_total 1234",
+            "admetrics_late_events_total 7",
+            "admetrics_dead_letters_total{reason=\"malformed_json\"} 3",
+            "admetrics_dead_letters_total{reason=\"missing_field\"} 0",
+            "admetrics_consumer_lag_messages{partition=\"0\"} 40",
+            "admetrics_committed_offset{partition=\"0\"} 60",
+            "admetrics_partition_messages_total{partition=\"0\"} 60",
+            "admetrics_plugin_errors_total{plugin=\"c\\\"tr\",version=\"1.0.0\",state=\"active\"} 1",
+            "# TYPE admetrics_commit_seconds histogram",
+            "admetrics_commit_seconds_bucket{le=\"0.01\"} 0",
+            "admetrics_commit_seconds_bucket{le=\"0.025\"} 1",
+            "admetrics_commit_seconds_bucket{le=\"2.5\"} 1",
+            "admetrics_commit_seconds_bucket{le=\"5\"} 2",
+            "admetrics_commit_seconds_bucket{le=\"+Inf\"} 2",
+            "admetrics_commit_seconds_count 2",
+            "admetrics_commit_seconds_sum 3.012",
+            "admetrics_committed_rows_total{table=\"campaign_events\"} 0",
+            "admetrics_ready 1",
+        ] {
+            assert!(
+                page.lines().any(|l| l == line),
+                "no line {line:?} in\n{page}"
+            );
         }
-        assert!(page.contains("\nadmetrics_messages_total 1234\n"));
-        assert!(page.contains("admetrics_late_events_total 7\n"));
-        assert!(page.contains("admetrics_dead_letters_total{reason=\"malformed_json\"} 3\n"));
-        assert!(page.contains("admetrics_consumer_lag_messages{partition=\"0\"} 40\n"));
-        assert!(page.contains("admetrics_partition_messages_total{partition=\"0\"} 60\n"));
-        assert!(page.contains(
-            "admetrics_plugin_errors_total{plugin=\"c\\\"tr\",version=\"1.0.0\",state=\"active\"} 1\n"
-        ));
-        assert!(page.contains("admetrics_commit_seconds_bucket{le=\"0.025\"} 1\n"));
-        assert!(page.contains("admetrics_commit_seconds_bucket{le=\"+Inf\"} 2\n"));
-        assert!(page.contains("admetrics_commit_seconds_count 2\n"));
     }
 
     fn now_ms() -> i64 {
@@ -570,18 +222,20 @@ mod tests {
 
     #[tokio::test]
     async fn routes_answer_over_http() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::TcpStream;
         let status = Arc::new(Status::default());
         let (addr, server) = bind("127.0.0.1:0", status.clone()).await.unwrap();
         tokio::spawn(server);
-        let get = |path: &'static str| async move {
+        let request = |method: &'static str, path: &'static str| async move {
             let mut s = TcpStream::connect(addr).await.unwrap();
-            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-                .await
-                .unwrap();
+            let req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            s.write_all(req.as_bytes()).await.unwrap();
             let mut out = String::new();
             s.read_to_string(&mut out).await.unwrap();
             out
         };
+        let get = |path| request("GET", path);
         assert!(get("/ready").await.starts_with("HTTP/1.1 503"));
         status.ready.store(true, Relaxed);
         assert!(get("/ready").await.starts_with("HTTP/1.1 200"));
@@ -590,6 +244,26 @@ mod tests {
         assert!(m.starts_with("HTTP/1.1 200"), "{m}");
         assert!(m.contains("admetrics_ready 1"));
         assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
+        // HEAD: GET's headers (the page's length), no body.
+        let head = request("HEAD", "/metrics").await;
+        let (headers, body) = head.split_once("\r\n\r\n").unwrap();
+        assert!(headers.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(headers.contains("content-length: "), "{head}");
+        assert_eq!(body, "");
+        assert!(
+            request("POST", "/metrics")
+                .await
+                .starts_with("HTTP/1.1 405")
+        );
+        // An HTTP/1.0 client without keep-alive (what `tests/hostile.rs` sends) reads to EOF.
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /health HTTP/1.0\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert!(
+            out.starts_with("HTTP/1.0 200") && out.ends_with("ok\n"),
+            "{out}"
+        );
         *status.failure.lock().unwrap() = Some("sink: commit failed".into());
         let h = get("/health").await;
         assert!(

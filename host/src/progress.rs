@@ -45,7 +45,7 @@ impl Progress {
     /// Renders one frame; `produced` is the load generator's count when one runs in-process.
     pub fn render(&mut self, s: &Status, produced: Option<u64>) -> String {
         let now = Instant::now();
-        let msgs = s.messages.load(Relaxed);
+        let msgs = s.messages.get();
         let rate = (msgs - self.last_messages) as f64
             / now.duration_since(self.last).as_secs_f64().max(1e-3);
         self.last = now;
@@ -82,11 +82,11 @@ impl Progress {
         let _ = writeln!(
             out,
             "  committed     {:>12}   commits {}   last commit {:.1} ms   windows final {}   open {}",
-            s.committed_events.load(Relaxed),
-            s.commits.load(Relaxed),
+            s.committed_events.get(),
+            s.commits.get(),
             s.last_commit_us.load(Relaxed) as f64 / 1000.0,
-            s.windows_finalized.load(Relaxed),
-            s.open_windows.load(Relaxed)
+            s.windows_finalized.get(),
+            s.open_windows.get()
         );
         let _ = writeln!(out, "  watermark     {wm_txt}");
         let _ = writeln!(
@@ -94,7 +94,7 @@ impl Progress {
             "  produce→visible latency p50 {} p99 {}   late {}   dead letters {}   plugin errors {}",
             ms(p50),
             ms(p99),
-            s.late_events.load(Relaxed),
+            s.late_events.get(),
             s.dead_letters.load(Relaxed),
             s.plugin_errors.load(Relaxed)
         );

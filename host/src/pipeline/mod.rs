@@ -311,29 +311,26 @@ fn clone_batch(b: &crate::sink::CommitBatch) -> crate::sink::CommitBatch {
 }
 
 fn record_commit(status: &Status, r: &CommitReport) {
-    status.commits.fetch_add(1, Relaxed);
-    status.catalog_conflicts.store(r.conflicts, Relaxed);
+    status.commits.inc();
+    crate::status::advance(&status.catalog_conflicts, r.conflicts);
     if !r.fenced.is_empty() {
-        status.fenced_commits.fetch_add(1, Relaxed);
+        status.fenced_commits.inc();
     }
-    status.committed_events.fetch_add(r.events as u64, Relaxed);
-    status
-        .committed_dead_letters
-        .fetch_add(r.dead_letters as u64, Relaxed);
-    status.metric_rows.fetch_add(r.metric_rows as u64, Relaxed);
+    status.committed_events.inc_by(r.events as u64);
+    status.committed_dead_letters.inc_by(r.dead_letters as u64);
+    status.metric_rows.inc_by(r.metric_rows as u64);
     status
         .last_commit_us
         .store(r.duration.as_micros() as u64, Relaxed);
-    status.committed_files.fetch_add(r.files as u64, Relaxed);
-    status
-        .commit_seconds
-        .lock()
-        .unwrap()
-        .record(r.duration.as_secs_f64());
+    status.committed_files.inc_by(r.files as u64);
+    status.commit_seconds.observe(r.duration.as_secs_f64());
+    status.commit_batch_events.observe(r.events as f64);
     if r.metric_rows > 0 || r.events > 0 {
         let mut h = status.latency.lock().unwrap();
         for ts in &r.produced_at_ms {
-            h.record(r.visible_at_ms - ts);
+            let ms = r.visible_at_ms - ts;
+            h.record(ms);
+            status.visible_latency.observe(ms.max(0) as f64 / 1000.0);
         }
     }
 }
@@ -394,7 +391,7 @@ fn ingest_loop(
         let mut stopping = stop.load(Relaxed);
         if !stopping {
             let clock = Clock::now();
-            let new_before = status.messages.load(Relaxed);
+            let new_before = status.messages.get();
             let n = source.poll_batch(cfg.kafka.batch_size, Duration::from_millis(20), |m| {
                 processor.process(m, &clock)
             });
@@ -435,7 +432,7 @@ fn ingest_loop(
                 let now = Instant::now();
                 // Only new messages spend budget: a replay after a restart rebuilds state at full
                 // speed (it is what recovery time is made of).
-                let new = status.messages.load(Relaxed) - new_before;
+                let new = status.messages.get() - new_before;
                 tokens = (tokens + now.duration_since(refilled).as_secs_f64() * rate).min(rate)
                     - new as f64;
                 refilled = now;

@@ -212,7 +212,7 @@ impl Processor {
         self.watermarks
             .assign(p, claim.position.and_then(|pos| pos.watermark_ms), now);
         let task = self.new_task(&claim);
-        self.status.partitions_claimed.fetch_add(1, Relaxed);
+        self.status.partitions_claimed.inc();
         tracing::info!(partition = p, epoch = claim.epoch, position = ?claim.position,
             dedup_ids = claim.ids.len(), "partition assigned; replaying from the recorded replay point");
         self.tasks.insert(p, task);
@@ -239,7 +239,7 @@ impl Processor {
     pub fn lost(&mut self, partition: i32, epoch: u64) {
         if self.tasks.get(&partition).is_some_and(|t| t.epoch <= epoch) {
             self.tasks.remove(&partition);
-            self.status.partitions_lost.fetch_add(1, Relaxed);
+            self.status.partitions_lost.inc();
             self.watermarks.revoke(partition);
             tracing::warn!(partition, "partition lost to another member; state dropped");
         }
@@ -325,7 +325,7 @@ impl Processor {
             if !self.assign_on_first_message {
                 // A partition lost to another member's claim that the group has not revoked
                 // yet: its new owner reads it.
-                self.status.redelivered.fetch_add(1, Relaxed);
+                self.status.redelivered.inc();
                 return;
             }
             // Only without a source that assigns partitions (the benches, `plugin test`): the
@@ -339,12 +339,7 @@ impl Processor {
         let task = self.tasks.get_mut(&m.partition).expect("assigned above");
         match task.seen_to {
             Some(next) if m.offset < next => {
-                if self
-                    .status
-                    .redelivered
-                    .fetch_add(1, Relaxed)
-                    .is_power_of_two()
-                {
+                if self.status.redelivered.inc().is_power_of_two() {
                     tracing::warn!(
                         partition = m.partition,
                         offset = m.offset,
@@ -362,10 +357,10 @@ impl Processor {
         // count nothing twice.
         let replay = m.offset < task.floor;
         if replay {
-            self.status.replayed.fetch_add(1, Relaxed);
+            self.status.replayed.inc();
         } else {
             *self.partition_messages.entry(m.partition).or_default() += 1;
-            self.status.messages.fetch_add(1, Relaxed);
+            self.status.messages.inc();
         }
         let ingest_us = clock.now_ms * 1000;
         let payload = m.payload.unwrap_or_default();
@@ -376,7 +371,7 @@ impl Processor {
             Err(_) if m.offset < task.dead_letter_floor => return,
             Err(rej) => {
                 self.status.dead_letters.fetch_add(1, Relaxed);
-                self.status.dead_by_reason[rej.reason as usize].fetch_add(1, Relaxed);
+                self.status.dead_by_reason[rej.reason as usize].inc();
                 if self.status.dead_letters.load(Relaxed).is_power_of_two() {
                     tracing::warn!(partition = m.partition, offset = m.offset, reason = %rej, "dead letter (logged at powers of two)");
                 }
@@ -393,7 +388,7 @@ impl Processor {
             }
         };
         if !replay {
-            self.status.valid_events.fetch_add(1, Relaxed);
+            self.status.valid_events.inc();
             if let Some(ts) = m.timestamp_ms {
                 self.produced_at.push(ts);
             }
@@ -407,7 +402,7 @@ impl Processor {
         if verdict == Delivery::Duplicate {
             // In campaign_events (flagged), nowhere else: no window, no touchpoint, no watermark.
             if !replay {
-                self.status.duplicates.fetch_add(1, Relaxed);
+                self.status.duplicates.inc();
                 if self.build_tables {
                     self.events
                         .push(&ev, m.partition, m.offset, ingest_us, false, true);
@@ -448,7 +443,7 @@ impl Processor {
         }
         if late {
             if !replay {
-                self.status.late_events.fetch_add(1, Relaxed);
+                self.status.late_events.inc();
             }
         } else {
             let (active, window_sets) = (self.registry.active(), &mut self.window_sets);
@@ -519,8 +514,7 @@ impl Processor {
                     };
                     let t = Instant::now();
                     let r = slot.plugin.accumulate(a, &w.pending);
-                    slot.busy += t.elapsed();
-                    slot.calls += 1;
+                    slot.record_call(t.elapsed());
                     match r {
                         Ok(next) => w.accs[i].1 = Some(next),
                         Err(e) => {
@@ -647,8 +641,7 @@ impl Processor {
                             })
                             .collect::<Result<Vec<_>, PluginError>>()
                     });
-                    slot.busy += t.elapsed();
-                    slot.calls += 1;
+                    slot.record_call(t.elapsed());
                     match r {
                         Ok(out) => {
                             rows.extend(out.iter().cloned());
@@ -735,10 +728,8 @@ impl Processor {
             .flat_map(|w| w.accs.iter().map(|(v, _)| *v))
             .chain(self.window_sets.values().flatten().copied());
         self.registry.collect(in_windows);
-        self.status
-            .windows_finalized
-            .fetch_add(closed_windows, Relaxed);
-        self.status.open_windows.store(open_windows, Relaxed);
+        self.status.windows_finalized.inc_by(closed_windows);
+        self.status.open_windows.set(open_windows);
         if clock.instant.duration_since(self.last_prune) > Duration::from_secs(30) {
             // Keep every click an on-time conversion can still use: the oldest open window
             // starts at `wm − size − lateness`, and its conversions look back from there.
@@ -752,7 +743,7 @@ impl Processor {
                 id_bytes += task.seen.bytes_estimate();
             }
             self.evict_ids(open_from);
-            self.status.dedup_ids.store(ids as u64, Relaxed);
+            self.status.dedup_ids.set(ids as u64);
             self.status.dedup_bytes.store(id_bytes as u64, Relaxed);
             self.long_state_bytes = (id_bytes + self.touchpoint_bytes()) as u64;
             self.last_prune = clock.instant;
@@ -760,7 +751,7 @@ impl Processor {
         self.publish_stats();
         self.status
             .touchpoint_users
-            .store(self.touchpoint_users() as u64, Relaxed);
+            .set(self.touchpoint_users() as u64);
         self.live.update(&rows, &self.status);
         rows
     }
@@ -778,10 +769,11 @@ impl Processor {
         self.ads.evict(open_from, &held_ads);
         self.status
             .interned_ids
-            .store((self.campaigns.len() + self.ads.len()) as u64, Relaxed);
-        self.status
-            .interned_ids_evicted
-            .store(self.campaigns.evicted() + self.ads.evicted(), Relaxed);
+            .set((self.campaigns.len() + self.ads.len()) as u64);
+        crate::status::advance(
+            &self.status.interned_ids_evicted,
+            self.campaigns.evicted() + self.ads.evicted(),
+        );
     }
 
     /// The start of the oldest window any owned partition has open or can still open (windows
@@ -817,7 +809,7 @@ impl Processor {
             .sum();
         self.status
             .state_bytes
-            .store(self.long_state_bytes + windows as u64, Relaxed);
+            .set(self.long_state_bytes + windows as u64);
         self.status
             .partitions
             .lock()

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use crate::plugin::{Plugin, PluginError};
-use crate::status::{PluginStat, Status};
+use crate::status::{PluginLabels, PluginStat, Status};
 
 /// Where a loaded plugin version stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +32,9 @@ pub struct Slot {
     pub calls: u64,
     pub errors: u64,
     pub busy: Duration,
+    /// This version's series of `admetrics_plugin_call_seconds` (shared with the registry of
+    /// `Status`; a version loaded again after being dropped continues the same series).
+    call_seconds: prometheus_client::metrics::histogram::Histogram,
     pub state: SlotState,
     /// Times of recent failures (within the quarantine window).
     recent_failures: std::collections::VecDeque<Instant>,
@@ -40,8 +43,15 @@ pub struct Slot {
 }
 
 impl Slot {
-    pub fn new(plugin: Plugin, previous: Option<usize>) -> Self {
+    pub fn new(plugin: Plugin, previous: Option<usize>, status: &Status) -> Self {
+        let call_seconds = status
+            .plugin_call_seconds
+            .get_or_create_owned(&PluginLabels {
+                plugin: plugin.info.name.clone(),
+                version: plugin.info.version.clone(),
+            });
         Slot {
+            call_seconds,
             name: plugin.info.name.as_str().into(),
             version: plugin.info.version.as_str().into(),
             sha256: plugin.info.sha256.as_str().into(),
@@ -57,6 +67,13 @@ impl Slot {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Counts one call (accumulate or finish) that took `took`, failed or not.
+    pub fn record_call(&mut self, took: Duration) {
+        self.busy += took;
+        self.calls += 1;
+        self.call_seconds.observe(took.as_secs_f64());
     }
 }
 
@@ -90,7 +107,7 @@ impl Registry {
             active: (0..plugins.len()).collect(),
             versions: plugins
                 .into_iter()
-                .map(|p| Some(Slot::new(p, None)))
+                .map(|p| Some(Slot::new(p, None, &status)))
                 .collect(),
             quarantine_after,
             quarantine_window,
@@ -140,7 +157,6 @@ impl Registry {
                 },
                 calls: s.calls,
                 errors: s.errors,
-                busy_secs: s.busy.as_secs_f64(),
             })
             .collect()
     }
@@ -197,7 +213,8 @@ impl Registry {
                                 .as_ref()
                                 .is_some_and(|s| s.plugin.info.name == p.info.name)
                         });
-                        self.versions.push(Some(Slot::new(p, previous)));
+                        self.versions
+                            .push(Some(Slot::new(p, previous, &self.status)));
                         self.versions.len() - 1
                     }
                 }
@@ -222,7 +239,7 @@ impl Registry {
         }
         self.active = next;
         self.refresh_wants_touchpoints();
-        self.status.plugin_swaps.fetch_add(1, Relaxed);
+        self.status.plugin_swaps.inc();
         tracing::info!(active = ?self.active_set().iter().map(|(n, v, s)| format!("{n} {v} {}", &s[..12])).collect::<Vec<_>>(),
             "plugin set installed; open windows finish on their versions");
     }
@@ -263,7 +280,7 @@ impl Registry {
         }
         slot.state = SlotState::Quarantined;
         let (name, version, previous) = (slot.name.clone(), slot.version.clone(), slot.previous);
-        self.status.plugins_quarantined.fetch_add(1, Relaxed);
+        self.status.plugins_quarantined.inc();
         let Some(pos) = self.active.iter().position(|&a| a == id) else {
             return;
         };
@@ -277,7 +294,7 @@ impl Registry {
                 self.active[pos] = p;
                 let prev = self.versions[p].as_mut().expect("checked above");
                 prev.state = SlotState::Active;
-                self.status.plugin_rollbacks.fetch_add(1, Relaxed);
+                self.status.plugin_rollbacks.inc();
                 tracing::error!(plugin = %name, version = %version, restored = %prev.version,
                     "plugin quarantined after repeated failures; previous version restored for new windows");
             }
