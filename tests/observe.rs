@@ -105,7 +105,11 @@ fn metrics_scraped_while_running_parse_as_prometheus_text_and_agree_with_the_inp
     );
     // Second burst: 75 more per partition, 10 redeliveries of partition 0's first ids (the same
     // event ids: duplicates), 5 messages that are not JSON on partition 1.
-    send_valid(&mut producer, 75..150);
+    // Sent in chunks with a scrape after each, so pages are taken while events are in flight.
+    for chunk in (75..150).step_by(15) {
+        send_valid(&mut producer, chunk..chunk + 15);
+        scrape(&mut pages);
+    }
     for i in 0..10 {
         let ev = event(
             &format!("p0-{i}"),
