@@ -183,7 +183,9 @@ impl Mapping {
     }
 
     fn env(&self, env: &BTreeMap<String, String>) -> Vec<(String, String)> {
-        env.iter().map(|(k, v)| (k.clone(), self.apply(v))).collect()
+        env.iter()
+            .map(|(k, v)| (k.clone(), self.apply(v)))
+            .collect()
     }
 }
 
@@ -348,17 +350,20 @@ fn the_compose_stack_runs_natively_and_the_dashboard_shows_its_tables() {
     }
     // What the images bake in (Dockerfile, scripts/maintain.Dockerfile).
     let config = d.join("admetrics.toml");
-    map.add("/etc/admetrics/admetrics.toml", config.display().to_string());
+    map.add(
+        "/etc/admetrics/admetrics.toml",
+        config.display().to_string(),
+    );
     map.add(
         "/opt/admetrics/plugins/",
-        format!(
-            "{}/",
-            plugin_paths()[0].parent().unwrap().display()
-        ),
+        format!("{}/", plugin_paths()[0].parent().unwrap().display()),
     );
     map.add(
         "/app/maintain.py",
-        repo_root().join("scripts/maintain.py").display().to_string(),
+        repo_root()
+            .join("scripts/maintain.py")
+            .display()
+            .to_string(),
     );
 
     // kafka, kafka-init
@@ -412,7 +417,11 @@ fn the_compose_stack_runs_natively_and_the_dashboard_shows_its_tables() {
     let mut redis = Proc::start(
         "redis",
         Command::new("redis-server")
-            .args(redis_cmd.iter().skip_while(|a| a.as_str() == "redis-server"))
+            .args(
+                redis_cmd
+                    .iter()
+                    .skip_while(|a| a.as_str() == "redis-server"),
+            )
             .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1"])
             .args(["--dir", &d.display().to_string()]),
         d,
