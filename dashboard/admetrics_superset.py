@@ -1,127 +1,99 @@
-"""What dashboard/superset_config.py plugs into Superset (scripts/dashboard.sh puts this folder
-on PYTHONPATH): a chart-data cache that runs each query once when many viewers miss together,
-a WSGI filter that lets the auto-refresh use that cache, and an action log that writes nothing.
+"""What dashboard/superset_config.py plugs into Superset that Superset does not do itself
+(scripts/dashboard.sh puts this folder on PYTHONPATH). Each piece has a test of its own
+(tests/test_admetrics_superset.py, run by tests/dashboard.rs):
 
-Why the cache: the dashboard refreshes every 10 s and its chart data is cached for as long. When an entry
-expires, every viewer whose request arrives before the first answer is cached misses too, and
-each would run the same Iceberg scan (ten viewers: ten scans per chart on 2 cores, measured as
-the dominant cost of scripts/dashboard-bench.sh). Here the first to miss runs the query; the
-others wait for its answer in the shared cache.
+- SingleFlightRedisCache: Superset's chart-data cache on Redis (its documented production
+  backend, shared by all gunicorn workers) where a missing entry is computed once however many
+  viewers miss it together;
+- NoActionLog: Superset's action log turned off;
+- run_duckdb_init: per-connection DuckDB set-up for tables in a REST catalog on S3.
+
+Everything else is Superset's own: the caches are its Flask-Caching configs on Redis, the
+dashboard's auto-refresh reads that cache (DASHBOARD_AUTO_REFRESH_MODE = "fetch"), and every
+request goes through Superset's own authorization (no answer is served from a cache of ours).
 """
-import io
-import json
 import os
 import threading
 import time
+import uuid
 
-from flask_caching.backends.filesystemcache import FileSystemCache
+from flask_caching.backends.rediscache import RedisCache
 from superset.utils.log import AbstractEventLogger
 
 
-class SingleFlightFileSystemCache(FileSystemCache):
-    """A FileSystemCache (shared by all gunicorn workers) with one query per missing key.
+class SingleFlightRedisCache(RedisCache):
+    """Flask-Caching's RedisCache with one computation per missing key across all workers.
 
-    A miss takes a lock file next to the entry (O_EXCL: atomic across processes). The holder
-    returns None, so Superset runs the query and stores the answer through set(), which drops
-    the lock. Others missing the same key meanwhile poll for the answer for up to `wait` seconds
-    and then run the query themselves; a lock older than `stale` seconds (its holder failed: an
-    error result is not cached) is taken over.
+    Why: the dashboard refreshes every 10 s and its chart data is cached for as long. When an
+    entry expires, every viewer whose request arrives before the first answer is cached misses
+    too, and each would run the same Iceberg scan (ten viewers whose refreshes line up: ten scans
+    per chart on 2 cores; measured with scripts/dashboard-bench.sh, see README). Superset has no
+    such guard (its GLOBAL_ASYNC_QUERIES dedupe nothing either; they need Celery workers too).
+
+    How: a miss takes a Redis lock (SET NX PX, atomic across processes) named after the key.
+    The holder gets None, so Superset runs the query and stores the answer through set(), which
+    drops the lock. Others missing the same key meanwhile poll for the answer for up to `wait`
+    seconds and then run the query themselves. A holder whose query failed (Superset does not
+    cache errors) never calls set(): its lock expires after `lock_ttl` seconds, or is dropped at
+    that thread's next get() of the same key. This only decides who runs a query; what a user may
+    see is still checked by Superset before the cache is read.
     """
 
     wait = 20.0
-    stale = 30.0
+    lock_ttl = 30.0
     poll = 0.05
+    _RELEASE = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
+                "return redis.call('del', KEYS[1]) else return 0 end")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._held = threading.local()
+        self._held = threading.local()  # key -> lock token, per thread
+        self._release_script = self._write_client.register_script(self._RELEASE)
 
-    def _lock_path(self, key: str) -> str:
-        return self._get_filename(key) + ".lock"
+    def _lock_name(self, key: str) -> str:
+        return f"{self._get_prefix()}{key}:single-flight"
 
-    def _try_lock(self, key: str) -> bool:
-        path = self._lock_path(key)
-        try:
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        except FileExistsError:
-            try:
-                if time.time() - os.path.getmtime(path) < self.stale:
-                    return False
-                os.unlink(path)  # its holder is gone; the next miss takes it
-            except FileNotFoundError:
-                pass
-            return False
-        held = getattr(self._held, "keys", None)
+    def _held_locks(self) -> dict:
+        held = getattr(self._held, "locks", None)
         if held is None:
-            held = self._held.keys = set()
-        held.add(key)
-        return True
+            held = self._held.locks = {}
+        return held
 
-    def _unlock(self, key: str) -> None:
-        held = getattr(self._held, "keys", set())
-        if key in held:
-            held.discard(key)
-            try:
-                os.unlink(self._lock_path(key))
-            except FileNotFoundError:
-                pass
+    def _acquire(self, key: str) -> bool:
+        token = uuid.uuid4().hex
+        if self._write_client.set(self._lock_name(key), token, nx=True, px=int(self.lock_ttl * 1000)):
+            self._held_locks()[key] = token
+            return True
+        return False
+
+    def _release(self, key: str) -> None:
+        token = self._held_locks().pop(key, None)
+        if token is not None:
+            self._release_script(keys=[self._lock_name(key)], args=[token])
 
     def get(self, key):
-        self._unlock(key)  # held since this thread's last miss, whose query failed
+        self._release(key)  # held since this thread's last miss of it, whose query failed
         value = super().get(key)
-        if value is not None or self._try_lock(key):
+        if value is not None or self._acquire(key):
             return value
         deadline = time.monotonic() + self.wait
         while time.monotonic() < deadline:
             time.sleep(self.poll)
             value = super().get(key)
-            if value is not None or self._try_lock(key):
+            if value is not None or self._acquire(key):
                 return value
         return None  # the holder is slow: run the query rather than keep the viewer waiting
 
-    def set(self, key, value, timeout=None, mgmt_element=False):
+    def set(self, key, value, timeout=None):
         try:
-            return super().set(key, value, timeout=timeout, mgmt_element=mgmt_element)
+            return super().set(key, value, timeout=timeout)
         finally:
-            if not mgmt_element:
-                self._unlock(key)
-
-
-class RefreshFromCache:
-    """WSGI middleware: chart-data requests never force a query past the shared cache.
-
-    Superset's dashboard auto-refresh sends force=true (in the URL and the JSON body) for every
-    chart of every open dashboard; with ten viewers that is ten uncached queries per chart per
-    refresh. Dropping it serves them from the 10 s cache instead.
-    """
-
-    def __init__(self, app):
-        self.app = app
-
-    def __call__(self, environ, start_response):
-        if environ.get("REQUEST_METHOD") == "POST" and environ.get("PATH_INFO") == "/api/v1/chart/data":
-            environ["QUERY_STRING"] = environ.get("QUERY_STRING", "").replace("force=true", "force=false")
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-            body = environ["wsgi.input"].read(length) if length else b""
-            try:
-                ctx = json.loads(body)
-            except ValueError:
-                ctx = None  # not ours to judge: Superset answers it with its own error
-            if isinstance(ctx, dict) and ctx.get("force"):
-                ctx["force"] = False
-                body = json.dumps(ctx).encode()
-            environ["wsgi.input"] = io.BytesIO(body)
-            environ["CONTENT_LENGTH"] = str(len(body))
-        return self.app(environ, start_response)
-
-
-def refresh_from_cache(app):
-    """FLASK_APP_MUTATOR: wraps the app in RefreshFromCache."""
-    app.wsgi_app = RefreshFromCache(app.wsgi_app)
+            self._release(key)
 
 
 class NoActionLog(AbstractEventLogger):
-    """Superset's default action logger writes a metadata-database row per API request."""
+    """Superset's default action logger (DBEventLogger) writes a metadata-database row per API
+    request: a SQLite write per chart-data call, serialised across all workers."""
 
     def log(self, *args, **kwargs):
         pass
@@ -162,265 +134,3 @@ def install_duckdb_init():
 
     if not event.contains(Engine, "connect", run_duckdb_init):
         event.listen(Engine, "connect", run_duckdb_init)
-
-
-class RoleResponseCache:
-    """A short-lived cache of whole API responses, shared by users with the same roles and by all
-    gunicorn workers, refreshed in the background (stale-while-revalidate).
-
-    Why: a dashboard load is ~20 API calls, and even when every chart's data is cached Superset
-    spends ~0.9 s of Python on them (permission checks against the metadata database, marshmallow
-    schemas, query-object building), so ten viewers at once queue for ~9 s of CPU on 2 cores; and
-    when the 10 s chart-data cache expires, the viewers who ask first wait for the Iceberg scans.
-    What those calls return depends only on the viewer's roles (permissions, the dashboard's
-    definition, chart data under role-based row-level security), so viewers with the same roles
-    can share one answer, like a reverse proxy's micro-cache.
-
-    How: only the allow-listed GETs below and chart-data POSTs, only 200 answers, keyed by (role
-    ids, method, path + query, body). An answer is fresh for `ttl` seconds (chart data: until the
-    chart-data cache entry it came from expires, from its `cached_dttm` + `cache_timeout`, so
-    at most the dashboard's 10 s refresh period).
-    After that it is still served, and the first request to see it stale replays itself in a
-    background thread (same path, body and session cookie, marked to pass this cache) whose
-    answer replaces it. So a viewer never waits for a query that another viewer's refresh is
-    already running, and data is at most one refresh period plus one query old (and never more
-    than `max_stale` past fresh). An answer nobody asked for in `keep` seconds is dropped (the
-    next viewer computes it while waiting).
-
-    User-specific calls (favourites, /me, filter state, the page itself) and anything else pass
-    through. A hit trusts the session's user id and that user's role ids for `ttl` seconds without
-    asking the metadata database, so a deactivated user or a role change is noticed within that. Dataset SQL that templates on the user (Jinja `current_username`) would need the
-    user in the key; admetrics' views do not. ADMETRICS_SUPERSET_RESPONSE_CACHE=0 turns it off.
-    """
-
-    GET_PREFIXES = (
-        "/api/v1/dashboard/_info", "/api/v1/chart/_info", "/api/v1/database/",
-    )
-    BYPASS = "HTTP_X_ADMETRICS_REFRESH"
-    # Metadata answers (permissions, the dashboard's definition, dataset lists) change only when
-    # someone edits roles or re-imports the bundle: fresh for a minute.
-    ttl = 60.0
-    keep = 300.0
-    # A stale answer is served while its refresh runs, but never longer than this past its
-    # freshness (a refresh that keeps failing must not freeze the dashboard).
-    max_stale = 10.0
-    refresh_nice = 10
-
-    def __init__(self, app, directory):
-        from cachelib import FileSystemCache
-
-        self.app = app
-        self.store = FileSystemCache(directory, threshold=5000, default_timeout=int(self.keep))
-        self._roles = {}  # user id -> (expires_at, role ids)
-        self._refreshing = set()
-        self._lock = threading.Lock()
-
-    def cacheable(self, request) -> bool:
-        path = request.path
-        if request.method == "POST":
-            return path == "/api/v1/chart/data"
-        if request.method != "GET":
-            return False
-        if path.startswith(self.GET_PREFIXES):
-            return True
-        parts = path.strip("/").split("/")  # api v1 dashboard <id> [charts|datasets] | dataset <id> drill_info
-        if parts[:3] == ["api", "v1", "dashboard"] and len(parts) in (4, 5):
-            return parts[3] != "favorite_status" and (len(parts) == 4 or parts[4] in ("charts", "datasets"))
-        return parts[:3] == ["api", "v1", "dataset"] and len(parts) == 5 and parts[4] == "drill_info"
-
-    def role_key(self, session):
-        """The viewer's role ids, from the session's user id (no metadata query while cached)."""
-        from flask_login import current_user
-
-        uid = session.get("_user_id")
-        if not uid:
-            return None
-        now = time.monotonic()
-        hit = self._roles.get(uid)
-        if hit and hit[0] > now:
-            return hit[1]
-        if not current_user.is_authenticated:
-            return None
-        roles = tuple(sorted(r.id for r in current_user.roles))
-        self._roles[uid] = (now + self.ttl, roles)
-        return roles
-
-    def key(self, request, roles):
-        import hashlib
-
-        h = hashlib.sha256(repr((roles, request.method, request.full_path)).encode())
-        if request.method == "POST":
-            h.update(request.get_data(cache=True))
-        return h.hexdigest()
-
-    def before(self):
-        from flask import Response, g, request, session
-
-        if not self.cacheable(request):
-            return None
-        roles = self.role_key(session)
-        if roles is None:
-            return None
-        key = self.key(request, roles)
-        hit = None if request.environ.get(self.BYPASS) else self.store.get(key)
-        now = time.time()
-        # A miss, our own background refresh, or an answer whose refreshes keep failing: the view
-        # answers (this viewer waits) and after() keeps the answer.
-        if hit is None or hit[0] + self.max_stale < now:
-            g.admetrics_cache_key = key
-            return None
-        fresh_until, status, headers, body = hit
-        if fresh_until <= now:
-            self.refresh(key, request)
-        return Response(body, status=status, headers=headers)
-
-    def refresh(self, key, request):
-        """Replays `request` in a background thread (at most one per key per worker)."""
-        with self._lock:
-            if key in self._refreshing:
-                return
-            self._refreshing.add(key)
-        environ = {
-            "method": request.method,
-            "path": request.path,
-            "query_string": request.query_string.decode("latin-1"),
-            "data": request.get_data(cache=True),
-            "headers": {k: v for k, v in request.headers.items()
-                        if k.lower() in ("cookie", "content-type", "authorization", "referer")},
-        }
-
-        threading.Thread(target=self._replay, args=(key, environ), name="admetrics-refresh",
-                         daemon=True).start()
-
-    def _replay(self, key, environ):
-        """Runs the request again through the app (this cache passed), so after() stores it."""
-        try:
-            # Below viewers' requests (Linux: per thread; DuckDB's worker threads, created by
-            # this thread's new connection, inherit it).
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.refresh_nice)
-        except (AttributeError, OSError):
-            pass
-        try:
-            # use_cookies=False: else the client replaces our Cookie header with its (empty) jar.
-            with self.app.test_client(use_cookies=False) as c:
-                r = c.open(environ["path"], method=environ["method"], query_string=environ["query_string"],
-                           data=environ["data"], headers=environ["headers"],
-                           environ_overrides={self.BYPASS: "1"})
-            if r.status_code != 200:
-                self.app.logger.warning("admetrics response cache: refresh of %s answered %s",
-                                        environ["path"], r.status_code)
-        except Exception:  # noqa: BLE001 - the stale answer stays; the next viewer retries
-            self.app.logger.exception("admetrics response cache: refresh of %s failed", environ["path"])
-        finally:
-            with self._lock:
-                self._refreshing.discard(key)
-
-    def after(self, response):
-        from flask import g, request
-
-        key = g.pop("admetrics_cache_key", None)
-        if key is None or response.status_code != 200 or response.direct_passthrough:
-            return response
-        ttl = self.ttl
-        if request.path == "/api/v1/chart/data":
-            ttl = self.chart_data_ttl(response)
-            if ttl is None:
-                return response
-        headers = [(k, v) for k, v in response.headers.items() if k.lower() != "set-cookie"]
-        self.store.set(key, (time.time() + ttl, response.status_code, headers, response.get_data()))
-        return response
-
-    @staticmethod
-    def chart_data_ttl(response):
-        """Seconds until the chart-data cache entry behind this answer expires (None: an error
-        answer, not to be cached)."""
-        from datetime import datetime, timezone
-
-        try:
-            results = json.loads(response.get_data()).get("result") or []
-        except ValueError:
-            return None
-        left = []
-        for r in results:
-            timeout = r.get("cache_timeout")
-            if not timeout or r.get("status") not in ("success", None) or r.get("error"):
-                return None
-            cached = r.get("cached_dttm")
-            if cached:
-                made = datetime.fromisoformat(cached).replace(tzinfo=timezone.utc).timestamp()
-                left.append(made + timeout - time.time())
-            else:
-                left.append(float(timeout))
-        return max(0.0, min(left)) if left else None
-
-
-def install_response_cache(app):
-    if os.environ.get("ADMETRICS_SUPERSET_RESPONSE_CACHE", "1") == "0":
-        return
-    home = os.environ.get("ADMETRICS_SUPERSET_HOME", os.path.abspath(".state/superset"))
-    cache = RoleResponseCache(app, os.path.join(home, "response-cache"))
-    app.before_request(cache.before)
-    app.after_request(cache.after)
-
-
-def mutate_app(app):
-    """FLASK_APP_MUTATOR: the WSGI filter and the response cache."""
-    refresh_from_cache(app)
-    install_response_cache(app)
-
-
-class _TtlMemo:
-    """A per-process map whose entries live `ttl` seconds (for values derived from roles)."""
-
-    def __init__(self, ttl: float):
-        self.ttl = ttl
-        self._d = {}
-
-    def get(self, key, compute):
-        now = time.monotonic()
-        hit = self._d.get(key)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        value = compute()
-        if len(self._d) > 10000:
-            self._d.clear()
-        self._d[key] = (now + self.ttl, value)
-        return value
-
-
-def security_manager_class(base):
-    """CUSTOM_SECURITY_MANAGER: `base` (Superset's security manager) with its permission lookups
-    remembered for PERMISSION_TTL seconds per process.
-
-    Why: Flask-AppBuilder answers every "may this role do X" with metadata-database queries, and
-    every page load builds the viewer's whole permission list (hundreds of ORM rows for Admin):
-    ~60 % of the dashboard page's server time here, and a check or two on every API call. The
-    answers depend only on role ids and change only when someone edits roles; a change shows
-    within PERMISSION_TTL (60 s)."""
-
-    ttl = float(os.environ.get("ADMETRICS_SUPERSET_PERMISSION_TTL", "60"))
-
-    class AdmetricsSecurityManager(base):
-        _public = _TtlMemo(ttl)
-        _on_roles = _TtlMemo(ttl)
-        _roles_permissions = _TtlMemo(ttl)
-
-        def is_item_public(self, permission_name, view_name):
-            return self._public.get((permission_name, view_name),
-                                    lambda: super(AdmetricsSecurityManager, self).is_item_public(
-                                        permission_name, view_name))
-
-        def exist_permission_on_roles(self, view_name, permission_name, role_ids):
-            return self._on_roles.get((view_name, permission_name, tuple(sorted(role_ids))),
-                                      lambda: super(AdmetricsSecurityManager, self).exist_permission_on_roles(
-                                          view_name, permission_name, role_ids))
-
-        def get_user_roles_permissions(self, user):
-            # The answer is a plain dict of role name -> [(permission, view)], read-only to callers.
-            key = tuple(sorted(r.id for r in self.get_user_roles(user)))
-            if not key:
-                return super().get_user_roles_permissions(user)
-            return self._roles_permissions.get(
-                key, lambda: super(AdmetricsSecurityManager, self).get_user_roles_permissions(user))
-
-    return AdmetricsSecurityManager

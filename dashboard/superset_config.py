@@ -1,23 +1,24 @@
 """Superset configuration for the admetrics dashboard (scripts/dashboard.sh sets
 SUPERSET_CONFIG_PATH to this file). State lives in $ADMETRICS_SUPERSET_HOME (default
-.state/superset): the metadata database and nothing else.
+.state/superset): the metadata database; caches live in Redis ($ADMETRICS_REDIS_URL, default
+the unix socket of the redis-server scripts/dashboard.sh starts in that folder; docker-compose
+points it at its `redis` service).
 
 Local-demo defaults: a fixed secret key unless SUPERSET_SECRET_KEY is set, no HTTPS headers
 (served on loopback). What makes ten concurrent viewers cheap (measured with
-scripts/dashboard-bench.sh, see README):
-- chart data is cached for 10 s (the dashboard's refresh period) in a cache all gunicorn
-  workers share, so viewers share one query per chart and period;
-- the dashboard's auto-refresh asks for force=true, which would bypass that cache and run every
-  chart's query for every viewer every 10 s; force is dropped, so a refresh (and the "force
-  refresh" menu item) gets data at most one cache period old;
+scripts/dashboard-bench.sh, see README), all of it Superset's own settings but one:
+- chart data is cached in Redis for 10 s (the dashboard's refresh period), shared by every
+  gunicorn worker, so viewers share one query per chart and period;
+- the dashboard's auto-refresh reads that cache (DASHBOARD_AUTO_REFRESH_MODE = "fetch"; the
+  default "force" would run every chart's query for every viewer every 10 s), so a refresh shows
+  data at most one cache period old; the "force refresh" menu item still forces;
+- a missing chart-data entry is computed once however many viewers miss it together
+  (admetrics_superset.SingleFlightRedisCache: a Redis lock per key);
+- Superset's own object cache (CACHE_CONFIG: e.g. its 60 s memo of the page's bootstrap data),
+  the dashboards' filter state and explore state are in Redis too, so they are shared by all
+  workers (per-process caches would lose a filter state saved by another worker);
 - Superset's action log (a metadata-database row per API request) is off
-  (ADMETRICS_SUPERSET_ACTION_LOG=1 keeps it);
-- permission lookups are remembered for 60 s (admetrics_superset.security_manager_class): a
-  page load no longer rebuilds the viewer's whole permission list from the metadata database;
-- whole API answers are shared by viewers with the same roles and refreshed in the background
-  (admetrics_superset.RoleResponseCache; ADMETRICS_SUPERSET_RESPONSE_CACHE=0 turns it off): a
-  dashboard load costs a few milliseconds instead of ~0.9 s of Superset's Python, and nobody
-  waits for a query another viewer's refresh is running.
+  (ADMETRICS_SUPERSET_ACTION_LOG=1 keeps it).
 """
 import os
 
@@ -35,35 +36,48 @@ CONTENT_SECURITY_POLICY_WARNING = False
 # with a bearer token; CSRF protects cookie sessions only.
 WTF_CSRF_EXEMPT_LIST = ["superset.views.core.log", "superset.charts.data.api.data"]
 
-# Chart data is cached for 10 s, the dashboard's refresh period, in files all gunicorn workers
-# share: users who open it within the same 10 s share one query per chart, and nobody sees data
-# older than one refresh.
-DATA_CACHE_CONFIG = {
-    "CACHE_TYPE": "admetrics_superset.SingleFlightFileSystemCache",
-    "CACHE_DIR": os.path.join(_home, "chart-data-cache"),
-    "CACHE_DEFAULT_TIMEOUT": 10,
-    "CACHE_THRESHOLD": 2000,
-}
-CACHE_CONFIG = {"CACHE_TYPE": "SimpleCache", "CACHE_DEFAULT_TIMEOUT": 300}
-FILTER_STATE_CACHE_CONFIG = {"CACHE_TYPE": "SimpleCache", "CACHE_DEFAULT_TIMEOUT": 3600}
-EXPLORE_FORM_DATA_CACHE_CONFIG = {"CACHE_TYPE": "SimpleCache", "CACHE_DEFAULT_TIMEOUT": 3600}
+# Redis: scripts/dashboard.sh starts one on a unix socket in $ADMETRICS_SUPERSET_HOME unless
+# ADMETRICS_REDIS_URL names another (docker-compose: redis://redis:6379/0). One database, a key
+# prefix per cache.
+REDIS_URL = os.environ.get("ADMETRICS_REDIS_URL") or f"unix://{_home}/redis.sock"
+
+
+def _redis_cache(prefix, timeout, cache_type="RedisCache", **extra):
+    return {"CACHE_TYPE": cache_type, "CACHE_REDIS_URL": REDIS_URL,
+            "CACHE_KEY_PREFIX": f"admetrics_{prefix}_", "CACHE_DEFAULT_TIMEOUT": timeout, **extra}
+
+
+# Chart data: 10 s, the dashboard's refresh period. Users who open or refresh it within the same
+# 10 s share one query per chart, and nobody sees data older than one refresh.
+# ADMETRICS_SUPERSET_DATA_CACHE_TIMEOUT changes the 10 s; ADMETRICS_SUPERSET_SINGLE_FLIGHT=0: plain
+# RedisCache (to measure what the single-flight saves).
+DATA_CACHE_CONFIG = _redis_cache(
+    "data", int(os.environ.get("ADMETRICS_SUPERSET_DATA_CACHE_TIMEOUT", "10")),
+    "admetrics_superset.SingleFlightRedisCache"
+    if os.environ.get("ADMETRICS_SUPERSET_SINGLE_FLIGHT", "1") != "0" else "RedisCache")
+CACHE_CONFIG = _redis_cache("meta", 300)
+FILTER_STATE_CACHE_CONFIG = _redis_cache("filter_state", 86400, REFRESH_TIMEOUT_ON_RETRIEVAL=True)
+EXPLORE_FORM_DATA_CACHE_CONFIG = _redis_cache("explore_form_data", 86400, REFRESH_TIMEOUT_ON_RETRIEVAL=True)
+# No RESULTS_BACKEND: it holds SQL Lab's asynchronous results, which need Celery workers
+# (not run here: on 2 cores they would compete with the web workers for the same CPU).
+
+# The auto-refresh (every 10 s) reads the chart-data cache instead of forcing new queries.
+DASHBOARD_AUTO_REFRESH_MODE = "fetch"
+
+# Permissions are written by `superset init` (scripts/dashboard.sh, whenever the config or the
+# bundle changes), not re-synced by every process that builds the app (gunicorn's master, each
+# CLI call): that sync is metadata-database work on every start.
+FAB_UPDATE_PERMS = False
 
 SUPERSET_WEBSERVER_TIMEOUT = 60
 ROW_LIMIT = 50000
 # No example data, no telemetry.
 SUPERSET_LOAD_EXAMPLES = False
 
-
-
 # scripts/dashboard.sh puts dashboard/ on PYTHONPATH.
-from admetrics_superset import NoActionLog, install_duckdb_init, mutate_app, security_manager_class  # noqa: E402
-from superset.security import SupersetSecurityManager  # noqa: E402
-
-# Permission lookups remembered for 60 s per worker (ADMETRICS_SUPERSET_PERMISSION_TTL).
-CUSTOM_SECURITY_MANAGER = security_manager_class(SupersetSecurityManager)
+from admetrics_superset import NoActionLog, install_duckdb_init  # noqa: E402
 
 install_duckdb_init()  # REST-catalog views (docker-compose): see bundle.py
 
-FLASK_APP_MUTATOR = mutate_app
 if os.environ.get("ADMETRICS_SUPERSET_ACTION_LOG") != "1":
     EVENT_LOGGER = NoActionLog()

@@ -11,6 +11,9 @@
 # Log in as admin / admin (ADMETRICS_SUPERSET_PASSWORD to change) and open
 # http://127.0.0.1:PORT/superset/dashboard/admetrics/ — it refreshes every 10 s. Run it beside
 # scripts/demo.sh (another terminal) to watch the demo's numbers move.
+# Superset's caches are in Redis: ADMETRICS_REDIS_URL (docker-compose: its `redis` service), or
+# else a redis-server of its own on a unix socket in the --home folder (no persistence), stopped
+# with Superset (SIGTERM/SIGINT to this script or its process group stops both).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -30,7 +33,7 @@ while [[ $# -gt 0 ]]; do
     --namespace) namespace=$2; shift 2 ;;
     --rest-uri) rest_uri=$2; shift 2 ;;
     --s3-endpoint) s3_endpoint=$2; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "dashboard.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -48,6 +51,24 @@ export FLASK_APP=superset
 py=$repo/.venv-superset/bin
 password=${ADMETRICS_SUPERSET_PASSWORD:-admin}
 
+# Superset's caches (superset_config.py): a redis-server of our own unless one is named; started
+# first, since the CLI steps below load the same config.
+redis_pid=
+if [[ -z ${ADMETRICS_REDIS_URL:-} ]]; then
+  sock=$ADMETRICS_SUPERSET_HOME/redis.sock
+  rm -f "$sock"
+  redis-server --port 0 --unixsocket "$sock" --unixsocketperm 700 --save '' --appendonly no \
+    --maxmemory 256mb --maxmemory-policy volatile-lru --daemonize no \
+    --logfile "$ADMETRICS_SUPERSET_HOME/redis.log" &
+  redis_pid=$!
+  trap 'kill -TERM "$redis_pid" 2>/dev/null; wait' EXIT
+  export ADMETRICS_REDIS_URL="unix://$sock"
+  for _ in $(seq 100); do
+    redis-cli -s "$sock" ping >/dev/null 2>&1 && break
+    kill -0 "$redis_pid" 2>/dev/null || { tail -5 "$ADMETRICS_SUPERSET_HOME/redis.log" >&2; exit 1; }
+    sleep 0.1
+  done
+fi
 # The bundle names absolute paths (warehouse, extensions) and an import never overwrites existing
 # databases, datasets or charts: when the rendered bundle differs from the one imported, the
 # metadata database is rebuilt from scratch (the dashboard is code; nothing else lives there).
@@ -89,9 +110,21 @@ log "serving http://$bind:$port/superset/dashboard/admetrics/ (admin / $password
 # Workers are processes (Superset's request handling is Python, CPU-bound: about one per core);
 # threads overlap the DuckDB queries, which release the GIL. Keep-alive outlives a page load's
 # pauses: with gunicorn's 2 s default, a browser (or the load benchmark) reusing a connection the
-# server is closing gets a reset.
-exec "$py/gunicorn" --bind "$bind:$port" --workers "${ADMETRICS_SUPERSET_WORKERS:-3}" \
+# server is closing gets a reset. dashboard/gunicorn_conf.py: the app is built once, before the
+# port opens (preload), so /health answers only when every worker can serve.
+"$py/gunicorn" --config "$repo/dashboard/gunicorn_conf.py" \
+  --bind "$bind:$port" --workers "${ADMETRICS_SUPERSET_WORKERS:-3}" \
   --threads "${ADMETRICS_SUPERSET_THREADS:-8}" --timeout 120 --keep-alive 30 \
   --access-logfile "$ADMETRICS_SUPERSET_HOME/access.log" --access-logformat '%(t)s %(s)s %(M)sms %(r)s' \
   --error-logfile "$ADMETRICS_SUPERSET_HOME/gunicorn.log" \
-  "superset.app:create_app()"
+  "superset.app:create_app()" &
+gunicorn_pid=$!
+# gunicorn is a child (not exec'd) so that our Redis stops with it: a signal to this script is
+# passed on, and whichever way gunicorn ends, the EXIT trap above stops Redis after it.
+stop() { kill -TERM "$gunicorn_pid" 2>/dev/null || true; }
+trap stop TERM INT HUP
+status=0
+while kill -0 "$gunicorn_pid" 2>/dev/null; do
+  wait "$gunicorn_pid" && status=0 || status=$?
+done
+exit "$status"

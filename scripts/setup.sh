@@ -7,7 +7,7 @@
 #   scripts/setup.sh --kafka  # only the Apache Kafka broker (scripts/kafka.sh install)
 #   scripts/setup.sh --python # only the Python venv (scripts/query.sh)
 #   scripts/setup.sh --flink  # the test venv plus PyFlink in .venv-flink (scripts/flink-compare.sh)
-#   scripts/setup.sh --superset  # Superset + DuckDB in .venv-superset (scripts/dashboard.sh)
+#   scripts/setup.sh --superset  # Superset + DuckDB in .venv-superset, Debian's redis-server (scripts/dashboard.sh)
 #   scripts/setup.sh --browser   # Debian's Chromium for the dashboard's browser test
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -70,6 +70,15 @@ setup_browser() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
 }
+setup_redis() {
+  # Debian's redis-server: Superset's caches (scripts/dashboard.sh starts one of its own on a
+  # unix socket unless ADMETRICS_REDIS_URL names another).
+  if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+    log "installing Debian packages: redis-server"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  fi
+}
 setup_kafka() {
   # The Apache Kafka broker of the tests, the demo and the benchmarks (scripts/kafka.sh): jars
   # from Maven Central into .tools/kafka-<version>/, run on the machine's Java 17+.
@@ -88,6 +97,7 @@ if [[ $mode == --kafka ]]; then
 fi
 if [[ $mode == --superset ]]; then
   setup_venv .venv-superset dashboard/requirements.txt "Superset"
+  setup_redis
   exit 0
 fi
 if [[ $mode == --browser ]]; then
@@ -138,5 +148,6 @@ install_crate cargo-fuzz "$CARGO_FUZZ_VERSION" "cargo fuzz --version"
 
 setup_python
 setup_venv .venv-superset dashboard/requirements.txt "Superset"
+setup_redis
 setup_browser
 log "ready"

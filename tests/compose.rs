@@ -46,6 +46,7 @@ fn the_compose_file_is_valid_and_starts_things_in_order() {
             "maintenance",
             "minio",
             "minio-init",
+            "redis",
             "superset"
         ]
     );
@@ -61,7 +62,7 @@ fn the_compose_file_is_valid_and_starts_things_in_order() {
             .collect();
         format!("{head}\n{}", body.join("\n"))
     };
-    for s in ["kafka", "minio", "iceberg-rest", "admetrics", "superset"] {
+    for s in ["kafka", "minio", "iceberg-rest", "admetrics", "redis", "superset"] {
         assert!(
             section(s).contains("healthcheck:"),
             "{s} has no healthcheck"
@@ -80,6 +81,7 @@ fn the_compose_file_is_valid_and_starts_things_in_order() {
         ("loadgen", "admetrics", "service_healthy"),
         ("maintenance", "admetrics", "service_healthy"),
         ("superset", "admetrics", "service_healthy"),
+        ("superset", "redis", "service_healthy"),
     ];
     for (who, what, cond) in needs {
         let s = section(who);
@@ -109,6 +111,8 @@ fn the_compose_file_is_valid_and_starts_things_in_order() {
         "http://iceberg-rest:8181",
         "http://minio:9000",
         "s3://warehouse/",
+        // Superset's caches in the compose file's Redis (dashboard/superset_config.py).
+        "ADMETRICS_REDIS_URL: redis://redis:6379/0",
     ] {
         assert!(
             superset.contains(want),

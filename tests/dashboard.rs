@@ -6,8 +6,13 @@
 //! logs in and opens the dashboard; every chart's data request must succeed, and
 //! `tests/verify_dashboard.py` checks each chart's rows against the tables read with PyIceberg,
 //! and `/metrics` against the same tables. Then more events are produced while the page stays
-//! open: its own 10 s auto-refresh must show them, and the refreshed charts are checked again.
-//! Screenshots are kept in `tests/artifacts/`.
+//! open: its own 10 s auto-refresh must show them (reading Superset's cache: no forced
+//! queries), and the refreshed charts are checked again. Then `tests/verify_dashboard_access.py`
+//! checks, with the caches warm, that a user without access to the datasets gets none of what a
+//! user with access was just served. Screenshots are kept in `tests/artifacts/`.
+//!
+//! A second test checks the chart-data cache's single-flight (`tests/verify_single_flight.py`,
+//! several processes against a real redis-server).
 
 mod support;
 
@@ -77,6 +82,38 @@ fn produce(p: &mut TestProducer, events: &mut EventGen, n: u64, end_ms: i64, spa
     }
     p.flush();
     n
+}
+
+/// `script` (in tests/) run by Superset's venv with Superset's environment as
+/// `scripts/dashboard.sh` sets it for `home`; returns its output, fails the test on exit != 0.
+fn run_superset_python(script: &str, home: Option<&Path>, args: &[String]) -> String {
+    let mut cmd = Command::new(superset_python());
+    cmd.arg(repo_root().join("tests").join(script)).args(args);
+    if let Some(home) = home {
+        cmd.env("ADMETRICS_SUPERSET_HOME", home)
+            .env(
+                "SUPERSET_CONFIG_PATH",
+                repo_root().join("dashboard/superset_config.py"),
+            )
+            .env("PYTHONPATH", repo_root().join("dashboard"))
+            .env_remove("ADMETRICS_REDIS_URL");
+    }
+    let out = cmd.output().expect("run Superset's python");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn the_chart_data_cache_computes_a_missing_entry_once() {
+    println!(
+        "{}",
+        run_superset_python("verify_single_flight.py", None, &[])
+    );
 }
 
 fn superset_python() -> PathBuf {
@@ -196,6 +233,8 @@ fn the_dashboard_shows_what_the_tables_hold_and_refreshes_by_itself() {
             .args(["--port", &port.to_string()])
             .arg("--home")
             .arg(&home)
+            // Its own redis-server (on a socket in `home`), whatever this shell points at.
+            .env_remove("ADMETRICS_REDIS_URL")
             .stdout(dash_log.try_clone().unwrap())
             .stderr(dash_log)
             .process_group(0)
@@ -282,6 +321,20 @@ fn the_dashboard_shows_what_the_tables_hold_and_refreshes_by_itself() {
     );
     println!("{}", String::from_utf8_lossy(&out.stdout));
     println!("{}", verify(&refreshed));
+    progress("refresh verified; two more users against the warm cache");
+    println!(
+        "{}",
+        run_superset_python(
+            "verify_dashboard_access.py",
+            Some(&home),
+            &[
+                "--url".into(),
+                format!("http://{superset}"),
+                "--calls".into(),
+                first.display().to_string(),
+            ],
+        )
+    );
     assert!(artifacts.join("dashboard.png").is_file());
     assert!(artifacts.join("dashboard-refreshed.png").is_file());
 }
