@@ -14,6 +14,11 @@ Why not ten browsers: ten headless Chromiums on 2 cores measure Chromium's rende
 server. One real-browser load is timed by browser_check.py.
 
 Prints p50 / p95 / max over users × rounds and the number of failed requests (any non-2xx).
+
+With --watch SECONDS it then measures the other way ten people use a dashboard: they keep it
+open. Each user's page refreshes itself every --refresh seconds (the dashboard's 10 s, in fetch
+mode: the chart-data requests again, without force=true), each user at its own phase, as open
+browsers would be; the figure is the time from a refresh's first request to its last answer.
 """
 import argparse
 import json
@@ -52,21 +57,51 @@ def one_load(base, s, calls, dashboard, pool):
     r = s.get(f"{base}/superset/dashboard/{dashboard}/", timeout=60)
     if r.status_code != 200:
         failures.append(f"page {r.status_code}")
-
-    def call(c):
-        if c["method"] == "POST":
-            resp = s.post(f"{base}{c['path']}", data=c["body"], timeout=60,
-                          headers={"Content-Type": "application/json"})
-        else:
-            resp = s.get(f"{base}{c['path']}", timeout=60)
-        if not 200 <= resp.status_code < 300:  # filter_state answers 201 Created
-            return f"{c['method']} {c['path'][:60]}: {resp.status_code} {resp.text[:200]}"
-        if "/chart/data" in c["path"] and any(q.get("error") for q in resp.json().get("result", [])):
-            return f"{c['path']}: query error"
-        return None
-
-    failures += [f for f in pool.map(call, calls) if f]
+    failures += [f for f in pool.map(lambda c: request(base, s, c), calls) if f]
     return time.monotonic() - t0, failures
+
+
+def request(base, s, c):
+    """One recorded API call; None, or what failed."""
+    if c["method"] == "POST":
+        resp = s.post(f"{base}{c['path']}", data=c["body"], timeout=60,
+                      headers={"Content-Type": "application/json"})
+    else:
+        resp = s.get(f"{base}{c['path']}", timeout=60)
+    if not 200 <= resp.status_code < 300:  # filter_state answers 201 Created
+        return f"{c['method']} {c['path'][:60]}: {resp.status_code} {resp.text[:200]}"
+    if "/chart/data" in c["path"] and any(q.get("error") for q in resp.json().get("result", [])):
+        return f"{c['path']}: query error"
+    return None
+
+
+def watch(base, sessions, pools, charts, seconds, period):
+    """Every user refreshes its open dashboard every `period` s for `seconds` s; returns the
+    refresh times and failures."""
+    times, failures, lock = [], [], threading.Lock()
+    end = time.monotonic() + seconds
+
+    def user(i):
+        # Spread over one period: browsers opened at different moments refresh at different ones.
+        next_at = time.monotonic() + period * i / len(sessions)
+        while next_at < end:
+            time.sleep(max(0.0, next_at - time.monotonic()))
+            t0 = time.monotonic()
+            try:
+                f = [x for x in pools[i].map(lambda c: request(base, sessions[i], c), charts) if x]
+            except requests.RequestException as e:
+                f = [f"user {i}: {type(e).__name__}: {e}"[:300]]
+            with lock:
+                times.append(time.monotonic() - t0)
+                failures.extend(f)
+            next_at += period
+
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(len(sessions))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return times, failures
 
 
 def main():
@@ -78,6 +113,9 @@ def main():
     ap.add_argument("--dashboard", default="admetrics")
     ap.add_argument("--users", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--watch", type=float, default=0,
+                    help="then keep the dashboards open this many seconds, refreshing (see above)")
+    ap.add_argument("--refresh", type=float, default=10, help="the dashboard's refresh period, s")
     a = ap.parse_args()
     # force=true chart requests are the dashboard's auto-refresh (recordings of a load slower
     # than the 10 s refresh period contain some), not part of loading it.
@@ -115,8 +153,23 @@ def main():
           f"p95 {p95:.2f} s, max {times[-1]:.2f} s; failed requests: {len(failures)} [target p95 < 3 s]")
     for f in failures[:10]:
         print("   ", f)
-    print(json.dumps({"users": a.users, "loads": len(times), "p50_s": statistics.median(times), "p95_s": p95,
-                      "max_s": times[-1], "failed": len(failures)}))
+    report = {"users": a.users, "loads": len(times), "p50_s": statistics.median(times), "p95_s": p95,
+              "max_s": times[-1], "failed": len(failures)}
+    if a.watch > 0:
+        charts = [c for c in calls if "/chart/data" in c["path"]]
+        w_times, w_failures = watch(a.url, sessions, pools, charts, a.watch, a.refresh)
+        w_times.sort()
+        w_p95 = w_times[max(0, int(round(0.95 * len(w_times))) - 1)]
+        print(f"open dashboards, {a.users} users refreshing every {a.refresh:g} s for {a.watch:g} s, "
+              f"{len(w_times)} refreshes of {len(charts)} chart-data requests: p50 "
+              f"{statistics.median(w_times):.2f} s, p95 {w_p95:.2f} s, max {w_times[-1]:.2f} s; "
+              f"failed requests: {len(w_failures)}")
+        for f in w_failures[:10]:
+            print("   ", f)
+        failures += w_failures
+        report.update({"refreshes": len(w_times), "refresh_p50_s": statistics.median(w_times),
+                       "refresh_p95_s": w_p95, "refresh_max_s": w_times[-1], "refresh_failed": len(w_failures)})
+    print(json.dumps(report))
     sys.exit(1 if failures else 0)
 
 

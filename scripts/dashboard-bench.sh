@@ -5,17 +5,21 @@
 # --users concurrent users load it --rounds times at the HTTP level (dashboard/load_bench.py).
 # A benchmark with a printed report, not a test.
 #
-#   scripts/dashboard-bench.sh [--rate 5000] [--users 10] [--rounds 10] [--warmup 30]
+#   scripts/dashboard-bench.sh [--rate 5000] [--users 10] [--rounds 10] [--warmup 30] [--watch 60]
+#
+# --watch S: afterwards the users keep the dashboard open S seconds, each page refreshing itself
+# every 10 s at its own phase (load_bench.py --watch), and the refreshes are timed too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-rate=5000 users=10 rounds=10 warmup=30
+rate=5000 users=10 rounds=10 warmup=30 watch=0
 while [[ $# -gt 0 ]]; do
   case $1 in
     --rate) rate=$2; shift 2 ;;
     --users) users=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
     --warmup) warmup=$2; shift 2 ;;
+    --watch) watch=$2; shift 2 ;;
     *) echo "dashboard-bench.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -58,5 +62,5 @@ echo "daemon: $(curl -s "http://127.0.0.1:$mport/metrics" | grep -E '^admetrics_
 .venv-superset/bin/python dashboard/browser_check.py --url "http://127.0.0.1:$sport" \
   --out "$work/browser.json" --screenshot "$work/dashboard.png"
 .venv-superset/bin/python dashboard/load_bench.py --url "http://127.0.0.1:$sport" --calls "$work/browser.json" \
-  --users "$users" --rounds "$rounds"
+  --users "$users" --rounds "$rounds" --watch "$watch"
 echo "daemon after: $(curl -s "http://127.0.0.1:$mport/metrics" | grep -E '^admetrics_(messages_total|commits_total) ' | tr '\n' ' ')"

@@ -62,7 +62,14 @@ fn the_compose_file_is_valid_and_starts_things_in_order() {
             .collect();
         format!("{head}\n{}", body.join("\n"))
     };
-    for s in ["kafka", "minio", "iceberg-rest", "admetrics", "redis", "superset"] {
+    for s in [
+        "kafka",
+        "minio",
+        "iceberg-rest",
+        "admetrics",
+        "redis",
+        "superset",
+    ] {
         assert!(
             section(s).contains("healthcheck:"),
             "{s} has no healthcheck"
