@@ -61,7 +61,8 @@ impl LiveView {
                         && *r.campaign_id == *line.campaign
                 })
                 .map(|r| r.value)
-                .sum::<f64>()
+                // fold from +0.0: f64's `sum` of nothing is -0.0, shown as "-0.00".
+                .fold(0.0, |a, v| a + v)
                 .max(line.attributed_revenue);
         }
         *status.current.lock().unwrap() = (newest, self.lines.values().cloned().collect());
