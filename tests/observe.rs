@@ -136,6 +136,10 @@ fn metrics_scraped_while_running_parse_as_prometheus_text_and_agree_with_the_inp
                 ) == dead as f64
                 && page.contains("admetrics_consumer_lag_messages{partition=\"1\"} 0\n")
                 && page.contains("admetrics_consumer_lag_messages{partition=\"0\"} 0\n")
+                // The offsets are published when the commit's result comes back, after the rows
+                // counters (CI15 took its last page in between).
+                && page.contains("admetrics_committed_offset{partition=\"0\"} 160\n")
+                && page.contains("admetrics_committed_offset{partition=\"1\"} 155\n")
         },
     );
     assert_eq!(get(port, "/health").unwrap().0, 200);
