@@ -49,6 +49,12 @@ install() {
   exec 9>&-
 }
 
+# The server in the foreground (exec: the caller's pid is the JVM), configured by CATALOG_*.
+exec_server() {
+  exec java -Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Djava.awt.headless=true \
+    -cp "$libs/*" org.apache.iceberg.rest.RESTCatalogServer
+}
+
 run() { # PORT DB WAREHOUSE S3_ENDPOINT
   [[ $# -eq 4 ]] || usage
   [[ $1 =~ ^[0-9]+$ ]] || die "not a port: $1"
@@ -67,8 +73,7 @@ run() { # PORT DB WAREHOUSE S3_ENDPOINT
   export CATALOG_CLIENT_REGION="${AWS_REGION:-us-east-1}"
   # The port: CATALOG_REST_PORT (the image's REST_PORT is not read by the server).
   export CATALOG_REST_PORT="$1"
-  exec java -Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Djava.awt.headless=true \
-    -cp "$libs/*" org.apache.iceberg.rest.RESTCatalogServer
+  exec_server
 }
 
 serve() { # PORT
@@ -80,8 +85,7 @@ serve() { # PORT
   export CATALOG_JDBC_USER="${CATALOG_JDBC_USER:-user}"
   export CATALOG_JDBC_PASSWORD="${CATALOG_JDBC_PASSWORD:-password}"
   export CATALOG_REST_PORT="$1"
-  exec java -Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Djava.awt.headless=true \
-    -cp "$libs/*" org.apache.iceberg.rest.RESTCatalogServer
+  exec_server
 }
 
 case ${1:-} in

@@ -8,27 +8,10 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use support::daemon::*;
 use support::*;
-
-/// (status code, body) of `GET path`, or `None` while nothing listens.
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let code = out.split_whitespace().nth(1)?.parse().ok()?;
-    let body = out.split_once("\r\n\r\n")?.1.to_string();
-    Some((code, body))
-}
 
 /// The value of the sample line `sample value` on a page (0 when absent).
 fn sample(page: &str, sample: &str) -> f64 {
@@ -63,10 +46,16 @@ fn metrics_scraped_while_running_parse_as_prometheus_text_and_agree_with_the_inp
             .unwrap(),
     );
     wait_running(&mut d, "/ready", Duration::from_secs(120), || {
-        get(port, "/ready").is_some_and(|(c, _)| c == 200)
+        http_get(&format!("127.0.0.1:{port}"), "/ready").is_some_and(|(c, _)| c == 200)
     });
-    assert_eq!(get(port, "/health").unwrap(), (200, "ok\n".into()));
-    assert_eq!(get(port, "/nope").unwrap().0, 404);
+    assert_eq!(
+        http_get(&format!("127.0.0.1:{port}"), "/health").unwrap(),
+        (200, "ok\n".into())
+    );
+    assert_eq!(
+        http_get(&format!("127.0.0.1:{port}"), "/nope").unwrap().0,
+        404
+    );
 
     let mut producer = TestProducer::new(&broker.bootstrap, TOPIC);
     let now = chrono::Utc::now().timestamp_millis();
@@ -89,7 +78,8 @@ fn metrics_scraped_while_running_parse_as_prometheus_text_and_agree_with_the_inp
     };
     let mut pages = Vec::new();
     let scrape = |pages: &mut Vec<String>| {
-        let (code, page) = get(port, "/metrics").expect("/metrics answers");
+        let (code, page) =
+            http_get(&format!("127.0.0.1:{port}"), "/metrics").expect("/metrics answers");
         assert_eq!(code, 200, "{page}");
         pages.push(page.clone());
         page
@@ -142,8 +132,14 @@ fn metrics_scraped_while_running_parse_as_prometheus_text_and_agree_with_the_inp
                 && page.contains("admetrics_committed_offset{partition=\"1\"} 155\n")
         },
     );
-    assert_eq!(get(port, "/health").unwrap().0, 200);
-    assert_eq!(get(port, "/ready").unwrap().0, 200);
+    assert_eq!(
+        http_get(&format!("127.0.0.1:{port}"), "/health").unwrap().0,
+        200
+    );
+    assert_eq!(
+        http_get(&format!("127.0.0.1:{port}"), "/ready").unwrap().0,
+        200
+    );
     sigterm(&mut d);
 
     // Up to 40 pages, evenly spaced over the run and the last one included, go to the parser

@@ -345,3 +345,22 @@ pub fn progress(msg: impl std::fmt::Display) {
         thread_name()
     );
 }
+
+/// (status code, body) of `GET path` from `addr` (`host:port`), or `None` while nothing listens
+/// there or the answer is cut off. HTTP/1.1 with `Connection: close`: the daemon's `/metrics`
+/// server and Superset both answer it.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let code = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n")?.1.to_string();
+    Some((code, body))
+}
