@@ -6,10 +6,21 @@
 #   scripts/flink-compare.sh                  # 2M events, 3 runs each (~3 minutes)
 #   scripts/flink-compare.sh --events 500000 --runs 1
 #   scripts/flink-compare.sh --only admetrics # just our side (profiling, before/after)
+#
+# --kafka: the pipeline for real on Apache Kafka 4.1.1 (scripts/flink/compare_kafka.py): one topic,
+# admetrics (`admetrics run`) and a PyFlink 2.0 job (Kafka SQL connector → Iceberg Flink runtime,
+# both tables; scripts/flink/flink_kafka_job.py) each in its own consumer group, plus Kafka's
+# bare consumer; at 2M and 20M events, whole runs and the steady-state marginal cost.
+#   scripts/flink-compare.sh --kafka                       # 2M and 20M events (~20 minutes)
+#   scripts/flink-compare.sh --kafka --sizes 500000,2000000 --runs 2
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 scripts/setup.sh --flink
 scripts/build-plugins.sh >/dev/null
 cargo build --release -p admetrics --bin admetrics
+if [[ ${1:-} == --kafka ]]; then
+  shift
+  exec .venv/bin/python scripts/flink/compare_kafka.py "$@"
+fi
 exec .venv/bin/python scripts/flink/compare.py "$@"

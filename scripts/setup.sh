@@ -6,7 +6,8 @@
 #   scripts/setup.sh --demo   # only what the demo needs (Kafka broker + wasm target)
 #   scripts/setup.sh --kafka  # only the Apache Kafka broker (scripts/kafka.sh install)
 #   scripts/setup.sh --python # only the Python venv (scripts/query.sh)
-#   scripts/setup.sh --flink  # the test venv plus PyFlink in .venv-flink (scripts/flink-compare.sh)
+#   scripts/setup.sh --flink  # the test venv, PyFlink in .venv-flink and .venv-flink-kafka, the Kafka broker and
+#                             # the Flink Kafka/Iceberg jars (scripts/flink-compare.sh [--kafka])
 #   scripts/setup.sh --superset  # Superset + DuckDB in .venv-superset, Debian's redis-server (scripts/dashboard.sh)
 #   scripts/setup.sh --browser   # Debian's Chromium for the dashboard's browser test
 set -euo pipefail
@@ -44,6 +45,34 @@ setup_flink() {
     log "installing PyFlink (scripts/flink/requirements.txt)"
     .venv-flink/bin/pip install --quiet --disable-pip-version-check -r scripts/flink/requirements.txt
     echo "$want" > "$stamp"
+  fi
+  # The Kafka side by side (scripts/flink-compare.sh --kafka): PyFlink 2.0 in .venv-flink-kafka
+  # (the newest Flink with both a Kafka SQL connector and an Iceberg runtime on Maven Central),
+  # and the pinned jars of scripts/flink/pom.xml from Maven Central into .tools/flink-jars-2.0
+  # (Kafka connector, Iceberg Flink runtime, Hadoop's shaded client, sqlite-jdbc; ~110 MB).
+  setup_venv .venv-flink-kafka scripts/flink/requirements-kafka.txt "PyFlink 2.0 for the Kafka side by side"
+  command -v mvn >/dev/null || { echo "setup: the Flink connector jars are fetched with Maven: apt-get install maven" >&2; exit 1; }
+  local jars=.tools/flink-jars-2.0 pom
+  pom=$(sha256sum scripts/flink/pom.xml | cut -d' ' -f1)
+  if [[ ! -f $jars/.complete || $(cat "$jars/.complete") != "$pom" ]]; then
+    log "fetching the Flink Kafka/Iceberg jars from Maven Central (scripts/flink/pom.xml)"
+    rm -rf "$jars" "$jars.tmp"
+    mkdir -p .tools
+    local out
+    if ! out=$(mvn -q -B -f scripts/flink/pom.xml dependency:copy-dependencies \
+        -DoutputDirectory="$PWD/$jars.tmp" -DexcludeTransitive=true 2>&1); then
+      printf '%s\n' "$out" >&2
+      echo "setup: could not fetch the Flink jars (scripts/flink/pom.xml)" >&2
+      exit 1
+    fi
+    echo "$pom" > "$jars.tmp/.complete"
+    mv "$jars.tmp" "$jars"
+  fi
+  # kcat (librdkafka's CLI, Debian): the bare-consumer baseline on the client admetrics uses.
+  if ! command -v kcat >/dev/null; then
+    log "installing Debian packages: kcat"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null
   fi
 }
 setup_venv() { # dir requirements-file what
@@ -110,6 +139,7 @@ if [[ $mode == --python ]]; then
 fi
 if [[ $mode == --flink ]]; then
   setup_python
+  setup_kafka
   setup_flink
   exit 0
 fi

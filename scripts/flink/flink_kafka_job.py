@@ -1,0 +1,209 @@
+"""The seed's pipeline on Flink, for real: Kafka → Flink SQL → Iceberg (both tables), the peer of
+`admetrics run` on the same topic (scripts/flink/compare_kafka.py measures the two side by side).
+
+    python flink_kafka_job.py --brokers 127.0.0.1:9092 --topic T --group G \\
+        --catalog-db /path/catalog.db --warehouse /path/wh [--parallelism 1] [--checkpoint-ms 10000]
+
+Reads the topic from the earliest offset to the end offsets it finds at start-up (the Kafka SQL
+connector's `scan.bounded.mode = latest-offset`: a bounded streaming job, so it ends by itself
+when it has consumed everything and, at the end of input, closes every window and makes the
+Iceberg committers commit what is left), and writes, in one job (one source, a statement set):
+  - `ads.campaign_events`: every raw event, with its Kafka partition, offset and record timestamp
+    (like admetrics' campaign_events; unpartitioned, as Flink SQL DDL cannot declare Iceberg's
+    hidden `day()` partitioning, and the inputs here span one day);
+  - `ads.campaign_metrics`: per campaign and 60 s tumbling event-time window, impressions,
+    clicks, conversions, revenue, CTR and CVR (the query of flink_job.py), one final row per
+    window (Flink emits a window once, when the watermark passes its end).
+The catalog is Iceberg Java's JdbcCatalog on a SQLite file with a local warehouse directory:
+the same kind as admetrics' (iceberg-rust's SQL catalog on SQLite, the same `iceberg_tables`
+schema), so PyIceberg's SqlCatalog reads both. (Apache's REST catalog server would put a third
+JVM and HTTP round trips between Flink and the same JdbcCatalog; admetrics talks to SQLite
+directly, so Flink does too.)
+
+Versions: PyFlink 2.0.2 (scripts/flink/requirements-kafka.txt) with flink-sql-connector-kafka
+4.0.1-2.0 and iceberg-flink-runtime-2.0 1.11.0, Hadoop's shaded client 3.4.1 and sqlite-jdbc
+3.50.3.0 (scripts/flink/pom.xml, fetched by scripts/setup.sh --flink into .tools/). Flink 2.0 is
+the newest minor for which both connectors are on Maven Central (Kafka: 2.0 and 2.2; Iceberg:
+2.0 and 2.1; neither for 2.3, so the file comparison's PyFlink 2.3.0 cannot read Kafka).
+
+Flink configured at its best for this job (each a choice, and why):
+  - parallelism 1 (`--parallelism`): one slot runs source → parse → window/sink chained in one
+    thread, no network shuffles between operators; on 2 cores shared with the broker and the
+    measurement, p=2 only adds a keyBy shuffle and a second copy of every operator's overhead
+    (the issue's measurement found p=1 best; compare_kafka.py --flink-parallelism to try others);
+  - `pipeline.object-reuse = true`: no defensive copy of each record between chained operators;
+  - event time as epoch-millis BIGINT in the JSON (`event_time`), the rowtime a computed
+    `TO_TIMESTAMP_LTZ(event_time, 3)` with `WATERMARK ... - INTERVAL '5' SECOND` (the same 5 s
+    bounded out-of-orderness as admetrics): no ISO-8601 string parsing, Flink's slow path;
+  - revenue as DOUBLE (a JSON number), summed as DOUBLE: no DECIMAL arithmetic, Flink's slow
+    path (admetrics keeps it as DECIMAL(18,6); results compared to 1e-6);
+  - mini-batch on (`table.exec.mini-batch.enabled`, 1 s / 5000 rows): Flink's documented
+    throughput setting for aggregations. The window TVF aggregate buffers per slice by itself
+    (`table.exec.window-agg.buffer-size-limit`), so it changes little here; with p=1 the
+    two-phase (local/global) aggregation it enables is turned off (`ONE_PHASE`), as a local
+    pre-aggregate only helps before a shuffle;
+  - checkpoints every 10 s (`--checkpoint-ms`): the Iceberg committer commits once per
+    checkpoint (and once at end of input), so the interval is the commit interval. admetrics
+    commits every 1 s; 10 s is kinder to Flink (fewer, bigger files and commits) and is the
+    interval Iceberg's docs use; exactly-once checkpointing (the sink's guarantee), state in
+    memory (HashMap state backend, the default) as the state is ~100 campaigns × open windows;
+  - JSON format with `json.fail-on-missing-field = false`, `json.ignore-parse-errors = false`
+    (a bad message fails the job: the input is clean; admetrics would dead-letter it);
+  - Parquet + zstd data files (Iceberg's default), as admetrics writes;
+  - the local mini-cluster's default memory (the PyFlink driver's JVM); UTC session time zone.
+Not done by Flink that admetrics does: dedup by event_id, attribution (the third plugin),
+dead letters, per-partition metric shares with revisions.
+"""
+import argparse
+import glob
+import os
+import time
+
+from pyflink.table import EnvironmentSettings, TableEnvironment
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FLINK_JARS = os.path.join(REPO, ".tools", "flink-jars-2.0")
+
+
+def q(s):
+    return s.replace("'", "''")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--brokers", required=True)
+    ap.add_argument("--topic", required=True)
+    ap.add_argument("--group", default="flink-bench")
+    ap.add_argument("--catalog-db", required=True)
+    ap.add_argument("--warehouse", required=True)
+    ap.add_argument("--catalog-name", default="flink")
+    ap.add_argument("--parallelism", type=int, default=1)
+    ap.add_argument("--checkpoint-ms", type=int, default=10_000)
+    ap.add_argument("--jars", default=FLINK_JARS)
+    a = ap.parse_args()
+
+    jars = sorted(glob.glob(os.path.join(a.jars, "*.jar")))
+    if len(jars) < 6:
+        raise SystemExit(f"flink_kafka_job: the connector jars are missing in {a.jars}: run scripts/setup.sh --flink")
+    os.makedirs(a.warehouse, exist_ok=True)
+    # Hadoop's classes go on the JVM's classpath, as Flink's docs say (HADOOP_CLASSPATH, read
+    # when PyFlink launches its JVM): the Iceberg catalog factory runs in the client and needs
+    # them there; the connectors go to the job through pipeline.jars.
+    hadoop = [j for j in jars if "/hadoop-" in j or "/commons-logging" in j]
+    jars = [j for j in jars if j not in hadoop]
+    os.environ["HADOOP_CLASSPATH"] = os.pathsep.join(hadoop)
+
+    env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
+    conf = env.get_config()
+    conf.set("pipeline.jars", ";".join("file://" + j for j in jars))
+    conf.set("pipeline.name", "admetrics-peer: kafka -> iceberg")
+    conf.set("parallelism.default", str(a.parallelism))
+    conf.set("pipeline.object-reuse", "true")
+    conf.set("table.local-time-zone", "UTC")
+    conf.set("execution.checkpointing.interval", f"{a.checkpoint_ms} ms")
+    conf.set("execution.checkpointing.mode", "EXACTLY_ONCE")
+    conf.set("table.exec.mini-batch.enabled", "true")
+    conf.set("table.exec.mini-batch.allow-latency", "1 s")
+    conf.set("table.exec.mini-batch.size", "5000")
+    if a.parallelism == 1:
+        conf.set("table.optimizer.agg-phase-strategy", "ONE_PHASE")
+
+    env.execute_sql(f"""
+        CREATE TABLE events (
+          event_id STRING,
+          event_type STRING,
+          event_time BIGINT,
+          campaign_id STRING,
+          ad_id STRING,
+          user_id STRING,
+          device STRING,
+          country STRING,
+          placement STRING,
+          revenue DOUBLE,
+          currency STRING,
+          kafka_partition INT METADATA FROM 'partition' VIRTUAL,
+          kafka_offset BIGINT METADATA FROM 'offset' VIRTUAL,
+          kafka_timestamp TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
+          ts AS TO_TIMESTAMP_LTZ(event_time, 3),
+          WATERMARK FOR ts AS ts - INTERVAL '5' SECOND
+        ) WITH (
+          'connector' = 'kafka',
+          'topic' = '{q(a.topic)}',
+          'properties.bootstrap.servers' = '{q(a.brokers)}',
+          'properties.group.id' = '{q(a.group)}',
+          'scan.startup.mode' = 'earliest-offset',
+          'scan.bounded.mode' = 'latest-offset',
+          'format' = 'json',
+          'json.fail-on-missing-field' = 'false',
+          'json.ignore-parse-errors' = 'false'
+        )""")
+    cat = a.catalog_name
+    env.execute_sql(f"""
+        CREATE CATALOG {cat} WITH (
+          'type' = 'iceberg',
+          'catalog-impl' = 'org.apache.iceberg.jdbc.JdbcCatalog',
+          'uri' = 'jdbc:sqlite:{q(os.path.abspath(a.catalog_db))}',
+          'jdbc.schema-version' = 'V1',
+          'warehouse' = 'file://{q(os.path.abspath(a.warehouse))}'
+        )""")
+    env.execute_sql(f"CREATE DATABASE IF NOT EXISTS {cat}.ads")
+    env.execute_sql(f"""
+        CREATE TABLE IF NOT EXISTS {cat}.ads.campaign_events (
+          event_id STRING NOT NULL,
+          event_type STRING NOT NULL,
+          event_time TIMESTAMP_LTZ(6) NOT NULL,
+          campaign_id STRING NOT NULL,
+          ad_id STRING NOT NULL,
+          user_id STRING NOT NULL,
+          revenue DOUBLE,
+          currency STRING,
+          device STRING,
+          country STRING,
+          placement STRING,
+          kafka_partition INT NOT NULL,
+          kafka_offset BIGINT NOT NULL,
+          kafka_timestamp TIMESTAMP_LTZ(6) NOT NULL
+        ) WITH ('format-version' = '2', 'write.parquet.compression-codec' = 'zstd')""")
+    env.execute_sql(f"""
+        CREATE TABLE IF NOT EXISTS {cat}.ads.campaign_metrics (
+          window_start TIMESTAMP(6) NOT NULL,
+          window_end TIMESTAMP(6) NOT NULL,
+          campaign_id STRING NOT NULL,
+          impressions BIGINT NOT NULL,
+          clicks BIGINT NOT NULL,
+          conversions BIGINT NOT NULL,
+          revenue DOUBLE NOT NULL,
+          ctr DOUBLE NOT NULL,
+          cvr DOUBLE NOT NULL
+        ) WITH ('format-version' = '2', 'write.parquet.compression-codec' = 'zstd')""")
+
+    stmts = env.create_statement_set()
+    stmts.add_insert_sql(f"""
+        INSERT INTO {cat}.ads.campaign_events
+        SELECT event_id, event_type, CAST(ts AS TIMESTAMP_LTZ(6)), campaign_id, ad_id, user_id,
+               revenue, currency, device, country, placement, kafka_partition, kafka_offset,
+               CAST(kafka_timestamp AS TIMESTAMP_LTZ(6))
+        FROM events""")
+    stmts.add_insert_sql(f"""
+        INSERT INTO {cat}.ads.campaign_metrics
+        SELECT
+          CAST(window_start AS TIMESTAMP(6)), CAST(window_end AS TIMESTAMP(6)), campaign_id,
+          impressions, clicks, conversions, revenue,
+          CASE WHEN impressions > 0 THEN CAST(clicks AS DOUBLE) / impressions ELSE 0 END,
+          CASE WHEN clicks > 0 THEN CAST(conversions AS DOUBLE) / clicks ELSE 0 END
+        FROM (
+          SELECT
+            window_start, window_end, campaign_id,
+            COUNT(*) FILTER (WHERE event_type = 'impression') AS impressions,
+            COUNT(*) FILTER (WHERE event_type = 'click') AS clicks,
+            COUNT(*) FILTER (WHERE event_type = 'conversion') AS conversions,
+            COALESCE(SUM(CASE WHEN event_type = 'conversion' THEN revenue END), 0.0) AS revenue
+          FROM TABLE(TUMBLE(TABLE events, DESCRIPTOR(ts), INTERVAL '60' SECOND))
+          GROUP BY window_start, window_end, campaign_id)""")
+    t0 = time.monotonic()
+    stmts.execute().wait()
+    print(f"flink: job finished in {time.monotonic() - t0:.1f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
