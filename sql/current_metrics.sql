@@ -33,6 +33,16 @@
 --   the total: the key has no valid value (numerator, denominator and value are then
 --   meaningless) and readers skip it (`WHERE NOT withheld`).
 -- * partitions: how many shares ((stream, partition) pairs) contributed.
+-- * RESTATEMENTS (`admetrics restate`, see host/src/restate.rs): a restatement's rows carry its
+--   id in `restatement` (NULL on live rows) and are shown only while it is promoted. Promote and
+--   rollback are records in this same table: metric '$restatement', the restatement's id, its
+--   plugin and period (window_start .. window_end), numerator 1 (promoted) or 0 (rolled back),
+--   revision = the record's sequence; a restatement's latest record decides. Per plugin and
+--   window, the rows shown are those of the promoted restatement whose period holds the window
+--   (promotion withdraws any other of the same plugin that overlaps, so there is at most one),
+--   else the live rows. With nothing promoted this is exactly the live rows: the rule above.
+--   The records themselves are never values (and are `withheld`, so a reader unaware of them
+--   that skips withheld keys skips them too).
 --
 -- ad_id is NULL for every metric but attribution's: GROUP BY puts NULLs in one group, which is
 -- what we want (IS NOT DISTINCT FROM semantics).
@@ -48,10 +58,22 @@
 -- row_number() window over the same rows; the second step only sees one row per partition and
 -- key.
 CREATE OR REPLACE VIEW current_metrics AS
-WITH latest AS (
+WITH promoted AS (
+  SELECT restatement, plugin, window_start AS period_start, window_end AS period_end
+  FROM campaign_metrics
+  WHERE metric = '$restatement'
+  GROUP BY restatement, plugin, window_start, window_end
+  HAVING arg_max(numerator, revision) = 1),
+shown AS (
+  SELECT m.*
+  FROM campaign_metrics m
+  LEFT JOIN promoted p
+    ON p.plugin = m.plugin AND m.window_start >= p.period_start AND m.window_end <= p.period_end
+  WHERE m.metric <> '$restatement' AND m.restatement IS NOT DISTINCT FROM p.restatement),
+latest AS (
   SELECT window_start, window_end, campaign_id, ad_id, metric, stream, kafka_partition,
          arg_max(struct_pack(numerator, denominator, is_final, withheld), revision) AS r
-  FROM campaign_metrics
+  FROM shown
   GROUP BY window_start, window_end, campaign_id, ad_id, metric, stream, kafka_partition),
 summed AS (
   SELECT window_start, window_end, campaign_id, ad_id, metric,

@@ -1,7 +1,8 @@
 """The current value of every metric of ads.campaign_metrics, by the one definition of the rule:
 sql/current_metrics.sql (read it for why: each row is one Kafka partition's share, the latest
 revision per (stream, partition) counts, shares are summed, rates re-derived from the sums, withheld and
-final are decided over the partitions).
+final are decided over the partitions; per plugin and window a promoted restatement's rows replace the
+live ones).
 
     from current_metrics import current_metrics            # tests/*.py (this directory is on sys.path)
     rows = current_metrics(table.scan().to_arrow())        # pyarrow.Table, one row per key
@@ -19,7 +20,8 @@ SQL_FILE = Path(__file__).resolve().parent.parent / "sql" / "current_metrics.sql
 
 KEY = ("window_start", "window_end", "campaign_id", "ad_id", "metric")
 # The columns of campaign_metrics the definition reads (enough for a PyIceberg selected_fields scan).
-COLUMNS = KEY + ("stream", "kafka_partition", "revision", "numerator", "denominator", "is_final", "withheld")
+COLUMNS = KEY + ("stream", "kafka_partition", "revision", "numerator", "denominator", "is_final", "withheld",
+                 "plugin", "restatement")
 
 
 def sql() -> str:

@@ -95,6 +95,43 @@ enum Command {
         #[command(flatten)]
         load: LoadgenArgs,
     },
+    /// Recompute a period of metrics with another build of a plugin, from `campaign_events` (not
+    /// Kafka), as a restatement: rows tagged with its id, never shown until promoted; live rows
+    /// are never modified. Killed, the same command (or --resume ID) continues it and every
+    /// window is written once. Then --promote ID / --rollback ID switch what readers of the
+    /// current value (sql/current_metrics.sql, the dashboard) see, in one commit.
+    Restate {
+        /// Configuration file (TOML): the tables, window size, attribution lookback, plugin limits.
+        #[arg(long, short, default_value = "config/default.toml")]
+        config: PathBuf,
+        /// The plugin build to restate with (.wasm); its name says which plugin's rows it restates.
+        #[arg(long, required_unless_present_any = ["promote", "rollback", "list"])]
+        plugin: Option<PathBuf>,
+        /// Start of the period (RFC 3339, a window boundary).
+        #[arg(long, value_name = "RFC3339")]
+        from: Option<String>,
+        /// End of the period, exclusive (RFC 3339, a window boundary).
+        #[arg(long, value_name = "RFC3339")]
+        to: Option<String>,
+        /// Continue restatement ID (the same --plugin) after a crash.
+        #[arg(long, value_name = "ID")]
+        resume: Option<String>,
+        /// Attribution lookback for this restatement (default: `attribution.lookback_secs`).
+        #[arg(long)]
+        lookback_secs: Option<u64>,
+        /// Commit after this many closed windows of a partition (and at each partition's end).
+        #[arg(long, default_value_t = 1000)]
+        commit_windows: usize,
+        /// Make readers of the current value show restatement ID for its plugin and period.
+        #[arg(long, value_name = "ID", conflicts_with_all = ["plugin", "rollback", "list", "resume"])]
+        promote: Option<String>,
+        /// Make readers show the live rows again instead of restatement ID.
+        #[arg(long, value_name = "ID", conflicts_with_all = ["plugin", "promote", "list", "resume"])]
+        rollback: Option<String>,
+        /// List the restatements in the tables and whether each is promoted.
+        #[arg(long, conflicts_with_all = ["plugin", "promote", "rollback", "resume"])]
+        list: bool,
+    },
     /// Plugin author tools.
     Plugin {
         #[command(subcommand)]
@@ -213,6 +250,95 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             println!("produced {n} events to {topic}");
             Ok(())
         }
+        Command::Restate {
+            config,
+            plugin,
+            from,
+            to,
+            resume,
+            lookback_secs,
+            commit_windows,
+            promote,
+            rollback,
+            list,
+        } => {
+            let mut cfg = Config::load(&config)?;
+            if let Some(l) = lookback_secs {
+                cfg.attribution.lookback_secs = l;
+            }
+            let rt = tokio_runtime()?;
+            if let Some(id) = promote {
+                let withdrawn = rt.block_on(crate::restate::promote(&cfg, &id))?;
+                println!("promoted {id}");
+                for w in withdrawn {
+                    println!("withdrew {w} (same plugin, overlapping period)");
+                }
+                return Ok(());
+            }
+            if let Some(id) = rollback {
+                rt.block_on(crate::restate::rollback(&cfg, &id))?;
+                println!("rolled back {id}");
+                return Ok(());
+            }
+            if list {
+                return rt.block_on(restate_list(&cfg));
+            }
+            let time = |t: Option<String>, name: &str| -> anyhow::Result<Option<i64>> {
+                t.map(|t| {
+                    chrono::DateTime::parse_from_rfc3339(&t)
+                        .map(|d| d.timestamp_millis())
+                        .with_context(|| format!("--{name} {t:?}"))
+                })
+                .transpose()
+            };
+            let req = crate::restate::Request {
+                plugin: plugin.context("--plugin")?,
+                from_ms: time(from, "from")?,
+                to_ms: time(to, "to")?,
+                resume,
+                commit_windows: commit_windows.max(1),
+            };
+            use std::io::Write;
+            // First the id (to resume by), then one line per commit: where it stands.
+            let mut first = true;
+            let mut started = |r: &crate::restate::Record| {
+                if std::mem::take(&mut first) {
+                    println!(
+                        "restatement {} of {} {} (sha256 {}), events snapshot {}",
+                        r.id, r.plugin, r.version, r.sha256, r.events_snapshot
+                    );
+                } else {
+                    println!(
+                        "restatement {} commit {}: done {}",
+                        r.id,
+                        r.seq,
+                        serde_json::to_string(&r.done).unwrap_or_default()
+                    );
+                }
+                let _ = std::io::stdout().flush();
+            };
+            let rep = rt.block_on(crate::restate::restate(&cfg, &req, &mut started))?;
+            if rep.already_complete {
+                println!("restatement {} is already complete", rep.id);
+            } else {
+                let secs = rep.total.as_secs_f64();
+                println!(
+                    "restatement {} complete{}: {} events read, {} rows written in {} commits; \
+                     {:.3} s (read {:.3} s, compute {:.3} s, commit {:.3} s), {:.0} events/s",
+                    rep.id,
+                    if rep.resumed { " (resumed)" } else { "" },
+                    rep.events_read,
+                    rep.rows_written,
+                    rep.commits,
+                    secs,
+                    rep.read.as_secs_f64(),
+                    rep.compute.as_secs_f64(),
+                    rep.commit.as_secs_f64(),
+                    rep.events_read as f64 / secs.max(1e-9)
+                );
+            }
+            Ok(())
+        }
         Command::Plugin {
             command:
                 PluginCommand::Test {
@@ -222,6 +348,38 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 },
         } => plugin_test(&plugin, &events, window_secs),
     }
+}
+
+/// `restate --list`: every restatement, newest first, and whether readers see it.
+async fn restate_list(cfg: &Config) -> anyhow::Result<()> {
+    let sink = crate::sink::IcebergSink::open(
+        &cfg.iceberg,
+        "restate:list",
+        "restate-list",
+        cfg.commit.target_file_bytes,
+    )
+    .await?;
+    let (promoted, _) = crate::restate::promotions(sink.metrics_table());
+    for r in crate::restate::restatements(sink.metrics_table()) {
+        let t = |ms: i64| {
+            chrono::DateTime::from_timestamp_millis(ms).map_or("?".into(), |d| d.to_rfc3339())
+        };
+        println!(
+            "{}\t{} {}\t{} .. {}\t{}\t{}",
+            r.id,
+            r.plugin,
+            r.version,
+            t(r.from_ms),
+            t(r.to_ms),
+            if r.complete { "complete" } else { "incomplete" },
+            if promoted.get(&r.id) == Some(&true) {
+                "promoted"
+            } else {
+                "-"
+            }
+        );
+    }
+    Ok(())
 }
 
 /// The configuration of `run`: the file's, with the command line's input and validation

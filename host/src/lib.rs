@@ -13,6 +13,8 @@
 //! | [`sink`]    | Iceberg tables (SQL or REST catalog), fenced fast appends, summaries   |
 //! | [`pipeline`]| the processor that chains the stages (per-partition tasks, the plugin  |
 //! |             | registry, the live view), and the daemon's threads                    |
+//! | [`restate`] | a period recomputed from `campaign_events` by another plugin build;   |
+//! |             | promote / rollback of what readers see                                 |
 //! | [`config`]  | TOML configuration with env overrides and strict keys                  |
 //! | [`watch`]   | hot reload: plugin files and config watched, compiled off the event path |
 //!
@@ -30,6 +32,7 @@ pub mod observe;
 pub mod pipeline;
 pub mod plugin;
 pub mod progress;
+pub mod restate;
 pub mod sink;
 pub mod source;
 pub mod status;

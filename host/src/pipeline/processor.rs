@@ -117,6 +117,8 @@ pub struct Processor {
     /// Whether a message of a partition nobody assigned starts it fresh (the benches and
     /// `plugin test`, which have no group); the daemon only processes partitions it claimed.
     pub assign_on_first_message: bool,
+    /// Publish only windows that close (a restatement writes each window once, final).
+    pub final_only: bool,
 }
 
 impl Processor {
@@ -160,6 +162,7 @@ impl Processor {
             live: LiveView::default(),
             build_tables: true,
             assign_on_first_message: true,
+            final_only: false,
         }
     }
 
@@ -410,20 +413,49 @@ impl Processor {
             }
             return;
         }
-        self.watermarks
-            .observe(m.partition, ev.time_ms, clock.instant);
+        self.place(m.partition, m.offset, &ev, replay, ingest_us, clock, None);
+    }
+
+    /// Places a valid event that is not a copy: the partition's watermark, its window (unless
+    /// late), the user's touchpoints, the plugins' pending batch and the events table's row.
+    /// `given_late`: a restatement (`crate::restate`) passes the verdict the daemon recorded in
+    /// `campaign_events` (or `true` for the clicks before the restated period, which only feed
+    /// the touchpoints) instead of deciding it from a watermark; its windows are closed by
+    /// [`close_through`](Self::close_through), so the watermark is not moved either.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn place(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        ev: &event::Event<'_>,
+        replay: bool,
+        ingest_us: i64,
+        clock: &Clock,
+        given_late: Option<bool>,
+    ) {
+        let task = self.tasks.get_mut(&partition).expect("assigned");
+        let m = (partition, offset);
+        if given_late.is_none() {
+            self.watermarks.observe(m.0, ev.time_ms, clock.instant);
+        }
 
         let start = window_start(ev.time_ms, self.size_ms);
         // While replaying, closed is only what the tables record as closed. The previous owner
         // may have run with a larger `allowed_lateness_ms` and left windows open (published,
         // not final) that this owner's lateness calls closed at once: they are rebuilt here
         // and published final after the replay, instead of staying "not final" for good.
-        let closed = if replay {
-            task.closed_through
-        } else {
-            closed_through(task, &self.watermarks, m.partition, self.lateness_ms)
+        let late = match given_late {
+            Some(late) => late,
+            None => {
+                let closed = if replay {
+                    task.closed_through
+                } else {
+                    closed_through(task, &self.watermarks, m.0, self.lateness_ms)
+                };
+                start + self.size_ms <= closed
+            }
         };
-        let late = start + self.size_ms <= closed;
         let campaign = self.campaigns.intern(&ev.campaign_id, start);
         let ad = self.ads.intern(&ev.ad_id, start);
         if ev.kind == EventKind::Click {
@@ -438,8 +470,8 @@ impl Processor {
             let first = task
                 .click_offsets
                 .entry(ev.time_ms.div_euclid(60_000))
-                .or_insert(m.offset);
-            *first = (*first).min(m.offset);
+                .or_insert(m.1);
+            *first = (*first).min(m.1);
         }
         if late {
             if !replay {
@@ -456,7 +488,7 @@ impl Processor {
                     published: vec![Vec::new(); set.len()],
                     retract: Vec::new(),
                     campaigns: Default::default(),
-                    min_offset: m.offset,
+                    min_offset: m.1,
                     dirty: false,
                 }
             });
@@ -488,12 +520,47 @@ impl Processor {
                 ev.revenue_micros,
                 tps,
             );
-            w.min_offset = w.min_offset.min(m.offset);
+            w.min_offset = w.min_offset.min(m.1);
         }
         if self.build_tables && !replay {
-            self.events
-                .push(&ev, m.partition, m.offset, ingest_us, late, false);
+            self.events.push(ev, m.0, m.1, ingest_us, late, false);
         }
+    }
+
+    /// A restatement (`crate::restate`) places an event read back from `campaign_events` of
+    /// `partition`, with the lateness verdict the daemon recorded for it (see `place`). The
+    /// partition starts fresh at its first event, as in empty tables.
+    pub fn restate_event(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        ev: &event::Event<'_>,
+        late: bool,
+        clock: &Clock,
+    ) {
+        if !self.tasks.contains_key(&partition) {
+            let claim = Claimed {
+                partition,
+                ..Default::default()
+            };
+            self.assign(claim, clock.instant);
+        }
+        self.place(partition, offset, ev, false, 0, clock, Some(late));
+    }
+
+    /// A restatement: the windows of `partition` ending at or before `end_ms` hold every event
+    /// they will get, so the next [`publish`](Self::publish) gives them as final and drops them.
+    /// (The daemon's windows close by the watermark instead; a restatement knows its input.)
+    pub fn close_through(&mut self, partition: i32, end_ms: i64) {
+        if let Some(t) = self.tasks.get_mut(&partition) {
+            t.closed_through = t.closed_through.max(end_ms);
+        }
+    }
+
+    /// A restatement is done with `partition`: its state is dropped.
+    pub fn forget(&mut self, partition: i32) {
+        self.tasks.remove(&partition);
+        self.watermarks.revoke(partition);
     }
 
     /// Hands each window's pending events to every plugin, one call per plugin per window (of
@@ -571,6 +638,7 @@ impl Processor {
                 tasks.get(&p).is_some_and(Task::replaying)
             });
         self.status.watermark_ms.store(wm, Relaxed);
+        let final_only = self.final_only;
         let mut rows = Vec::new();
         let mut failures = Vec::new();
         let mut closed_windows = 0u64;
@@ -586,7 +654,7 @@ impl Processor {
             task.closed_through = closed_through(task, &self.watermarks, p, self.lateness_ms);
             for (&start, w) in task.windows.iter_mut() {
                 let is_final = start + self.size_ms <= task.closed_through;
-                if !w.dirty && !is_final {
+                if !is_final && (!w.dirty || final_only) {
                     continue;
                 }
                 w.dirty = false;

@@ -222,6 +222,54 @@ impl IcebergSink {
         self.catalog.clone()
     }
 
+    /// `campaign_events` as last loaded (a restatement scans it at a snapshot it pins).
+    pub fn events_table(&self) -> &Table {
+        &self.events
+    }
+
+    /// `campaign_metrics` as last loaded (a restatement reads its own progress from the
+    /// summaries in its history).
+    pub fn metrics_table(&self) -> &Table {
+        &self.metrics
+    }
+
+    /// Appends `batches` to `campaign_metrics` as one snapshot whose summary holds `props`, this
+    /// writer's id and commit `seq`: a restatement's commit (its rows and its position land
+    /// together or not at all) or a promote/rollback record. No fence epochs: a restatement owns
+    /// no Kafka partition. Safe to call again after an error: if the table already holds commit
+    /// `seq` of this writer (an ambiguous failure that landed), nothing is appended and `false`
+    /// is returned.
+    pub async fn append_metrics(
+        &mut self,
+        batches: &[RecordBatch],
+        mut props: HashMap<String, String>,
+        seq: u64,
+    ) -> Result<bool, SinkError> {
+        if self.retrying {
+            self.metrics = self.catalog.load_table(self.metrics.identifier()).await?;
+        }
+        let table = self.metrics.clone();
+        if self.holds(&table, seq) {
+            self.retrying = false;
+            return Ok(false);
+        }
+        self.retrying = true;
+        let mut data = Vec::new();
+        for rb in batches.iter().filter(|b| b.num_rows() > 0) {
+            data.extend(self.write(&table, None, rb, seq).await?);
+        }
+        props.insert(summary::WRITER_ID.to_string(), self.writer_id.clone());
+        props.insert(summary::COMMIT_SEQ.to_string(), seq.to_string());
+        props.insert(summary::TOPIC.to_string(), self.topic.clone());
+        crate::fault::point("before-commit:campaign_metrics", false);
+        self.metrics = self
+            .append(&table, data, props, &BTreeMap::new(), false)
+            .await?;
+        crate::fault::point("after-commit:campaign_metrics", false);
+        self.retrying = false;
+        Ok(true)
+    }
+
     /// Per partition, where `campaign_events` stands (the entry with the highest epoch).
     pub fn positions(&self) -> BTreeMap<i32, Position> {
         self.positions_of(&self.topic)
@@ -953,7 +1001,8 @@ mod tests {
             .as_struct()
             .fields()
             .iter()
-            .filter(|f| f.name != schema::STREAM_COLUMN)
+            // The release before `stream` had no `restatement` either.
+            .filter(|f| f.name != schema::STREAM_COLUMN && f.name != schema::RESTATEMENT_COLUMN)
             .cloned()
             .collect();
         iceberg::spec::Schema::builder()
@@ -961,6 +1010,107 @@ mod tests {
             .with_fields(fields)
             .build()
             .unwrap()
+    }
+
+    /// A table written by the release before restatements (every column but `restatement`)
+    /// gains it in place, with the field id the writers use; its rows stay and read NULL (live).
+    #[tokio::test]
+    async fn a_metrics_table_of_the_previous_release_gains_the_restatement_column_in_place() {
+        use futures::TryStreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = IcebergConfig {
+            catalog_uri: format!("sqlite:{}/catalog.db", dir.path().display()),
+            warehouse: dir.path().join("warehouse"),
+            ..Default::default()
+        };
+        let catalog = open_catalog(&cfg).await.unwrap();
+        let ns = NamespaceIdent::new(cfg.namespace.clone());
+        catalog.create_namespace(&ns, HashMap::new()).await.unwrap();
+        let fields: Vec<_> = schema::metrics_schema()
+            .as_struct()
+            .fields()
+            .iter()
+            .filter(|f| f.name != schema::RESTATEMENT_COLUMN)
+            .cloned()
+            .collect();
+        let old_schema = iceberg::spec::Schema::builder()
+            .with_schema_id(0)
+            .with_fields(fields)
+            .build()
+            .unwrap();
+        let old = ensure_table(catalog.as_ref(), &ns, METRICS_TABLE, old_schema, None)
+            .await
+            .unwrap();
+        // One row as the previous release wrote it.
+        let row = schema::MetricRecord {
+            window_start_ms: 0,
+            window_end_ms: 60_000,
+            campaign_id: "c".into(),
+            ad_id: None,
+            metric: "ctr".into(),
+            value: 0.5,
+            numerator: 1.0,
+            denominator: 2.0,
+            plugin: "ctr".into(),
+            plugin_version: "0.1.0".into(),
+            plugin_sha256: "x".into(),
+            revision: 1,
+            partition: 0,
+            is_final: true,
+            computed_at_ms: 0,
+            withheld: false,
+        };
+        let rb = schema::metrics_batch(&[row], "s");
+        let rb = rb
+            .project(&(0..rb.num_columns() - 1).collect::<Vec<_>>())
+            .unwrap();
+        let catalog = Arc::new(fence::FencingCatalog::new(catalog));
+        let old_sink = IcebergSink {
+            events: old.clone(),
+            metrics: old.clone(),
+            dead_letters: old.clone(),
+            catalog: catalog.clone(),
+            writer_id: "old".into(),
+            topic: "s".into(),
+            target_file_bytes: 1 << 20,
+            props: WriterProperties::default(),
+            last_position: None,
+            retrying: false,
+        };
+        let files = old_sink.write(&old, None, &rb, 1).await.unwrap();
+        old_sink
+            .append(&old, files, HashMap::new(), &BTreeMap::new(), false)
+            .await
+            .unwrap();
+
+        let mut sink = IcebergSink::open(&cfg, "s", "w", 1 << 20).await.unwrap();
+        // iceberg-rust scans a snapshot with the schema it was written with: the next commit
+        // (here an empty one) is the first under the evolved schema.
+        sink.append_metrics(&[], HashMap::new(), 1).await.unwrap();
+        let f = sink
+            .metrics
+            .metadata()
+            .current_schema()
+            .field_by_name(schema::RESTATEMENT_COLUMN)
+            .unwrap()
+            .clone();
+        assert_eq!((f.id, f.required), (schema::RESTATEMENT_FIELD_ID, false));
+        let batches: Vec<RecordBatch> = sink
+            .metrics
+            .scan()
+            .select([schema::RESTATEMENT_COLUMN, "campaign_id"])
+            .build()
+            .unwrap()
+            .to_arrow()
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        assert_eq!(rows, 1, "the previous release's row is kept");
+        use arrow_array::Array;
+        assert_eq!(batches[0].column(0).null_count(), 1, "and reads as live");
     }
 
     fn event(id: &str, time_ms: i64) -> Event<'_> {

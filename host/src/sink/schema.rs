@@ -25,6 +25,13 @@ const UTC: &str = "+00:00";
 pub const STREAM_COLUMN: &str = "stream";
 pub const STREAM_FIELD_ID: i32 = 17;
 
+/// `restatement` in `campaign_metrics`: NULL on the daemon's live rows; on the rows of a
+/// restatement (`crate::restate`) its id, and on its promote/rollback records too. Appended
+/// after `stream` so a table written before it existed gains it in place, with this field id,
+/// by schema evolution (old rows read NULL: live).
+pub const RESTATEMENT_COLUMN: &str = "restatement";
+pub const RESTATEMENT_FIELD_ID: i32 = 18;
+
 /// A column holding `stream` in each of `rows` rows (dictionary-encoded by Parquet: a few bytes
 /// per file).
 fn stream_column(stream: &str, rows: usize) -> ArrayRef {
@@ -123,6 +130,9 @@ pub fn metrics_schema() -> Schema {
             // Whose share: a (stream, partition) pair. Revisions of different streams do not
             // compare; readers sum the latest revision of each stream's partitions.
             opt(STREAM_FIELD_ID, STREAM_COLUMN, String),
+            // Which computation the row belongs to: NULL for live rows, a restatement's id for
+            // its rows (readers show them only once promoted, see sql/current_metrics.sql).
+            opt(RESTATEMENT_FIELD_ID, RESTATEMENT_COLUMN, String),
         ])
         .build()
         .expect("static schema")
@@ -331,8 +341,18 @@ pub struct MetricRecord {
     pub withheld: bool,
 }
 
-/// `rows` as a `campaign_metrics` batch, every row a share of `stream`.
+/// `rows` as a `campaign_metrics` batch, every row a share of `stream` (live rows).
 pub fn metrics_batch(rows: &[MetricRecord], stream: &str) -> RecordBatch {
+    metrics_batch_of(rows, Some(stream), None)
+}
+
+/// `rows` as a `campaign_metrics` batch with `stream` (NULL when `None`) and `restatement` set
+/// on every row (`None`: live rows).
+pub fn metrics_batch_of(
+    rows: &[MetricRecord],
+    stream: Option<&str>,
+    restatement: Option<&str>,
+) -> RecordBatch {
     let schema = arrow_schema(&metrics_schema());
     let mut b = (
         ts(),
@@ -391,7 +411,8 @@ pub fn metrics_batch(rows: &[MetricRecord], stream: &str) -> RecordBatch {
         Arc::new(at.finish()),
         Arc::new(withheld.finish()),
         Arc::new(part.finish()),
-        stream_column(stream, rows.len()),
+        Arc::new(StringArray::from(vec![stream; rows.len()])),
+        Arc::new(StringArray::from(vec![restatement; rows.len()])),
     ];
     RecordBatch::try_new(schema, cols).expect("columns match the metrics schema")
 }
