@@ -11,7 +11,7 @@
 # admetrics (`admetrics run`) and a PyFlink 2.0 job (Kafka SQL connector → Iceberg Flink runtime,
 # both tables; scripts/flink/flink_kafka_job.py) each in its own consumer group, plus Kafka's
 # bare consumer; at 2M and 20M events, whole runs and the steady-state marginal cost.
-#   scripts/flink-compare.sh --kafka                       # 2M and 20M events (~20 minutes)
+#   scripts/flink-compare.sh --kafka                       # 2M and 20M events (~15 minutes, ~5 GB of disk)
 #   scripts/flink-compare.sh --kafka --sizes 500000,2000000 --runs 2
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -15,9 +15,11 @@
 4. Prints wall seconds, CPU seconds, events per CPU-second and peak RSS of the whole process tree
    (the JVM and the Python driver included for Flink) per run, the medians and the ratios.
 
-CPU and RSS are read from /proc every 50 ms for every process in the tree, and from wait4()'s
-rusage of the root (which covers the children it waited for); the larger of the two is used,
-both being lower bounds of the truth.
+CPU is read from /proc every 50 ms for every process in the tree, and from wait4()'s rusage of
+the root (which covers the children it waited for); the larger of the two is used, both being
+lower bounds of the truth. Peak RSS is the sampled sum over the tree (wait4's ru_maxrss only when
+no sample was taken: Linux carries this script's own resident size across the child's exec into
+its maximum).
 """
 import argparse
 import json
@@ -96,7 +98,7 @@ def measure(cmd, env=None, log=None):
     return {
         "wall": wall,
         "cpu": max(waited, sum(cpu.values())),
-        "rss": max(peak, ru.ru_maxrss * 1024),
+        "rss": peak or ru.ru_maxrss * 1024,
         "code": p.returncode,
     }
 

@@ -3,6 +3,7 @@
 
     python flink_kafka_job.py --brokers 127.0.0.1:9092 --topic T --group G \\
         --catalog-db /path/catalog.db --warehouse /path/wh [--parallelism 1] [--checkpoint-ms 10000]
+        [--jvm-opts=-Xmx1g]
 
 Reads the topic from the earliest offset to the end offsets it finds at start-up (the Kafka SQL
 connector's `scan.bounded.mode = latest-offset`: a bounded streaming job, so it ends by itself
@@ -44,13 +45,15 @@ Flink configured at its best for this job (each a choice, and why):
     pre-aggregate only helps before a shuffle;
   - checkpoints every 10 s (`--checkpoint-ms`): the Iceberg committer commits once per
     checkpoint (and once at end of input), so the interval is the commit interval. admetrics
-    commits every 1 s; 10 s is kinder to Flink (fewer, bigger files and commits) and is the
-    interval Iceberg's docs use; exactly-once checkpointing (the sink's guarantee), state in
-    memory (HashMap state backend, the default) as the state is ~100 campaigns × open windows;
+    commits every 1 s; 10 s is kinder to Flink (fewer, bigger files and commits; at the end of a
+    bounded run the job waits up to one interval for its final checkpoint, idle wall time);
+    exactly-once checkpointing (the sink's guarantee), state in memory (HashMap state backend,
+    the default), as the state is ~100 campaigns × the open windows;
   - JSON format with `json.fail-on-missing-field = false`, `json.ignore-parse-errors = false`
     (a bad message fails the job: the input is clean; admetrics would dead-letter it);
   - Parquet + zstd data files (Iceberg's default), as admetrics writes;
-  - the local mini-cluster's default memory (the PyFlink driver's JVM); UTC session time zone.
+  - the local mini-cluster's default memory (inside the PyFlink driver's JVM, default heap
+    sizing; --jvm-opts=-Xmx1g caps it); UTC session time zone.
 Not done by Flink that admetrics does: dedup by event_id, attribution (the third plugin),
 dead letters, per-partition metric shares with revisions.
 """
@@ -80,7 +83,16 @@ def main():
     ap.add_argument("--parallelism", type=int, default=1)
     ap.add_argument("--checkpoint-ms", type=int, default=10_000)
     ap.add_argument("--jars", default=FLINK_JARS)
+    ap.add_argument("--jvm-opts", default="", help="extra JVM options for the driver + mini-cluster, e.g. -Xmx1g")
     a = ap.parse_args()
+    if a.jvm_opts:
+        # FLINK_ENV_JAVA_OPTS replaces PyFlink's default JVM options (its --add-opens flags,
+        # without which pipeline.jars cannot be loaded): keep those and add ours.
+        from pyflink.pyflink_gateway_server import get_jvm_opts, prepare_environment_variables
+        genv = dict(os.environ)
+        genv.pop("FLINK_ENV_JAVA_OPTS", None)
+        prepare_environment_variables(genv)
+        os.environ["FLINK_ENV_JAVA_OPTS"] = " ".join(get_jvm_opts(genv) + a.jvm_opts.split())
 
     jars = sorted(glob.glob(os.path.join(a.jars, "*.jar")))
     if len(jars) < 6:
