@@ -25,7 +25,7 @@ Versions: PyFlink 2.0.2 (scripts/flink/requirements-kafka.txt) with flink-sql-co
 4.0.1-2.0 and iceberg-flink-runtime-2.0 1.11.0, Hadoop's shaded client 3.4.1 and sqlite-jdbc
 3.50.3.0 (scripts/flink/pom.xml, fetched by scripts/setup.sh --flink into .tools/). Flink 2.0 is
 the newest minor for which both connectors are on Maven Central (Kafka: 2.0 and 2.2; Iceberg:
-2.0 and 2.1; neither for 2.3, so the file comparison's PyFlink 2.3.0 cannot read Kafka).
+2.0 and 2.1 in 1.11.0; neither for 2.3, so the file comparison's PyFlink 2.3.0 cannot read Kafka).
 
 Flink configured at its best for this job (each a choice, and why):
   - parallelism 1 (`--parallelism`): one slot runs source → parse → window/sink chained in one
