@@ -47,6 +47,7 @@ r.add_argument("--max-touchpoints", type=int, default=8)
 r.add_argument("--newer-events", action="store_true")
 v = sub.add_parser("view")
 v.add_argument("--state", choices=["live", "promoted"], required=True)
+sub.add_parser("expire")
 a = ap.parse_args()
 
 cat = SqlCatalog("admetrics", uri=f"sqlite:///{a.catalog}", warehouse=f"file://{a.warehouse}")
@@ -60,19 +61,40 @@ def props(snap):
     return dict(extra) if extra is not None else {k: s[k] for k in s}
 
 
-# The restatement's newest record in the metrics table's snapshot summaries.
-record = None
-for snap in sorted(metrics_t.snapshots(), key=lambda s: s.sequence_number, reverse=True):
-    p = props(snap)
-    if p.get("admetrics.restatement") == a.id:
-        record = p
-        break
-assert record is not None, f"no snapshot of restatement {a.id}"
-assert record.get("admetrics.restate.complete") == "true", f"restatement {a.id} not complete: {record}"
-FROM = int(record["admetrics.restate.from-ms"]) * 1000
-TO = int(record["admetrics.restate.to-ms"]) * 1000
-SNAP = int(record["admetrics.restate.events-snapshot"])
-PLUGIN = record["admetrics.restate.plugin"]
+if a.cmd == "expire":
+    # What table maintenance does to old snapshots (scripts/maintain.py): every snapshot but the
+    # current one leaves the metadata, with the summaries restatements record their progress in.
+    cur = metrics_t.current_snapshot().snapshot_id
+    old = [s.snapshot_id for s in metrics_t.snapshots() if s.snapshot_id != cur]
+    metrics_t.maintenance.expire_snapshots().by_ids(old).commit()
+    left = cat.load_table("ads.campaign_metrics").snapshots()
+    assert len(left) == 1, left
+    print(f"expired {len(old)} snapshots of campaign_metrics")
+    sys.exit(0)
+
+if a.cmd == "restated":
+    # The restatement's newest record in the metrics table's snapshot summaries.
+    record = None
+    for snap in sorted(metrics_t.snapshots(), key=lambda s: s.sequence_number, reverse=True):
+        p = props(snap)
+        if p.get("admetrics.restatement") == a.id:
+            record = p
+            break
+    assert record is not None, f"no snapshot of restatement {a.id}"
+    assert record.get("admetrics.restate.complete") == "true", f"restatement {a.id} not complete: {record}"
+    FROM = int(record["admetrics.restate.from-ms"]) * 1000
+    TO = int(record["admetrics.restate.to-ms"]) * 1000
+    SNAP = int(record["admetrics.restate.events-snapshot"])
+    PLUGIN = record["admetrics.restate.plugin"]
+else:
+    # Its completion record row (what readers have, whatever table maintenance expired).
+    t = metrics_t.scan(selected_fields=("metric", "restatement", "plugin", "window_start", "window_end",
+                                        "numerator")).to_arrow().to_pylist()
+    done = [x for x in t if x["metric"] == RECORD and x["restatement"] == a.id and x["numerator"] == -1]
+    assert len(done) == 1, f"restatement {a.id}: {len(done)} completion records"
+    FROM = int(done[0]["window_start"].timestamp() * 1_000_000)
+    TO = int(done[0]["window_end"].timestamp() * 1_000_000)
+    PLUGIN = done[0]["plugin"]
 
 us = lambda col: pc.cast(col, pa.int64()).to_pylist()  # noqa: E731  timestamptz → µs
 

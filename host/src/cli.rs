@@ -359,20 +359,48 @@ async fn restate_list(cfg: &Config) -> anyhow::Result<()> {
         cfg.commit.target_file_bytes,
     )
     .await?;
-    let (promoted, _) = crate::restate::promotions(sink.metrics_table());
-    for r in crate::restate::restatements(sink.metrics_table()) {
-        let t = |ms: i64| {
-            chrono::DateTime::from_timestamp_millis(ms).map_or("?".into(), |d| d.to_rfc3339())
-        };
+    let (rows, _) = crate::restate::promotions(sink.metrics_table()).await?;
+    let t = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms).map_or("?".into(), |d| d.to_rfc3339())
+    };
+    let mut listed = std::collections::HashSet::new();
+    // From the summaries (incomplete ones too), then complete ones whose summaries were expired.
+    let summaries = crate::restate::restatements(sink.metrics_table());
+    let entries = summaries
+        .iter()
+        .map(|r| {
+            (
+                r.id.clone(),
+                r.plugin.clone(),
+                r.version.clone(),
+                r.from_ms,
+                r.to_ms,
+            )
+        })
+        .chain(rows.values().map(|(r, _)| {
+            (
+                r.id.clone(),
+                r.plugin.clone(),
+                r.version.clone(),
+                r.from_ms,
+                r.to_ms,
+            )
+        }));
+    for (id, plugin, version, from, to) in entries {
+        if !listed.insert(id.clone()) {
+            continue;
+        }
+        let state = rows.get(&id);
         println!(
-            "{}\t{} {}\t{} .. {}\t{}\t{}",
-            r.id,
-            r.plugin,
-            r.version,
-            t(r.from_ms),
-            t(r.to_ms),
-            if r.complete { "complete" } else { "incomplete" },
-            if promoted.get(&r.id) == Some(&true) {
+            "{id}\t{plugin} {version}\t{} .. {}\t{}\t{}",
+            t(from),
+            t(to),
+            if state.is_some() {
+                "complete"
+            } else {
+                "incomplete"
+            },
+            if state.is_some_and(|s| s.1) {
                 "promoted"
             } else {
                 "-"

@@ -18,7 +18,10 @@
 //! nullable `restatement` column set to the restatement's id (NULL on live rows; a warehouse of an
 //! earlier release gains the column in place by Iceberg add-column). Promote and rollback are
 //! records in the same table (`metric = '$restatement'`, numerator 1 or 0, the period in
-//! `window_start`/`window_end`), each one fast append. One table keeps the one definition of the
+//! `window_start`/`window_end`), each one fast append; the restatement's last commit adds its
+//! completion record (numerator −1, revision 0). Promote and rollback read the records from the
+//! rows, not the summaries, so snapshot expiry by table maintenance loses nothing they need
+//! (only resuming an unfinished restatement reads its summaries). One table keeps the one definition of the
 //! current value, `sql/current_metrics.sql`, a view over the one relation every reader already
 //! registers (`scripts/query.py`, the dashboard's views, the Python verifiers): a separate
 //! restated table plus a versions table would make every reader supply two more relations, and a
@@ -75,8 +78,6 @@ const DONE: &str = "admetrics.restate.done";
 const COMPLETE: &str = "admetrics.restate.complete";
 /// Summary key of a promote/rollback commit: JSON list of {id, promoted} it records.
 const ACTIONS: &str = "admetrics.restate.actions";
-/// Its sequence (the records' `revision`): readers take each restatement's latest record.
-const ACTION_SEQ: &str = "admetrics.restate.action-seq";
 /// `metric` of the promote/rollback records in `campaign_metrics`.
 pub const RECORD_METRIC: &str = "$restatement";
 /// The key `done` uses for rows whose stream is NULL (written before the column existed).
@@ -172,24 +173,131 @@ pub fn restatements(metrics: &Table) -> Vec<Record> {
         .collect()
 }
 
-/// Per restatement id: whether its latest promote/rollback record promotes it.
-pub fn promotions(metrics: &Table) -> (BTreeMap<String, bool>, u64) {
-    let mut state = BTreeMap::new();
-    let mut max_seq = 0;
-    for (_, p) in summary::ancestry(metrics) {
-        let Some(actions) = p.get(ACTIONS) else {
-            continue;
-        };
-        if let Some(s) = p.get(ACTION_SEQ).and_then(|v| v.parse::<u64>().ok()) {
-            max_seq = max_seq.max(s);
-        }
-        let actions: Vec<(String, bool)> = serde_json::from_str(actions).unwrap_or_default();
-        for (id, promoted) in actions {
-            // Newest first: the first record of an id is its latest.
-            state.entry(id).or_insert(promoted);
+/// One record row (`metric = '$restatement'`) of `campaign_metrics`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordRow {
+    pub id: String,
+    pub plugin: String,
+    pub version: String,
+    pub sha256: String,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    /// 1 promoted, 0 rolled back, −1 complete (the restatement's last commit; never promoted).
+    pub flag: i64,
+    /// Orders a restatement's records: the completion record has 0, promote/rollback records
+    /// the sequence of their commit (one more than the highest revision of any record).
+    pub revision: i64,
+}
+
+/// The record rows of `campaign_metrics`, as readers see them. Read from the rows, not from
+/// snapshot summaries, so snapshot expiry (`scripts/maintain.py`) loses nothing a promote,
+/// rollback or reader needs.
+pub async fn records(metrics: &Table) -> Result<Vec<RecordRow>, RestateError> {
+    use futures::TryStreamExt;
+    use iceberg::expr::Reference;
+    use iceberg::spec::Datum;
+
+    let Some(snap) = metrics.metadata().current_snapshot() else {
+        return Ok(Vec::new());
+    };
+    // iceberg-rust scans a snapshot with the schema it was written with: a table not written
+    // since it gained the column holds no restatement.
+    let has_column = snap.schema(metrics.metadata()).ok().is_some_and(|s| {
+        s.field_by_name(crate::sink::schema::RESTATEMENT_COLUMN)
+            .is_some()
+    });
+    if !has_column {
+        return Ok(Vec::new());
+    }
+    let scan = metrics
+        .scan()
+        .select([
+            "metric",
+            crate::sink::schema::RESTATEMENT_COLUMN,
+            "plugin",
+            "plugin_version",
+            "plugin_sha256",
+            "window_start",
+            "window_end",
+            "numerator",
+            "revision",
+        ])
+        .with_filter(Reference::new("metric").equal_to(Datum::string(RECORD_METRIC)))
+        .build()?;
+    let mut stream = scan.to_arrow().await?;
+    let mut out = Vec::new();
+    while let Some(b) = stream.try_next().await? {
+        let col = |name: &str| b.column_by_name(name).expect("selected column").clone();
+        let (metric, id, plugin, version, sha, ws, we, num, rev) = (
+            col("metric"),
+            col(crate::sink::schema::RESTATEMENT_COLUMN),
+            col("plugin"),
+            col("plugin_version"),
+            col("plugin_sha256"),
+            col("window_start"),
+            col("window_end"),
+            col("numerator"),
+            col("revision"),
+        );
+        let (metric, id, plugin, version, sha) = (
+            metric.as_string::<i32>(),
+            id.as_string::<i32>(),
+            plugin.as_string::<i32>(),
+            version.as_string::<i32>(),
+            sha.as_string::<i32>(),
+        );
+        let ws = ws.as_primitive::<TimestampMicrosecondType>();
+        let we = we.as_primitive::<TimestampMicrosecondType>();
+        let num = num.as_primitive::<arrow_array::types::Float64Type>();
+        let rev = rev.as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            // Not relying on row filtering.
+            if metric.value(i) != RECORD_METRIC || !id.is_valid(i) {
+                continue;
+            }
+            out.push(RecordRow {
+                id: id.value(i).to_string(),
+                plugin: plugin.value(i).to_string(),
+                version: version.value(i).to_string(),
+                sha256: sha.value(i).to_string(),
+                from_ms: ws.value(i).div_euclid(1000),
+                to_ms: we.value(i).div_euclid(1000),
+                flag: num.value(i) as i64,
+                revision: rev.value(i),
+            });
         }
     }
-    (state, max_seq)
+    Ok(out)
+}
+
+/// What readers see now, from the record rows: per restatement id its completion record and
+/// whether its latest record promotes it; and the highest record revision.
+pub async fn promotions(
+    metrics: &Table,
+) -> Result<(BTreeMap<String, (RecordRow, bool)>, i64), RestateError> {
+    let mut complete: BTreeMap<String, RecordRow> = BTreeMap::new();
+    let mut latest: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    let mut max_rev = 0;
+    for r in records(metrics).await? {
+        max_rev = max_rev.max(r.revision);
+        let l = latest.entry(r.id.clone()).or_insert((r.revision, r.flag));
+        if r.revision > l.0 {
+            *l = (r.revision, r.flag);
+        }
+        if r.flag == -1 {
+            complete.insert(r.id.clone(), r);
+        }
+    }
+    Ok((
+        complete
+            .into_iter()
+            .map(|(id, r)| {
+                let promoted = latest.get(&id).is_some_and(|l| l.1 == 1);
+                (id, (r, promoted))
+            })
+            .collect(),
+        max_rev,
+    ))
 }
 
 /// What to restate.
@@ -452,9 +560,27 @@ pub async fn restate(
             on_commit(&record);
         }
     }
+    // The last commit: complete, with the completion record readers and `--promote` find in
+    // the rows (summaries may be expired by table maintenance).
     record.complete = true;
     record.seq += 1;
-    commit(&mut sink, &[], &record, &mut report).await?;
+    let done = RecordRow {
+        id: record.id.clone(),
+        plugin: record.plugin.clone(),
+        version: record.version.clone(),
+        sha256: record.sha256.clone(),
+        from_ms: record.from_ms,
+        to_ms: record.to_ms,
+        flag: -1,
+        revision: 0,
+    };
+    commit(
+        &mut sink,
+        &[record_batch(&[(done, -1)], 0)],
+        &record,
+        &mut report,
+    )
+    .await?;
     on_commit(&record);
     report.total = started.elapsed();
     report.compute = report
@@ -725,27 +851,31 @@ pub async fn promote(cfg: &Config, id: &str) -> Result<Vec<String>, RestateError
         &format!("restate-ctl-{}", uuid::Uuid::new_v4().simple()),
     )
     .await?;
-    let all = restatements(sink.metrics_table());
-    let r = all
-        .iter()
-        .find(|r| r.id == id)
-        .ok_or_else(|| RestateError::Unknown(id.to_string()))?;
-    if !r.complete {
-        return Err(RestateError::Incomplete(id.to_string()));
-    }
-    let (state, seq) = promotions(sink.metrics_table());
-    let mut actions = vec![(r.clone(), true)];
-    for o in &all {
+    let (state, max_rev) = promotions(sink.metrics_table()).await?;
+    let Some((r, _)) = state.get(id) else {
+        return Err(
+            if restatements(sink.metrics_table())
+                .iter()
+                .any(|r| r.id == id)
+            {
+                RestateError::Incomplete(id.to_string())
+            } else {
+                RestateError::Unknown(id.to_string())
+            },
+        );
+    };
+    let mut actions = vec![(r.clone(), 1)];
+    for (o, promoted) in state.values() {
         if o.id != r.id
+            && *promoted
             && o.plugin == r.plugin
             && o.from_ms < r.to_ms
             && r.from_ms < o.to_ms
-            && state.get(&o.id) == Some(&true)
         {
-            actions.push((o.clone(), false));
+            actions.push((o.clone(), 0));
         }
     }
-    record_actions(&mut sink, &actions, seq + 1).await?;
+    record_actions(&mut sink, &actions, max_rev + 1).await?;
     Ok(actions[1..].iter().map(|(o, _)| o.id.clone()).collect())
 }
 
@@ -756,73 +886,65 @@ pub async fn rollback(cfg: &Config, id: &str) -> Result<(), RestateError> {
         &format!("restate-ctl-{}", uuid::Uuid::new_v4().simple()),
     )
     .await?;
-    let all = restatements(sink.metrics_table());
-    let r = all
-        .iter()
-        .find(|r| r.id == id)
-        .ok_or_else(|| RestateError::Unknown(id.to_string()))?;
-    let (state, seq) = promotions(sink.metrics_table());
-    if state.get(id) != Some(&true) {
-        return Err(RestateError::NotPromoted(id.to_string()));
+    let (state, max_rev) = promotions(sink.metrics_table()).await?;
+    match state.get(id) {
+        Some((r, true)) => record_actions(&mut sink, &[(r.clone(), 0)], max_rev + 1).await,
+        Some(_) => Err(RestateError::NotPromoted(id.to_string())),
+        None => Err(RestateError::Unknown(id.to_string())),
     }
-    record_actions(&mut sink, &[(r.clone(), false)], seq + 1).await
 }
 
-/// One commit of promote/rollback records (see the module doc for their shape).
-async fn record_actions(
-    sink: &mut IcebergSink,
-    actions: &[(Record, bool)],
-    seq: u64,
-) -> Result<(), RestateError> {
+/// Record rows: per (record, flag) one `campaign_metrics` row (see [`RecordRow`]).
+fn record_batch(actions: &[(RecordRow, i64)], revision: i64) -> RecordBatch {
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let rows: Vec<(MetricRecord, String)> = actions
+    let batches: Vec<RecordBatch> = actions
         .iter()
-        .map(|(r, promoted)| {
-            let flag = if *promoted { 1.0 } else { 0.0 };
-            (
-                MetricRecord {
-                    window_start_ms: r.from_ms,
-                    window_end_ms: r.to_ms,
-                    campaign_id: "".into(),
-                    ad_id: None,
-                    metric: RECORD_METRIC.into(),
-                    value: flag,
-                    numerator: flag,
-                    denominator: 0.0,
-                    plugin: r.plugin.as_str().into(),
-                    plugin_version: r.version.as_str().into(),
-                    plugin_sha256: r.sha256.as_str().into(),
-                    revision: seq as i64,
-                    partition: -1,
-                    is_final: true,
-                    computed_at_ms: now_ms,
-                    withheld: true,
-                },
-                r.id.clone(),
-            )
+        .map(|(r, flag)| {
+            let row = MetricRecord {
+                window_start_ms: r.from_ms,
+                window_end_ms: r.to_ms,
+                campaign_id: "".into(),
+                ad_id: None,
+                metric: RECORD_METRIC.into(),
+                value: *flag as f64,
+                numerator: *flag as f64,
+                denominator: 0.0,
+                plugin: r.plugin.as_str().into(),
+                plugin_version: r.version.as_str().into(),
+                plugin_sha256: r.sha256.as_str().into(),
+                revision,
+                partition: -1,
+                is_final: true,
+                computed_at_ms: now_ms,
+                withheld: true,
+            };
+            metrics_batch_of(std::slice::from_ref(&row), None, Some(&r.id))
         })
         .collect();
-    let batches: Vec<RecordBatch> = rows
-        .iter()
-        .map(|(m, id)| metrics_batch_of(std::slice::from_ref(m), None, Some(id)))
-        .collect();
-    let batch =
-        arrow_select::concat::concat_batches(&batches[0].schema(), &batches).expect("same schema");
+    arrow_select::concat::concat_batches(&batches[0].schema(), &batches).expect("same schema")
+}
+
+/// One commit of promote/rollback records.
+async fn record_actions(
+    sink: &mut IcebergSink,
+    actions: &[(RecordRow, i64)],
+    seq: i64,
+) -> Result<(), RestateError> {
+    let batch = record_batch(actions, seq);
     let mut props = HashMap::new();
-    let list: Vec<(String, bool)> = actions.iter().map(|(r, p)| (r.id.clone(), *p)).collect();
+    let list: Vec<(String, i64)> = actions.iter().map(|(r, f)| (r.id.clone(), *f)).collect();
     props.insert(
         ACTIONS.to_string(),
         serde_json::to_string(&list).expect("plain list"),
     );
-    props.insert(ACTION_SEQ.to_string(), seq.to_string());
     let t = Instant::now();
     let mut wait = Duration::from_millis(50);
     loop {
         match sink
-            .append_metrics(std::slice::from_ref(&batch), props.clone(), seq)
+            .append_metrics(std::slice::from_ref(&batch), props.clone(), seq as u64)
             .await
         {
-            Ok(_) => break,
+            Ok(_) => return Ok(()),
             Err(e) if e.retryable() && t.elapsed() < Duration::from_secs(60) => {
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(2));
@@ -830,5 +952,4 @@ async fn record_actions(
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(())
 }
