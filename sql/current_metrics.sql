@@ -53,20 +53,28 @@
 -- (1e-12 is plenty). Summing in partition order (`sum(x ORDER BY kafka_partition)`) would be
 -- exact but cost ~1.5x the whole view (an ordered aggregate sorts every group).
 --
+-- Cost of the restatement step: `base` is materialized because the records and the rows are two
+-- reads of the table; without it DuckDB scans the Iceberg table twice (+47 % on a 293K-row,
+-- many-file table here, against +15 % materialized, with no restatement in it).
+--
 -- Cost: the table keeps every revision (~100 rows per daemon commit), so the first step runs
 -- over a table that grows with uptime. arg_max per key is a hash aggregate, 4-5x cheaper than a
 -- row_number() window over the same rows; the second step only sees one row per partition and
 -- key.
 CREATE OR REPLACE VIEW current_metrics AS
-WITH promoted AS (
+WITH base AS MATERIALIZED (
+  SELECT window_start, window_end, campaign_id, ad_id, metric, stream, kafka_partition, revision,
+         numerator, denominator, is_final, withheld, plugin, restatement
+  FROM campaign_metrics),
+promoted AS (
   SELECT restatement, plugin, window_start AS period_start, window_end AS period_end
-  FROM campaign_metrics
+  FROM base
   WHERE metric = '$restatement'
   GROUP BY restatement, plugin, window_start, window_end
   HAVING arg_max(numerator, revision) = 1),
 shown AS (
   SELECT m.*
-  FROM campaign_metrics m
+  FROM base m
   LEFT JOIN promoted p
     ON p.plugin = m.plugin AND m.window_start >= p.period_start AND m.window_end <= p.period_end
   WHERE m.metric <> '$restatement' AND m.restatement IS NOT DISTINCT FROM p.restatement),
