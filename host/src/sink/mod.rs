@@ -122,6 +122,50 @@ pub struct CommitReport {
     pub has_final: bool,
 }
 
+/// Settings every table shares: zstd at its fastest level, row groups of at most 256K rows.
+fn base_props() -> parquet::file::properties::WriterPropertiesBuilder {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(1).expect("valid level"),
+        ))
+        .set_max_row_group_row_count(Some(256 * 1024))
+}
+
+/// `campaign_events` holds every valid event, so its encoding is the sink's per-event cost
+/// (the largest single share of the daemon's CPU in `scripts/profile.sh`). Parquet's default
+/// dictionary-encodes every column: each value is hashed and compared against the page's
+/// dictionary, and for unique values (event ids, offsets, timestamps) that work is thrown away
+/// when the dictionary outgrows its page and the writer falls back to plain. Here only the
+/// columns with few distinct values get a dictionary; zstd still compresses the rest (the files
+/// came out smaller: 27 → 22 MB for 2M events). Statistics are kept per column chunk (what
+/// Iceberg's bounds and DuckDB's pruning read), not per page. Measured with callgrind on 200K
+/// events: Parquet encoding 3 566 → 2 776 instructions per event.
+fn events_props() -> WriterProperties {
+    use parquet::file::properties::EnabledStatistics;
+    use parquet::schema::types::ColumnPath;
+    let mut b = base_props()
+        .set_dictionary_enabled(false)
+        .set_statistics_enabled(EnabledStatistics::Chunk);
+    for column in [
+        "event_type",
+        "campaign_id",
+        "ad_id",
+        "currency",
+        "device",
+        "country",
+        "placement",
+        schema::STREAM_COLUMN,
+    ] {
+        b = b.set_column_dictionary_enabled(ColumnPath::from(column), true);
+    }
+    // Ids are random strings: a min/max over them prunes nothing, and keeping it compares every
+    // value (2.3 % of the daemon's CPU in `perf` on 2M events).
+    for column in ["event_id", "user_id"] {
+        b = b.set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::None);
+    }
+    b.build()
+}
+
 pub struct IcebergSink {
     catalog: Arc<fence::FencingCatalog>,
     events: Table,
@@ -130,7 +174,10 @@ pub struct IcebergSink {
     writer_id: String,
     topic: String,
     target_file_bytes: usize,
+    /// Parquet settings for `campaign_metrics` and `dead_letters` (small tables).
     props: WriterProperties,
+    /// Parquet settings for `campaign_events`, the table written in full (see `events_props`).
+    events_props: WriterProperties,
     /// Positions of the last `campaign_events` commit: an interval that changed nothing makes
     /// no snapshot.
     last_position: Option<BTreeMap<i32, Position>>,
@@ -180,12 +227,8 @@ impl IcebergSink {
             None,
         )
         .await?;
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(
-                ZstdLevel::try_new(1).expect("valid level"),
-            ))
-            .set_max_row_group_row_count(Some(256 * 1024))
-            .build();
+        let props = base_props().build();
+        let events_props = events_props();
         Ok(IcebergSink {
             catalog,
             events,
@@ -195,6 +238,7 @@ impl IcebergSink {
             topic: topic.into(),
             target_file_bytes,
             props,
+            events_props,
             last_position: None,
             retrying: false,
         })
@@ -652,7 +696,12 @@ impl IcebergSink {
     ) -> Result<Vec<DataFile>, SinkError> {
         let meta = table.metadata();
         let schema = meta.current_schema().clone();
-        let parquet = ParquetWriterBuilder::new(self.props.clone(), schema.clone());
+        let props = if table.identifier().name() == EVENTS_TABLE {
+            &self.events_props
+        } else {
+            &self.props
+        };
+        let parquet = ParquetWriterBuilder::new(props.clone(), schema.clone());
         let names = DefaultFileNameGenerator::new(
             format!(
                 "{}-{seq:010}-{}",
@@ -1203,6 +1252,7 @@ mod tests {
             topic: "s".into(),
             target_file_bytes: 1 << 20,
             props: WriterProperties::default(),
+            events_props: WriterProperties::default(),
             last_position: None,
             retrying: false,
         };
