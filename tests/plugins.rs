@@ -179,3 +179,80 @@ fn the_template_builds_both_ways_and_computes_shares() {
         assert_eq!(share(1), Some((1.0, 2.0)));
     }
 }
+
+/// `plugins.compile_cache_dir`: the first load compiles and stores the compiled component; a
+/// second runtime loads that file instead (same rows as a plain compile); a damaged file is
+/// compiled again and replaced; a cache directory that cannot be created costs only the cache.
+#[test]
+fn compiled_plugins_are_cached_and_a_damaged_cache_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("plugin-cache");
+    let cfg = PluginsConfig {
+        compile_cache_dir: Some(cache.clone()),
+        ..PluginsConfig::default()
+    };
+    let ctr = plugin_paths()
+        .into_iter()
+        .find(|p| p.file_name().unwrap() == "ctr.wasm")
+        .unwrap();
+    let rows = |rt: &PluginRuntime| {
+        let mut p = rt.load(&ctr).unwrap();
+        let acc = p.accumulate(&[], &sample()).unwrap();
+        p.finish(&acc).unwrap()
+    };
+    let expected = rows(&PluginRuntime::new(&PluginsConfig::default()).unwrap());
+    assert!(!expected.is_empty());
+
+    assert_eq!(rows(&PluginRuntime::new(&cfg).unwrap()), expected);
+    let files = || -> Vec<PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v
+    };
+    let stored = files();
+    assert_eq!(
+        stored.len(),
+        1,
+        "one compiled component, no temporary files: {stored:?}"
+    );
+    let name = stored[0].file_name().unwrap().to_str().unwrap().to_owned();
+    let sha = admetrics::plugin::PluginRuntime::new(&PluginsConfig::default())
+        .unwrap()
+        .load(&ctr)
+        .unwrap()
+        .info
+        .sha256;
+    assert!(name.starts_with(&sha) && name.ends_with(".cwasm"), "{name}");
+    let image = std::fs::read(&stored[0]).unwrap();
+    assert!(image.len() > 1000);
+
+    // The file is read at load: a damaged one is noticed, compiled again and replaced.
+    std::fs::write(&stored[0], b"not a compiled component").unwrap();
+    assert_eq!(rows(&PluginRuntime::new(&cfg).unwrap()), expected);
+    assert_eq!(files(), stored);
+    assert_eq!(
+        std::fs::read(&stored[0]).unwrap(),
+        image,
+        "rebuilt and stored again"
+    );
+    // A good file is used as it is, not rewritten (with the case above: loaded, not compiled).
+    let before = std::fs::metadata(&stored[0]).unwrap().modified().unwrap();
+    assert_eq!(rows(&PluginRuntime::new(&cfg).unwrap()), expected);
+    assert_eq!(
+        std::fs::metadata(&stored[0]).unwrap().modified().unwrap(),
+        before
+    );
+
+    // A cache path that is a file, not a directory: loading still works, nothing is cached.
+    let blocked = dir.path().join("blocked");
+    std::fs::write(&blocked, b"").unwrap();
+    let cfg = PluginsConfig {
+        compile_cache_dir: Some(blocked.clone()),
+        ..PluginsConfig::default()
+    };
+    assert_eq!(rows(&PluginRuntime::new(&cfg).unwrap()), expected);
+    assert!(blocked.is_file());
+}

@@ -213,6 +213,48 @@ impl PluginRuntime {
         })
     }
 
+    /// Compiles `bytes`, or loads the result of an earlier compilation of the same bytes by the
+    /// same engine from `plugins.compile_cache_dir`. The cache key is the component's sha256 and
+    /// wasmtime's compatibility hash of the engine (version, compiler settings, target), so a
+    /// changed build or a wasmtime upgrade never loads a stale artifact; a file that does not
+    /// load is compiled again and replaced. Writes go to a temporary file renamed into place, so
+    /// a reader never sees half a file. Cache failures only cost the compilation.
+    fn compile(&self, sha256: &str, bytes: &[u8]) -> wasmtime::Result<Component> {
+        let engine = &self.inner.engine;
+        let Some(dir) = &self.inner.limits.compile_cache_dir else {
+            return Component::new(engine, bytes);
+        };
+        let mut h = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut h);
+        let path = dir.join(format!(
+            "{sha256}-{:016x}.cwasm",
+            std::hash::Hasher::finish(&h)
+        ));
+        if path.exists() {
+            // SAFETY: the file was written by `Component::serialize` of this engine build (the
+            // name carries its compatibility hash, and wasmtime checks it again) into a directory
+            // the operator reserves for this daemon (see `PluginsConfig::compile_cache_dir`).
+            match unsafe { Component::deserialize_file(engine, &path) } {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "compiled plugin not loadable, compiling again: {e:#}")
+                }
+            }
+        }
+        let component = Component::new(engine, bytes)?;
+        let stored = component.serialize().and_then(|image| {
+            std::fs::create_dir_all(dir)?;
+            let tmp = dir.join(format!(".{sha256}.{}.tmp", uuid::Uuid::new_v4().simple()));
+            std::fs::write(&tmp, image)?;
+            std::fs::rename(&tmp, &path)?;
+            Ok(())
+        });
+        if let Err(e) = stored {
+            tracing::warn!(dir = %dir.display(), "compiled plugin not cached: {e:#}");
+        }
+        Ok(component)
+    }
+
     /// Reads, compiles, instantiates and validates a plugin. Compilation takes tens of
     /// milliseconds: call this off the event path.
     pub fn load(&self, path: &Path) -> Result<Plugin, PluginError> {
@@ -229,8 +271,9 @@ impl PluginRuntime {
             message,
         };
         let sha256 = hex(&Sha256::digest(bytes));
-        let component =
-            Component::new(&self.inner.engine, bytes).map_err(|e| invalid(format!("{e:#}")))?;
+        let component = self
+            .compile(&sha256, bytes)
+            .map_err(|e| invalid(format!("{e:#}")))?;
         let pre = self
             .inner
             .linker

@@ -448,6 +448,7 @@ fn classify(old: &Config, new: &Config) -> Changes {
                 watch_interval_ms: _,
                 quarantine_after: _,
                 quarantine_window_secs: _,
+                compile_cache_dir: _,
             },
         iceberg:
             crate::config::IcebergConfig {
@@ -542,6 +543,11 @@ fn classify(old: &Config, new: &Config) -> Changes {
         "plugins.max_wasm_stack_bytes",
         RESTART_ENGINE,
         plugins.max_wasm_stack_bytes
+    );
+    restart!(
+        "plugins.compile_cache_dir",
+        RESTART_ENGINE,
+        plugins.compile_cache_dir
     );
 
     restart!("iceberg.catalog_uri", RESTART_ICEBERG, iceberg.catalog_uri);
