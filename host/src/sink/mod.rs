@@ -1123,6 +1123,7 @@ mod tests {
             topic: "s".into(),
             target_file_bytes: 1 << 20,
             props: WriterProperties::default(),
+            events_props: WriterProperties::default(),
             last_position: None,
             retrying: false,
         };
