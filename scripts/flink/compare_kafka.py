@@ -331,12 +331,27 @@ def run_flink(a, bootstrap, topic, total, work, tag):
            "--parallelism", str(a.flink_parallelism), "--checkpoint-ms", str(a.checkpoint_ms)]
     if a.flink_jvm_opts:
         cmd.append(f"--jvm-opts={a.flink_jvm_opts}")
+    cmd += ["--explain", run_dir / "plan.txt"]
     with open(run_dir / "log.txt", "w") as log:
         m = measure(cmd, log=log, timeout_s=a.timeout)
     if m["code"] != 0:
         die(f"flink exited {m['code']}; see {run_dir}/log.txt")
     m["dir"] = run_dir
+    m["plan"] = plan_summary(run_dir / "plan.txt")
     return m
+
+
+def plan_summary(path):
+    """What Flink's optimized execution plan does with the topic: how many Kafka scans feed the
+    two tables (one is the fair plan) and whether the window aggregate is split local/global."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return "no plan written"
+    plan = text.split("== Optimized Execution Plan ==")[-1]
+    scans = plan.count("TableSourceScan(")
+    two_phase = "LocalWindowAggregate" in plan and "GlobalWindowAggregate" in plan
+    return f"{scans} Kafka scan(s), window aggregate {'local/global' if two_phase else 'one phase'}"
 
 
 # --- results ----------------------------------------------------------------------------------
@@ -403,7 +418,9 @@ def main():
     ap.add_argument("--flink-python", default=str(REPO / ".venv-flink-kafka/bin/python"))
     ap.add_argument("--flink-parallelism", type=int, default=1)
     ap.add_argument("--checkpoint-ms", type=int, default=10_000)
-    ap.add_argument("--flink-jvm-opts", default="", help="e.g. -Xmx1g (default: the JVM's own heap sizing)")
+    ap.add_argument("--flink-jvm-opts", default="-XX:+UseParallelGC -Xms1g -Xmx1g",
+                    help="JVM options for Flink's driver + mini-cluster ('' = the JVM's own sizing from the "
+                         "machine's memory: a heap of up to a quarter of it)")
     ap.add_argument("--only", choices=("admetrics", "flink", "bare", "kcat"), action="append",
                     help="run only these sides (repeatable); the results check needs admetrics and flink")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds one run may take")
@@ -444,6 +461,7 @@ def main():
                     results[side][size].append(m)
                     extra = f", bare fetch rate {m['fetch_rate']:,.0f} msg/s" if side == "bare" else ""
                     extra += f", consumed at {m['consumed']:.2f} s" if side == "admetrics" else ""
+                    extra += f", plan: {m['plan']}" if side == "flink" else ""
                     print(f"{size:>11,} run {i + 1} {side:9}: {m['wall']:7.2f} s wall, {m['cpu']:7.2f} CPU-s, "
                           f"{m['rss'] / 2**20:6.0f} MB peak RSS, broker {m['broker_cpu']:.2f} CPU-s{extra}", flush=True)
                     if "dir" in m:

@@ -27,22 +27,24 @@ Versions: PyFlink 2.0.2 (scripts/flink/requirements-kafka.txt) with flink-sql-co
 the newest minor for which both connectors are on Maven Central (Kafka: 2.0 and 2.2; Iceberg:
 2.0 and 2.1 in 1.11.0; neither for 2.3, so the file comparison's PyFlink 2.3.0 cannot read Kafka).
 
-Flink configured at its best for this job (each a choice, and why):
-  - parallelism 1 (`--parallelism`): one slot runs source → parse → window/sink chained in one
-    thread, no network shuffles between operators; on 2 cores shared with the broker and the
-    measurement, p=2 only adds a keyBy shuffle and a second copy of every operator's overhead
-    (the issue's measurement found p=1 best; compare_kafka.py --flink-parallelism to try others);
+Flink configured at its best for this job (each a choice, and why; reviewed this session, see
+README "On Apache Kafka"):
+  - parallelism 1 (`--parallelism`): on 2 cores shared with the broker and the measurement,
+    more parallel instances only add copies of every operator's overhead. The window aggregate
+    is keyed, so even at p=1 Flink puts a hash exchange (a second task thread, records
+    serialised across it) before it: that is Flink's plan, not a setting;
+  - two-phase aggregation (`table.optimizer.agg-phase-strategy = TWO_PHASE`): a local window
+    pre-aggregate chained to the source folds the events into per-campaign partial rows before
+    that exchange, so only a few thousand rows cross it instead of every event (an earlier
+    version forced ONE_PHASE; the review measured against it);
   - `pipeline.object-reuse = true`: no defensive copy of each record between chained operators;
   - event time as epoch-millis BIGINT in the JSON (`event_time`), the rowtime a computed
     `TO_TIMESTAMP_LTZ(event_time, 3)` with `WATERMARK ... - INTERVAL '5' SECOND` (the same 5 s
     bounded out-of-orderness as admetrics): no ISO-8601 string parsing, Flink's slow path;
   - revenue as DOUBLE (a JSON number), summed as DOUBLE: no DECIMAL arithmetic, Flink's slow
     path (admetrics keeps it as DECIMAL(18,6); results compared to 1e-6);
-  - mini-batch on (`table.exec.mini-batch.enabled`, 1 s / 5000 rows): Flink's documented
-    throughput setting for aggregations. The window TVF aggregate buffers per slice by itself
-    (`table.exec.window-agg.buffer-size-limit`), so it changes little here; with p=1 the
-    two-phase (local/global) aggregation it enables is turned off (`ONE_PHASE`), as a local
-    pre-aggregate only helps before a shuffle;
+  - mini-batch: window TVF aggregations are always mini-batched by Flink whatever
+    `table.exec.mini-batch.*` says (Flink's tuning guide), so those settings are left alone;
   - checkpoints every 10 s (`--checkpoint-ms`): the Iceberg committer commits once per
     checkpoint (and once at end of input), so the interval is the commit interval. admetrics
     commits every 1 s; 10 s is kinder to Flink (fewer, bigger files and commits; at the end of a
@@ -50,10 +52,17 @@ Flink configured at its best for this job (each a choice, and why):
     exactly-once checkpointing (the sink's guarantee), state in memory (HashMap state backend,
     the default), as the state is ~100 campaigns × the open windows;
   - JSON format with `json.fail-on-missing-field = false`, `json.ignore-parse-errors = false`
-    (a bad message fails the job: the input is clean; admetrics would dead-letter it);
-  - Parquet + zstd data files (Iceberg's default), as admetrics writes;
-  - the local mini-cluster's default memory (inside the PyFlink driver's JVM, default heap
-    sizing; --jvm-opts=-Xmx1g caps it); UTC session time zone.
+    (a bad message fails the job: the input is clean; admetrics would dead-letter it); Flink's
+    Jackson streaming parser for JSON (`json.decode.json-parser.enabled`, on by default);
+  - Kafka client without CRC checks (`properties.check.crcs = false`), as librdkafka (admetrics'
+    client) runs by default: the same work on both sides;
+  - Parquet + zstd at level 1 (`write.parquet.compression-level`), the level admetrics writes;
+    Iceberg's default would be level 3, more work for Flink than for admetrics;
+  - the local mini-cluster inside the PyFlink driver's JVM; `--jvm-opts` adds JVM options
+    (compare_kafka.py passes `-XX:+UseParallelGC -Xms1g -Xmx1g` by default: without a cap the
+    JVM sizes its heap from the machine's 24 GB and the process grew to 2-5 GB); UTC session
+    time zone.
+`--explain PATH` writes Flink's plan for the statement set (one Kafka scan feeds both tables).
 Not done by Flink that admetrics does: dedup by event_id, attribution (the third plugin),
 dead letters, per-partition metric shares with revisions.
 """
@@ -84,6 +93,7 @@ def main():
     ap.add_argument("--checkpoint-ms", type=int, default=10_000)
     ap.add_argument("--jars", default=FLINK_JARS)
     ap.add_argument("--jvm-opts", default="", help="extra JVM options for the driver + mini-cluster, e.g. -Xmx1g")
+    ap.add_argument("--explain", default=None, help="write the statement set's plan to this file")
     a = ap.parse_args()
     if a.jvm_opts:
         # FLINK_ENV_JAVA_OPTS replaces PyFlink's default JVM options (its --add-opens flags,
@@ -114,11 +124,7 @@ def main():
     conf.set("table.local-time-zone", "UTC")
     conf.set("execution.checkpointing.interval", f"{a.checkpoint_ms} ms")
     conf.set("execution.checkpointing.mode", "EXACTLY_ONCE")
-    conf.set("table.exec.mini-batch.enabled", "true")
-    conf.set("table.exec.mini-batch.allow-latency", "1 s")
-    conf.set("table.exec.mini-batch.size", "5000")
-    if a.parallelism == 1:
-        conf.set("table.optimizer.agg-phase-strategy", "ONE_PHASE")
+    conf.set("table.optimizer.agg-phase-strategy", "TWO_PHASE")
 
     env.execute_sql(f"""
         CREATE TABLE events (
@@ -143,6 +149,7 @@ def main():
           'topic' = '{q(a.topic)}',
           'properties.bootstrap.servers' = '{q(a.brokers)}',
           'properties.group.id' = '{q(a.group)}',
+          'properties.check.crcs' = 'false',
           'scan.startup.mode' = 'earliest-offset',
           'scan.bounded.mode' = 'latest-offset',
           'format' = 'json',
@@ -175,7 +182,8 @@ def main():
           kafka_partition INT NOT NULL,
           kafka_offset BIGINT NOT NULL,
           kafka_timestamp TIMESTAMP_LTZ(6) NOT NULL
-        ) WITH ('format-version' = '2', 'write.parquet.compression-codec' = 'zstd')""")
+        ) WITH ('format-version' = '2', 'write.parquet.compression-codec' = 'zstd',
+                'write.parquet.compression-level' = '1')""")
     env.execute_sql(f"""
         CREATE TABLE IF NOT EXISTS {cat}.ads.campaign_metrics (
           window_start TIMESTAMP(6) NOT NULL,
@@ -187,7 +195,8 @@ def main():
           revenue DOUBLE NOT NULL,
           ctr DOUBLE NOT NULL,
           cvr DOUBLE NOT NULL
-        ) WITH ('format-version' = '2', 'write.parquet.compression-codec' = 'zstd')""")
+        ) WITH ('format-version' = '2', 'write.parquet.compression-codec' = 'zstd',
+                'write.parquet.compression-level' = '1')""")
 
     stmts = env.create_statement_set()
     stmts.add_insert_sql(f"""
@@ -212,6 +221,9 @@ def main():
             COALESCE(SUM(CASE WHEN event_type = 'conversion' THEN revenue END), 0.0) AS revenue
           FROM TABLE(TUMBLE(TABLE events, DESCRIPTOR(ts), INTERVAL '60' SECOND))
           GROUP BY window_start, window_end, campaign_id)""")
+    if a.explain:
+        with open(a.explain, "w") as f:
+            f.write(stmts.explain())
     t0 = time.monotonic()
     stmts.execute().wait()
     print(f"flink: job finished in {time.monotonic() - t0:.1f} s", flush=True)
