@@ -22,6 +22,7 @@ no sample was taken: Linux carries this script's own resident size across the ch
 its maximum).
 """
 import argparse
+import calendar
 import json
 import os
 import statistics
@@ -160,6 +161,10 @@ def main():
     ap.add_argument("--flink-python", default=str(REPO / ".venv-flink/bin/python"))
     ap.add_argument("--flink-parallelism", type=int, default=0, help="0 = Flink's default (the cores)")
     ap.add_argument("--only", choices=("admetrics", "flink"), default=None)
+    ap.add_argument("--formats", default="iso,epoch",
+                    help="input forms to run, comma-separated: iso (event_time an ISO-8601 string, revenue a "
+                         "decimal string: as the load generator writes them; Flink's slowest path) and epoch "
+                         "(epoch-millis event_time, numeric revenue: Flink's fastest path; admetrics reads both)")
     ap.add_argument("--binary", default=str(REPO / "target/release/admetrics"),
                     help="the admetrics build to measure (e.g. an older one, for before/after figures)")
     a = ap.parse_args()
@@ -177,11 +182,55 @@ def main():
     size = events.stat().st_size
     print(f"input: {events} — {a.events:,} events, {size / a.events:.0f} B each, {size / 1e6:.0f} MB")
 
+    summary, ok = {}, True
+    for form in [f.strip() for f in a.formats.split(",") if f.strip()]:
+        if form not in ("iso", "epoch"):
+            sys.exit(f"compare: unknown form {form!r} (iso, epoch)")
+        source = events if form == "iso" else epoch_file(events)
+        print(f"\n== input form: {form} ({source.name})", flush=True)
+        med, same = run_form(a, work, binary, source, form)
+        summary[form] = {"medians": {k: {"wall_s": v[0], "cpu_s": v[1], "rss_mb": v[2] / 2**20}
+                                     for k, v in med.items()}, "identical": same}
+        ok = ok and same
+    print(json.dumps({"events": a.events, "runs": a.runs, "forms": summary, "identical": ok}))
+    sys.exit(0 if ok else 1)
+
+
+def epoch_file(events):
+    """The same events with `event_time` as epoch milliseconds and `revenue` a JSON number."""
+    out = events.with_name(events.stem + "-epoch.jsonl")
+    if out.exists():
+        return out
+    tmp = out.with_suffix(".tmp")
+    with open(events) as src, open(tmp, "w") as dst:
+        seconds, buf = {}, []
+        for line in src:
+            i = line.index('"event_time":"') + 14
+            iso = line[i:i + 24]  # 2026-01-01T00:00:00.123Z
+            sec = seconds.get(iso[:19])
+            if sec is None:
+                sec = seconds[iso[:19]] = calendar.timegm(time.strptime(iso[:19], "%Y-%m-%dT%H:%M:%S"))
+            line = f"{line[:i - 1]}{sec * 1000 + int(iso[20:23])}{line[i + 25:]}"
+            j = line.find('"revenue":"')
+            if j >= 0:
+                k = line.index('"', j + 11)
+                line = f"{line[:j + 10]}{line[j + 11:k]}{line[k + 1:]}"
+            buf.append(line)
+            if len(buf) >= 8192:
+                dst.write("".join(buf))
+                buf.clear()
+        dst.write("".join(buf))
+    tmp.rename(out)
+    return out
+
+
+def run_form(a, work, binary, events, form):
+    """Runs both sides `a.runs` times on `events`; prints the runs, the check and the medians."""
     results = {"admetrics": [], "flink": []}
     last = {}
     for i in range(a.runs):
         if a.only != "flink":
-            run_dir = work / f"admetrics-{i}"
+            run_dir = work / f"admetrics-{form}-{i}"
             subprocess.run(["rm", "-rf", run_dir], check=True)
             run_dir.mkdir()
             env = dict(os.environ, ADMETRICS_LOG="warn",
@@ -196,14 +245,16 @@ def main():
             last["admetrics"] = run_dir
             print(f"run {i + 1} admetrics: {m['wall']:.2f} s wall, {m['cpu']:.2f} CPU-s, {m['rss'] / 2**20:.0f} MB peak RSS", flush=True)
         if a.only != "admetrics":
-            out = work / f"flink-{i}.jsonl"
+            out = work / f"flink-{form}-{i}.jsonl"
             cmd = [a.flink_python, REPO / "scripts/flink/flink_job.py", events, out]
+            if form == "epoch":
+                cmd.append("--epoch")
             if a.flink_parallelism:
                 cmd += ["--parallelism", str(a.flink_parallelism)]
-            with open(work / f"flink-{i}.log", "w") as log:
+            with open(work / f"flink-{form}-{i}.log", "w") as log:
                 m = measure(cmd, log=log)
             if m["code"] != 0:
-                sys.exit(f"flink failed (exit {m['code']}); see {work}/flink-{i}.log")
+                sys.exit(f"flink failed (exit {m['code']}); see {work}/flink-{form}-{i}.log")
             results["flink"].append(m)
             last["flink"] = out
             print(f"run {i + 1} flink:     {m['wall']:.2f} s wall, {m['cpu']:.2f} CPU-s, {m['rss'] / 2**20:.0f} MB peak RSS", flush=True)
@@ -242,9 +293,7 @@ def main():
         (wa, ca, ra), (wf, cf, rf) = med["admetrics"], med["flink"]
         print(f"{'ratio':12}{wf / wa:9.1f}×{cf / ca:9.1f}×{(a.events / ca) / (a.events / cf):14.1f}×{rf / ra:13.1f}×"
               "   (Flink / admetrics: higher is better for admetrics)")
-    print(json.dumps({"events": a.events, "runs": a.runs, "medians": {k: {"wall_s": v[0], "cpu_s": v[1], "rss_mb": v[2] / 2**20}
-                      for k, v in med.items()}, "identical": ok}))
-    sys.exit(0 if ok else 1)
+    return med, ok
 
 
 if __name__ == "__main__":
