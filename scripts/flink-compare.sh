@@ -3,8 +3,10 @@
 # prints wall/CPU seconds, events per CPU-second, peak RSS and the ratios, and checks that both
 # give the same per-window results. Not a test: a benchmark with a printed report.
 #
-#   scripts/flink-compare.sh                  # 2M events, 3 runs each (~3 minutes)
-#   scripts/flink-compare.sh --events 500000 --runs 1
+#   scripts/flink-compare.sh                  # 2M events, 3 runs each, both input forms (~6 minutes)
+#   scripts/flink-compare.sh --events 500000 --runs 1 --formats epoch
+# Input forms: iso (ISO-8601 event_time, decimal-string revenue, as the load generator writes) and
+# epoch (epoch-millis event_time, numeric revenue: Flink's fastest path); see compare.py.
 #   scripts/flink-compare.sh --only admetrics # just our side (profiling, before/after)
 #
 # --kafka: the pipeline for real on Apache Kafka 4.1.1 (scripts/flink/compare_kafka.py): one topic,
