@@ -196,8 +196,24 @@ def main():
     sys.exit(0 if ok else 1)
 
 
+def epoch_line(line, seconds):
+    """One loadgen JSON line with `event_time` as epoch milliseconds and `revenue` a JSON number
+    (Flink's fastest input form; admetrics reads both). `seconds` caches parsed whole seconds."""
+    i = line.index('"event_time":"') + 14
+    iso = line[i:i + 24]  # 2026-01-01T00:00:00.123Z
+    sec = seconds.get(iso[:19])
+    if sec is None:
+        sec = seconds[iso[:19]] = calendar.timegm(time.strptime(iso[:19], "%Y-%m-%dT%H:%M:%S"))
+    line = f"{line[:i - 1]}{sec * 1000 + int(iso[20:23])}{line[i + 25:]}"
+    j = line.find('"revenue":"')
+    if j >= 0:
+        k = line.index('"', j + 11)
+        line = f"{line[:j + 10]}{line[j + 11:k]}{line[k + 1:]}"
+    return line
+
+
 def epoch_file(events):
-    """The same events with `event_time` as epoch milliseconds and `revenue` a JSON number."""
+    """The same events in the epoch form (`epoch_line`), written once beside the file."""
     out = events.with_name(events.stem + "-epoch.jsonl")
     if out.exists():
         return out
@@ -205,17 +221,7 @@ def epoch_file(events):
     with open(events) as src, open(tmp, "w") as dst:
         seconds, buf = {}, []
         for line in src:
-            i = line.index('"event_time":"') + 14
-            iso = line[i:i + 24]  # 2026-01-01T00:00:00.123Z
-            sec = seconds.get(iso[:19])
-            if sec is None:
-                sec = seconds[iso[:19]] = calendar.timegm(time.strptime(iso[:19], "%Y-%m-%dT%H:%M:%S"))
-            line = f"{line[:i - 1]}{sec * 1000 + int(iso[20:23])}{line[i + 25:]}"
-            j = line.find('"revenue":"')
-            if j >= 0:
-                k = line.index('"', j + 11)
-                line = f"{line[:j + 10]}{line[j + 11:k]}{line[k + 1:]}"
-            buf.append(line)
+            buf.append(epoch_line(line, seconds))
             if len(buf) >= 8192:
                 dst.write("".join(buf))
                 buf.clear()

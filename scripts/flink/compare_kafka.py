@@ -50,7 +50,7 @@ from decimal import Decimal
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import REPO, TICK, admetrics_rows, compare, sample, tree  # noqa: E402
+from compare import REPO, TICK, admetrics_rows, compare, epoch_line, sample, tree  # noqa: E402
 
 KAFKA_LIBS = REPO / ".tools/kafka-4.1.1/libs"
 FLUSH_CAMPAIGN = "campaign-flush"
@@ -117,24 +117,14 @@ def partition_of(key: str, partitions: int) -> int:
 def convert(partitions):
     """stdin: loadgen's JSON lines; stdout: KEY<TAB>JSON with epoch-millis event_time and numeric
     revenue, then one flush event per partition. (Runs as a pipeline stage.)"""
-    import calendar
     seconds = {}
     out = sys.stdout
     max_ms = 0
     buf = []
     for line in sys.stdin:
-        i = line.index('"event_time":"') + 14
-        iso = line[i:i + 24]  # 2026-01-01T00:00:00.123Z
-        sec = seconds.get(iso[:19])
-        if sec is None:
-            sec = seconds[iso[:19]] = calendar.timegm(time.strptime(iso[:19], "%Y-%m-%dT%H:%M:%S"))
-        ms = sec * 1000 + int(iso[20:23])
-        max_ms = max(max_ms, ms)
-        line = f"{line[:i - 1]}{ms}{line[i + 25:]}"
-        j = line.find('"revenue":"')
-        if j >= 0:
-            k = line.index('"', j + 11)
-            line = f"{line[:j + 10]}{line[j + 11:k]}{line[k + 1:]}"
+        line = epoch_line(line, seconds)
+        i = line.index('"event_time":') + 13
+        max_ms = max(max_ms, int(line[i:line.index(",", i)]))
         u = line.index('"user_id":"') + 11
         key = line[u:line.index('"', u)]
         buf.append(f"{key}\t{line}")

@@ -200,8 +200,6 @@ pub struct KafkaSource {
     cfg: KafkaConfig,
     shared: Arc<Shared>,
     topic: String,
-    /// `topic` for librdkafka's C API (`end_offsets`). Kafka topic names hold no NUL.
-    topic_c: std::ffi::CString,
     /// A message polled in the same call that changed the assignment: handed over first next
     /// time, after the change (it may belong to a partition just assigned).
     stash: Option<OwnedMessage>,
@@ -221,7 +219,6 @@ impl KafkaSource {
             cfg: cfg.clone(),
             shared,
             topic: cfg.topic.clone(),
-            topic_c: std::ffi::CString::new(cfg.topic.as_str()).unwrap_or_default(),
             stash: None,
         })
     }
@@ -388,6 +385,10 @@ impl KafkaSource {
     /// stack samples while catching up; 2M events took ~16 s against ~4 s from a file). A
     /// partition not fetched yet has no mark and is left out until it has one.
     pub fn end_offsets(&self, partitions: &[i32]) -> BTreeMap<i32, i64> {
+        // Kafka topic names hold no NUL; an impossible one just leaves the lag out.
+        let Ok(topic) = std::ffi::CString::new(self.topic.as_str()) else {
+            return BTreeMap::new();
+        };
         partitions
             .iter()
             .filter_map(|&p| {
@@ -398,7 +399,7 @@ impl KafkaSource {
                 let err = unsafe {
                     rdkafka::bindings::rd_kafka_get_watermark_offsets(
                         self.consumer.client().native_ptr(),
-                        self.topic_c.as_ptr(),
+                        topic.as_ptr(),
                         p,
                         &mut low,
                         &mut high,
