@@ -43,6 +43,10 @@
 --   else the live rows. With nothing promoted this is exactly the live rows: the rule above.
 --   The records themselves are never values (and are `withheld`, so a reader unaware of them
 --   that skips withheld keys skips them too).
+-- * SHADOWS (`plugins.shadow_paths` / `plugins.shadow_dir`): a candidate plugin loaded beside
+--   the live one of its name writes its rows with `shadow = true`, for `admetrics plugin diff`.
+--   They are never current values: dropped in `base`. Rows written before the column existed
+--   read NULL (not shadow). Once a shadow is promoted its new revisions are live rows.
 --
 -- ad_id is NULL for every metric but attribution's: GROUP BY puts NULLs in one group, which is
 -- what we want (IS NOT DISTINCT FROM semantics).
@@ -65,7 +69,8 @@ CREATE OR REPLACE VIEW current_metrics AS
 WITH base AS MATERIALIZED (
   SELECT window_start, window_end, campaign_id, ad_id, metric, stream, kafka_partition, revision,
          numerator, denominator, is_final, withheld, plugin, restatement
-  FROM campaign_metrics),
+  FROM campaign_metrics
+  WHERE shadow IS NOT TRUE),
 promoted AS (
   SELECT restatement, plugin, window_start AS period_start, window_end AS period_end
   FROM base

@@ -187,6 +187,13 @@ pub struct PluginsConfig {
     /// plugins, a quarter of a 200K-event file run). Unset: compile at every start. The files are
     /// native code run as trusted: the directory must be writable by the daemon's user only.
     pub compile_cache_dir: Option<PathBuf>,
+    /// Candidate builds to run as **shadows**: each beside the live plugin of its name, on the
+    /// same batches, its rows written with `shadow = true` (never shown as current; compare
+    /// with `admetrics plugin diff`). Its failures never count against the live version.
+    /// Promote one by installing its build as the live plugin (its open windows carry over).
+    pub shadow_paths: Vec<PathBuf>,
+    /// A directory whose `*.wasm` files are loaded as shadows too, and watched like `dir`.
+    pub shadow_dir: Option<PathBuf>,
 }
 
 impl Default for PluginsConfig {
@@ -201,6 +208,8 @@ impl Default for PluginsConfig {
             quarantine_after: 3,
             quarantine_window_secs: 60,
             compile_cache_dir: None,
+            shadow_paths: vec![],
+            shadow_dir: None,
         }
     }
 }
@@ -380,7 +389,12 @@ impl Config {
                 base.join(p)
             }
         };
-        for p in &mut self.plugins.paths {
+        for p in self
+            .plugins
+            .paths
+            .iter_mut()
+            .chain(self.plugins.shadow_paths.iter_mut())
+        {
             *p = abs(p);
         }
         if let Some(p) = &self.source.path {
@@ -396,6 +410,9 @@ impl Config {
             .map(|d| abs(&d));
         if let Some(d) = &self.plugins.dir {
             self.plugins.dir = Some(abs(d));
+        }
+        if let Some(d) = &self.plugins.shadow_dir {
+            self.plugins.shadow_dir = Some(abs(d));
         }
         if !self.iceberg.warehouse_is_url() {
             self.iceberg.warehouse = abs(&self.iceberg.warehouse);

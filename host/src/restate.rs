@@ -917,6 +917,7 @@ fn record_batch(actions: &[(RecordRow, i64)], revision: i64) -> RecordBatch {
                 is_final: true,
                 computed_at_ms: now_ms,
                 withheld: true,
+                shadow: false,
             };
             metrics_batch_of(std::slice::from_ref(&row), None, Some(&r.id))
         })

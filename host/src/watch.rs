@@ -37,8 +37,17 @@ pub enum Control {
 
 /// The plugin files a configuration names: `plugins.paths`, then `plugins.dir/*.wasm` by name.
 pub fn plugin_files(cfg: &Config) -> Vec<PathBuf> {
-    let mut files = cfg.plugins.paths.clone();
-    if let Some(dir) = &cfg.plugins.dir
+    files_of(&cfg.plugins.paths, cfg.plugins.dir.as_deref())
+}
+
+/// The shadow plugin files: `plugins.shadow_paths`, then `plugins.shadow_dir/*.wasm` by name.
+pub fn shadow_files(cfg: &Config) -> Vec<PathBuf> {
+    files_of(&cfg.plugins.shadow_paths, cfg.plugins.shadow_dir.as_deref())
+}
+
+fn files_of(paths: &[PathBuf], dir: Option<&Path>) -> Vec<PathBuf> {
+    let mut files = paths.to_vec();
+    if let Some(dir) = dir
         && let Ok(rd) = std::fs::read_dir(dir)
     {
         let mut in_dir: Vec<PathBuf> = rd
@@ -69,10 +78,7 @@ fn sha_of(bytes: &[u8]) -> String {
 /// Loads the configured plugins at start-up. Any failure is fatal here (a daemon that starts
 /// without a metric it was told to compute is worse than one that refuses to start); later
 /// changes are validated by the watcher and rejected without stopping anything.
-pub fn load_initial(
-    runtime: &PluginRuntime,
-    cfg: &Config,
-) -> anyhow::Result<(Vec<Plugin>, BTreeMap<PathBuf, String>)> {
+pub fn load_initial(runtime: &PluginRuntime, cfg: &Config) -> anyhow::Result<Loaded> {
     let mut plugins: Vec<Plugin> = Vec::new();
     let mut shas = BTreeMap::new();
     for path in plugin_files(cfg) {
@@ -94,7 +100,51 @@ pub fn load_initial(
         !plugins.is_empty(),
         "no plugins configured (plugins.paths / plugins.dir)"
     );
-    Ok((plugins, shas))
+    let mut shadows: Vec<Plugin> = Vec::new();
+    for path in shadow_files(cfg) {
+        let p = runtime.load(&path)?;
+        if !plugins.iter().any(|l| l.info.name == p.info.name) {
+            anyhow::bail!(
+                "{} is a shadow of plugin {:?}, but no live plugin of that name is configured \
+                 (a shadow runs beside the live version it may replace)",
+                path.display(),
+                p.info.name
+            );
+        }
+        if let Some(other) = shadows.iter().find(|o| o.info.name == p.info.name) {
+            anyhow::bail!(
+                "{} and {} are both shadows of plugin {:?}",
+                other.path.display(),
+                path.display(),
+                p.info.name
+            );
+        }
+        tracing::info!(plugin = %p.info.name, version = %p.info.version, sha256 = %&p.info.sha256[..12],
+            path = %path.display(), "shadow plugin loaded");
+        shas.insert(path, p.info.sha256.clone());
+        shadows.push(p);
+    }
+    let names = plugins
+        .iter()
+        .chain(&shadows)
+        .map(|p| (p.info.sha256.clone(), p.info.name.clone()))
+        .collect();
+    Ok(Loaded {
+        plugins,
+        shadows,
+        installed: shas,
+        names,
+    })
+}
+
+/// What [`load_initial`] loaded.
+pub struct Loaded {
+    pub plugins: Vec<Plugin>,
+    pub shadows: Vec<Plugin>,
+    /// Path → sha256 of every file loaded (live and shadow), for the watcher.
+    pub installed: BTreeMap<PathBuf, String>,
+    /// sha256 → plugin name of every file loaded, for the watcher.
+    pub names: BTreeMap<String, String>,
 }
 
 pub struct Watcher {
@@ -120,6 +170,8 @@ struct State {
     runtime: PluginRuntime,
     /// Path → sha256 of the version currently installed for it.
     installed: BTreeMap<PathBuf, String>,
+    /// sha256 → plugin name of every version installed so far.
+    names: BTreeMap<String, String>,
     /// Path → sha256 of a version that was rejected (so it is not recompiled every round).
     rejected: BTreeMap<PathBuf, String>,
     /// Path → (size, mtime, inode) and the sha256 read at that stamp: an unchanged file is not
@@ -129,11 +181,11 @@ struct State {
     status: Arc<Status>,
 }
 
-/// Starts watching. `installed` is what `load_initial` loaded.
+/// Starts watching. `installed` and `names` are what `load_initial` loaded.
 pub fn spawn(
     cfg: Config,
     runtime: PluginRuntime,
-    installed: BTreeMap<PathBuf, String>,
+    (installed, names): (BTreeMap<PathBuf, String>, BTreeMap<String, String>),
     tx: Sender<Control>,
     status: Arc<Status>,
 ) -> std::io::Result<Watcher> {
@@ -153,6 +205,7 @@ pub fn spawn(
         file_source,
         runtime,
         installed,
+        names,
         rejected: BTreeMap::new(),
         stamps: BTreeMap::new(),
         tx,
@@ -227,7 +280,9 @@ impl State {
     }
 
     fn check_plugins(&mut self) {
-        let files = plugin_files(&self.cfg);
+        let live = plugin_files(&self.cfg);
+        let shadow_from = live.len();
+        let files: Vec<PathBuf> = live.into_iter().chain(shadow_files(&self.cfg)).collect();
         let mut current = BTreeMap::new();
         self.stamps.retain(|p, _| files.contains(p));
         for path in &files {
@@ -255,16 +310,29 @@ impl State {
             return;
         }
         let mut specs = Vec::new();
-        let mut names: Vec<String> = Vec::new();
+        // Plugin names defined so far: by live files, and by shadow files.
+        let (mut names, mut shadow_names): (Vec<String>, Vec<String>) = Default::default();
         let mut next = BTreeMap::new();
-        for path in &files {
+        for (i, path) in files.iter().enumerate() {
+            let shadow = i >= shadow_from;
             let Some((sha, bytes)) = current.remove(path) else {
                 continue;
             };
             let old = self.installed.get(path).cloned();
             if old.as_deref() == Some(sha.as_str()) || self.rejected.get(path) == Some(&sha) {
                 if let Some(old) = old {
-                    specs.push(PluginSpec::Keep(old.clone()));
+                    if let Some(name) = self.name_of(&old) {
+                        if shadow {
+                            &mut shadow_names
+                        } else {
+                            &mut names
+                        }
+                        .push(name);
+                    }
+                    specs.push(PluginSpec::Keep {
+                        sha256: old.clone(),
+                        shadow,
+                    });
                     next.insert(path.clone(), old);
                 }
                 continue;
@@ -278,25 +346,64 @@ impl State {
                 },
             };
             match self.runtime.load_bytes(path, &bytes) {
-                Ok(p) if names.contains(&p.info.name) => {
+                Ok(p) if !shadow && names.contains(&p.info.name) => {
                     self.reject(
                         path,
                         &sha,
                         &format!("another file already defines plugin {:?}", p.info.name),
-                        old,
+                        (old, shadow),
+                        &mut specs,
+                        &mut next,
+                    );
+                }
+                Ok(p) if shadow && shadow_names.contains(&p.info.name) => {
+                    self.reject(
+                        path,
+                        &sha,
+                        &format!(
+                            "another file is already the shadow of plugin {:?}",
+                            p.info.name
+                        ),
+                        (old, shadow),
+                        &mut specs,
+                        &mut next,
+                    );
+                }
+                Ok(p) if shadow && !names.contains(&p.info.name) => {
+                    self.reject(
+                        path,
+                        &sha,
+                        &format!(
+                            "a shadow of plugin {:?}, but no live plugin of that name is loaded",
+                            p.info.name
+                        ),
+                        (old, shadow),
                         &mut specs,
                         &mut next,
                     );
                 }
                 Ok(p) => {
                     tracing::info!(plugin = %p.info.name, version = %p.info.version, sha256 = %&sha[..12], path = %path.display(),
-                        "new plugin version compiled and validated off the event path");
-                    names.push(p.info.name.clone());
+                        shadow, "new plugin version compiled and validated off the event path");
+                    if shadow {
+                        &mut shadow_names
+                    } else {
+                        &mut names
+                    }
+                    .push(p.info.name.clone());
+                    self.names.insert(sha.clone(), p.info.name.clone());
                     self.rejected.remove(path);
                     next.insert(path.clone(), sha);
-                    specs.push(PluginSpec::New(p));
+                    specs.push(PluginSpec::New { plugin: p, shadow });
                 }
-                Err(e) => self.reject(path, &sha, &e.to_string(), old, &mut specs, &mut next),
+                Err(e) => self.reject(
+                    path,
+                    &sha,
+                    &e.to_string(),
+                    (old, shadow),
+                    &mut specs,
+                    &mut next,
+                ),
             }
         }
         let changed = next != self.installed;
@@ -306,12 +413,16 @@ impl State {
         }
     }
 
+    fn name_of(&self, sha256: &str) -> Option<String> {
+        self.names.get(sha256).cloned()
+    }
+
     fn reject(
         &mut self,
         path: &Path,
         sha: &str,
         why: &str,
-        old: Option<String>,
+        (old, shadow): (Option<String>, bool),
         specs: &mut Vec<PluginSpec>,
         next: &mut BTreeMap<PathBuf, String>,
     ) {
@@ -320,7 +431,10 @@ impl State {
         match old {
             Some(old) => {
                 tracing::error!(path = %path.display(), reason = why, "plugin rejected; the running version keeps serving");
-                specs.push(PluginSpec::Keep(old.clone()));
+                specs.push(PluginSpec::Keep {
+                    sha256: old.clone(),
+                    shadow,
+                });
                 next.insert(path.to_path_buf(), old);
             }
             None => {
@@ -449,6 +563,8 @@ fn classify(old: &Config, new: &Config) -> Changes {
                 quarantine_after: _,
                 quarantine_window_secs: _,
                 compile_cache_dir: _,
+                shadow_paths: _,
+                shadow_dir: _,
             },
         iceberg:
             crate::config::IcebergConfig {
@@ -523,6 +639,8 @@ fn classify(old: &Config, new: &Config) -> Changes {
 
     live!("plugins.paths", plugins.paths);
     live!("plugins.dir", plugins.dir);
+    live!("plugins.shadow_paths", plugins.shadow_paths);
+    live!("plugins.shadow_dir", plugins.shadow_dir);
     live!("plugins.watch_interval_ms", plugins.watch_interval_ms);
     live!("plugins.quarantine_after", plugins.quarantine_after);
     live!(
@@ -615,6 +733,12 @@ mod tests {
             ("validation.max_past_ms", |c| c.validation.max_past_ms += 1),
             ("plugins.paths", |c| c.plugins.paths.push("x.wasm".into())),
             ("plugins.dir", |c| c.plugins.dir = Some("d".into())),
+            ("plugins.shadow_paths", |c| {
+                c.plugins.shadow_paths.push("s.wasm".into())
+            }),
+            ("plugins.shadow_dir", |c| {
+                c.plugins.shadow_dir = Some("s".into())
+            }),
             ("plugins.watch_interval_ms", |c| {
                 c.plugins.watch_interval_ms += 1
             }),

@@ -36,7 +36,10 @@ impl LiveView {
         if newest < self.newest {
             return;
         }
-        for r in rows.iter().filter(|r| r.window_start_ms == newest) {
+        for r in rows
+            .iter()
+            .filter(|r| r.window_start_ms == newest && !r.shadow)
+        {
             let line = self
                 .lines
                 .entry(r.campaign_id.clone())
@@ -57,6 +60,7 @@ impl LiveView {
                 .iter()
                 .filter(|r| {
                     r.window_start_ms == newest
+                        && !r.shadow
                         && r.metric == "attributed_revenue"
                         && *r.campaign_id == *line.campaign
                 })

@@ -96,8 +96,14 @@ pub async fn run(
         tokio::spawn(server);
     }
     let runtime = PluginRuntime::new(&cfg.plugins)?;
-    let (plugins, installed) = crate::watch::load_initial(&runtime, &cfg)?;
+    let crate::watch::Loaded {
+        plugins,
+        shadows,
+        installed,
+        names,
+    } = crate::watch::load_initial(&runtime, &cfg)?;
     let mut processor = Processor::new(&cfg, plugins, status.clone());
+    processor.add_shadows(shadows);
     processor.assign_on_first_message = false;
     // Per partition: from which event time the committed ids are read back for dedup.
     let dedup_horizon = processor.dedup_horizon_ms();
@@ -154,7 +160,7 @@ pub async fn run(
     let _watcher = crate::watch::spawn(
         cfg.clone(),
         runtime.clone(),
-        installed,
+        (installed, names),
         control_tx,
         status.clone(),
     )?;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::live::LiveView;
 pub use super::registry::PluginSpec;
-use super::registry::{Registry, Slot};
+use super::registry::{Promotion, Registry, Slot};
 use super::task::{Task, Window};
 use crate::config::Config;
 use crate::dedup::{Delivery, SeenIds};
@@ -270,8 +270,51 @@ impl Processor {
 
     /// Installs a new active set (see [`Registry::install`]). Cheap (no compilation happens
     /// here), so it runs on the event path between two poll batches.
+    ///
+    /// A promoted shadow carries its open windows over: in every window it computes, the live
+    /// version it replaces is dropped, so the window finishes on the promoted version alone and
+    /// its next revision is live (its shadow rows so far become the rows it retracts from if
+    /// it fails later). Keys only the replaced version published are withheld at that revision
+    /// (the promoted version no longer vouches for them).
     pub fn install(&mut self, specs: Vec<PluginSpec>) {
-        self.registry.install(specs);
+        for Promotion { from, to } in self.registry.install(specs) {
+            let mut windows = 0;
+            for task in self.tasks.values_mut() {
+                for w in task.windows.values_mut() {
+                    let (Some(i_from), Some(i_to)) = (
+                        w.accs.iter().position(|(v, _)| *v == from),
+                        w.accs.iter().position(|(v, _)| *v == to),
+                    ) else {
+                        continue;
+                    };
+                    for r in &mut w.published[i_to] {
+                        r.shadow = false;
+                    }
+                    let replaced = std::mem::take(&mut w.published[i_from]);
+                    w.retract.extend(replaced);
+                    w.accs.remove(i_from);
+                    w.published.remove(i_from);
+                    w.dirty = true;
+                    windows += 1;
+                }
+            }
+            for set in self.window_sets.values_mut() {
+                if set.contains(&to) {
+                    set.retain(|&v| v != from);
+                }
+            }
+            tracing::info!(
+                windows,
+                "promoted shadow carried its open windows over from the version it replaced"
+            );
+        }
+    }
+
+    /// Loads shadows at start-up (see [`Registry::add_shadow`]).
+    pub fn add_shadows(&mut self, shadows: Vec<Plugin>) {
+        for p in shadows {
+            self.registry.add_shadow(p);
+        }
     }
 
     pub fn settings(&self) -> &LiveSettings {
@@ -658,6 +701,7 @@ impl Processor {
                     continue;
                 }
                 w.dirty = false;
+                let fresh_from = rows.len();
                 for i in 0..w.accs.len() {
                     let id = w.accs[i].0;
                     let Some(a) = &w.accs[i].1 else { continue };
@@ -705,6 +749,7 @@ impl Processor {
                                     is_final,
                                     computed_at_ms: clock.now_ms,
                                     withheld: false,
+                                    shadow: slot.shadow,
                                 })
                             })
                             .collect::<Result<Vec<_>, PluginError>>()
@@ -742,6 +787,7 @@ impl Processor {
                         for metric in &slot.plugin.info.metrics {
                             if w.retract.iter().any(|r| {
                                 r.ad_id.is_none()
+                                    && r.shadow == slot.shadow
                                     && r.metric == *metric
                                     && r.campaign_id == *campaign
                             }) {
@@ -764,11 +810,24 @@ impl Processor {
                                 is_final,
                                 computed_at_ms: clock.now_ms,
                                 withheld: true,
+                                shadow: slot.shadow,
                             });
                         }
                     }
                 }
+                // A key published afresh at this revision by the same plugin (live or shadow)
+                // is not retracted: a promoted shadow took over the keys of the version it
+                // replaced. (A shadow shares the live version's keys but not its rows.)
                 for mut r in std::mem::take(&mut w.retract) {
+                    if rows[fresh_from..].iter().any(|f| {
+                        f.shadow == r.shadow
+                            && f.plugin == r.plugin
+                            && f.campaign_id == r.campaign_id
+                            && f.ad_id == r.ad_id
+                            && f.metric == r.metric
+                    }) {
+                        continue;
+                    }
                     (r.value, r.numerator, r.denominator) = (0.0, 0.0, 0.0);
                     (r.revision, r.is_final, r.withheld, r.computed_at_ms) =
                         (revision, is_final, true, clock.now_ms);

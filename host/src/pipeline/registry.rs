@@ -4,6 +4,14 @@
 //! Windows name versions by their index here (`Window::accs`), so a swap never mixes versions
 //! inside a window: open windows finish on the versions they opened with, and a version is
 //! dropped only when neither the active set, a rollback, nor an open window can use it.
+//!
+//! A **shadow** is a candidate version loaded beside the live one of its name: it is in the
+//! active set, so it sees the same batches of the windows it opened with, and its rows are
+//! written with `shadow = true` (never current; `admetrics plugin diff` compares them). Its
+//! failures quarantine the shadow alone and never roll back or remove anything live. Installing
+//! the shadow's build as the live version *promotes* it: the same loaded version, accumulators
+//! and all, becomes live, so the windows it has open finish on it (no restart, no gap), and the
+//! version it replaced leaves those windows (see [`Promotion`]).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -36,6 +44,8 @@ pub struct Slot {
     /// `Status`; a version loaded again after being dropped continues the same series).
     call_seconds: prometheus_client::metrics::histogram::Histogram,
     pub state: SlotState,
+    /// Loaded as the shadow of the live version of its name (see the module doc).
+    pub shadow: bool,
     /// Times of recent failures (within the quarantine window).
     recent_failures: std::collections::VecDeque<Instant>,
     /// The version of the same plugin this one replaced, for automatic rollback.
@@ -43,7 +53,7 @@ pub struct Slot {
 }
 
 impl Slot {
-    pub fn new(plugin: Plugin, previous: Option<usize>, status: &Status) -> Self {
+    pub fn new(plugin: Plugin, previous: Option<usize>, shadow: bool, status: &Status) -> Self {
         let call_seconds = status
             .plugin_call_seconds
             .get_or_create_owned(&PluginLabels {
@@ -60,6 +70,7 @@ impl Slot {
             errors: 0,
             busy: Duration::ZERO,
             state: SlotState::Active,
+            shadow,
             recent_failures: Default::default(),
             previous,
         }
@@ -78,10 +89,19 @@ impl Slot {
 }
 
 /// One entry of a new plugin set sent by the watcher: a version already loaded (by sha256), or
-/// a freshly compiled and validated one.
+/// a freshly compiled and validated one; live, or the shadow of the live plugin of its name.
 pub enum PluginSpec {
-    Keep(String),
-    New(Plugin),
+    Keep { sha256: String, shadow: bool },
+    New { plugin: Plugin, shadow: bool },
+}
+
+/// A shadow version became live (`install`): `from`, the live version of its name it replaces,
+/// leaves the open windows that `to` computes too (the processor drops its accumulators there,
+/// so each such window finishes on the promoted version alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Promotion {
+    pub from: usize,
+    pub to: usize,
 }
 
 pub struct Registry {
@@ -107,7 +127,7 @@ impl Registry {
             active: (0..plugins.len()).collect(),
             versions: plugins
                 .into_iter()
-                .map(|p| Some(Slot::new(p, None, &status)))
+                .map(|p| Some(Slot::new(p, None, false, &status)))
                 .collect(),
             quarantine_after,
             quarantine_window,
@@ -116,6 +136,21 @@ impl Registry {
         };
         r.refresh_wants_touchpoints();
         r
+    }
+
+    /// Loads `p` as the shadow of the live version of its name (at start-up; the watcher's
+    /// changes come through [`install`](Self::install)). A build identical to a live one is
+    /// skipped: it would compare a version with itself.
+    pub fn add_shadow(&mut self, p: Plugin) {
+        if self.slots().any(|s| *s.sha256 == *p.info.sha256) {
+            tracing::warn!(plugin = %p.info.name, version = %p.info.version,
+                "shadow is the live build itself; nothing to compare, not loaded as a shadow");
+            return;
+        }
+        self.versions
+            .push(Some(Slot::new(p, None, true, &self.status)));
+        self.active.push(self.versions.len() - 1);
+        self.refresh_wants_touchpoints();
     }
 
     /// The active set's version ids, in order: what a new window opens with.
@@ -150,10 +185,13 @@ impl Registry {
             .map(|s| PluginStat {
                 name: s.name.to_string(),
                 version: s.version.to_string(),
-                state: match s.state {
-                    SlotState::Active => "active",
-                    SlotState::Retired => "retired",
-                    SlotState::Quarantined => "quarantined",
+                state: match (s.shadow, s.state) {
+                    (false, SlotState::Active) => "active",
+                    (false, SlotState::Retired) => "retired",
+                    (false, SlotState::Quarantined) => "quarantined",
+                    (true, SlotState::Active) => "shadow",
+                    (true, SlotState::Retired) => "shadow_retired",
+                    (true, SlotState::Quarantined) => "shadow_quarantined",
                 },
                 calls: s.calls,
                 errors: s.errors,
@@ -166,11 +204,13 @@ impl Registry {
         self.versions.iter().flatten()
     }
 
-    /// (name, version, sha256) of the active set, in order.
+    /// (name, version, sha256) of the live versions of the active set (shadows left out), in
+    /// order.
     pub fn active_set(&self) -> Vec<(String, String, String)> {
         self.active
             .iter()
             .filter_map(|&v| self.versions[v].as_ref())
+            .filter(|s| !s.shadow)
             .map(|s| {
                 (
                     s.name.to_string(),
@@ -185,40 +225,64 @@ impl Registry {
     /// with (in every partition of this member: see `Processor::window_sets`); windows opened
     /// from now on use the new set. Cheap (no compilation happens here), so it can run on the
     /// event path between two poll batches.
-    pub fn install(&mut self, specs: Vec<PluginSpec>) {
-        let mut next = Vec::new();
+    ///
+    /// A live entry whose build is a loaded shadow promotes that shadow (returned, for the
+    /// processor to move the open windows over); a shadow entry whose build is already live is
+    /// skipped (it would compare a version with itself).
+    pub fn install(&mut self, specs: Vec<PluginSpec>) -> Vec<Promotion> {
+        let mut next: Vec<usize> = Vec::new();
+        let mut promoted = Vec::new();
         for spec in specs {
-            let id = match spec {
-                PluginSpec::Keep(sha) => {
+            let (id, shadow) = match spec {
+                PluginSpec::Keep { sha256, shadow } => {
                     match self.versions.iter().position(|v| {
-                        v.as_ref()
-                            .is_some_and(|s| *s.sha256 == *sha && s.state != SlotState::Quarantined)
+                        v.as_ref().is_some_and(|s| {
+                            *s.sha256 == *sha256 && s.state != SlotState::Quarantined
+                        })
                     }) {
-                        Some(id) => id,
+                        Some(id) => (id, shadow),
                         None => {
-                            tracing::warn!(sha256 = %sha, "plugin version to keep is no longer loaded; skipped");
+                            tracing::warn!(sha256 = %sha256, "plugin version to keep is no longer loaded; skipped");
                             continue;
                         }
                     }
                 }
-                PluginSpec::New(p) => {
+                PluginSpec::New { plugin: p, shadow } => {
                     if let Some(id) = self.versions.iter().position(|v| {
                         v.as_ref()
                             .is_some_and(|s| s.sha256.as_ref() == p.info.sha256)
                     }) {
-                        id
+                        (id, shadow)
                     } else {
-                        let previous = self.active.iter().copied().find(|&a| {
-                            self.versions[a]
-                                .as_ref()
-                                .is_some_and(|s| s.plugin.info.name == p.info.name)
-                        });
+                        let previous = (!shadow).then(|| self.live_of(&p.info.name)).flatten();
                         self.versions
-                            .push(Some(Slot::new(p, previous, &self.status)));
-                        self.versions.len() - 1
+                            .push(Some(Slot::new(p, previous, shadow, &self.status)));
+                        (self.versions.len() - 1, shadow)
                     }
                 }
             };
+            let slot = self.versions[id].as_mut().expect("found or pushed above");
+            match (slot.shadow, shadow) {
+                (false, true) => {
+                    tracing::warn!(plugin = %slot.name, version = %slot.version,
+                        "shadow is the live build itself; nothing to compare, not loaded as a shadow");
+                    continue;
+                }
+                (true, false) => {
+                    // The shadow's build is now the live one: promote the loaded version.
+                    let name = slot.name.clone();
+                    let from = self.live_of(&name);
+                    let slot = self.versions[id].as_mut().expect("found above");
+                    slot.shadow = false;
+                    slot.previous = from;
+                    if let Some(from) = from {
+                        promoted.push(Promotion { from, to: id });
+                    }
+                    tracing::info!(plugin = %name, version = %slot.version,
+                        "shadow promoted to live; its open windows carry over");
+                }
+                _ => {}
+            }
             if !next.contains(&id) {
                 next.push(id);
             }
@@ -241,7 +305,28 @@ impl Registry {
         self.refresh_wants_touchpoints();
         self.status.plugin_swaps.inc();
         tracing::info!(active = ?self.active_set().iter().map(|(n, v, s)| format!("{n} {v} {}", &s[..12])).collect::<Vec<_>>(),
+            shadows = ?self.shadows(),
             "plugin set installed; open windows finish on their versions");
+        promoted
+    }
+
+    /// The live (not shadow) version of plugin `name` in the active set.
+    fn live_of(&self, name: &str) -> Option<usize> {
+        self.active.iter().copied().find(|&a| {
+            self.versions[a]
+                .as_ref()
+                .is_some_and(|s| !s.shadow && s.plugin.info.name == name)
+        })
+    }
+
+    /// "name version" of the shadows in the active set.
+    pub fn shadows(&self) -> Vec<String> {
+        self.active
+            .iter()
+            .filter_map(|&v| self.versions[v].as_ref())
+            .filter(|s| s.shadow)
+            .map(|s| format!("{} {}", s.name, s.version))
+            .collect()
     }
 
     fn refresh_wants_touchpoints(&mut self) {
@@ -261,6 +346,7 @@ impl Registry {
             return;
         };
         slot.errors += 1;
+        let shadow = slot.shadow;
         let now = Instant::now();
         slot.recent_failures.push_back(now);
         while slot
@@ -270,9 +356,15 @@ impl Registry {
         {
             slot.recent_failures.pop_front();
         }
-        self.status.plugin_errors.fetch_add(1, Relaxed);
-        tracing::error!(plugin = %slot.name, version = %slot.version, window_start_ms = window, error = %e,
-            "plugin failed; its rows for this window are withheld");
+        if shadow {
+            // Never against the live version: the shadow's own counters and log line only.
+            tracing::warn!(plugin = %slot.name, version = %slot.version, window_start_ms = window, error = %e,
+                "shadow plugin failed; its shadow rows for this window are withheld, the live version is not affected");
+        } else {
+            self.status.plugin_errors.fetch_add(1, Relaxed);
+            tracing::error!(plugin = %slot.name, version = %slot.version, window_start_ms = window, error = %e,
+                "plugin failed; its rows for this window are withheld");
+        }
         if (slot.recent_failures.len() as u32) < self.quarantine_after
             || slot.state == SlotState::Quarantined
         {
@@ -280,10 +372,18 @@ impl Registry {
         }
         slot.state = SlotState::Quarantined;
         let (name, version, previous) = (slot.name.clone(), slot.version.clone(), slot.previous);
-        self.status.plugins_quarantined.inc();
+        if !shadow {
+            self.status.plugins_quarantined.inc();
+        }
         let Some(pos) = self.active.iter().position(|&a| a == id) else {
             return;
         };
+        if shadow {
+            self.active.remove(pos);
+            tracing::warn!(plugin = %name, version = %version,
+                "shadow plugin quarantined after repeated failures; the live version is not affected");
+            return;
+        }
         let healthy_previous = previous.filter(|&p| {
             self.versions[p]
                 .as_ref()

@@ -1051,7 +1051,14 @@ mod tests {
             .fields()
             .iter()
             // The release before `stream` had no `restatement` either.
-            .filter(|f| f.name != schema::STREAM_COLUMN && f.name != schema::RESTATEMENT_COLUMN)
+            .filter(|f| {
+                ![
+                    schema::STREAM_COLUMN,
+                    schema::RESTATEMENT_COLUMN,
+                    schema::SHADOW_COLUMN,
+                ]
+                .contains(&f.name.as_str())
+            })
             .cloned()
             .collect();
         iceberg::spec::Schema::builder()
@@ -1061,8 +1068,9 @@ mod tests {
             .unwrap()
     }
 
-    /// A table written by the release before restatements (every column but `restatement`)
-    /// gains it in place, with the field id the writers use; its rows stay and read NULL (live).
+    /// A table written by the release before restatements (every column but `restatement` and
+    /// `shadow`) gains both in place, with the field ids the writers use; its rows stay and read
+    /// NULL (live, not shadow).
     #[tokio::test]
     async fn a_metrics_table_of_the_previous_release_gains_the_restatement_column_in_place() {
         use futures::TryStreamExt;
@@ -1079,7 +1087,7 @@ mod tests {
             .as_struct()
             .fields()
             .iter()
-            .filter(|f| f.name != schema::RESTATEMENT_COLUMN)
+            .filter(|f| f.name != schema::RESTATEMENT_COLUMN && f.name != schema::SHADOW_COLUMN)
             .cloned()
             .collect();
         let old_schema = iceberg::spec::Schema::builder()
@@ -1108,10 +1116,11 @@ mod tests {
             is_final: true,
             computed_at_ms: 0,
             withheld: false,
+            shadow: false,
         };
         let rb = schema::metrics_batch(&[row], "s");
         let rb = rb
-            .project(&(0..rb.num_columns() - 1).collect::<Vec<_>>())
+            .project(&(0..rb.num_columns() - 2).collect::<Vec<_>>())
             .unwrap();
         let catalog = Arc::new(fence::FencingCatalog::new(catalog));
         let old_sink = IcebergSink {
@@ -1145,10 +1154,22 @@ mod tests {
             .unwrap()
             .clone();
         assert_eq!((f.id, f.required), (schema::RESTATEMENT_FIELD_ID, false));
+        let f = sink
+            .metrics
+            .metadata()
+            .current_schema()
+            .field_by_name(schema::SHADOW_COLUMN)
+            .unwrap()
+            .clone();
+        assert_eq!((f.id, f.required), (schema::SHADOW_FIELD_ID, false));
         let batches: Vec<RecordBatch> = sink
             .metrics
             .scan()
-            .select([schema::RESTATEMENT_COLUMN, "campaign_id"])
+            .select([
+                schema::RESTATEMENT_COLUMN,
+                "campaign_id",
+                schema::SHADOW_COLUMN,
+            ])
             .build()
             .unwrap()
             .to_arrow()
@@ -1161,6 +1182,7 @@ mod tests {
         assert_eq!(rows, 1, "the previous release's row is kept");
         use arrow_array::Array;
         assert_eq!(batches[0].column(0).null_count(), 1, "and reads as live");
+        assert_eq!(batches[0].column(2).null_count(), 1, "and not shadow");
     }
 
     fn event(id: &str, time_ms: i64) -> Event<'_> {

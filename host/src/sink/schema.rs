@@ -32,6 +32,13 @@ pub const STREAM_FIELD_ID: i32 = 17;
 pub const RESTATEMENT_COLUMN: &str = "restatement";
 pub const RESTATEMENT_FIELD_ID: i32 = 18;
 
+/// `shadow` in `campaign_metrics`: true on the rows of a plugin loaded as the shadow of a live
+/// one (`plugins.shadow_paths` / `plugins.shadow_dir`): computed on the same batches, written
+/// for `admetrics plugin diff`, never shown as current. Appended after `restatement` (a table
+/// written before it gains it in place; old rows read NULL: not shadow).
+pub const SHADOW_COLUMN: &str = "shadow";
+pub const SHADOW_FIELD_ID: i32 = 19;
+
 /// A column holding `stream` in each of `rows` rows (dictionary-encoded by Parquet: a few bytes
 /// per file).
 fn stream_column(stream: &str, rows: usize) -> ArrayRef {
@@ -133,6 +140,8 @@ pub fn metrics_schema() -> Schema {
             // Which computation the row belongs to: NULL for live rows, a restatement's id for
             // its rows (readers show them only once promoted, see sql/current_metrics.sql).
             opt(RESTATEMENT_FIELD_ID, RESTATEMENT_COLUMN, String),
+            // A shadow plugin's row (see `SHADOW_COLUMN`): readers of current values skip it.
+            opt(SHADOW_FIELD_ID, SHADOW_COLUMN, Boolean),
         ])
         .build()
         .expect("static schema")
@@ -339,6 +348,8 @@ pub struct MetricRecord {
     /// The plugin failed on this window after earlier revisions were published: those values
     /// are incomplete. Readers treat a withheld latest revision as "no value".
     pub withheld: bool,
+    /// Computed by a shadow plugin (see [`SHADOW_COLUMN`]): never a current value.
+    pub shadow: bool,
 }
 
 /// `rows` as a `campaign_metrics` batch, every row a share of `stream` (live rows).
@@ -376,6 +387,7 @@ pub fn metrics_batch_of(
     let mut fin = BooleanBuilder::new();
     let mut at = ts();
     let mut withheld = BooleanBuilder::new();
+    let mut shadow = BooleanBuilder::new();
     for r in rows {
         b.0.append_value(r.window_start_ms * 1000);
         b.1.append_value(r.window_end_ms * 1000);
@@ -392,6 +404,7 @@ pub fn metrics_batch_of(
         fin.append_value(r.is_final);
         at.append_value(r.computed_at_ms * 1000);
         withheld.append_value(r.withheld);
+        shadow.append_value(r.shadow);
         part.append_value(r.partition);
     }
     let cols: Vec<ArrayRef> = vec![
@@ -413,6 +426,7 @@ pub fn metrics_batch_of(
         Arc::new(part.finish()),
         Arc::new(StringArray::from(vec![stream; rows.len()])),
         Arc::new(StringArray::from(vec![restatement; rows.len()])),
+        Arc::new(shadow.finish()),
     ];
     RecordBatch::try_new(schema, cols).expect("columns match the metrics schema")
 }
