@@ -2,7 +2,8 @@
 //!
 //! Prints a report with the cost of each stage, cumulatively:
 //!   decode+validate → + window/intern/touchpoints → + the three plugins (the headline figure)
-//!   → + Arrow table buffers; plus each plugin alone on pre-built batches beside a native-Rust
+//!   → + Arrow table buffers; the cost of a shadow (a second attribution build beside the live
+//!   one, issue 18); plus each plugin alone on pre-built batches beside a native-Rust
 //!   baseline doing the same counting (the price of the WASM boundary), and the Iceberg sink
 //!   (Parquet encode + SQLite-catalog commit).
 //!
@@ -64,11 +65,28 @@ fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
 
+/// The shadow the bench loads: the first-click attribution build (plugin "attribution"), as
+/// heavy per event as the live one.
+fn shadow_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm32-wasip2/release/fixture_attribution_first_click.wasm")
+}
+
 fn run_processor(
     payloads: &[Vec<u8>],
     cfg: &Config,
     plugins: bool,
     tables: bool,
+) -> (Duration, Processor) {
+    run_processor_with(payloads, cfg, plugins, tables, &[])
+}
+
+fn run_processor_with(
+    payloads: &[Vec<u8>],
+    cfg: &Config,
+    plugins: bool,
+    tables: bool,
+    shadows: &[PathBuf],
 ) -> (Duration, Processor) {
     let rt = PluginRuntime::new(&cfg.plugins).unwrap();
     let loaded = if plugins {
@@ -77,6 +95,7 @@ fn run_processor(
         vec![]
     };
     let mut p = Processor::new(cfg, loaded, Arc::new(Status::default()));
+    p.add_shadows(shadows.iter().map(|s| rt.load(s).unwrap()).collect());
     p.build_tables = tables;
     let batch = cfg.kafka.batch_size;
     let t = Instant::now();
@@ -153,7 +172,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    for p in plugin_paths() {
+    for p in plugin_paths().into_iter().chain([shadow_path()]) {
         assert!(
             p.is_file(),
             "{} missing: run scripts/build-plugins.sh",
@@ -186,6 +205,17 @@ fn main() {
     let (d_window, _) = run_processor(&payloads, &config(false), false, false);
     let (d_plugins, proc_plugins) = run_processor(&payloads, &config(true), true, false);
     let (d_tables, _) = run_processor(&payloads, &config(true), true, true);
+    // The shadow's cost is a difference of two runs: each side is the best of 3, interleaved,
+    // so a busy moment of the machine does not land on one side only.
+    let (mut d_live, mut d_shadow, mut proc_shadow) = (d_plugins, Duration::MAX, None);
+    for _ in 0..3 {
+        d_live = d_live.min(run_processor(&payloads, &config(true), true, false).0);
+        let (d, p) = run_processor_with(&payloads, &config(true), true, false, &[shadow_path()]);
+        if d < d_shadow {
+            (d_shadow, proc_shadow) = (d, Some(p));
+        }
+    }
+    let proc_shadow = proc_shadow.expect("ran 3 times");
     let (tp_users, tp_bytes) = (
         proc_plugins.touchpoint_users(),
         proc_plugins.touchpoint_bytes(),
@@ -204,6 +234,22 @@ fn main() {
     line("+ window, intern, touchpoints", d_window);
     line("+ ctr, cvr, attribution plugins  [target]", d_plugins);
     line("+ Arrow table buffers", d_tables);
+    println!();
+    line("ctr, cvr, attribution (best of 4)", d_live);
+    line("... + a shadow of attribution (best of 3)", d_shadow);
+    let busy = |p: &Processor, shadow: bool| {
+        p.slots()
+            .filter(|s| s.plugin.info.name == "attribution" && s.shadow == shadow)
+            .map(|s| s.busy.as_nanos() as f64 / n as f64)
+            .sum::<f64>()
+    };
+    println!(
+        "  shadow cost: the shadow's own calls {:.0} ns/event beside the live attribution's {:.0} \
+         ns/event; whole runs with and without it differ by {:+.0} ns/event",
+        busy(&proc_shadow, true),
+        busy(&proc_shadow, false),
+        (d_shadow.as_nanos() as f64 - d_live.as_nanos() as f64) / n as f64,
+    );
     println!();
     println!("  plugin time inside the full run:");
     for s in proc_plugins.slots() {
@@ -371,9 +417,18 @@ fn swap_stall(payloads: &[Vec<u8>]) {
         if swapping {
             let t = Instant::now();
             p.install(vec![
-                PluginSpec::New(ready.pop().unwrap()),
-                PluginSpec::Keep(cvr.clone()),
-                PluginSpec::Keep(attribution.clone()),
+                PluginSpec::New {
+                    plugin: ready.pop().unwrap(),
+                    shadow: false,
+                },
+                PluginSpec::Keep {
+                    sha256: cvr.clone(),
+                    shadow: false,
+                },
+                PluginSpec::Keep {
+                    sha256: attribution.clone(),
+                    shadow: false,
+                },
             ]);
             installs.push(t.elapsed());
         }
