@@ -123,7 +123,8 @@ pub struct Status {
 pub struct PluginStat {
     pub name: String,
     pub version: String,
-    /// `active`, `retired` (replaced, finishing its windows) or `quarantined`.
+    /// `active`, `retired` (replaced, finishing its windows) or `quarantined`; for a shadow
+    /// (see `pipeline::registry`) `shadow`, `shadow_retired` or `shadow_quarantined`.
     pub state: &'static str,
     pub calls: u64,
     pub errors: u64,
