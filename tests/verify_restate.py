@@ -1,7 +1,8 @@
 """Checks a restatement (tests/restate.rs) against the tables, read with PyIceberg.
 
     verify_restate.py --catalog DB --warehouse DIR --id ID restated --version V --sha256 S \
-        --lookback-secs N [--window-secs 60] [--max-touchpoints 8] [--newer-events]
+        --lookback-secs N [--window-secs 60] [--max-touchpoints 8] [--newer-events] \
+        [--expect-partitions N]
     verify_restate.py --catalog DB --warehouse DIR --id ID view --state live|promoted
 
 `restated`: the restatement's rows are computed again here, independently of the host: the events
@@ -12,7 +13,9 @@ the lookback (the fixture plugins/fixtures/attribution-first-click) among the us
 `max_touchpoints` clicks. Every (window, campaign, ad, metric, stream, partition) must be written
 exactly once, final, not withheld, tagged with the plugin's name, version and sha256, and equal
 to the computation. `--newer-events`: the events table must hold more events of the period now
-than at the pinned snapshot (so the pinning was put to the test).
+than at the pinned snapshot (so the pinning was put to the test). `--expect-partitions N`: the
+restated rows of some stream come from N distinct Kafka partitions, and so do the events of the
+period (a multi-partition stream was restated, not one partition of it).
 
 `view`: sql/current_metrics.sql (through tests/current_metrics.py) over the whole table must give
 exactly the current value of the live rows alone (`live`), or the live rows with the attribution
@@ -45,6 +48,7 @@ r.add_argument("--lookback-secs", type=int, required=True)
 r.add_argument("--window-secs", type=int, default=60)
 r.add_argument("--max-touchpoints", type=int, default=8)
 r.add_argument("--newer-events", action="store_true")
+r.add_argument("--expect-partitions", type=int, default=None)
 v = sub.add_parser("view")
 v.add_argument("--state", choices=["live", "promoted"], required=True)
 sub.add_parser("expire")
@@ -179,6 +183,20 @@ if a.cmd == "restated":
         if abs(m["numerator"] - num / 1_000_000) > 1e-6 or m["denominator"] != den:
             bad.append((k, (num / 1_000_000, den), (m["numerator"], m["denominator"])))
     assert not bad, f"{len(bad)} values differ, e.g. {bad[:5]}"
+    parts = defaultdict(set)  # stream → partitions with restated rows
+    for k in got:
+        parts[k[0]].add(k[1])
+    if a.expect_partitions is not None:
+        ev_parts = defaultdict(set)
+        for stream, part, *_ in rows:
+            ev_parts[stream].add(part)
+        assert any(len(p) == a.expect_partitions for p in parts.values()), \
+            f"restated partitions per stream {dict(parts)}, expected {a.expect_partitions} in one stream"
+        assert any(len(p) == a.expect_partitions for p in ev_parts.values()), dict(ev_parts)
+        # Every (window, stream, partition) of the period with a conversion was restated.
+        wins = {(k[0], k[1], k[2]) for k in want}
+        print(f"restated (stream, partition, window) shares: {len(wins)}; partitions per stream "
+              f"{ {s: sorted(p) for s, p in parts.items()} }")
     # The live attribution rows of the period must differ somewhere (a changed model).
     live = {(m["stream"], m["kafka_partition"], m["window_start"], m["campaign_id"], m["ad_id"], m["metric"]):
             m["numerator"] for m in mrows if m["restatement"] is None and m["plugin"] == PLUGIN
