@@ -7,6 +7,11 @@
 //! `ADMETRICS_FAULT=ambiguous-commit:<n>` does not abort: every n-th catalog commit is applied
 //! and then answered with an error, as a catalog whose response is lost would (see
 //! [`ambiguous_commit`]).
+//!
+//! `ADMETRICS_FAULT=lose-race:<n>` does not abort: each of the first n catalog commits waits,
+//! after its base table was loaded and before the catalog's compare-and-swap, until another
+//! writer (a running daemon) has committed the same table, so it loses the race for real (see
+//! [`lose_race`]).
 //! Unset (always, outside tests) it costs one initialised `OnceLock` read per commit.
 
 use std::sync::OnceLock;
@@ -79,4 +84,11 @@ pub fn ambiguous_commit() -> Option<Ambiguous> {
     };
     eprintln!("admetrics: fault injection: commit {hit} applied, reported as {kind:?}");
     Some(kind)
+}
+
+/// Whether the catalog commit about to be made is to wait for another writer's commit first
+/// (`lose-race:<n>`: the first n commits of the process), so that it loses the race.
+pub fn lose_race() -> bool {
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    spec().is_some_and(|s| s.point == "lose-race" && HITS.fetch_add(1, Ordering::Relaxed) < s.n)
 }

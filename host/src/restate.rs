@@ -97,6 +97,16 @@ pub enum RestateError {
         "restatement {0} is not complete: resume it first (admetrics restate --resume {0}) and promote it once it finished"
     )]
     Incomplete(String),
+    #[error(
+        "{action} of restatement {id} not recorded: the commit to campaign_metrics failed {attempts} time(s) over {secs} s (each retried on a fresh load of the table): {source}"
+    )]
+    Record {
+        action: &'static str,
+        id: String,
+        attempts: u32,
+        secs: u64,
+        source: SinkError,
+    },
     #[error("restatement {0} is not promoted")]
     NotPromoted(String),
     #[error("{0}")]
@@ -875,7 +885,7 @@ pub async fn promote(cfg: &Config, id: &str) -> Result<Vec<String>, RestateError
             actions.push((o.clone(), 0));
         }
     }
-    record_actions(&mut sink, &actions, max_rev + 1).await?;
+    record_actions(&mut sink, "promote", &actions, max_rev + 1).await?;
     Ok(actions[1..].iter().map(|(o, _)| o.id.clone()).collect())
 }
 
@@ -888,7 +898,9 @@ pub async fn rollback(cfg: &Config, id: &str) -> Result<(), RestateError> {
     .await?;
     let (state, max_rev) = promotions(sink.metrics_table()).await?;
     match state.get(id) {
-        Some((r, true)) => record_actions(&mut sink, &[(r.clone(), 0)], max_rev + 1).await,
+        Some((r, true)) => {
+            record_actions(&mut sink, "rollback", &[(r.clone(), 0)], max_rev + 1).await
+        }
         Some(_) => Err(RestateError::NotPromoted(id.to_string())),
         None => Err(RestateError::Unknown(id.to_string())),
     }
@@ -925,9 +937,14 @@ fn record_batch(actions: &[(RecordRow, i64)], revision: i64) -> RecordBatch {
     arrow_select::concat::concat_batches(&batches[0].schema(), &batches).expect("same schema")
 }
 
-/// One commit of promote/rollback records.
+/// One commit of promote/rollback records. A commit that loses the catalog's race to another
+/// writer (the daemon commits every interval) is retried by iceberg-rust on the reloaded table;
+/// once its retries are spent, here, on a fresh load (`append_metrics` reloads after a failed
+/// attempt and skips a commit that in fact landed, by writer id and sequence: never two records),
+/// at least three times and for up to a minute.
 async fn record_actions(
     sink: &mut IcebergSink,
+    what: &'static str,
     actions: &[(RecordRow, i64)],
     seq: i64,
 ) -> Result<(), RestateError> {
@@ -940,17 +957,30 @@ async fn record_actions(
     );
     let t = Instant::now();
     let mut wait = Duration::from_millis(50);
+    let mut attempts = 0;
     loop {
+        attempts += 1;
         match sink
             .append_metrics(std::slice::from_ref(&batch), props.clone(), seq as u64)
             .await
         {
             Ok(_) => return Ok(()),
-            Err(e) if e.retryable() && t.elapsed() < Duration::from_secs(60) => {
+            // At least three attempts: one call can spend more than the minute in iceberg-rust's
+            // own retries and their backoff (11 attempts took 108 s against a daemon here).
+            Err(e) if e.retryable() && (attempts < 3 || t.elapsed() < Duration::from_secs(60)) => {
+                tracing::warn!(error = %e, attempts, "{what} record commit failed; retrying on a fresh load");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(2));
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                return Err(RestateError::Record {
+                    action: what,
+                    id: actions[0].0.id.clone(),
+                    attempts,
+                    secs: t.elapsed().as_secs(),
+                    source: e,
+                });
+            }
         }
     }
 }

@@ -97,6 +97,34 @@ impl FencingCatalog {
         self.state.lock().unwrap().fenced.clone()
     }
 
+    /// Fault injection (`lose-race`): waits until another writer committed `table` since its
+    /// last load through this catalog (the base of the commit about to be made), for up to two
+    /// minutes.
+    async fn await_other_commit(&self, table: &TableIdent) {
+        let base = {
+            let s = self.state.lock().unwrap();
+            s.loaded
+                .get(table)
+                .and_then(|t| t.metadata_location().map(str::to_string))
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            match self.inner.load_table(table).await {
+                Ok(t) if t.metadata_location().map(str::to_string) != base => {
+                    eprintln!(
+                        "admetrics: fault injection: {table} committed by another writer meanwhile; this commit loses the race"
+                    );
+                    return;
+                }
+                _ if std::time::Instant::now() >= deadline => {
+                    eprintln!("admetrics: fault injection: no other commit of {table} came");
+                    return;
+                }
+                _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
+    }
+
     /// Highest epoch per partition of `topic` in `base`'s history, reading only snapshots not
     /// scanned before.
     fn max_epochs(s: &mut State, base: &Table, topic: &str) -> BTreeMap<i32, u64> {
@@ -237,6 +265,9 @@ impl Catalog for FencingCatalog {
                     ));
                 }
             }
+        }
+        if crate::fault::lose_race() {
+            self.await_other_commit(commit.identifier()).await;
         }
         let r = self.inner.update_table(commit).await;
         let r = match (r, crate::fault::ambiguous_commit()) {
