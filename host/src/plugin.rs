@@ -120,6 +120,53 @@ pub struct PluginInfo {
     pub wants_touchpoints: bool,
     /// sha256 of the component bytes, hex: which exact build produced a row.
     pub sha256: String,
+    /// The WIT package the component was built against, e.g. `admetrics:metrics@0.1.0` (see
+    /// [`wit_of_component`]).
+    pub wit: String,
+}
+
+/// The WIT package (name@version) of `wit/admetrics.wit`, the world the host's bindings are
+/// generated from: `MetricPluginPre::new` refuses a component that does not type-check against
+/// it, so every loaded plugin implements this world (or a semver-compatible one).
+pub const WIT_PACKAGE: &str = "admetrics:metrics@0.1.0";
+
+/// The WIT package a component names in its own imports or exports (`admetrics:metrics/types@V`,
+/// the interface of the world's types, which every plugin imports): the version it was built
+/// against, which may be a semver-compatible neighbour of [`WIT_PACKAGE`]. A component that
+/// names no interface of the package (it uses none of its types) is known only to implement the
+/// host's world: [`WIT_PACKAGE`].
+fn wit_of_component(engine: &Engine, component: &Component) -> String {
+    let ty = component.component_type();
+    let prefix = WIT_PACKAGE.split('@').next().unwrap_or(WIT_PACKAGE);
+    let named = ty
+        .imports(engine)
+        .map(|(n, _)| n)
+        .chain(ty.exports(engine).map(|(n, _)| n))
+        .find_map(|n| {
+            let rest = n.strip_prefix(prefix)?.strip_prefix('/')?;
+            let (_, version) = rest.split_once('@')?;
+            Some(format!("{prefix}@{version}"))
+        });
+    named.unwrap_or_else(|| WIT_PACKAGE.to_string())
+}
+
+/// sha256 → WIT package of every component this process loaded (see [`wit_of`]).
+static LOADED_WIT: std::sync::OnceLock<
+    std::sync::Mutex<std::collections::HashMap<String, String>>,
+> = std::sync::OnceLock::new();
+
+/// The WIT package of the component with this sha256, if this process loaded it. A memo keyed
+/// by content: the same bytes always name the same package, so one map for the whole process
+/// is right however many pipelines, registries or restatements share it. The sink reads it to
+/// record, per commit, the WIT version of the builds whose rows the commit holds
+/// (`sink::summary::PLUGINS`) without a handle on the plugin registry.
+pub fn wit_of(sha256: &str) -> Option<String> {
+    LOADED_WIT
+        .get()?
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(sha256)
+        .cloned()
 }
 
 struct State {
@@ -274,6 +321,7 @@ impl PluginRuntime {
         let component = self
             .compile(&sha256, bytes)
             .map_err(|e| invalid(format!("{e:#}")))?;
+        let wit = wit_of_component(&self.inner.engine, &component);
         let pre = self
             .inner
             .linker
@@ -291,6 +339,7 @@ impl PluginRuntime {
                 metrics: vec![],
                 wants_touchpoints: false,
                 sha256,
+                wit,
             },
             path: path.into(),
             runtime: self.clone(),
@@ -324,6 +373,11 @@ impl PluginRuntime {
         plugin
             .smoke_test()
             .map_err(|e| invalid(format!("smoke test failed: {e}")))?;
+        LOADED_WIT
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(plugin.info.sha256.clone(), plugin.info.wit.clone());
         Ok(plugin)
     }
 }
@@ -507,4 +561,18 @@ pub fn timed<R>(f: impl FnOnce() -> R) -> (R, Duration) {
     let t = Instant::now();
     let r = f();
     (r, t.elapsed())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The constant names the package `wit/admetrics.wit` declares (the bindings' source).
+    #[test]
+    fn wit_package_is_the_one_of_the_wit_file() {
+        let wit = include_str!("../../wit/admetrics.wit");
+        let declared = wit
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("package "))
+            .map(|l| l.trim_end_matches(';').trim());
+        assert_eq!(declared, Some(super::WIT_PACKAGE));
+    }
 }

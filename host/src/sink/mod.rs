@@ -305,6 +305,7 @@ impl IcebergSink {
         props.insert(summary::WRITER_ID.to_string(), self.writer_id.clone());
         props.insert(summary::COMMIT_SEQ.to_string(), seq.to_string());
         props.insert(summary::TOPIC.to_string(), self.topic.clone());
+        summary::encode_plugins(&mut props, &batches.iter().collect::<Vec<_>>());
         crate::fault::point("before-commit:campaign_metrics", false);
         self.metrics = self
             .append(&table, data, props, &BTreeMap::new(), false)
@@ -637,6 +638,11 @@ impl IcebergSink {
                     summary::encode(&mut props, &positions, batch.click_horizon_ms);
                 } else {
                     summary::encode(&mut props, &batch.positions, batch.click_horizon_ms);
+                }
+                if which == Which::Metrics
+                    && let Some(rb) = &batch.metrics
+                {
+                    summary::encode_plugins(&mut props, &[rb]);
                 }
                 let epochs = batch
                     .positions

@@ -8,8 +8,9 @@
 //! per partition, the entry with the highest epoch (the newest among equals), never simply the
 //! newest snapshot: a paused member that wakes up after its partitions moved cannot rewind them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use arrow_array::RecordBatch;
 use iceberg::table::Table;
 
 pub const WRITER_ID: &str = "admetrics.writer-id";
@@ -35,6 +36,10 @@ pub const CLAIM: &str = "admetrics.claim";
 pub const WATERMARK: &str = "admetrics.watermark";
 /// How far back (ms of event time) the replay-from above keeps clicks for attribution.
 pub const CLICK_HORIZON: &str = "admetrics.click-horizon-ms";
+/// On every `campaign_metrics` commit that adds rows (the daemon's and a restatement's): JSON
+/// list, sorted, of the plugin builds whose rows the commit holds, each
+/// `{"name", "version", "sha256", "wit", "params"}` (see [`encode_plugins`]).
+pub const PLUGINS: &str = "admetrics.plugins";
 
 /// Where one partition stands in the tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -96,6 +101,79 @@ pub fn encode(
         props.insert(WATERMARK.into(), min.to_string());
     }
     props.insert(CLICK_HORIZON.into(), click_horizon_ms.to_string());
+}
+
+/// Writes [`PLUGINS`]: the plugin builds whose rows `batches` (of `campaign_metrics`) hold.
+///
+/// Lineage (issue 18): every metric row names its plugin, version and sha256 in its own columns;
+/// what it does not name (the WIT package the build was loaded with, the parameters it ran with)
+/// is recorded here, once per commit, so the per-row cost stays zero: a reader finds the
+/// snapshot that added a row (the data file's manifest entry, or the commit sequence its
+/// revision carries) and looks its sha256 up in this list (`scripts/lineage.py`).
+///
+/// Why the builds of the rows and not "the versions in force": the set is read off the very rows
+/// committed, so it is exact by construction, including a retired version still finishing the
+/// windows it opened, or a restatement's build (none of which the registry's active set names),
+/// and the sink needs no handle on the plugin registry to write it. A commit with no metric
+/// rows adds no row to explain and gets no key. `$restatement` record rows (promote, rollback,
+/// completion) are computed by no plugin and are left out.
+///
+/// `wit` is what [`crate::plugin::wit_of`] says for the sha256 (`null` for a build this process
+/// never loaded, which cannot produce rows). `params` is the plugin's configuration: plugins
+/// take none yet, so it is an explicit empty object; once `[plugins.config.NAME]` exists, the
+/// parameters a build ran with go here (they are not a function of the sha256, so they will
+/// have to come with the batch).
+pub fn encode_plugins(props: &mut HashMap<String, String>, batches: &[&RecordBatch]) {
+    use arrow_array::Array;
+    use arrow_array::cast::AsArray;
+    let mut builds: BTreeSet<(String, String, String)> = BTreeSet::new();
+    for b in batches {
+        let col = |name: &str| b.column_by_name(name).map(|c| c.as_string::<i32>().clone());
+        let (Some(metric), Some(name), Some(version), Some(sha)) = (
+            col("metric"),
+            col("plugin"),
+            col("plugin_version"),
+            col("plugin_sha256"),
+        ) else {
+            continue;
+        };
+        // Rows come in runs of one build: compare with the previous row before allocating.
+        let mut last: Option<&str> = None;
+        for i in 0..b.num_rows() {
+            if metric.value(i) == crate::restate::RECORD_METRIC || sha.is_null(i) {
+                continue;
+            }
+            if last == Some(sha.value(i)) {
+                continue;
+            }
+            last = Some(sha.value(i));
+            builds.insert((
+                name.value(i).to_string(),
+                version.value(i).to_string(),
+                sha.value(i).to_string(),
+            ));
+        }
+    }
+    if builds.is_empty() {
+        return;
+    }
+    let list: Vec<serde_json::Value> = builds
+        .into_iter()
+        .map(|(name, version, sha256)| {
+            let wit = crate::plugin::wit_of(&sha256);
+            serde_json::json!({
+                "name": name,
+                "version": version,
+                "sha256": sha256,
+                "wit": wit,
+                "params": {},
+            })
+        })
+        .collect();
+    props.insert(
+        PLUGINS.into(),
+        serde_json::to_string(&list).expect("list serialises"),
+    );
 }
 
 /// Writes the summary keys of a claim of `epochs`.
@@ -204,6 +282,52 @@ pub fn horizon_and_seq(table: &Table, topic: &str) -> (Option<i64>, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The builds of a commit's rows, once each, sorted; record rows and empty commits name none.
+    #[test]
+    fn plugins_lists_the_builds_of_the_committed_rows() {
+        use crate::sink::schema::{MetricRecord, metrics_batch};
+        let row = |plugin: &str, version: &str, sha: &str, metric: &str| MetricRecord {
+            window_start_ms: 0,
+            window_end_ms: 60_000,
+            campaign_id: "c".into(),
+            ad_id: None,
+            metric: metric.into(),
+            value: 0.0,
+            numerator: 0.0,
+            denominator: 0.0,
+            plugin: plugin.into(),
+            plugin_version: version.into(),
+            plugin_sha256: sha.into(),
+            revision: 1,
+            partition: 0,
+            is_final: false,
+            computed_at_ms: 0,
+            withheld: false,
+        };
+        let rows = [
+            row("ctr", "0.2.0", "bb", "ctr"),
+            row("ctr", "0.1.0", "aa", "ctr"),
+            row("ctr", "0.2.0", "bb", "ctr"),
+            row("cvr", "0.1.0", "cc", "cvr"),
+            row("ctr", "0.1.0", "aa", "ctr"),
+            row("ctr", "9", "rr", crate::restate::RECORD_METRIC),
+        ];
+        let mut props = HashMap::new();
+        encode_plugins(&mut props, &[&metrics_batch(&rows, "s")]);
+        let got: serde_json::Value = serde_json::from_str(&props[PLUGINS]).unwrap();
+        let want = serde_json::json!([
+            {"name": "ctr", "version": "0.1.0", "sha256": "aa", "wit": null, "params": {}},
+            {"name": "ctr", "version": "0.2.0", "sha256": "bb", "wit": null, "params": {}},
+            {"name": "cvr", "version": "0.1.0", "sha256": "cc", "wit": null, "params": {}},
+        ]);
+        assert_eq!(got, want);
+
+        let mut props = HashMap::new();
+        encode_plugins(&mut props, &[&metrics_batch(&rows[5..], "s")]);
+        encode_plugins(&mut props, &[]);
+        assert!(!props.contains_key(PLUGINS));
+    }
 
     #[test]
     fn entries_round_trip_and_legacy_summaries_read_as_epoch_zero() {
