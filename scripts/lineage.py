@@ -37,9 +37,13 @@ The steps, each a plain query anyone can run by hand (PyIceberg here; DuckDB wor
    commit's offset, at the current snapshot; for a restated row at the pinned events snapshot.
    Counted by event type, they give the numerator and denominator again: ctr = clicks /
    impressions, cvr = conversions / clicks, revenue = Σrevenue / conversions (of the campaign).
-   Attribution's per-ad metrics (attributed_revenue, unattributed_revenue) also depend on
-   clicks before the window (touchpoints within the lookback): the window's conversions are
-   listed, the recomputation is not done here.
+   Attribution's metrics (attributed_revenue per credited campaign and ad, unattributed_revenue)
+   also depend on clicks before the window: the window's conversions (of every campaign, for
+   attributed_revenue) are listed with their touchpoints (the user's clicks the host held when
+   the conversion arrived: lower offset, same stream and partition, within the lookback,
+   `--lookback-secs`/`--max-touchpoints` as configured, a restatement's own lookback from its
+   summary) and recounted by LAST click, the shipped plugin's model (a build with another model,
+   e.g. a first-click restatement, legitimately differs: the answer says which model it used).
 
 Only the SQL catalog (SQLite) is read. A snapshot expired by table maintenance
 (scripts/maintain.py) takes its summary with it: the share then says so, and its plugin's WIT,
@@ -54,7 +58,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 from pyiceberg.catalog.sql import SqlCatalog
-from pyiceberg.expressions import And, EqualTo, GreaterThanOrEqual, IsNull, LessThan, Or
+from pyiceberg.expressions import And, EqualTo, GreaterThanOrEqual, In, IsNull, LessThan, Or
 from pyiceberg.io.pyarrow import ArrowScan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -139,13 +143,17 @@ def main():
     ap.add_argument("--ad", default=None, help="the ad, for per-ad metrics (attributed_revenue)")
     ap.add_argument("--events", action="store_true", help="list every contributing event")
     ap.add_argument("--json", action="store_true", help="print the answer as JSON")
+    ap.add_argument("--lookback-secs", type=int, default=604800,
+                    help="attribution lookback of the live daemon ([attribution] lookback_secs)")
+    ap.add_argument("--max-touchpoints", type=int, default=8, help="[attribution] max_touchpoints")
     a = ap.parse_args()
     warehouse = a.warehouse or str(Path(a.catalog).resolve().parent / "warehouse")
     cat = SqlCatalog("admetrics", uri=f"sqlite:///{a.catalog}", warehouse=f"file://{warehouse}")
     metrics = cat.load_table(f"{a.namespace}.campaign_metrics")
     events = cat.load_table(f"{a.namespace}.campaign_events")
     ws = parse_time(a.window)
-    answer = explain(metrics, events, ws, a.campaign, a.metric, a.ad, a.events)
+    answer = explain(metrics, events, ws, a.campaign, a.metric, a.ad, a.events,
+                     (a.lookback_secs, a.max_touchpoints))
     if a.json:
         print(json.dumps(answer, indent=1, default=str))
     else:
@@ -153,7 +161,7 @@ def main():
     return 0 if answer["shares"] else 1
 
 
-def explain(metrics, events, ws, campaign, metric, ad, list_events):
+def explain(metrics, events, ws, campaign, metric, ad, list_events, attribution=(604800, 8)):
     # Step 1: the key's rows and the record rows, with their data files.
     key = And(EqualTo("window_start", lit(ws)), EqualTo("campaign_id", campaign), EqualTo("metric", metric))
     key = And(key, IsNull("ad_id") if ad is None else EqualTo("ad_id", ad))
@@ -225,10 +233,10 @@ def explain(metrics, events, ws, campaign, metric, ad, list_events):
                 "stream": s["stream"], "kafka_partition": s["kafka_partition"], "offset_below": end}
         else:
             rid = s["restatement"]
-            pinned = p.get("admetrics.restate.events-snapshot")
-            if pinned is None:  # any summary of the restatement records it
-                pinned = next((props(x).get("admetrics.restate.events-snapshot") for x in snaps.values()
-                               if props(x).get("admetrics.restatement") == rid), None)
+            theirs = p if "admetrics.restatement" in p else next(
+                (props(x) for x in snaps.values() if props(x).get("admetrics.restatement") == rid), {})
+            pinned = theirs.get("admetrics.restate.events-snapshot")
+            lookback = theirs.get("admetrics.restate.lookback-secs")
             mine = [r for r in records if r["restatement"] == rid]
             done = next((r for r in mine if r["numerator"] == -1), None)
             latest = max(mine, key=lambda r: r["revision"], default=None)
@@ -238,11 +246,12 @@ def explain(metrics, events, ws, campaign, metric, ad, list_events):
                 "complete": done is not None,
                 "promoted": latest is not None and latest["numerator"] == 1,
                 "events_snapshot": int(pinned) if pinned is not None else None,
+                "lookback_secs": int(lookback) if lookback is not None else None,
             }
             snapshot["source_range"] = None if pinned is None else {"events_snapshot": int(pinned)}
         share["snapshot"] = snapshot
         # Step 5: the contributing events.
-        share["events"] = contributing(events, share, ws, campaign, metric, list_events)
+        share["events"] = contributing(events, share, ws, campaign, metric, ad, list_events, attribution)
         share["window_end"] = iso(share["window_end"])
         out_shares.append(share)
 
@@ -260,7 +269,7 @@ def explain(metrics, events, ws, campaign, metric, ad, list_events):
     }
 
 
-def contributing(events, share, ws, campaign, metric, list_events):
+def contributing(events, share, ws, campaign, metric, ad, list_events, attribution):
     end = share["snapshot"].get("source_range")
     run = share["run"]
     f = And(GreaterThanOrEqual("event_time", lit(ws)), LessThan("event_time", lit(share["window_end"])))
@@ -303,9 +312,12 @@ def contributing(events, share, ws, campaign, metric, list_events):
         out["recomputed"] = {"numerator": by_type[n], "denominator": by_type[d]}
     elif metric == "revenue":
         out["recomputed"] = {"numerator": revenue, "denominator": by_type["conversion"]}
+    elif metric in ("attributed_revenue", "unattributed_revenue"):
+        out.update(last_click(events, share, ws, campaign, metric, ad, ev, f_base(share), snapshot_id,
+                              end, attribution))
     else:
         out["recomputed"] = None
-        out["note"] = "attribution also reads clicks before the window (touchpoints): not recomputed here"
+        out["note"] = f"no recount for metric {metric!r}: its plugin's logic is not known here"
     if out["recomputed"] is not None:
         r = out["recomputed"]
         out["matches"] = (abs(r["numerator"] - share["numerator"]) <= 1e-9 * max(1.0, abs(share["numerator"]))
@@ -313,6 +325,64 @@ def contributing(events, share, ws, campaign, metric, list_events):
     if list_events:
         out["rows"] = [{k: (iso(v) if isinstance(v, datetime) else v) for k, v in e.items()} for e in ev]
     return out
+
+
+def f_base(share):
+    f = EqualTo("kafka_partition", share["kafka_partition"])
+    return And(f, IsNull("stream") if share["stream"] is None else EqualTo("stream", share["stream"]))
+
+
+def last_click(events, share, ws, campaign, metric, ad, conversions, base, snapshot_id, end, attribution):
+    """Attribution's metrics, recounted by LAST click (the shipped `attribution` plugin; another
+    build, e.g. a first-click restatement, legitimately differs). As the host does: per user,
+    the clicks received before the conversion (lower offset, same stream and partition; late
+    clicks too, copies not), the latest `max_touchpoints` by event time, those within the
+    lookback at or before the conversion are its touchpoints; the last one is credited."""
+    lookback_secs, max_tp = attribution
+    if share["run"]["kind"] == "restatement" and share["run"].get("lookback_secs") is not None:
+        lookback_secs = share["run"]["lookback_secs"]
+    conv = [e for e in conversions if e["event_type"] == "conversion"]
+    users = sorted({e["user_id"] for e in conv})
+    lo = ws.timestamp() - lookback_secs
+    f = And(base, EqualTo("event_type", "click"))
+    f = And(f, GreaterThanOrEqual("event_time", lit(datetime.fromtimestamp(lo, tz=timezone.utc))))
+    f = And(f, LessThan("event_time", lit(share["window_end"])))
+    if end is not None and "offset_below" in end:
+        f = And(f, LessThan("kafka_offset", end["offset_below"]))
+    clicks = {}
+    if users:
+        f = And(f, In("user_id", users))
+        cols = ("event_time", "campaign_id", "ad_id", "user_id", "kafka_offset", "is_duplicate")
+        for c in events.scan(row_filter=f, selected_fields=cols, snapshot_id=snapshot_id).to_arrow().to_pylist():
+            if not c["is_duplicate"]:
+                clicks.setdefault(c["user_id"], []).append(c)
+    for lst in clicks.values():
+        lst.sort(key=lambda c: c["kafka_offset"])
+    num, den = 0, 0
+    for e in conv:
+        held = []  # the user's clicks as the host holds them when the conversion arrives
+        for c in clicks.get(e["user_id"], []):
+            if c["kafka_offset"] >= e["kafka_offset"]:
+                break
+            i = len(held)
+            while i > 0 and held[i - 1]["event_time"] > c["event_time"]:
+                i -= 1
+            held.insert(i, c)
+            if len(held) > max_tp:
+                held.pop(0)
+        t = e["event_time"]
+        tps = [c for c in held if t.timestamp() - lookback_secs <= c["event_time"].timestamp() and c["event_time"] <= t]
+        e["touchpoints"] = [{"event_time": iso(c["event_time"]), "campaign_id": c["campaign_id"], "ad_id": c["ad_id"],
+                             "kafka_offset": c["kafka_offset"]} for c in tps]
+        credited = (tps[-1]["campaign_id"], tps[-1]["ad_id"]) if tps else None
+        e["credited"] = list(credited) if credited else None
+        counts = (credited == (campaign, ad)) if metric == "attributed_revenue" else (credited is None)
+        if counts:
+            num += int(round(float(e["revenue"] or 0) * 1_000_000))
+            den += 1
+    return {"recomputed": {"numerator": num / 1_000_000, "denominator": den},
+            "model": f"last click within {lookback_secs} s, {max_tp} touchpoints per user",
+            "note": "recounted by last click (the shipped attribution plugin): another build may differ"}
 
 
 def print_text(a):
@@ -356,11 +426,12 @@ def print_text(a):
             r = ev["recomputed"]
             print(f"      recomputed {r['numerator']:.6g} / {r['denominator']:.6g}: "
                   + ("matches the row" if ev["matches"] else "DOES NOT MATCH the row"))
-        elif ev.get("note"):
-            print(f"      {ev['note']}")
+        if ev.get("note"):
+            print(f"      {ev['note']}" + (f" ({ev['model']})" if ev.get("model") else ""))
         for e in ev.get("rows", []):
             print(f"      {e['kafka_offset']:>10} {e['event_type']:<10} {e['event_time']} {e['campaign_id']}"
-                  f" {e['ad_id']} {e['user_id']} {e['revenue'] if e['revenue'] is not None else ''}")
+                  f" {e['ad_id']} {e['user_id']} {e['revenue'] if e['revenue'] is not None else ''}"
+                  + (f" credited {e['credited']}" if "credited" in e else ""))
     t = a["sum_of_shares"]
     print(f"\n  Σ shares: {t['numerator']:.6g} / {t['denominator']:.6g} -> value {t['value']:.6g}")
 
