@@ -15,7 +15,7 @@ The steps, each a plain query anyone can run by hand (PyIceberg here; DuckDB wor
    `metric = '$restatement'` (promote / rollback / completion records), planned file by file
    (`scan.plan_files()`), so each row keeps the data file it was read from.
 2. The shares the current value is made of: the rule of sql/current_metrics.sql, stopped
-   before it sums. A promoted restatement of the row's plugin whose period holds the window
+   before it sums. Shadow builds' rows (`shadow = true`) are never values; a promoted restatement of the row's plugin whose period holds the window
    replaces the live rows; then per (stream, kafka_partition) the row with the highest revision.
    The value shown is Σnumerator / Σdenominator of these rows (rates) or Σnumerator (sums); it is
    checked here against the view itself (tests/current_metrics.py over the same rows).
@@ -24,7 +24,9 @@ The steps, each a plain query anyone can run by hand (PyIceberg here; DuckDB wor
    rewritten by compaction (the adding snapshot is not an admetrics commit), a live row's commit
    is found by its revision instead: revision = epoch << 32 | commit sequence, so the snapshot
    whose summary has admetrics.topic = the row's stream, admetrics.commit-seq = the low 32 bits
-   and admetrics.epochs[partition] = the high 32 bits.
+   and admetrics.epochs[partition] = the high 32 bits; a restated row's commit is the first of
+   its restatement whose admetrics.restate.done reaches the window's end for its (stream,
+   partition) (each window is written once).
 4. That snapshot's summary: `admetrics.plugins` (JSON list of {name, version, sha256, wit,
    params}; the entry with the row's sha256 gives the WIT package the build was loaded with and
    its parameters); for a live row `admetrics.offsets` (partition -> next offset: the commit
@@ -57,6 +59,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.expressions import And, EqualTo, GreaterThanOrEqual, In, IsNull, LessThan, Or
 from pyiceberg.io.pyarrow import ArrowScan
@@ -109,16 +112,18 @@ def rows_with_files(table, row_filter) -> pa.Table:
     return pa.concat_tables(parts, promote_options="default")
 
 
-# Step 2: the shares shown, i.e. sql/current_metrics.sql's `promoted`, `shown` and `latest` steps
-# over the key's rows, keeping each row whole instead of summing.
+# Step 2: the shares shown, i.e. sql/current_metrics.sql's `base` (shadow rows dropped),
+# `promoted`, `shown` and `latest` steps over the key's rows, keeping each row whole instead of
+# summing.
 SHARES_SQL = """
-WITH promoted AS (
+WITH base AS (SELECT * FROM m WHERE shadow IS NOT TRUE),
+promoted AS (
   SELECT restatement, plugin, window_start AS period_start, window_end AS period_end
-  FROM m WHERE metric = '$restatement'
+  FROM base WHERE metric = '$restatement'
   GROUP BY restatement, plugin, window_start, window_end
   HAVING arg_max(numerator, revision) = 1),
 shown AS (
-  SELECT m.* FROM m LEFT JOIN promoted p
+  SELECT m.* FROM base m LEFT JOIN promoted p
     ON p.plugin = m.plugin AND m.window_start >= p.period_start AND m.window_end <= p.period_end
   WHERE m.metric <> '$restatement' AND m.restatement IS NOT DISTINCT FROM p.restatement)
 SELECT stream, kafka_partition,
@@ -166,6 +171,8 @@ def explain(metrics, events, ws, campaign, metric, ad, list_events, attribution=
     key = And(EqualTo("window_start", lit(ws)), EqualTo("campaign_id", campaign), EqualTo("metric", metric))
     key = And(key, IsNull("ad_id") if ad is None else EqualTo("ad_id", ad))
     rows = rows_with_files(metrics, Or(key, EqualTo("metric", RECORD)))
+    if "shadow" not in rows.column_names:  # a table written before shadow plugins existed
+        rows = rows.append_column("shadow", pa.nulls(rows.num_rows, pa.bool_()))
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     con.register("m", rows)
@@ -178,11 +185,11 @@ def explain(metrics, events, ws, campaign, metric, ad, list_events, attribution=
     records = [r for r in rows.to_pylist() if r["metric"] == RECORD]
 
     # Step 3: data file -> the snapshot that added it; and every summary, by snapshot id.
-    added = {}
-    files = {s["file"] for s in shares}
-    for e in metrics.inspect.entries().to_pylist():
-        if e["data_file"]["file_path"] in files:
-            added[e["data_file"]["file_path"]] = e["snapshot_id"]
+    entries = metrics.inspect.entries()
+    paths = pc.struct_field(entries.column("data_file"), "file_path")
+    hit = pc.is_in(paths, value_set=pa.array(sorted({s["file"] for s in shares}), pa.string()))
+    added = dict(zip(pc.filter(paths, hit).to_pylist(),
+                     pc.filter(entries.column("snapshot_id"), hit).to_pylist()))
     snaps = {s.snapshot_id: s for s in metrics.snapshots()}
 
     out_shares = []
@@ -197,11 +204,13 @@ def explain(metrics, events, ws, campaign, metric, ad, list_events, attribution=
             "computed_at": iso(s["computed_at"]), "data_file": s["file"],
             "window_end": s["window_end"],
         }
-        # The snapshot: by data file, else (compacted) by revision.
+        # The snapshot: by data file, else (the file was rewritten by compaction) by revision.
         snap_id, found_by = added.get(s["file"]), "data file"
         p = props(snaps[snap_id]) if snap_id in snaps else {}
-        if "admetrics.writer-id" not in p and s["restatement"] is None:
-            snap_id, found_by = None, None
+        compacted = snap_id in snaps and "admetrics.writer-id" not in p
+        if compacted:
+            snap_id, found_by, p = None, None, {}
+        if compacted and s["restatement"] is None:
             for sid, snap in snaps.items():
                 q = props(snap)
                 if (q.get("admetrics.topic") == s["stream"] and q.get("admetrics.commit-seq") == str(seq)
@@ -209,7 +218,20 @@ def explain(metrics, events, ws, campaign, metric, ad, list_events, attribution=
                         and "admetrics.restatement" not in q):
                     snap_id, found_by, p = sid, "revision", q
                     break
-        snapshot = {"id": snap_id, "found_by": found_by, "expired": snap_id is None or snap_id not in snaps}
+        if compacted and s["restatement"] is not None:
+            # A restatement writes each window of a (stream, partition) once, in the commit whose
+            # admetrics.restate.done first reaches the window's end.
+            end_ms = int(s["window_end"].timestamp() * 1000)
+            theirs = sorted((x for x in snaps.values() if props(x).get("admetrics.restatement") == s["restatement"]),
+                            key=lambda x: int(props(x).get("admetrics.commit-seq", 0)))
+            for x in theirs:
+                q = props(x)
+                done = json.loads(q.get("admetrics.restate.done", "{}")).get(s["stream"] or "", {})
+                if done.get(str(s["kafka_partition"]), -2**63) >= end_ms:
+                    snap_id, found_by, p = x.snapshot_id, "restatement progress", q
+                    break
+        snapshot = {"id": snap_id, "found_by": found_by, "compacted": compacted,
+                    "expired": snap_id is None or snap_id not in snaps}
         if snap_id in snaps:
             snap = snaps[snap_id]
             snapshot.update(
@@ -266,6 +288,8 @@ def explain(metrics, events, ws, campaign, metric, ad, list_events, attribution=
                           "withheld": any(s["withheld"] for s in out_shares),
                           "is_final": all(s["is_final"] for s in out_shares)},
         "shares": out_shares,
+        # Rows of shadow builds (`plugins.shadow_paths`) for this key: never current values.
+        "shadow_rows": sum(1 for x in rows.column("shadow").to_pylist() if x),
     }
 
 
@@ -408,7 +432,9 @@ def print_text(a):
             print(f"    run: restatement {run['id']}, period {run['period']}, complete {run['complete']},"
                   f" promoted {run['promoted']}, read campaign_events snapshot {run['events_snapshot']}")
         if snap["expired"]:
-            print(f"    committed by snapshot {snap['id']} (expired: its summary is gone)")
+            print(f"    committed by snapshot {snap['id']} (" + (
+                "its data file was rewritten by compaction and no summary names the row's commit"
+                if snap["compacted"] else "expired: its summary is gone") + ")")
         else:
             print(f"    committed by snapshot {snap['id']} at {snap['timestamp']} (found by {snap['found_by']};"
                   f" writer {snap['writer_id']}, commit {snap['commit_seq']})")

@@ -18,7 +18,9 @@ revenue and attributed_revenue, and ctr keys inside the restated period, and run
 - the run: live, or the restatement given, complete, promoted, with the period given and the
   events snapshot that was current before it started;
 - the commit: for a live row, the snapshot this script finds by the row's revision (topic,
-  commit sequence, epoch), whose admetrics.offsets give the share's source range;
+  commit sequence, epoch), whose admetrics.offsets give the share's source range; for a restated
+  row, the restatement's first commit whose progress reaches the window's end; found by data
+  file, or after `--compacted` (scripts/maintain.py rewrote the files) by revision / progress;
 - the events: this script's own PyIceberg scan of campaign_events (stream, partition, window,
   campaign, not late, not duplicate, below that offset; at the pinned snapshot for a restated
   row) must be exactly the events listed, and their counts must give the row's numerator and
@@ -35,6 +37,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pyarrow as pa
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.expressions import And, EqualTo, GreaterThanOrEqual, IsNull, LessThan
 
@@ -56,6 +59,8 @@ c.add_argument("--from", dest="from_", required=True)
 c.add_argument("--to", required=True)
 c.add_argument("--restated-plugin", required=True)
 c.add_argument("--plugin", action="append", required=True)
+c.add_argument("--compacted", action="store_true",
+               help="scripts/maintain.py rewrote data files: commits are found by revision / progress")
 a = ap.parse_args()
 
 cat = SqlCatalog("admetrics", uri=f"sqlite:///{a.catalog}", warehouse=f"file://{a.warehouse}")
@@ -112,6 +117,8 @@ assert v2["version"] == "0.2.0" and v2["sha256"] != builds["ctr"]["sha256"], v2
 
 period = (utc(a.from_), utc(a.to))
 rows = metrics_t.scan().to_arrow()
+if "shadow" not in rows.column_names:  # tables written before shadow plugins
+    rows = rows.append_column("shadow", pa.nulls(rows.num_rows, pa.bool_()))
 all_rows = rows.to_pylist()
 view = [r for r in current_metrics_rows(rows) if r["metric"] != RECORD and not r["withheld"]]
 snaps = {s.snapshot_id: props(s) for s in metrics_t.snapshots()}
@@ -182,6 +189,7 @@ def counts(evs, metric):
 
 
 checked_events = older_revisions = 0
+found_by = {}
 for k in keys:
     name = f"{k['metric']} {k['campaign_id']} {k['ad_id']} {iso(k['window_start'])}"
     ans = lineage(k)
@@ -195,7 +203,7 @@ for k in keys:
             if (r["window_start"], r["campaign_id"], r["ad_id"], r["metric"])
             == (k["window_start"], k["campaign_id"], k["ad_id"], k["metric"])]
     older_revisions += len(mine) > len(ans["shares"])
-    mine = [r for r in mine if r["restatement"] == (a.restatement if is_restated else None)]
+    mine = [r for r in mine if r["restatement"] == (a.restatement if is_restated else None) and not r.get("shadow")]
     latest = {}
     for r in mine:
         s = (r["stream"], r["kafka_partition"])
@@ -215,12 +223,24 @@ for k in keys:
         assert s["plugin"] == want, (where, s["plugin"], want)
         # The run and the commit.
         snap = s["snapshot"]
-        assert not snap["expired"] and snap["found_by"] == "data file", (where, snap)
+        assert not snap["expired"], (where, snap)
+        if a.compacted:
+            assert snap["found_by"] in ("data file", "revision", "restatement progress"), (where, snap)
+            found_by[snap["found_by"]] = found_by.get(snap["found_by"], 0) + 1
+        else:
+            assert snap["found_by"] == "data file" and not snap["compacted"], (where, snap)
         if is_restated:
             want = {"kind": "restatement", "id": a.restatement, "period": [a.from_, a.to], "complete": True,
                     "promoted": True, "events_snapshot": a.events_snapshot, "lookback_secs": 604800}
             assert s["run"] == want, (where, s["run"], want)
             assert snaps[snap["id"]].get("admetrics.restatement") == a.restatement, (where, snap)
+            # The commit that wrote the window: the first whose progress reaches its end.
+            end_ms = int(k["window_end"].timestamp() * 1000)
+            reach = sorted((int(p["admetrics.commit-seq"]), sid) for sid, p in snaps.items()
+                           if p.get("admetrics.restatement") == a.restatement
+                           and json.loads(p.get("admetrics.restate.done", "{}")).get(s["stream"], {})
+                           .get(str(s["kafka_partition"]), -1) >= end_ms)
+            assert reach and reach[0][1] == snap["id"], (where, reach[:2], snap)
             assert snap["source_range"] == {"events_snapshot": a.events_snapshot}, (where, snap)
             below, at = None, a.events_snapshot
         else:
@@ -255,6 +275,9 @@ for k in keys:
         checked_events += 1
     print(f"ok {name}: {len(ans['shares'])} shares, value {k['value']:.6g}")
 
+if a.compacted:
+    assert found_by.get("revision") and found_by.get("restatement progress"), \
+        f"compaction rewrote no checked row's file: {found_by}"
 assert older_revisions > 0, "no checked key had superseded revisions: the latest-revision rule was not exercised"
 text = lineage(keys[-1], text=True)
 assert "current value" in text and a.restatement in text and str(a.events_snapshot) in text, text

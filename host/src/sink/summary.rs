@@ -304,6 +304,7 @@ mod tests {
             is_final: false,
             computed_at_ms: 0,
             withheld: false,
+            shadow: false,
         };
         let rows = [
             row("ctr", "0.2.0", "bb", "ctr"),
