@@ -76,11 +76,6 @@ def utc(s):
     return datetime.fromisoformat(s.replace("Z", "+00:00")).astimezone(timezone.utc)
 
 
-def lit(t):
-    """A timestamp as PyIceberg's filter literals want it (ISO 8601 with +00:00)."""
-    return t.astimezone(timezone.utc).isoformat()
-
-
 def iso(t):
     return t.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
