@@ -152,6 +152,50 @@ enum PluginCommand {
         #[arg(long, default_value_t = 60)]
         window_secs: u64,
     },
+    /// Compare a shadow plugin's rows (plugins.shadow_dir) with the live version's, window by
+    /// window, from campaign_metrics: a deploy gate.
+    ///
+    /// The unit compared is a window of one (stream, Kafka partition), each key at its latest
+    /// revision. Only windows final on both sides are compared; windows only one side has (a
+    /// shadow computes only the windows opened after it loaded) or still open are reported as
+    /// not compared. Within a compared window, a key that differs (numerator or denominator
+    /// beyond --tolerance, or withheld on one side only) or that one side lacks is a difference.
+    ///
+    /// Exit status: 0 when the differing windows are within the thresholds, 1 past them, 2 on
+    /// errors, including an unknown or ambiguous version and nothing compared at all (no window
+    /// final on both sides: a gate that compared nothing has shown nothing).
+    #[command(verbatim_doc_comment)]
+    Diff {
+        /// The live version: a .wasm file (its sha256 is computed), a sha256 prefix (4+ hex
+        /// digits) or NAME@VERSION. Live rows: shadow IS NOT TRUE, no restatement.
+        live: String,
+        /// The shadow version, named the same ways. Shadow rows: shadow = true. It may be
+        /// compared with any live version of the same plugin.
+        shadow: String,
+        /// Configuration file (TOML): which tables to read.
+        #[arg(long, short, default_value = "config/default.toml")]
+        config: PathBuf,
+        /// Only windows starting at or after T (RFC 3339 or epoch milliseconds).
+        #[arg(long, value_name = "T")]
+        since: Option<String>,
+        /// Pass with at most N differing windows (default 0 when no threshold is given).
+        #[arg(long, value_name = "N")]
+        max_differing_windows: Option<usize>,
+        /// Pass with at most this fraction of the compared windows differing (0..1). With
+        /// --max-differing-windows too, both must hold.
+        #[arg(long, value_name = "F")]
+        max_differing_fraction: Option<f64>,
+        /// Relative tolerance for numerators and denominators: equal when
+        /// |a - b| <= tolerance * max(|a|, |b|).
+        #[arg(long, default_value_t = 1e-9)]
+        tolerance: f64,
+        /// Example differing keys shown per metric.
+        #[arg(long, default_value_t = 5)]
+        examples: usize,
+        /// Print the report as JSON (one object) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -172,11 +216,86 @@ pub fn main() -> ExitCode {
             .with_current_span(false)
             .init(),
     }
+    if let Command::Plugin {
+        command: PluginCommand::Diff { .. },
+    } = &cli.command
+    {
+        return plugin_diff(cli.command);
+    }
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `plugin diff`: exit 0 within the thresholds, 1 past them, 2 on any error.
+fn plugin_diff(command: Command) -> ExitCode {
+    let Command::Plugin {
+        command:
+            PluginCommand::Diff {
+                live,
+                shadow,
+                config,
+                since,
+                max_differing_windows,
+                max_differing_fraction,
+                tolerance,
+                examples,
+                json,
+            },
+    } = command
+    else {
+        unreachable!("called for plugin diff only")
+    };
+    let run = || -> anyhow::Result<crate::diff::Report> {
+        if let Some(f) = max_differing_fraction {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&f),
+                "--max-differing-fraction {f}: not within 0..1"
+            );
+        }
+        anyhow::ensure!(
+            tolerance >= 0.0 && tolerance.is_finite(),
+            "--tolerance {tolerance}: not a non-negative number"
+        );
+        let req = crate::diff::Request {
+            live: crate::diff::VersionSpec::parse(&live)?,
+            shadow: crate::diff::VersionSpec::parse(&shadow)?,
+            since_ms: since.as_deref().map(crate::diff::parse_since).transpose()?,
+            options: crate::diff::Options {
+                tolerance,
+                examples,
+            },
+            thresholds: crate::diff::Thresholds {
+                max_differing_windows,
+                max_differing_fraction,
+            },
+        };
+        let cfg = Config::load(&config)?;
+        Ok(tokio_runtime()?.block_on(crate::diff::diff(&cfg, &req))?)
+    };
+    match run() {
+        Ok(report) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("plain data")
+                );
+            } else {
+                print!("{}", crate::diff::render(&report));
+            }
+            if report.pass {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
         }
     }
 }
@@ -347,6 +466,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     window_secs,
                 },
         } => plugin_test(&plugin, &events, window_secs),
+        Command::Plugin {
+            command: PluginCommand::Diff { .. },
+        } => unreachable!("main runs plugin diff itself (its own exit statuses)"),
     }
 }
 

@@ -13,6 +13,7 @@
 //! | [`sink`]    | Iceberg tables (SQL or REST catalog), fenced fast appends, summaries   |
 //! | [`pipeline`]| the processor that chains the stages (per-partition tasks, the plugin  |
 //! |             | registry, the live view), and the daemon's threads                    |
+//! | [`diff`]    | `admetrics plugin diff`: a shadow plugin's rows against the live version's |
 //! | [`restate`] | a period recomputed from `campaign_events` by another plugin build;   |
 //! |             | promote / rollback of what readers see                                 |
 //! | [`config`]  | TOML configuration with env overrides and strict keys                  |
@@ -24,6 +25,7 @@
 pub mod cli;
 pub mod config;
 pub mod dedup;
+pub mod diff;
 pub mod fault;
 /// Decode + validate lives in its own crate (`host/event`) so the fuzzer builds it alone.
 pub use admetrics_event as event;
