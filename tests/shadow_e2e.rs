@@ -581,7 +581,7 @@ fn a_hot_loaded_shadow_is_diffed_shown_nowhere_and_promoted_without_a_gap() {
     let (code, out, err) = s.diff(&["ctr@0.1.0", "ctr@0.3.0", "--since", from_flush.as_str()]);
     assert_eq!(code, 2, "{out}{err}");
     assert!(
-        err.contains("nothing compared") && err.contains("2 not final"),
+        err.contains("nothing compared") && err.contains("2 still open on a side"),
         "{err}"
     );
 

@@ -50,11 +50,8 @@ pub enum DiffError {
         "{0:?} names no plugin version: give a .wasm file, a sha256 prefix (at least 4 hex digits) or NAME@VERSION"
     )]
     BadVersion(String),
-    #[error("{path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("{path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("--since {0:?}: neither an RFC 3339 time nor epoch milliseconds")]
     BadTime(String),
     #[error("no campaign_metrics table at {0} (check --config)")]
@@ -78,7 +75,7 @@ pub enum DiffError {
     DifferentPlugins { live: String, shadow: String },
     #[error(
         "nothing compared: no window (of one stream partition) is final on both sides{since}. \
-         Not compared: {} live only, {} shadow only, {} not final on both sides yet. A shadow \
+         Not compared: {} live only, {} shadow only, {} still open on a side. A shadow \
          computes only the windows opened after it loaded: wait until some have closed",
         .not_compared.live_only, .not_compared.shadow_only, .not_compared.not_final
     )]
@@ -122,9 +119,9 @@ impl VersionSpec {
     pub fn parse(arg: &str) -> Result<VersionSpec, DiffError> {
         let path = Path::new(arg);
         if arg.ends_with(".wasm") || path.is_file() {
-            let bytes = std::fs::read(path).map_err(|source| DiffError::Read {
+            let bytes = std::fs::read(path).map_err(|error| DiffError::Read {
                 path: arg.to_string(),
-                source,
+                error,
             })?;
             return Ok(VersionSpec::Sha256(hex(&sha2::Sha256::digest(&bytes))));
         }
@@ -952,7 +949,7 @@ pub fn render(r: &Report) -> String {
     );
     let _ = writeln!(
         o,
-        "windows (a window of one stream partition): {} compared, {} differ; not compared: {} live only, {} shadow only, {} not final on both sides",
+        "windows (a window of one stream partition): {} compared, {} differ; not compared: {} live only, {} shadow only, {} still open on a side",
         c.windows_compared,
         c.differing.len(),
         c.not_compared.live_only,
