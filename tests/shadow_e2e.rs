@@ -739,6 +739,13 @@ fn a_trapping_shadow_is_quarantined_and_the_live_plugin_stays_exact() {
         "no live failure: {log}"
     );
     let page = s.metrics_page();
+    progress(format_args!(
+        "plugin series at the end:\n{}",
+        page.lines()
+            .filter(|l| l.starts_with("admetrics_plugin_"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    ));
     for line in [
         r#"admetrics_plugin_errors_total{plugin="ctr",version="0.1.0",state="active"} 0"#,
         "admetrics_plugins_quarantined_total 0",
@@ -746,6 +753,11 @@ fn a_trapping_shadow_is_quarantined_and_the_live_plugin_stays_exact() {
     ] {
         assert!(page.lines().any(|l| l == line), "no {line:?} in\n{page}");
     }
+    // Its own series, while it is still listed (a window holds it), say quarantined.
+    assert!(
+        !page.contains(r#"version="9.9.9-bad",state="shadow"}"#),
+        "the shadow is not active any more:\n{page}"
+    );
     assert!(
         page.lines()
             .filter(|l| l.starts_with("admetrics_plugin_errors_total{"))
