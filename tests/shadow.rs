@@ -246,6 +246,12 @@ fn a_shadow_that_traps_is_quarantined_alone_and_the_live_version_is_untouched() 
     );
     assert_eq!(status.plugin_errors.load(Relaxed), 0);
     assert_eq!(status.plugins_quarantined.get(), 0);
+    assert_eq!(status.shadows_quarantined.get(), 1);
+    assert!(
+        status.shadow_errors.get() >= 3,
+        "{:?}",
+        status.shadow_errors
+    );
     let states: Vec<_> = p
         .slots()
         .map(|s| (s.plugin.info.version.clone(), s.shadow, s.state))

@@ -750,6 +750,7 @@ fn a_trapping_shadow_is_quarantined_and_the_live_plugin_stays_exact() {
         r#"admetrics_plugin_errors_total{plugin="ctr",version="0.1.0",state="active"} 0"#,
         "admetrics_plugins_quarantined_total 0",
         "admetrics_plugin_rollbacks_total 0",
+        "admetrics_shadows_quarantined_total 1",
     ] {
         assert!(page.lines().any(|l| l == line), "no {line:?} in\n{page}");
     }

@@ -57,6 +57,10 @@ pub struct Status {
     pub plugin_rejections: AtomicU64,
     pub plugins_quarantined: Counter,
     pub plugin_rollbacks: Counter,
+    /// Failures and quarantines of shadow plugins (never in the live counters above; a
+    /// quarantined shadow's per-version series goes once no window holds it, these stay).
+    pub shadow_errors: Counter,
+    pub shadows_quarantined: Counter,
     /// Config file changes that applied at least one key, and refused keys (one per key that
     /// needs a restart; a change whose every key is refused is not counted as a reload).
     pub config_reloads: AtomicU64,
@@ -303,6 +307,16 @@ impl Status {
             "plugin_rollbacks",
             "Automatic rollbacks to the version a failing one replaced",
         );
+        let shadow_errors = counter(
+            &mut r,
+            "shadow_errors",
+            "Failed calls of shadow plugins (never counted against the live versions)",
+        );
+        let shadows_quarantined = counter(
+            &mut r,
+            "shadows_quarantined",
+            "Shadow plugin versions quarantined after repeated failures",
+        );
         let commit_seconds = Histogram::new(COMMIT_BUCKETS);
         r.register(
             "commit_seconds",
@@ -358,6 +372,8 @@ impl Status {
             plugin_rejections: Default::default(),
             plugins_quarantined,
             plugin_rollbacks,
+            shadow_errors,
+            shadows_quarantined,
             config_reloads: Default::default(),
             config_refusals: Default::default(),
             lookback_secs: Default::default(),

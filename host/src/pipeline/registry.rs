@@ -358,6 +358,7 @@ impl Registry {
         }
         if shadow {
             // Never against the live version: the shadow's own counters and log line only.
+            self.status.shadow_errors.inc();
             tracing::warn!(plugin = %slot.name, version = %slot.version, window_start_ms = window, error = %e,
                 "shadow plugin failed; its shadow rows for this window are withheld, the live version is not affected");
         } else {
@@ -372,7 +373,9 @@ impl Registry {
         }
         slot.state = SlotState::Quarantined;
         let (name, version, previous) = (slot.name.clone(), slot.version.clone(), slot.previous);
-        if !shadow {
+        if shadow {
+            self.status.shadows_quarantined.inc();
+        } else {
             self.status.plugins_quarantined.inc();
         }
         let Some(pos) = self.active.iter().position(|&a| a == id) else {
