@@ -90,6 +90,8 @@ impl Slot {
 
 /// One entry of a new plugin set sent by the watcher: a version already loaded (by sha256), or
 /// a freshly compiled and validated one; live, or the shadow of the live plugin of its name.
+// A handful per hot swap, each moved once into the registry: boxing `Plugin` would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum PluginSpec {
     Keep { sha256: String, shadow: bool },
     New { plugin: Plugin, shadow: bool },
