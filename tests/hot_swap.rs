@@ -22,23 +22,6 @@ use support::*;
 const TOPIC: &str = "campaign-events";
 const WINDOW_SECS: u64 = 1;
 
-fn wasm(name: &str) -> PathBuf {
-    let p = repo_root().join(format!("target/wasm32-wasip2/release/{name}.wasm"));
-    assert!(
-        p.is_file(),
-        "{} missing: run scripts/build-plugins.sh",
-        p.display()
-    );
-    p
-}
-
-/// Copies atomically (write + rename), as an operator's deploy tool should.
-fn install(src: &Path, dir: &Path, name: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::copy(src, &tmp).unwrap();
-    std::fs::rename(&tmp, dir.join(name)).unwrap();
-}
-
 fn config(dir: &Path, bootstrap: &str, plugin_dir: &Path) -> Config {
     let text = format!(
         r#"
@@ -151,7 +134,7 @@ fn setup(plugins: &[&str]) -> (Broker, tempfile::TempDir, PathBuf) {
     let plugin_dir = dir.path().join("plugins");
     std::fs::create_dir(&plugin_dir).unwrap();
     for p in plugins {
-        install(&wasm(p), &plugin_dir, &format!("{p}.wasm"));
+        install_plugin(&wasm(p), &plugin_dir, &format!("{p}.wasm"));
     }
     (broker, dir, plugin_dir)
 }
@@ -226,7 +209,7 @@ fn ctr_swapped_six_times_under_load_loses_nothing_and_never_mixes_builds() {
     // when a fixed 400 ms pause was not enough to notice the broken build).
     let swap_to = |build: &Path, running: &mut PathBuf, what: &str| {
         let before = daemon.status.plugin_swaps.get();
-        install(build, &plugin_dir, "ctr.wasm");
+        install_plugin(build, &plugin_dir, "ctr.wasm");
         if build != running.as_path() {
             wait_for(what, Duration::from_secs(60), || {
                 assert!(daemon.alive());
@@ -246,7 +229,7 @@ fn ctr_swapped_six_times_under_load_loses_nothing_and_never_mixes_builds() {
         if i == 2 {
             // A broken build dropped over ctr: rejected, the running version keeps serving.
             let rejected = daemon.status.plugin_rejections.load(Relaxed);
-            install(&wasm("fixture_wrongworld"), &plugin_dir, "ctr.wasm");
+            install_plugin(&wasm("fixture_wrongworld"), &plugin_dir, "ctr.wasm");
             wait_for("the broken build rejected", Duration::from_secs(60), || {
                 assert!(daemon.alive());
                 daemon.status.plugin_rejections.load(Relaxed) > rejected
@@ -296,7 +279,7 @@ fn a_swapped_in_version_that_keeps_failing_is_rolled_back() {
     });
     let (producer, _) = load(&broker.bootstrap, 4_000, 24_000);
     std::thread::sleep(Duration::from_millis(1_500));
-    install(&wasm("fixture_ctr_bad"), &plugin_dir, "ctr.wasm");
+    install_plugin(&wasm("fixture_ctr_bad"), &plugin_dir, "ctr.wasm");
     wait_for("rollback", Duration::from_secs(30), || {
         daemon.status.plugin_rollbacks.get() == 1
     });

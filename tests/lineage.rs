@@ -28,24 +28,15 @@ use support::*;
 const FROM: &str = "2026-01-01T00:03:00Z";
 const TO: &str = "2026-01-01T00:06:00Z";
 
-fn admetrics() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_admetrics"))
-}
-
 fn ctr_v2() -> PathBuf {
-    let p = repo_root().join("target/wasm32-wasip2/release/fixture_ctr_v2.wasm");
-    assert!(
-        p.is_file(),
-        "{} missing: run scripts/build-plugins.sh",
-        p.display()
-    );
-    p
+    wasm("fixture_ctr_v2")
 }
 
 fn run_file(cfg: &Path, d: &Path, name: &str, seed: &str) {
-    let f = d.join(name);
-    loadgen_file(
-        &f,
+    run_generated_file(
+        cfg,
+        d,
+        name,
         &[
             "--total",
             "24000",
@@ -62,18 +53,6 @@ fn run_file(cfg: &Path, d: &Path, name: &str, seed: &str) {
             "--seed",
             seed,
         ],
-    );
-    let o = admetrics()
-        .args(["run", "--config"])
-        .arg(cfg)
-        .arg("--file")
-        .arg(&f)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "run --file {name}:\n{}",
-        output_text(&o)
     );
 }
 

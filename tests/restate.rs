@@ -31,18 +31,8 @@ const FROM: &str = "2026-01-01T00:03:00Z";
 const TO: &str = "2026-01-01T00:13:00Z";
 const LOOKBACK_SECS: &str = "120";
 
-fn admetrics() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_admetrics"))
-}
-
 fn first_click() -> PathBuf {
-    let p = repo_root().join("target/wasm32-wasip2/release/fixture_attribution_first_click.wasm");
-    assert!(
-        p.is_file(),
-        "{} missing: run scripts/build-plugins.sh",
-        p.display()
-    );
-    p
+    wasm("fixture_attribution_first_click")
 }
 
 fn write_config(d: &Path) -> PathBuf {
@@ -64,9 +54,10 @@ fn write_config(d: &Path) -> PathBuf {
 
 /// `run --file` of a generated file (its own stream: the file's default name).
 fn run_file(cfg: &Path, d: &Path, name: &str, seed: &str) {
-    let f = d.join(name);
-    loadgen_file(
-        &f,
+    run_generated_file(
+        cfg,
+        d,
+        name,
         &[
             "--total",
             "30000",
@@ -84,18 +75,28 @@ fn run_file(cfg: &Path, d: &Path, name: &str, seed: &str) {
             seed,
         ],
     );
-    let o = admetrics()
-        .args(["run", "--config"])
-        .arg(cfg)
-        .arg("--file")
-        .arg(&f)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "run --file {name}:\n{}",
-        output_text(&o)
-    );
+}
+
+/// The restated build's (version, sha256) from the restatement's first output line
+/// (`restatement ID of NAME VERSION (sha256 SHA), ...`).
+fn build_of(line: &str) -> (String, String) {
+    let w: Vec<&str> = line.split_whitespace().collect();
+    (w[4].to_string(), w[6].trim_end_matches("),").to_string())
+}
+
+/// `tests/verify_restate.py` on the tables in `d` for restatement `id`; `extra`: its mode and
+/// options. Prints its report (it fails the test by exiting non-zero).
+fn verify_restate(d: &Path, id: &str, extra: &[&str]) {
+    let mut args: Vec<String> = vec![
+        "--catalog".into(),
+        d.join("catalog.db").display().to_string(),
+        "--warehouse".into(),
+        d.join("warehouse").display().to_string(),
+        "--id".into(),
+        id.to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    println!("{}", run_python("verify_restate.py", &args));
 }
 
 fn restate_cmd(cfg: &Path) -> Command {
@@ -215,24 +216,8 @@ fn a_restatement_with_a_changed_plugin_is_exact_written_once_and_switched_by_pro
         output_text(&o)
     );
 
-    let plugin_line = String::from_utf8_lossy(&o.stdout).to_string();
-    let (version, sha256) = {
-        // `restatement ID of NAME VERSION (sha256 SHA), ...`
-        let w: Vec<&str> = plugin_line.split_whitespace().collect();
-        (w[4].to_string(), w[6].trim_end_matches("),").to_string())
-    };
-    let verify = |extra: &[&str]| {
-        let mut args: Vec<String> = vec![
-            "--catalog".into(),
-            d.join("catalog.db").display().to_string(),
-            "--warehouse".into(),
-            d.join("warehouse").display().to_string(),
-            "--id".into(),
-            id.clone(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        println!("{}", run_python("verify_restate.py", &args));
-    };
+    let (version, sha256) = build_of(&String::from_utf8_lossy(&o.stdout));
+    let verify = |extra: &[&str]| verify_restate(d, &id, extra);
     verify(&[
         "restated",
         "--version",
@@ -537,24 +522,12 @@ fn a_three_partition_kafka_stream_is_restated_exactly_and_switched_under_a_live_
     assert!(o.status.success(), "restate under the live daemon:\n{out}");
     let stdout = String::from_utf8_lossy(&o.stdout).to_string();
     let id = id_of(&stdout).expect("the restatement's id");
-    let w: Vec<&str> = stdout.lines().next().unwrap().split_whitespace().collect();
-    let (version, sha256) = (w[4].to_string(), w[6].trim_end_matches("),").to_string());
+    let (version, sha256) = build_of(stdout.lines().next().unwrap());
     let commits = stdout.lines().filter(|l| l.contains(" commit ")).count();
     progress(format!(
         "restated {id} in {restate_secs:.2} s ({commits} commits beside the daemon's)"
     ));
-    let verify = |extra: &[&str]| {
-        let mut args: Vec<String> = vec![
-            "--catalog".into(),
-            d.join("catalog.db").display().to_string(),
-            "--warehouse".into(),
-            d.join("warehouse").display().to_string(),
-            "--id".into(),
-            id.clone(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        println!("{}", run_python("verify_restate.py", &args));
-    };
+    let verify = |extra: &[&str]| verify_restate(d, &id, extra);
     verify(&[
         "restated",
         "--version",

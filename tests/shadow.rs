@@ -12,7 +12,6 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
@@ -28,14 +27,10 @@ use admetrics::status::Status;
 /// A minute boundary: window `w` is `[BASE + w·60 s, BASE + (w+1)·60 s)`.
 const BASE: i64 = 1_700_000_040_000;
 
-fn wasm(name: &str) -> PathBuf {
-    support::repo_root().join(format!("target/wasm32-wasip2/release/{name}.wasm"))
-}
-
 fn load(name: &str) -> Plugin {
     PluginRuntime::new(&Config::default().plugins)
         .unwrap()
-        .load(&wasm(name))
+        .load(&support::wasm(name))
         .unwrap_or_else(|e| panic!("{name}: {e} (run scripts/build-plugins.sh)"))
 }
 

@@ -36,23 +36,6 @@ const IMPRESSIONS: u64 = 6;
 const CLICKS: u64 = 2;
 const LONG: Duration = Duration::from_secs(180);
 
-fn wasm(name: &str) -> PathBuf {
-    let p = repo_root().join(format!("target/wasm32-wasip2/release/{name}.wasm"));
-    assert!(
-        p.is_file(),
-        "{} missing: run scripts/build-plugins.sh",
-        p.display()
-    );
-    p
-}
-
-/// Copies atomically (write + rename), as a deploy tool should.
-fn install(src: &Path, dir: &Path, name: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::copy(src, &tmp).unwrap();
-    std::fs::rename(&tmp, dir.join(name)).unwrap();
-}
-
 /// Per (window, partition, campaign): impressions, clicks, clicks at ms 777 (among the clicks).
 type Counts = BTreeMap<(i64, i32, String), (u64, u64, u64)>;
 
@@ -205,10 +188,10 @@ impl Setup {
         std::fs::create_dir(&plugins).unwrap();
         std::fs::create_dir(&shadows).unwrap();
         for p in ["ctr", "cvr", "attribution"] {
-            install(&wasm(p), &plugins, &format!("{p}.wasm"));
+            install_plugin(&wasm(p), &plugins, &format!("{p}.wasm"));
         }
         if let Some(s) = shadow {
-            install(&wasm(s), &shadows, &format!("{s}.wasm"));
+            install_plugin(&wasm(s), &shadows, &format!("{s}.wasm"));
         }
         let http = format!("127.0.0.1:{}", free_port());
         let config = config(dir.path(), &broker.bootstrap, &http);
@@ -434,7 +417,7 @@ fn a_hot_loaded_shadow_is_diffed_shown_nowhere_and_promoted_without_a_gap() {
     });
 
     // The candidate dropped into the shadow directory of the running daemon.
-    install(
+    install_plugin(
         &candidate,
         &s.dir.path().join("shadow"),
         "ctr-candidate.wasm",
@@ -644,7 +627,7 @@ fn a_hot_loaded_shadow_is_diffed_shown_nowhere_and_promoted_without_a_gap() {
 
     // (d) Promotion on the running daemon: the candidate's build installed as the live ctr,
     // then removed from the shadow directory. The flush window (20) is open on both versions.
-    install(&candidate, &s.dir.path().join("plugins"), "ctr.wasm");
+    install_plugin(&candidate, &s.dir.path().join("plugins"), "ctr.wasm");
     s.wait_plugin_state(
         r#"plugin="ctr",version="0.3.0",state="active""#,
         true,

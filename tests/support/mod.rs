@@ -182,21 +182,53 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The built plugin component `name` (a plugin or a fixture, e.g. `fixture_ctr_v2`; built by
+/// scripts/build-plugins.sh).
+pub fn wasm(name: &str) -> PathBuf {
+    let p = repo_root().join(format!("target/wasm32-wasip2/release/{name}.wasm"));
+    assert!(
+        p.is_file(),
+        "{} missing: run scripts/build-plugins.sh",
+        p.display()
+    );
+    p
+}
+
 /// The three built plugin components (scripts/build-plugins.sh builds them).
 pub fn plugin_paths() -> Vec<PathBuf> {
-    let dir = repo_root().join("target/wasm32-wasip2/release");
-    let paths: Vec<PathBuf> = ["ctr", "cvr", "attribution"]
-        .iter()
-        .map(|p| dir.join(format!("{p}.wasm")))
-        .collect();
-    for p in &paths {
-        assert!(
-            p.is_file(),
-            "{} missing: run scripts/build-plugins.sh",
-            p.display()
-        );
-    }
-    paths
+    ["ctr", "cvr", "attribution"].map(wasm).to_vec()
+}
+
+/// Copies a plugin build into a watched directory atomically (write + rename), as an operator's
+/// deploy tool should.
+pub fn install_plugin(src: &Path, dir: &Path, name: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::copy(src, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+/// The built `admetrics` binary.
+pub fn admetrics() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_admetrics"))
+}
+
+/// Generates `d/name` with the load generator (`loadgen_args`) and runs it through
+/// `admetrics run --config cfg --file` (its own stream: the file's default name).
+pub fn run_generated_file(cfg: &Path, d: &Path, name: &str, loadgen_args: &[&str]) {
+    let f = d.join(name);
+    loadgen_file(&f, loadgen_args);
+    let o = admetrics()
+        .args(["run", "--config"])
+        .arg(cfg)
+        .arg("--file")
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "run --file {name}:\n{}",
+        output_text(&o)
+    );
 }
 
 /// The plugin paths as a TOML array, for `[plugins] paths = …` in a test's config.
