@@ -17,6 +17,7 @@ fn sample() -> EventBatch {
         time_ms: t - dt,
         campaign: c,
         ad: a,
+        kind: plugin::TouchKind::Click,
     };
     let mut b = plugin::new_batch();
     plugin::push_event(&mut b, kind::IMPRESSION, t, 0, 0, 0, Some(&[]));

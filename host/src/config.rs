@@ -23,6 +23,9 @@ pub enum ConfigError {
     Env { var: String, message: String },
     #[error("invalid config value {key}: {reason}")]
     Invalid { key: &'static str, reason: String },
+    /// Like `Invalid`, for keys named by the user (`plugins.config.NAME.KEY`).
+    #[error("invalid config value {key}: {reason}")]
+    InvalidAt { key: String, reason: String },
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -144,8 +147,13 @@ impl Default for WindowConfig {
 pub struct AttributionConfig {
     /// Clicks older than this (event time, relative to the conversion) are not credited.
     pub lookback_secs: u64,
-    /// At most this many recent clicks are remembered per user.
+    /// At most this many recent clicks are remembered per user (and as many views, when a
+    /// view-through plugin is loaded).
     pub max_touchpoints: usize,
+    /// Views (impressions) older than this, relative to the conversion, are not credited by
+    /// view-through plugins (those that set `wants-views`). Views are remembered only while
+    /// such a plugin is loaded.
+    pub view_lookback_secs: u64,
     /// A restart with a longer lookback than the tables' replay point covers is refused unless
     /// this is set (then conversions just after the restart may miss older clicks).
     pub accept_partial_lookback: bool,
@@ -156,6 +164,7 @@ impl Default for AttributionConfig {
         AttributionConfig {
             lookback_secs: 7 * 24 * 3600,
             max_touchpoints: 8,
+            view_lookback_secs: 24 * 3600,
             accept_partial_lookback: false,
         }
     }
@@ -194,6 +203,88 @@ pub struct PluginsConfig {
     pub shadow_paths: Vec<PathBuf>,
     /// A directory whose `*.wasm` files are loaded as shadows too, and watched like `dir`.
     pub shadow_dir: Option<PathBuf>,
+    /// Per dimension column, distinct values a plugin sees per window of a partition; later
+    /// values fold into `other` (counted in `admetrics_dimension_values_folded_total`), so a
+    /// buggy or hostile field cannot explode plugin state or `campaign_metrics`. Per plugin:
+    /// `max_dimension_values` in its `[plugins.config.NAME]` table.
+    pub max_dimension_values: usize,
+    /// `[plugins.config.NAME]`: parameters handed to the plugin named NAME at load (its `init`),
+    /// recorded in the lineage of its rows. `max_dimension_values` there is the host's and is not
+    /// passed on.
+    pub config: std::collections::BTreeMap<String, toml::Table>,
+}
+
+impl PluginsConfig {
+    /// What the plugin named `name` is configured with.
+    pub fn settings(&self, name: &str) -> crate::plugin::PluginSettings {
+        let mut out = crate::plugin::PluginSettings {
+            params: Vec::new(),
+            max_dimension_values: self.max_dimension_values,
+        };
+        let Some(table) = self.config.get(name) else {
+            return out;
+        };
+        for (k, v) in table {
+            if k == "max_dimension_values" {
+                if let Some(n) = v.as_integer() {
+                    out.max_dimension_values = n.max(1) as usize;
+                }
+                continue;
+            }
+            out.params.push((k.clone(), param_text(v)));
+        }
+        out.params.sort();
+        out
+    }
+
+    fn validate_params(&self) -> Result<(), ConfigError> {
+        for (name, table) in &self.config {
+            for (k, v) in table {
+                let key = format!("plugins.config.{name}.{k}");
+                let bad = |reason: &str| {
+                    Err(ConfigError::InvalidAt {
+                        key: key.clone(),
+                        reason: reason.into(),
+                    })
+                };
+                if k == "max_dimension_values" {
+                    if !v.as_integer().is_some_and(|n| n >= 1) {
+                        return bad("must be an integer, at least 1");
+                    }
+                    continue;
+                }
+                let scalar = |v: &toml::Value| {
+                    matches!(
+                        v,
+                        toml::Value::String(_)
+                            | toml::Value::Integer(_)
+                            | toml::Value::Float(_)
+                            | toml::Value::Boolean(_)
+                    )
+                };
+                let ok = match v {
+                    toml::Value::Array(a) => a.iter().all(|x| scalar(x) && param_text(x).find(',').is_none()),
+                    v => scalar(v),
+                };
+                if !ok {
+                    return bad(
+                        "a plugin parameter is a string, number, boolean or array of them (array \
+                         items without commas)",
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A parameter's text form: strings unquoted, arrays comma-joined.
+fn param_text(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Array(a) => a.iter().map(param_text).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
 }
 
 impl Default for PluginsConfig {
@@ -210,6 +301,8 @@ impl Default for PluginsConfig {
             compile_cache_dir: None,
             shadow_paths: vec![],
             shadow_dir: None,
+            max_dimension_values: 100,
+            config: Default::default(),
         }
     }
 }
@@ -460,6 +553,10 @@ impl Config {
         if self.plugins.quarantine_after == 0 {
             return bad("plugins.quarantine_after", "must be at least 1");
         }
+        if self.plugins.max_dimension_values == 0 {
+            return bad("plugins.max_dimension_values", "must be at least 1");
+        }
+        self.plugins.validate_params()?;
         if self.attribution.max_touchpoints == 0 {
             return bad("attribution.max_touchpoints", "must be at least 1");
         }

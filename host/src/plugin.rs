@@ -7,8 +7,14 @@
 //! stdout dropped; stderr captured so a guest panic message can be reported).
 //!
 //! A call that traps leaves the instance unusable, so the instance is dropped and rebuilt from the
-//! pre-instantiated component on the next call; the failure is returned to the caller, who decides
-//! what it means for the window (see `pipeline`).
+//! pre-instantiated component on the next call (and `init` called again with the same
+//! parameters); the failure is returned to the caller, who decides what it means for the window
+//! (see `pipeline`).
+//!
+//! Two contracts load: `admetrics:metrics@0.2.0` (`wit/admetrics.wit`, the one plugins are built
+//! against) and its predecessor 0.1.0 (`wit/0.1.0/`), which is adapted here: a 0.1.0 plugin gets
+//! the five 0.1.0 columns and clicks as touchpoints, its rows have no dimensions, and it runs on
+//! 60 s windows with no parameters. The rest of the host only sees the 0.2.0 types.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,8 +37,110 @@ mod bindings {
     });
 }
 
+/// The frozen previous contract, for the adapter (see the module doc).
+mod v01 {
+    wasmtime::component::bindgen!({
+        path: "../wit/0.1.0",
+        world: "metric-plugin",
+    });
+}
+
 /// The WIT types, as the host sees them.
-pub use bindings::admetrics::metrics::types::{EventBatch, MetricRow, Touchpoint};
+pub use bindings::admetrics::metrics::types::{
+    Column, Dimension, EventBatch, EventKind as TouchKind, MetricRow, Touchpoint, WindowSize,
+};
+
+/// The event columns a plugin declared (`plugin-info.columns`), as a bit set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Columns(u8);
+
+impl Columns {
+    /// The dimension columns (every declared column but `user` can be a breakdown), in the
+    /// order of `DIMENSIONS`' names.
+    pub const DIMENSIONS: [Column; 4] = [
+        Column::Device,
+        Column::Country,
+        Column::Placement,
+        Column::Currency,
+    ];
+
+    fn bit(c: Column) -> u8 {
+        match c {
+            Column::User => 1,
+            Column::Device => 2,
+            Column::Country => 4,
+            Column::Placement => 8,
+            Column::Currency => 16,
+        }
+    }
+    pub fn of(cols: &[Column]) -> Self {
+        Columns(cols.iter().fold(0, |a, &c| a | Self::bit(c)))
+    }
+    pub fn has(self, c: Column) -> bool {
+        self.0 & Self::bit(c) != 0
+    }
+    pub fn union(self, o: Columns) -> Columns {
+        Columns(self.0 | o.0)
+    }
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// A dimension column's name in tables, views and configuration.
+pub fn column_name(c: Column) -> &'static str {
+    match c {
+        Column::User => "user",
+        Column::Device => "device",
+        Column::Country => "country",
+        Column::Placement => "placement",
+        Column::Currency => "currency",
+    }
+}
+
+/// Index of a dimension column in `Columns::DIMENSIONS` (`None` for `user`).
+pub fn dimension_index(c: Column) -> Option<usize> {
+    Columns::DIMENSIONS.iter().position(|&d| d == c)
+}
+
+/// The window a plugin's accumulators cover (`plugin-info.window`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Span {
+    #[default]
+    Minute,
+    Hour,
+    /// A calendar day in the campaign's time zone.
+    Day,
+}
+
+impl Span {
+    pub fn name(self) -> &'static str {
+        match self {
+            Span::Minute => "minute",
+            Span::Hour => "hour",
+            Span::Day => "day",
+        }
+    }
+}
+
+/// Configuration of one plugin by name (`[plugins.config.NAME]`): the parameters handed to
+/// `init`, and the host's own per-plugin settings taken out of the same table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PluginSettings {
+    /// Sorted by name; values in TOML text form (strings unquoted, arrays comma-joined).
+    pub params: Vec<(String, String)>,
+    /// Distinct values per dimension column per window kept before the rest fold into `other`.
+    pub max_dimension_values: usize,
+}
+
+/// The parameters as one JSON object (`{}` for none): what lineage and rows record.
+pub fn params_json(params: &[(String, String)]) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = params
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    serde_json::Value::Object(map).to_string()
+}
 
 /// `event-batch.kinds` codes.
 pub mod kind {
@@ -49,13 +157,27 @@ pub fn new_batch() -> EventBatch {
         campaigns: vec![],
         ads: vec![],
         revenue_micros: vec![],
+        users: vec![],
+        devices: vec![],
+        countries: vec![],
+        placements: vec![],
+        currencies: vec![],
         touchpoint_ends: vec![],
         touchpoints: vec![],
     }
 }
 
-/// Appends one event. `touchpoints` is `Some` (possibly empty) when the batch carries
-/// touchpoints: then every event of the batch must be pushed with `Some`.
+/// The optional columns of one event; pushed only for the columns the batch carries.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extra {
+    pub user: u64,
+    /// Interned values, in `Columns::DIMENSIONS` order (device, country, placement, currency).
+    pub dims: [u32; 4],
+}
+
+/// Appends one event with none of the optional columns. `touchpoints` is `Some` (possibly
+/// empty) when the batch carries touchpoints: then every event of the batch must be pushed
+/// with `Some`.
 pub fn push_event(
     b: &mut EventBatch,
     kind: u8,
@@ -65,18 +187,61 @@ pub fn push_event(
     revenue_micros: i64,
     touchpoints: Option<&[Touchpoint]>,
 ) {
+    push_event_with(
+        b,
+        kind,
+        time_ms,
+        campaign,
+        ad,
+        revenue_micros,
+        touchpoints,
+        Columns::default(),
+        &Extra::default(),
+    );
+}
+
+/// [`push_event`] for a batch that carries optional `columns` too.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn push_event_with(
+    b: &mut EventBatch,
+    kind: u8,
+    time_ms: i64,
+    campaign: u32,
+    ad: u32,
+    revenue_micros: i64,
+    touchpoints: Option<&[Touchpoint]>,
+    columns: Columns,
+    extra: &Extra,
+) {
     b.kinds.push(kind);
     b.times_ms.push(time_ms);
     b.campaigns.push(campaign);
     b.ads.push(ad);
     b.revenue_micros.push(revenue_micros);
+    if !columns.is_empty() {
+        if columns.has(Column::User) {
+            b.users.push(extra.user);
+        }
+        for (i, &c) in Columns::DIMENSIONS.iter().enumerate() {
+            if columns.has(c) {
+                dim_column_mut(b, c).push(extra.dims[i]);
+            }
+        }
+    }
     if let Some(tps) = touchpoints {
-        b.touchpoints.extend(tps.iter().map(|t| Touchpoint {
-            time_ms: t.time_ms,
-            campaign: t.campaign,
-            ad: t.ad,
-        }));
+        b.touchpoints.extend_from_slice(tps);
         b.touchpoint_ends.push(b.touchpoints.len() as u32);
+    }
+}
+
+/// The batch's column of a dimension (`user` has no such column: it is `users`).
+pub fn dim_column_mut(b: &mut EventBatch, c: Column) -> &mut Vec<u32> {
+    match c {
+        Column::Device => &mut b.devices,
+        Column::Country => &mut b.countries,
+        Column::Placement => &mut b.placements,
+        Column::Currency | Column::User => &mut b.currencies,
     }
 }
 
@@ -87,11 +252,112 @@ pub fn clear_batch(b: &mut EventBatch) {
     b.campaigns.clear();
     b.ads.clear();
     b.revenue_micros.clear();
+    b.users.clear();
+    b.devices.clear();
+    b.countries.clear();
+    b.placements.clear();
+    b.currencies.clear();
     b.touchpoint_ends.clear();
     b.touchpoints.clear();
 }
 
+/// What `plugin` gets of a window's shared batch: the batch itself when it carries exactly
+/// what the plugin asked for, else a copy without the columns and views it did not ask for
+/// and with dimension values folded by `fold` (value → the value the plugin sees). The copy is
+/// the price of sharing one pending batch per window among plugins with different needs; a
+/// window whose plugins ask for nothing extra never pays it.
+pub fn batch_for<'a>(
+    shared: &'a EventBatch,
+    info: &PluginInfo,
+    fold: Option<&dyn Fn(Column, u32) -> u32>,
+) -> std::borrow::Cow<'a, EventBatch> {
+    use std::borrow::Cow;
+    let n = shared.kinds.len();
+    let extra_cols = (!shared.users.is_empty() && !info.columns.has(Column::User))
+        || Columns::DIMENSIONS.iter().any(|&c| {
+            !info.columns.has(c) && !dim_column(shared, c).is_empty()
+        });
+    let extra_views = !info.wants_views
+        && shared
+            .touchpoints
+            .iter()
+            .any(|t| t.kind == TouchKind::Impression);
+    let extra_tps = !info.wants_touchpoints && !shared.touchpoint_ends.is_empty();
+    if !extra_cols && !extra_views && !extra_tps && fold.is_none() {
+        return Cow::Borrowed(shared);
+    }
+    let keep = |c: Column, v: &Vec<u32>| {
+        if !info.columns.has(c) {
+            return Vec::new();
+        }
+        match fold {
+            Some(f) => v.iter().map(|&x| f(c, x)).collect(),
+            None => v.clone(),
+        }
+    };
+    let (touchpoint_ends, touchpoints) = if !info.wants_touchpoints {
+        (Vec::new(), Vec::new())
+    } else if extra_views {
+        let mut ends = Vec::with_capacity(n);
+        let mut tps = Vec::new();
+        let mut from = 0usize;
+        for &end in &shared.touchpoint_ends {
+            tps.extend(
+                shared.touchpoints[from..end as usize]
+                    .iter()
+                    .filter(|t| t.kind == TouchKind::Click)
+                    .copied(),
+            );
+            ends.push(tps.len() as u32);
+            from = end as usize;
+        }
+        (ends, tps)
+    } else {
+        (shared.touchpoint_ends.clone(), shared.touchpoints.clone())
+    };
+    Cow::Owned(EventBatch {
+        kinds: shared.kinds.clone(),
+        times_ms: shared.times_ms.clone(),
+        campaigns: shared.campaigns.clone(),
+        ads: shared.ads.clone(),
+        revenue_micros: shared.revenue_micros.clone(),
+        users: if info.columns.has(Column::User) {
+            shared.users.clone()
+        } else {
+            Vec::new()
+        },
+        devices: keep(Column::Device, &shared.devices),
+        countries: keep(Column::Country, &shared.countries),
+        placements: keep(Column::Placement, &shared.placements),
+        currencies: keep(Column::Currency, &shared.currencies),
+        touchpoint_ends,
+        touchpoints,
+    })
+}
+
+fn dim_column(b: &EventBatch, c: Column) -> &Vec<u32> {
+    match c {
+        Column::Device => &b.devices,
+        Column::Country => &b.countries,
+        Column::Placement => &b.placements,
+        Column::Currency | Column::User => &b.currencies,
+    }
+}
+
 use bindings::{MetricPlugin, MetricPluginPre};
+
+/// A component of either contract, ready to instantiate.
+#[derive(Clone)]
+enum Pre {
+    V2(MetricPluginPre<State>),
+    V1(v01::MetricPluginPre<State>),
+}
+
+/// An instance's exports, of either contract.
+enum Exports {
+    V2(MetricPlugin),
+    V1(v01::MetricPlugin),
+}
 
 /// How often the epoch advances; call deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -118,6 +384,13 @@ pub struct PluginInfo {
     pub version: String,
     pub metrics: Vec<String>,
     pub wants_touchpoints: bool,
+    pub wants_views: bool,
+    pub columns: Columns,
+    pub window: Span,
+    /// The parameters it was initialised with (part of its identity: see `params_json`).
+    pub params: Vec<(String, String)>,
+    /// Host setting from its configuration: see [`PluginSettings`].
+    pub max_dimension_values: usize,
     /// sha256 of the component bytes, hex: which exact build produced a row.
     pub sha256: String,
     /// The WIT package the component was built against, e.g. `admetrics:metrics@0.1.0` (see
@@ -128,7 +401,10 @@ pub struct PluginInfo {
 /// The WIT package (name@version) of `wit/admetrics.wit`, the world the host's bindings are
 /// generated from: `MetricPluginPre::new` refuses a component that does not type-check against
 /// it, so every loaded plugin implements this world (or a semver-compatible one).
-pub const WIT_PACKAGE: &str = "admetrics:metrics@0.1.0";
+pub const WIT_PACKAGE: &str = "admetrics:metrics@0.2.0";
+
+/// The previous contract, still loaded through the adapter.
+pub const WIT_PACKAGE_V01: &str = "admetrics:metrics@0.1.0";
 
 /// The WIT package a component names in its own imports or exports (`admetrics:metrics/types@V`,
 /// the interface of the world's types, which every plugin imports): the version it was built
@@ -208,6 +484,9 @@ impl HostMonotonicClock for FrozenClock {
 #[derive(Clone)]
 pub struct PluginRuntime {
     inner: Arc<RuntimeInner>,
+    /// `[plugins]` as loaded: per-plugin parameters come from here. Replaced (engine kept) by
+    /// [`with_config`](Self::with_config) when the configuration changes.
+    config: Arc<PluginsConfig>,
 }
 
 struct RuntimeInner {
@@ -257,7 +536,22 @@ impl PluginRuntime {
                 limits: limits.clone(),
                 stop_ticker,
             }),
+            config: Arc::new(limits.clone()),
         })
+    }
+
+    /// The same engine (and limits) with another `[plugins]` section's per-plugin settings:
+    /// what plugins loaded from now on are configured with.
+    pub fn with_config(&self, cfg: &PluginsConfig) -> PluginRuntime {
+        PluginRuntime {
+            inner: self.inner.clone(),
+            config: Arc::new(cfg.clone()),
+        }
+    }
+
+    /// The settings a plugin of this name gets.
+    pub fn settings_of(&self, name: &str) -> PluginSettings {
+        self.config.settings(name)
     }
 
     /// Compiles `bytes`, or loads the result of an earlier compilation of the same bytes by the
@@ -327,17 +621,29 @@ impl PluginRuntime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| invalid(format!("{e:#}")))?;
-        let pre = MetricPluginPre::new(pre).map_err(|e| {
-            invalid(format!(
-                "does not implement admetrics:metrics/metric-plugin: {e:#}"
-            ))
-        })?;
+        let pre = match MetricPluginPre::new(pre.clone()) {
+            Ok(p) => Pre::V2(p),
+            Err(e2) => match v01::MetricPluginPre::new(pre) {
+                Ok(p) => Pre::V1(p),
+                Err(_) => {
+                    return Err(invalid(format!(
+                        "does not implement {WIT_PACKAGE} world metric-plugin (nor \
+                         {WIT_PACKAGE_V01}): {e2:#}"
+                    )));
+                }
+            },
+        };
         let mut plugin = Plugin {
             info: PluginInfo {
                 name: String::new(),
                 version: String::new(),
                 metrics: vec![],
                 wants_touchpoints: false,
+                wants_views: false,
+                columns: Columns::default(),
+                window: Span::Minute,
+                params: vec![],
+                max_dimension_values: usize::MAX,
                 sha256,
                 wit,
             },
@@ -347,9 +653,34 @@ impl PluginRuntime {
             live: None,
             restarts: 0,
         };
-        let info = plugin
-            .call(|p, s| p.call_info(s))
-            .map_err(|e| invalid(e.to_string()))?;
+        // The name first (every parameter has a default), then the configured parameters.
+        let described = plugin.describe().map_err(|e| invalid(e.to_string()))?;
+        let settings = self.settings_of(&described.name);
+        let described = if settings.params.is_empty() {
+            described
+        } else if matches!(plugin.pre, Pre::V1(_)) {
+            let names: Vec<&str> = settings.params.iter().map(|(k, _)| k.as_str()).collect();
+            return Err(invalid(format!(
+                "plugin {:?} is built against {WIT_PACKAGE_V01}, which takes no parameters, but \
+                 [plugins.config.{}] sets {}: rebuild it against {WIT_PACKAGE} (wit/admetrics.wit; \
+                 see plugins/README.md) to configure it",
+                described.name,
+                described.name,
+                names.join(", ")
+            )));
+        } else {
+            plugin.info.params = settings.params.clone();
+            plugin.live = None;
+            let again = plugin.describe().map_err(|e| invalid(e.to_string()))?;
+            if again.name != described.name {
+                return Err(invalid(format!(
+                    "plugin {:?} names itself {:?} when given its parameters",
+                    described.name, again.name
+                )));
+            }
+            again
+        };
+        let info = described;
         if info.name.is_empty()
             || !info
                 .name
@@ -366,10 +697,19 @@ impl PluginRuntime {
                 "plugin-info needs a version and at least one metric".into(),
             ));
         }
+        if info.wants_views && !info.wants_touchpoints {
+            return Err(invalid(
+                "plugin-info sets wants-views without wants-touchpoints".into(),
+            ));
+        }
         plugin.info.name = info.name;
         plugin.info.version = info.version;
         plugin.info.metrics = info.metrics;
         plugin.info.wants_touchpoints = info.wants_touchpoints;
+        plugin.info.wants_views = info.wants_views;
+        plugin.info.columns = info.columns;
+        plugin.info.window = info.window;
+        plugin.info.max_dimension_values = settings.max_dimension_values;
         plugin
             .smoke_test()
             .map_err(|e| invalid(format!("smoke test failed: {e}")))?;
@@ -382,9 +722,22 @@ impl PluginRuntime {
     }
 }
 
+/// What `init` (or 0.1.0's `info`) says, before validation.
+struct Described {
+    name: String,
+    version: String,
+    metrics: Vec<String>,
+    wants_touchpoints: bool,
+    wants_views: bool,
+    columns: Columns,
+    window: Span,
+}
+
 struct Live {
     store: Store<State>,
-    bindings: MetricPlugin,
+    exports: Exports,
+    /// What this instance's `init` returned (0.2.0 only).
+    init: Option<bindings::admetrics::metrics::types::PluginInfo>,
 }
 
 /// One loaded plugin with its own store and instance.
@@ -392,7 +745,7 @@ pub struct Plugin {
     pub info: PluginInfo,
     pub path: PathBuf,
     runtime: PluginRuntime,
-    pre: MetricPluginPre<State>,
+    pre: Pre,
     live: Option<Live>,
     /// How many times the instance was rebuilt after a trap.
     pub restarts: u64,
@@ -438,11 +791,71 @@ impl Plugin {
         );
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(self.deadline_ticks());
-        let bindings = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| PluginError::Trap(format!("instantiate: {e:#}")))?;
-        Ok(Live { store, bindings })
+        let (exports, init) = match &self.pre {
+            Pre::V2(pre) => {
+                let b = pre
+                    .instantiate(&mut store)
+                    .map_err(|e| PluginError::Trap(format!("instantiate: {e:#}")))?;
+                // Every fresh instance is configured before use.
+                let info = b
+                    .call_init(&mut store, &self.info.params)
+                    .map_err(|e| PluginError::Trap(format!("init: {e:#}")))?
+                    .map_err(|e| {
+                        PluginError::Guest(format!("init refused its parameters: {e}"))
+                    })?;
+                (Exports::V2(b), Some(info))
+            }
+            Pre::V1(pre) => (
+                Exports::V1(
+                    pre.instantiate(&mut store)
+                        .map_err(|e| PluginError::Trap(format!("instantiate: {e:#}")))?,
+                ),
+                None,
+            ),
+        };
+        Ok(Live {
+            store,
+            exports,
+            init,
+        })
+    }
+
+    /// Calls `init` with `info.params` (0.1.0: `info`) on a fresh instance.
+    fn describe(&mut self) -> Result<Described, PluginError> {
+        self.live = None;
+        let v1 = self.call(|e, s| match e {
+            Exports::V2(_) => Ok(None),
+            Exports::V1(p) => p.call_info(s).map(Some),
+        })?;
+        if let Some(i) = v1 {
+            return Ok(Described {
+                name: i.name,
+                version: i.version,
+                metrics: i.metrics,
+                wants_touchpoints: i.wants_touchpoints,
+                wants_views: false,
+                columns: Columns::default(),
+                window: Span::Minute,
+            });
+        }
+        let i = self
+            .live
+            .as_mut()
+            .and_then(|l| l.init.take())
+            .expect("a 0.2.0 instance was initialised by `call`");
+        Ok(Described {
+            name: i.name,
+            version: i.version,
+            metrics: i.metrics,
+            wants_touchpoints: i.wants_touchpoints,
+            wants_views: i.wants_views,
+            columns: Columns::of(&i.columns),
+            window: match i.window {
+                WindowSize::Minute => Span::Minute,
+                WindowSize::Hour => Span::Hour,
+                WindowSize::Day => Span::Day,
+            },
+        })
     }
 
     fn deadline_ticks(&self) -> u64 {
@@ -452,7 +865,7 @@ impl Plugin {
     /// Runs one export call with a fresh deadline; a trap drops the instance.
     fn call<R>(
         &mut self,
-        f: impl FnOnce(&MetricPlugin, &mut Store<State>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&Exports, &mut Store<State>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         if self.live.is_none() {
             self.live = Some(self.instantiate()?);
@@ -460,7 +873,7 @@ impl Plugin {
         let ticks = self.deadline_ticks();
         let live = self.live.as_mut().expect("instantiated above");
         live.store.set_epoch_deadline(ticks);
-        match f(&live.bindings, &mut live.store) {
+        match f(&live.exports, &mut live.store) {
             Ok(r) => Ok(r),
             Err(e) => {
                 let stderr = String::from_utf8_lossy(&live.store.data().stderr.contents())
@@ -485,16 +898,51 @@ impl Plugin {
 
     /// Folds `events` into `acc` (empty for a new window).
     pub fn accumulate(&mut self, acc: &[u8], events: &EventBatch) -> Result<Vec<u8>, PluginError> {
-        self.call(|p, s| p.call_accumulate(s, acc, events))?
-            .map_err(PluginError::Guest)
+        self.call(|p, s| match p {
+            Exports::V2(p) => p.call_accumulate(s, acc, events),
+            Exports::V1(p) => p.call_accumulate(s, acc, &to_v01(events)),
+        })?
+        .map_err(PluginError::Guest)
     }
 
     /// The window's metric rows, validated against the plugin's declaration.
     pub fn finish(&mut self, acc: &[u8]) -> Result<Vec<MetricRow>, PluginError> {
         let rows = self
-            .call(|p, s| p.call_finish(s, acc))?
+            .call(|p, s| match p {
+                Exports::V2(p) => p.call_finish(s, acc),
+                Exports::V1(p) => Ok(p.call_finish(s, acc)?.map(|rows| {
+                    rows.into_iter()
+                        .map(|r| MetricRow {
+                            campaign: r.campaign,
+                            ad: r.ad,
+                            dimensions: Vec::new(),
+                            metric: r.metric,
+                            value: r.value,
+                            numerator: r.numerator,
+                            denominator: r.denominator,
+                        })
+                        .collect()
+                })),
+            })?
             .map_err(PluginError::Guest)?;
         for r in &rows {
+            for (i, d) in r.dimensions.iter().enumerate() {
+                if d.column == Column::User || !self.info.columns.has(d.column) {
+                    return Err(PluginError::Malformed(format!(
+                        "{} has a dimension on column {}, which it did not declare (or cannot: \
+                         user)",
+                        r.metric,
+                        column_name(d.column)
+                    )));
+                }
+                if r.dimensions[..i].iter().any(|o| o.column == d.column) {
+                    return Err(PluginError::Malformed(format!(
+                        "{} names column {} twice",
+                        r.metric,
+                        column_name(d.column)
+                    )));
+                }
+            }
             if !self.info.metrics.iter().any(|m| *m == r.metric) {
                 return Err(PluginError::Malformed(format!(
                     "undeclared metric {:?}",
@@ -526,16 +974,38 @@ impl Plugin {
     /// One call over sample events of every kind must succeed before a plugin is used.
     fn smoke_test(&mut self) -> Result<(), PluginError> {
         let t = 1_700_000_000_000;
-        let tp = [Touchpoint {
-            time_ms: t - 1000,
-            campaign: 0,
-            ad: 0,
-        }];
+        let tp = [
+            Touchpoint {
+                time_ms: t - 2000,
+                campaign: 0,
+                ad: 0,
+                kind: TouchKind::Impression,
+            },
+            Touchpoint {
+                time_ms: t - 1000,
+                campaign: 0,
+                ad: 0,
+                kind: TouchKind::Click,
+            },
+        ];
+        let all = Columns::of(&[
+            Column::User,
+            Column::Device,
+            Column::Country,
+            Column::Placement,
+            Column::Currency,
+        ]);
+        let x = |u: u64, d: u32| Extra {
+            user: u,
+            dims: [d; 4],
+        };
         let mut sample = new_batch();
-        push_event(&mut sample, kind::IMPRESSION, t, 0, 0, 0, Some(&[]));
-        push_event(&mut sample, kind::CLICK, t, 0, 0, 0, Some(&[]));
-        push_event(&mut sample, kind::CONVERSION, t, 1, 1, 1_500_000, Some(&tp));
-        push_event(&mut sample, kind::CONVERSION, t, 1, 1, 1, Some(&[]));
+        let b = &mut sample;
+        push_event_with(b, kind::IMPRESSION, t, 0, 0, 0, Some(&[]), all, &x(7, 0));
+        push_event_with(b, kind::CLICK, t, 0, 0, 0, Some(&[]), all, &x(7, 0));
+        push_event_with(b, kind::CONVERSION, t, 1, 1, 1_500_000, Some(&tp), all, &x(7, 1));
+        push_event_with(b, kind::CONVERSION, t, 1, 1, 1, Some(&[]), all, &x(8, 1));
+        let sample = batch_for(&sample, &self.info.clone(), None).into_owned();
         let acc = self.accumulate(&[], &sample)?;
         let rows = self.finish(&acc)?;
         if rows.is_empty() {
@@ -549,6 +1019,29 @@ impl Plugin {
             ));
         }
         Ok(())
+    }
+}
+
+/// The 0.1.0 batch of a 0.2.0 one (a 0.1.0 plugin never asks for columns or views, so its
+/// batch has none: see `batch_for`).
+fn to_v01(b: &EventBatch) -> v01::admetrics::metrics::types::EventBatch {
+    use v01::admetrics::metrics::types as old;
+    old::EventBatch {
+        kinds: b.kinds.clone(),
+        times_ms: b.times_ms.clone(),
+        campaigns: b.campaigns.clone(),
+        ads: b.ads.clone(),
+        revenue_micros: b.revenue_micros.clone(),
+        touchpoint_ends: b.touchpoint_ends.clone(),
+        touchpoints: b
+            .touchpoints
+            .iter()
+            .map(|t| old::Touchpoint {
+                time_ms: t.time_ms,
+                campaign: t.campaign,
+                ad: t.ad,
+            })
+            .collect(),
     }
 }
 

@@ -917,6 +917,8 @@ fn record_batch(actions: &[(RecordRow, i64)], revision: i64) -> RecordBatch {
                 window_end_ms: r.to_ms,
                 campaign_id: "".into(),
                 ad_id: None,
+                dimensions: None,
+                plugin_params: None,
                 metric: RECORD_METRIC.into(),
                 value: *flag as f64,
                 numerator: *flag as f64,

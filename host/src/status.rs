@@ -45,6 +45,9 @@ pub struct Status {
     pub late_events: Counter,
     /// Deliveries of an event id already seen within the dedup horizon (not counted in metrics).
     pub duplicates: Counter,
+    /// Event values a plugin saw as `other` because its window already had
+    /// `max_dimension_values` distinct values in that column (counted once per plugin).
+    pub dimension_values_folded: Counter,
     /// Ids remembered for deduplication and the table's heap bytes.
     pub dedup_ids: CountGauge,
     pub dedup_bytes: AtomicU64,
@@ -246,6 +249,12 @@ impl Status {
             "duplicate_events",
             "Deliveries of an event id already seen within the dedup horizon (not counted)",
         );
+        let dimension_values_folded = counter(
+            &mut r,
+            "dimension_values_folded",
+            "Event values a plugin saw as `other`: past its max_dimension_values distinct values in \
+             the window (per plugin)",
+        );
         let dead = Family::<ReasonLabel, Counter>::default();
         r.register(
             "dead_letters",
@@ -363,6 +372,7 @@ impl Status {
             dead_by_reason,
             late_events,
             duplicates,
+            dimension_values_folded,
             dedup_ids,
             dedup_bytes: Default::default(),
             interned_ids,

@@ -275,8 +275,17 @@ impl State {
         if old_live != new_live {
             let _ = self.tx.send(Control::Settings(new_live));
         }
+        let plugin_settings = self.cfg.plugins.config != changes.merged.plugins.config
+            || self.cfg.plugins.max_dimension_values
+                != changes.merged.plugins.max_dimension_values;
         // The running values stay for everything refused.
         self.cfg = changes.merged;
+        if plugin_settings {
+            // Every plugin file is loaded again with its new settings at the next round.
+            self.runtime = self.runtime.with_config(&self.cfg.plugins);
+            self.installed.clear();
+            self.rejected.clear();
+        }
     }
 
     fn check_plugins(&mut self) {
@@ -542,6 +551,7 @@ fn classify(old: &Config, new: &Config) -> Changes {
             crate::config::AttributionConfig {
                 lookback_secs: _,
                 max_touchpoints: _,
+                view_lookback_secs: _,
                 accept_partial_lookback: _,
             },
         validation:
@@ -565,6 +575,8 @@ fn classify(old: &Config, new: &Config) -> Changes {
                 compile_cache_dir: _,
                 shadow_paths: _,
                 shadow_dir: _,
+                max_dimension_values: _,
+                config: _,
             },
         iceberg:
             crate::config::IcebergConfig {
@@ -623,6 +635,7 @@ fn classify(old: &Config, new: &Config) -> Changes {
 
     live!("attribution.lookback_secs", attribution.lookback_secs);
     live!("attribution.max_touchpoints", attribution.max_touchpoints);
+    live!("attribution.view_lookback_secs", attribution.view_lookback_secs);
     // Consulted at start-up only (against the tables' replay point); recorded for the next one.
     live!(
         "attribution.accept_partial_lookback",
@@ -642,6 +655,10 @@ fn classify(old: &Config, new: &Config) -> Changes {
     live!("plugins.shadow_paths", plugins.shadow_paths);
     live!("plugins.shadow_dir", plugins.shadow_dir);
     live!("plugins.watch_interval_ms", plugins.watch_interval_ms);
+    // Plugins are loaded again with the new settings (`check_plugins`): a changed parameter
+    // makes a new version of the plugin, swapped in at window boundaries like a new build.
+    live!("plugins.config", plugins.config);
+    live!("plugins.max_dimension_values", plugins.max_dimension_values);
     live!("plugins.quarantine_after", plugins.quarantine_after);
     live!(
         "plugins.quarantine_window_secs",

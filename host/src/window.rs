@@ -16,7 +16,13 @@ use smallvec::SmallVec;
 
 use rustc_hash::FxHashMap;
 
-use crate::plugin::Touchpoint;
+/// A remembered click or view (16 bytes; the plugins' `touchpoint` adds its kind when sent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Touchpoint {
+    pub time_ms: i64,
+    pub campaign: u32,
+    pub ad: u32,
+}
 
 /// Start of the tumbling window containing `t`.
 pub fn window_start(t_ms: i64, size_ms: i64) -> i64 {
@@ -194,31 +200,56 @@ impl Watermarks {
 pub struct Touchpoints {
     users:
         HashMap<u64, SmallVec<[Touchpoint; 1]>, BuildHasherDefault<crate::dedup::IdentityHasher>>,
+    /// Each user's recent views (impressions), kept only while a view-through plugin is loaded
+    /// (`record_view` is not called otherwise), bounded and pruned like the clicks with their
+    /// own, shorter lookback.
+    views:
+        HashMap<u64, SmallVec<[Touchpoint; 1]>, BuildHasherDefault<crate::dedup::IdentityHasher>>,
     max_per_user: usize,
     lookback_ms: i64,
+    view_lookback_ms: i64,
 }
 
 impl Touchpoints {
     pub fn new(max_per_user: usize, lookback_ms: i64) -> Self {
         Touchpoints {
             users: HashMap::default(),
+            views: HashMap::default(),
             max_per_user,
             lookback_ms,
+            view_lookback_ms: 0,
         }
     }
 
     /// Remembers a click, keeping the user's list sorted by time and bounded (oldest dropped).
     pub fn record_click(&mut self, user: &str, tp: Touchpoint) {
         let list = self.users.entry(user_key(user)).or_default();
-        // Clicks mostly arrive in time order: insert from the back.
-        let pos = list
-            .iter()
-            .rposition(|t| t.time_ms <= tp.time_ms)
-            .map_or(0, |i| i + 1);
-        list.insert(pos, tp);
-        if list.len() > self.max_per_user {
-            list.remove(0);
-        }
+        insert_bounded(list, tp, self.max_per_user);
+    }
+
+    /// Remembers a view (for view-through attribution), like a click.
+    pub fn record_view(&mut self, user: &str, tp: Touchpoint) {
+        let list = self.views.entry(user_key(user)).or_default();
+        insert_bounded(list, tp, self.max_per_user);
+    }
+
+    /// The user's views with `t − view lookback ≤ view time ≤ t`, oldest first.
+    pub fn views_for(&self, user: &str, t_ms: i64) -> &[Touchpoint] {
+        let Some(list) = self.views.get(&user_key(user)) else {
+            return &[];
+        };
+        let lo = list.partition_point(|tp| tp.time_ms < t_ms - self.view_lookback_ms);
+        let hi = list.partition_point(|tp| tp.time_ms <= t_ms);
+        &list[lo..hi.max(lo)]
+    }
+
+    /// Sets how far back views count (0 while no view-through plugin is loaded).
+    pub fn set_view_lookback(&mut self, ms: i64) {
+        self.view_lookback_ms = ms;
+    }
+
+    pub fn view_users(&self) -> usize {
+        self.views.len()
     }
 
     /// The user's clicks with `t − lookback ≤ click time ≤ t`, oldest first.
@@ -239,6 +270,11 @@ impl Touchpoints {
             list.retain(|t| t.time_ms >= horizon);
             !list.is_empty()
         });
+        let horizon = watermark_ms.saturating_sub(self.view_lookback_ms);
+        self.views.retain(|_, list| {
+            list.retain(|t| t.time_ms >= horizon);
+            !list.is_empty()
+        });
     }
 
     /// Changes the bounds while running; they apply to conversions from now on.
@@ -253,7 +289,7 @@ impl Touchpoints {
 
     /// Marks in `campaigns` and `ads` (indexed by id) every id a remembered click holds.
     pub fn mark_ids(&self, campaigns: &mut [bool], ads: &mut [bool]) {
-        for tp in self.users.values().flatten() {
+        for tp in self.users.values().chain(self.views.values()).flatten() {
             if let Some(c) = campaigns.get_mut(tp.campaign as usize) {
                 *c = true;
             }
@@ -266,13 +302,27 @@ impl Touchpoints {
     /// Approximate heap bytes held (table slots, spilled click lists).
     pub fn bytes_estimate(&self) -> usize {
         let slot = std::mem::size_of::<(u64, SmallVec<[Touchpoint; 1]>)>() + 1;
-        self.users.capacity() * slot
+        (self.users.capacity() + self.views.capacity()) * slot
             + self
                 .users
                 .values()
+                .chain(self.views.values())
                 .filter(|v| v.spilled())
                 .map(|v| v.capacity() * std::mem::size_of::<Touchpoint>())
                 .sum::<usize>()
+    }
+}
+
+/// Inserts keeping `list` sorted by time and at most `max` long (oldest dropped).
+fn insert_bounded(list: &mut SmallVec<[Touchpoint; 1]>, tp: Touchpoint, max: usize) {
+    // Touchpoints mostly arrive in time order: insert from the back.
+    let pos = list
+        .iter()
+        .rposition(|t| t.time_ms <= tp.time_ms)
+        .map_or(0, |i| i + 1);
+    list.insert(pos, tp);
+    if list.len() > max {
+        list.remove(0);
     }
 }
 

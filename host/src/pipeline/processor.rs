@@ -14,16 +14,16 @@ use std::time::{Duration, Instant};
 use super::live::LiveView;
 pub use super::registry::PluginSpec;
 use super::registry::{Promotion, Registry, Slot};
-use super::task::{Task, Window};
+use super::task::{Needs, Task, Window};
 use crate::config::Config;
 use crate::dedup::{Delivery, SeenIds};
 use crate::event::{self, EventKind};
-use crate::plugin::{self, Plugin, PluginError, Touchpoint};
+use crate::plugin::{self, Column, Columns, Plugin, PluginError, TouchKind};
 use crate::sink::schema::{DeadLetterBuffer, EventsBuffer, MetricRecord, metrics_batch};
 use crate::sink::{Claimed, CommitBatch, Position};
 use crate::source::RawMessage;
 use crate::status::Status;
-use crate::window::{Interner, Touchpoints, Watermarks, window_start};
+use crate::window::{Interner, Touchpoint, Touchpoints, Watermarks, window_start};
 
 /// Wall-clock readings taken once per poll batch, not per event.
 #[derive(Debug, Clone, Copy)]
@@ -49,6 +49,7 @@ pub struct LiveSettings {
     pub idle_timeout_ms: u64,
     pub max_clock_skew_ms: u64,
     pub lookback_secs: u64,
+    pub view_lookback_secs: u64,
     pub max_touchpoints: usize,
     pub max_future_ms: i64,
     pub max_past_ms: i64,
@@ -64,6 +65,7 @@ impl LiveSettings {
             idle_timeout_ms: cfg.window.idle_timeout_ms,
             max_clock_skew_ms: cfg.window.max_clock_skew_ms,
             lookback_secs: cfg.attribution.lookback_secs,
+            view_lookback_secs: cfg.attribution.view_lookback_secs,
             max_touchpoints: cfg.attribution.max_touchpoints,
             max_future_ms: cfg.validation.max_future_ms,
             max_past_ms: cfg.validation.max_past_ms,
@@ -89,6 +91,11 @@ pub struct Processor {
     settings: LiveSettings,
     campaigns: Interner,
     ads: Interner,
+    /// Dimension values (device, country, placement, currency strings, `unknown`, `other`),
+    /// interned for the plugins that declare those columns.
+    dims: Interner,
+    /// Scratch list for one conversion's touchpoints (clicks and views merged).
+    tp_scratch: Vec<plugin::Touchpoint>,
     /// Per owned partition: its watermark (each partition closes its own windows).
     watermarks: Watermarks,
     /// Per owned partition: its state (see `task`).
@@ -144,6 +151,8 @@ impl Processor {
             settings: LiveSettings::from_config(cfg),
             campaigns: Interner::default(),
             ads: Interner::default(),
+            dims: Interner::default(),
+            tp_scratch: Vec::new(),
             watermarks,
             tasks: BTreeMap::new(),
             handoff: BTreeMap::new(),
@@ -177,6 +186,11 @@ impl Processor {
         self.size_ms + self.lateness_ms + self.lookback_ms
     }
 
+    /// The same for views: their lookback.
+    fn view_horizon_ms(&self) -> i64 {
+        self.settings.view_lookback_secs as i64 * 1000
+    }
+
     fn new_task(&self, claim: &Claimed) -> Task {
         let mut seen = SeenIds::new(self.dedup_horizon_secs, self.dedup_max_ids);
         if let Some(since) = claim.ids.iter().map(|i| i.time_ms).min() {
@@ -194,12 +208,9 @@ impl Processor {
                     .or(p.watermark_ms.map(|w| w.saturating_sub(self.lateness_ms)))
             })
             .unwrap_or(i64::MIN);
-        Task::new(
-            claim,
-            closed_through,
-            Touchpoints::new(self.settings.max_touchpoints, self.lookback_ms),
-            seen,
-        )
+        let mut touchpoints = Touchpoints::new(self.settings.max_touchpoints, self.lookback_ms);
+        touchpoints.set_view_lookback(self.view_horizon_ms());
+        Task::new(claim, closed_through, touchpoints, seen)
     }
 
     /// Takes over a partition claimed in the tables: messages below its recorded position are
@@ -228,7 +239,11 @@ impl Processor {
     pub fn revoke(&mut self, partition: i32) {
         if let Some(mut t) = self.tasks.remove(&partition) {
             let wm = self.watermarks.of(partition);
-            let pos = t.position(wm, self.click_horizon_ms());
+            let pos = t.position(
+                wm,
+                self.click_horizon_ms(),
+                self.size_ms + self.lateness_ms + self.view_horizon_ms(),
+            );
             tracing::info!(partition, epoch = t.epoch, position = ?pos, "partition revoked; handing off its position");
             self.handoff.insert(partition, pos);
             self.handoff_dead_letter_floors
@@ -341,6 +356,8 @@ impl Processor {
         for t in self.tasks.values_mut() {
             t.touchpoints
                 .set_params(s.max_touchpoints, s.lookback_secs as i64 * 1000);
+            t.touchpoints
+                .set_view_lookback(s.view_lookback_secs as i64 * 1000);
         }
         self.lookback_ms = s.lookback_secs as i64 * 1000;
         tracing::info!(?s, "live settings applied");
@@ -515,18 +532,36 @@ impl Processor {
                 .entry(ev.time_ms.div_euclid(60_000))
                 .or_insert(m.1);
             *first = (*first).min(m.1);
+        } else if ev.kind == EventKind::Impression && self.registry.wants_views() {
+            task.touchpoints.record_view(
+                &ev.user_id,
+                Touchpoint {
+                    time_ms: ev.time_ms,
+                    campaign,
+                    ad,
+                },
+            );
+            let first = task
+                .view_offsets
+                .entry(ev.time_ms.div_euclid(60_000))
+                .or_insert(m.1);
+            *first = (*first).min(m.1);
         }
         if late {
             if !replay {
                 self.status.late_events.inc();
             }
         } else {
-            let (active, window_sets) = (self.registry.active(), &mut self.window_sets);
+            let (registry, window_sets) = (&self.registry, &mut self.window_sets);
             let w = task.windows.entry(start).or_insert_with(|| {
                 // The versions this member first opened the window with, in any partition.
-                let set = window_sets.entry(start).or_insert_with(|| active.to_vec());
+                let set = window_sets
+                    .entry(start)
+                    .or_insert_with(|| registry.active().to_vec());
                 Window {
                     pending: plugin::new_batch(),
+                    needs: needs_of(registry, set),
+                    ranks: Default::default(),
                     accs: set.iter().map(|&v| (v, Some(Vec::new()))).collect(),
                     published: vec![Vec::new(); set.len()],
                     retract: Vec::new(),
@@ -541,20 +576,50 @@ impl Processor {
                 EventKind::Click => plugin::kind::CLICK,
                 EventKind::Conversion => plugin::kind::CONVERSION,
             };
-            let tps = match (self.registry.wants_touchpoints(), ev.kind) {
+            let needs = w.needs;
+            let tps = match (needs.touchpoints, ev.kind) {
                 (false, _) => None,
                 (true, EventKind::Conversion) => {
-                    let tps = task.touchpoints.for_conversion(&ev.user_id, ev.time_ms);
-                    // The clicks' ids now live in this window's accumulators too.
-                    for tp in tps {
+                    let clicks = task.touchpoints.for_conversion(&ev.user_id, ev.time_ms);
+                    let views = if needs.views {
+                        task.touchpoints.views_for(&ev.user_id, ev.time_ms)
+                    } else {
+                        &[]
+                    };
+                    merge_touchpoints(clicks, views, &mut self.tp_scratch);
+                    // The touchpoints' ids now live in this window's accumulators too.
+                    for tp in &self.tp_scratch {
                         self.campaigns.touch(tp.campaign, start);
                         self.ads.touch(tp.ad, start);
                     }
-                    Some(tps)
+                    Some(&self.tp_scratch[..])
                 }
                 (true, _) => Some(&[][..]),
             };
-            plugin::push_event(
+            let mut extra = plugin::Extra::default();
+            if !needs.columns.is_empty() {
+                if needs.columns.has(Column::User) {
+                    extra.user = crate::dedup::hash_id(&ev.user_id);
+                }
+                for (i, &c) in Columns::DIMENSIONS.iter().enumerate() {
+                    if !needs.columns.has(c) {
+                        continue;
+                    }
+                    let v = match c {
+                        Column::Device => ev.device.as_deref(),
+                        Column::Country => ev.country.as_deref(),
+                        Column::Placement => ev.placement.as_deref(),
+                        Column::Currency | Column::User => ev.currency.as_deref(),
+                    };
+                    let id = self
+                        .dims
+                        .intern(v.filter(|v| !v.is_empty()).unwrap_or(UNKNOWN), start);
+                    let n = w.ranks[i].len() as u32;
+                    w.ranks[i].entry(id).or_insert(n);
+                    extra.dims[i] = id;
+                }
+            }
+            plugin::push_event_with(
                 &mut w.pending,
                 kind,
                 ev.time_ms,
@@ -562,6 +627,8 @@ impl Processor {
                 ad,
                 ev.revenue_micros,
                 tps,
+                needs.columns,
+                &extra,
             );
             w.min_offset = w.min_offset.min(m.1);
         }
@@ -622,8 +689,38 @@ impl Processor {
                         w.poison(i);
                         continue;
                     };
+                    let info = &slot.plugin.info;
+                    let limit = info.max_dimension_values;
+                    let folds = Columns::DIMENSIONS
+                        .iter()
+                        .enumerate()
+                        .any(|(d, &c)| info.columns.has(c) && w.ranks[d].len() > limit);
+                    let batch = if folds {
+                        let other = self.dims.intern(OTHER, *start);
+                        let ranks = &w.ranks;
+                        let fold = |c: Column, v: u32| match plugin::dimension_index(c) {
+                            Some(d) if ranks[d].get(&v).is_some_and(|&r| (r as usize) >= limit) => {
+                                other
+                            }
+                            _ => v,
+                        };
+                        let batch = plugin::batch_for(&w.pending, info, Some(&fold));
+                        let before = plugin::batch_for(&w.pending, info, None);
+                        let folded = Columns::DIMENSIONS
+                            .iter()
+                            .filter(|&&c| info.columns.has(c))
+                            .map(|&c| {
+                                let (a, b) = (dim_of(&before, c), dim_of(&batch, c));
+                                a.iter().zip(b).filter(|(x, y)| x != y).count() as u64
+                            })
+                            .sum::<u64>();
+                        self.status.dimension_values_folded.inc_by(folded);
+                        batch
+                    } else {
+                        plugin::batch_for(&w.pending, info, None)
+                    };
                     let t = Instant::now();
-                    let r = slot.plugin.accumulate(a, &w.pending);
+                    let r = slot.plugin.accumulate(a, &batch);
                     slot.record_call(t.elapsed());
                     match r {
                         Ok(next) => w.accs[i].1 = Some(next),
@@ -649,10 +746,14 @@ impl Processor {
         let rows = self.publish(clock);
         self.seq += 1;
         let horizon = self.click_horizon_ms();
+        let view_horizon = self.size_ms + self.lateness_ms + self.view_horizon_ms();
         let mut positions = std::mem::take(&mut self.handoff);
         let mut dead_letter_floors = std::mem::take(&mut self.handoff_dead_letter_floors);
         for (p, t) in self.tasks.iter_mut() {
-            positions.insert(*p, t.position(self.watermarks.of(*p), horizon));
+            positions.insert(
+                *p,
+                t.position(self.watermarks.of(*p), horizon, view_horizon),
+            );
             dead_letter_floors.insert(*p, t.dead_letter_floor);
         }
         CommitBatch {
@@ -732,11 +833,38 @@ impl Processor {
                                             .clone(),
                                     ),
                                 };
+                                let dimensions = if r.dimensions.is_empty() {
+                                    None
+                                } else {
+                                    let mut cells = r
+                                        .dimensions
+                                        .iter()
+                                        .map(|d| {
+                                            let v = self.dims.name(d.value).ok_or_else(|| {
+                                                PluginError::Malformed(format!(
+                                                    "unknown {} value id {}",
+                                                    plugin::column_name(d.column),
+                                                    d.value
+                                                ))
+                                            })?;
+                                            Ok((plugin::column_name(d.column), v))
+                                        })
+                                        .collect::<Result<Vec<_>, PluginError>>()?;
+                                    cells.sort();
+                                    let text = cells
+                                        .iter()
+                                        .map(|(c, v)| format!("{c}={v}"))
+                                        .collect::<Vec<_>>()
+                                        .join(";");
+                                    Some(Arc::<str>::from(text))
+                                };
                                 Ok(MetricRecord {
                                     window_start_ms: start,
                                     window_end_ms: start + self.size_ms,
                                     campaign_id: campaign.clone(),
                                     ad_id: ad,
+                                    dimensions,
+                                    plugin_params: slot.params.clone(),
                                     metric: r.metric,
                                     value: r.value,
                                     numerator: r.numerator,
@@ -787,6 +915,7 @@ impl Processor {
                         for metric in &slot.plugin.info.metrics {
                             if w.retract.iter().any(|r| {
                                 r.ad_id.is_none()
+                                    && r.dimensions.is_none()
                                     && r.shadow == slot.shadow
                                     && r.metric == *metric
                                     && r.campaign_id == *campaign
@@ -798,6 +927,8 @@ impl Processor {
                                 window_end_ms: start + self.size_ms,
                                 campaign_id: campaign.clone(),
                                 ad_id: None,
+                                dimensions: None,
+                                plugin_params: slot.params.clone(),
                                 metric: metric.clone(),
                                 value: 0.0,
                                 numerator: 0.0,
@@ -824,6 +955,7 @@ impl Processor {
                             && f.plugin == r.plugin
                             && f.campaign_id == r.campaign_id
                             && f.ad_id == r.ad_id
+                            && f.dimensions == r.dimensions
                             && f.metric == r.metric
                     }) {
                         continue;
@@ -894,6 +1026,7 @@ impl Processor {
         }
         self.campaigns.evict(open_from, &held_campaigns);
         self.ads.evict(open_from, &held_ads);
+        self.dims.evict(open_from, &[]);
         self.status
             .interned_ids
             .set((self.campaigns.len() + self.ads.len()) as u64);
@@ -967,6 +1100,56 @@ impl Processor {
     /// Events and dead letters buffered since the last tick.
     pub fn buffered(&self) -> usize {
         self.events.rows() + self.dead.rows()
+    }
+}
+
+/// The dimension value of an event without that field.
+const UNKNOWN: &str = "unknown";
+/// The dimension value a plugin sees past its `max_dimension_values` (see `Window::ranks`).
+const OTHER: &str = "other";
+
+/// What a window opened with versions `set` must carry.
+fn needs_of(registry: &super::registry::Registry, set: &[usize]) -> Needs {
+    set.iter()
+        .filter_map(|&v| registry.slot(v))
+        .fold(Needs::default(), |n, s| {
+            let i = &s.plugin.info;
+            Needs {
+                columns: n.columns.union(i.columns),
+                touchpoints: n.touchpoints || i.wants_touchpoints,
+                views: n.views || i.wants_views,
+            }
+        })
+}
+
+/// A batch's column of dimension `c`.
+fn dim_of(b: &plugin::EventBatch, c: Column) -> &[u32] {
+    match c {
+        Column::Device => &b.devices,
+        Column::Country => &b.countries,
+        Column::Placement => &b.placements,
+        Column::Currency | Column::User => &b.currencies,
+    }
+}
+
+/// Clicks and views (each sorted by time) as one list of the plugins' touchpoints, oldest
+/// first; on equal times the view comes first (a click is the later, stronger signal).
+fn merge_touchpoints(clicks: &[Touchpoint], views: &[Touchpoint], out: &mut Vec<plugin::Touchpoint>) {
+    out.clear();
+    let tp = |t: &Touchpoint, kind| plugin::Touchpoint {
+        time_ms: t.time_ms,
+        campaign: t.campaign,
+        ad: t.ad,
+        kind,
+    };
+    let (mut c, mut v) = (clicks.iter().peekable(), views.iter().peekable());
+    loop {
+        match (c.peek(), v.peek()) {
+            (Some(a), Some(b)) if b.time_ms <= a.time_ms => out.push(tp(v.next().unwrap(), TouchKind::Impression)),
+            (Some(_), _) => out.push(tp(c.next().unwrap(), TouchKind::Click)),
+            (None, Some(_)) => out.push(tp(v.next().unwrap(), TouchKind::Impression)),
+            (None, None) => break,
+        }
     }
 }
 

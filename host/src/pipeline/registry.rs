@@ -37,6 +37,8 @@ pub struct Slot {
     pub(super) name: Arc<str>,
     pub(super) version: Arc<str>,
     pub(super) sha256: Arc<str>,
+    /// Its parameters as JSON (`None` without any): stamped on its rows, part of its identity.
+    pub(super) params: Option<Arc<str>>,
     pub calls: u64,
     pub errors: u64,
     pub busy: Duration,
@@ -65,6 +67,8 @@ impl Slot {
             name: plugin.info.name.as_str().into(),
             version: plugin.info.version.as_str().into(),
             sha256: plugin.info.sha256.as_str().into(),
+            params: (!plugin.info.params.is_empty())
+                .then(|| crate::plugin::params_json(&plugin.info.params).into()),
             plugin,
             calls: 0,
             errors: 0,
@@ -115,6 +119,8 @@ pub struct Registry {
     quarantine_window: Duration,
     /// Whether any loaded version asks for touchpoints (the host then collects them).
     wants_touchpoints: bool,
+    /// Whether any loaded version asks for views (the host then remembers impressions).
+    wants_views: bool,
     status: Arc<Status>,
 }
 
@@ -134,6 +140,7 @@ impl Registry {
             quarantine_after,
             quarantine_window,
             wants_touchpoints: false,
+            wants_views: false,
             status,
         };
         r.refresh_wants_touchpoints();
@@ -162,6 +169,10 @@ impl Registry {
 
     pub fn wants_touchpoints(&self) -> bool {
         self.wants_touchpoints
+    }
+
+    pub fn wants_views(&self) -> bool {
+        self.wants_views
     }
 
     pub fn set_quarantine(&mut self, after: u32, window: Duration) {
@@ -237,11 +248,18 @@ impl Registry {
         for spec in specs {
             let (id, shadow) = match spec {
                 PluginSpec::Keep { sha256, shadow } => {
-                    match self.versions.iter().position(|v| {
-                        v.as_ref().is_some_and(|s| {
-                            *s.sha256 == *sha256 && s.state != SlotState::Quarantined
+                    // The version in force first: after a parameter change, a retired slot of
+                    // the same build with the old parameters may still finish its windows.
+                    let find = |active: bool| {
+                        self.versions.iter().enumerate().position(|(id, v)| {
+                            v.as_ref().is_some_and(|s| {
+                                *s.sha256 == *sha256
+                                    && s.state != SlotState::Quarantined
+                                    && (!active || self.active.contains(&id))
+                            })
                         })
-                    }) {
+                    };
+                    match find(true).or_else(|| find(false)) {
                         Some(id) => (id, shadow),
                         None => {
                             tracing::warn!(sha256 = %sha256, "plugin version to keep is no longer loaded; skipped");
@@ -251,8 +269,10 @@ impl Registry {
                 }
                 PluginSpec::New { plugin: p, shadow } => {
                     if let Some(id) = self.versions.iter().position(|v| {
-                        v.as_ref()
-                            .is_some_and(|s| s.sha256.as_ref() == p.info.sha256)
+                        v.as_ref().is_some_and(|s| {
+                            s.sha256.as_ref() == p.info.sha256
+                                && s.plugin.info.params == p.info.params
+                        })
                     }) {
                         (id, shadow)
                     } else {
@@ -337,6 +357,11 @@ impl Registry {
             .iter()
             .flatten()
             .any(|s| s.plugin.info.wants_touchpoints);
+        self.wants_views = self
+            .versions
+            .iter()
+            .flatten()
+            .any(|s| s.plugin.info.wants_views);
     }
 
     /// Records a failure of version `id`; after `quarantine_after` failures within the

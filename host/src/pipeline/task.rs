@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use crate::dedup::SeenIds;
-use crate::plugin::EventBatch;
+use crate::plugin::{Columns, EventBatch};
 use crate::sink::schema::MetricRecord;
 use crate::sink::{Claimed, Position};
 use crate::window::Touchpoints;
@@ -23,6 +23,14 @@ use crate::window::Touchpoints;
 /// wrong, so none are published for the window.
 pub(super) struct Window {
     pub pending: EventBatch,
+    /// What `pending` carries: the union of what the window's versions ask for, fixed when
+    /// the window opens (as the versions are).
+    pub needs: Needs,
+    /// Per dimension column (`Columns::DIMENSIONS` order): interned value → the order of its
+    /// first appearance in this window of this partition. A plugin sees values ranked past its
+    /// `max_dimension_values` as `other`; ranking by offset order makes the fold the same in a
+    /// replay or a restatement.
+    pub ranks: [rustc_hash::FxHashMap<u32, u32>; 4],
     pub accs: Vec<(usize, Option<Vec<u8>>)>,
     /// Per entry of `accs`: the rows last published from it (to retract if it fails later).
     pub published: Vec<Vec<MetricRecord>>,
@@ -38,6 +46,14 @@ pub(super) struct Window {
     /// the window.
     pub min_offset: i64,
     pub dirty: bool,
+}
+
+/// What a window's pending batch must carry for its plugin versions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Needs {
+    pub columns: Columns,
+    pub touchpoints: bool,
+    pub views: bool,
 }
 
 impl Window {
@@ -80,6 +96,9 @@ pub(super) struct Task {
     /// Per minute of event time, the smallest offset of a click: how far back a restart must
     /// replay to rebuild the touchpoints still inside the lookback.
     pub click_offsets: BTreeMap<i64, i64>,
+    /// The same for remembered views (only while a view-through plugin is loaded), within the
+    /// view lookback.
+    pub view_offsets: BTreeMap<i64, i64>,
 }
 
 impl Task {
@@ -102,6 +121,7 @@ impl Task {
             seen_to: None,
             closed_through,
             click_offsets: BTreeMap::new(),
+            view_offsets: BTreeMap::new(),
         }
     }
 
@@ -115,7 +135,12 @@ impl Task {
     /// restart must replay (the smallest of the next offset, the first offset of every open
     /// window and the first click still inside the attribution horizon), the watermark, the end
     /// of the windows closed for good.
-    pub fn position(&mut self, watermark_ms: i64, click_horizon_ms: i64) -> Position {
+    pub fn position(
+        &mut self,
+        watermark_ms: i64,
+        click_horizon_ms: i64,
+        view_horizon_ms: i64,
+    ) -> Position {
         let offset = self.offset.max(self.floor);
         let mut replay_from = offset;
         for w in self.windows.values() {
@@ -132,6 +157,18 @@ impl Task {
             self.click_offsets.pop_first();
         }
         if let Some(&o) = self.click_offsets.values().min() {
+            replay_from = replay_from.min(o);
+        }
+        let horizon_min = watermark_ms
+            .saturating_sub(view_horizon_ms)
+            .div_euclid(60_000);
+        while let Some((&b, _)) = self.view_offsets.first_key_value() {
+            if b >= horizon_min {
+                break;
+            }
+            self.view_offsets.pop_first();
+        }
+        if let Some(&o) = self.view_offsets.values().min() {
             replay_from = replay_from.min(o);
         }
         if self.replaying() {

@@ -1110,6 +1110,8 @@ mod tests {
             window_end_ms: 60_000,
             campaign_id: "c".into(),
             ad_id: None,
+            dimensions: None,
+            plugin_params: None,
             metric: "ctr".into(),
             value: 0.5,
             numerator: 1.0,

@@ -39,6 +39,21 @@ pub const RESTATEMENT_FIELD_ID: i32 = 18;
 pub const SHADOW_COLUMN: &str = "shadow";
 pub const SHADOW_FIELD_ID: i32 = 19;
 
+/// `dimensions` in `campaign_metrics`: NULL on a total; on a breakdown row its cell, canonical
+/// text `column=value` pairs sorted by column and joined by `;` (`country=DE;device=mobile`).
+/// One string rather than a map or a column per dimension: it is part of the row's key, so it
+/// must compare, group and join as one value in every reader (DuckDB, PyIceberg, Superset's SQL),
+/// which Iceberg maps do not in all of them; and a new dimension needs no schema change. The
+/// documented view splits it into typed columns. Appended after `shadow`, gained in place.
+pub const DIMENSIONS_COLUMN: &str = "dimensions";
+pub const DIMENSIONS_FIELD_ID: i32 = 20;
+
+/// `plugin_params` in `campaign_metrics`: the parameters the plugin was initialised with, as a
+/// JSON object of strings (`[plugins.config.NAME]`), NULL without any. With `plugin_sha256` it
+/// says exactly which computation produced the row. Appended after `dimensions`.
+pub const PLUGIN_PARAMS_COLUMN: &str = "plugin_params";
+pub const PLUGIN_PARAMS_FIELD_ID: i32 = 21;
+
 /// A column holding `stream` in each of `rows` rows (dictionary-encoded by Parquet: a few bytes
 /// per file).
 fn stream_column(stream: &str, rows: usize) -> ArrayRef {
@@ -142,6 +157,9 @@ pub fn metrics_schema() -> Schema {
             opt(RESTATEMENT_FIELD_ID, RESTATEMENT_COLUMN, String),
             // A shadow plugin's row (see `SHADOW_COLUMN`): readers of current values skip it.
             opt(SHADOW_FIELD_ID, SHADOW_COLUMN, Boolean),
+            // A breakdown cell (see `DIMENSIONS_COLUMN`); NULL on totals.
+            opt(DIMENSIONS_FIELD_ID, DIMENSIONS_COLUMN, String),
+            opt(PLUGIN_PARAMS_FIELD_ID, PLUGIN_PARAMS_COLUMN, String),
         ])
         .build()
         .expect("static schema")
@@ -333,6 +351,10 @@ pub struct MetricRecord {
     pub window_end_ms: i64,
     pub campaign_id: Arc<str>,
     pub ad_id: Option<Arc<str>>,
+    /// The breakdown cell (see [`DIMENSIONS_COLUMN`]); `None` for a total.
+    pub dimensions: Option<Arc<str>>,
+    /// The plugin's parameters as JSON (see [`PLUGIN_PARAMS_COLUMN`]); `None` without any.
+    pub plugin_params: Option<Arc<str>>,
     pub metric: String,
     pub value: f64,
     pub numerator: f64,
@@ -388,7 +410,11 @@ pub fn metrics_batch_of(
     let mut at = ts();
     let mut withheld = BooleanBuilder::new();
     let mut shadow = BooleanBuilder::new();
+    let mut dims = StringBuilder::new();
+    let mut params = StringBuilder::new();
     for r in rows {
+        dims.append_option(r.dimensions.as_deref());
+        params.append_option(r.plugin_params.as_deref());
         b.0.append_value(r.window_start_ms * 1000);
         b.1.append_value(r.window_end_ms * 1000);
         b.2.append_value(&r.campaign_id);
@@ -427,6 +453,8 @@ pub fn metrics_batch_of(
         Arc::new(StringArray::from(vec![stream; rows.len()])),
         Arc::new(StringArray::from(vec![restatement; rows.len()])),
         Arc::new(shadow.finish()),
+        Arc::new(dims.finish()),
+        Arc::new(params.finish()),
     ];
     RecordBatch::try_new(schema, cols).expect("columns match the metrics schema")
 }

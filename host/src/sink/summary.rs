@@ -292,6 +292,8 @@ mod tests {
             window_end_ms: 60_000,
             campaign_id: "c".into(),
             ad_id: None,
+            dimensions: None,
+            plugin_params: None,
             metric: metric.into(),
             value: 0.0,
             numerator: 0.0,
