@@ -62,7 +62,10 @@ mod tests {
         ]
     }
 
-    fn table(rows: &[MetricRow]) -> Vec<(u32, Vec<(Column, u32)>, f64, f64, f64)> {
+    /// (campaign, dimensions, value, numerator, denominator)
+    type Row = (u32, Vec<(Column, u32)>, f64, f64, f64);
+
+    fn table(rows: &[MetricRow]) -> Vec<Row> {
         rows.iter()
             .map(|r| {
                 assert_eq!((r.ad, r.metric.as_str()), (None, "cvr"));

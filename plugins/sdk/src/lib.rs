@@ -770,7 +770,7 @@ impl Counters {
                 "accumulator width {stored}, plugin expects {width}"
             ));
         }
-        if !with_dims && rest.len() % (8 + 8 * width) != 0 {
+        if !with_dims && !rest.len().is_multiple_of(8 + 8 * width) {
             return Err("accumulator length is not a whole number of entries".into());
         }
         let mut c = Counters::new(width);
