@@ -22,15 +22,25 @@ impl Plugin for Ctr {
     }
 
     fn accumulate(&self, acc: &mut Counters, events: &Events) -> Result<(), String> {
-        for e in events.iter() {
-            let delta = match e.kind {
-                EventKind::Impression => [1, 0],
-                EventKind::Click => [0, 1],
-                EventKind::Conversion => continue,
-            };
-            acc.add(e.campaign, NO_AD, &delta);
-            if !self.breakdown.is_empty() {
-                acc.add_dims(e.campaign, NO_AD, &self.breakdown.cell(&e)?, &delta);
+        let delta = |e: &Event| match e.kind {
+            EventKind::Impression => Some([1, 0]),
+            EventKind::Click => Some([0, 1]),
+            EventKind::Conversion => None,
+        };
+        // Two loops, so that without a breakdown the loop is the 0.1 one: the compiler drops
+        // the columns it does not read.
+        if self.breakdown.is_empty() {
+            for e in events.iter() {
+                if let Some(d) = delta(&e) {
+                    acc.add(e.campaign, NO_AD, &d);
+                }
+            }
+        } else {
+            for e in events.iter() {
+                if let Some(d) = delta(&e) {
+                    acc.add(e.campaign, NO_AD, &d);
+                    acc.add_dims(e.campaign, NO_AD, &self.breakdown.cell(&e)?, &d);
+                }
             }
         }
         Ok(())

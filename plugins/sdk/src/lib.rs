@@ -18,6 +18,8 @@
 //!         Ok((Impressions { breakdown }, info))
 //!     }
 //!     fn accumulate(&self, acc: &mut Counters, events: &Events) -> Result<(), String> {
+//!         // (plugins/ctr branches on the breakdown outside its loop: without one, the loop then
+//!         // costs what it did in 0.1.)
 //!         for e in events.iter().filter(|e| e.kind == EventKind::Impression) {
 //!             acc.add(e.campaign, NO_AD, &[1]);
 //!             if !self.breakdown.is_empty() {
@@ -115,64 +117,80 @@ impl Column {
 }
 
 /// A breakdown cell: up to [`MAX_DIMS`] (column, value) pairs, each column at most once, never
-/// `user`, kept in canonical column order so equal cells are equal keys. [`Dims::NONE`] is the
-/// total.
+/// `user`. Canonical by construction (the order pairs are given in does not matter), so equal
+/// cells are equal keys. [`Dims::NONE`] is the total.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Dims {
-    // Unused entries stay (0, 0), so the derived comparisons are those of the used prefix.
-    len: u8,
-    items: [(u8, u32); MAX_DIMS],
+    // Bit `s` set: `BREAKDOWN_COLUMNS[s]` is present, its value in the 32 bits of `vals` at
+    // `slot_shift(s)` (slot 0 most significant). Unused slots stay 0. Packed so that comparing
+    // keys, the counters' hot path, stays two integer comparisons for a total.
+    mask: u8,
+    vals: u128,
+}
+
+/// The slot of a breakdown column (its index in [`BREAKDOWN_COLUMNS`]).
+fn slot(column: Column) -> Option<usize> {
+    match column {
+        Column::User => None,
+        Column::Device => Some(0),
+        Column::Country => Some(1),
+        Column::Placement => Some(2),
+        Column::Currency => Some(3),
+    }
+}
+
+fn slot_shift(slot: usize) -> u32 {
+    96 - 32 * slot as u32
 }
 
 impl Dims {
     /// No dimensions: the key or row of a total.
-    pub const NONE: Dims = Dims {
-        len: 0,
-        items: [(0, 0); MAX_DIMS],
-    };
+    pub const NONE: Dims = Dims { mask: 0, vals: 0 };
 
-    /// A cell from (column, value) pairs in any order. Errors on `user`, a repeated column, or
-    /// more than [`MAX_DIMS`] pairs.
+    fn set(&mut self, slot: usize, value: u32) {
+        let shift = slot_shift(slot);
+        self.mask |= 1 << slot;
+        self.vals = (self.vals & !(0xffff_ffff_u128 << shift)) | (value as u128) << shift;
+    }
+
+    fn slot_value(&self, slot: usize) -> u32 {
+        (self.vals >> slot_shift(slot)) as u32
+    }
+
+    /// A cell from (column, value) pairs in any order. Errors on `user` or a repeated column.
     pub fn new(pairs: &[(Column, u32)]) -> Result<Dims, String> {
-        if pairs.len() > MAX_DIMS {
-            return Err(format!("{} dimensions, at most {MAX_DIMS}", pairs.len()));
-        }
-        let mut sorted = pairs.to_vec();
-        sorted.sort_by_key(|&(c, _)| c);
         let mut d = Dims::NONE;
-        for (i, &(c, v)) in sorted.iter().enumerate() {
-            if c == Column::User {
-                return Err("`user` is not a breakdown column".into());
-            }
-            if i > 0 && sorted[i - 1].0 == c {
+        for &(c, v) in pairs {
+            let s = slot(c).ok_or("`user` is not a breakdown column")?;
+            if d.mask & 1 << s != 0 {
                 return Err(format!("dimension `{}` given twice", c.as_str()));
             }
-            d.items[i] = (c.code(), v);
+            d.set(s, v);
         }
-        d.len = sorted.len() as u8;
         Ok(d)
     }
 
     /// Number of dimensions (0 for a total).
     pub fn len(&self) -> usize {
-        self.len as usize
+        self.mask.count_ones() as usize
     }
 
     /// True for a total.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.mask == 0
     }
 
-    /// The (column, value) pairs in canonical column order.
+    /// The (column, value) pairs in canonical column order ([`BREAKDOWN_COLUMNS`]).
     pub fn iter(&self) -> impl Iterator<Item = (Column, u32)> + '_ {
-        self.items[..self.len()]
-            .iter()
-            .map(|&(c, v)| (Column::from_code(c).expect("valid by construction"), v))
+        (0..MAX_DIMS)
+            .filter(|&s| self.mask & 1 << s != 0)
+            .map(|s| (BREAKDOWN_COLUMNS[s], self.slot_value(s)))
     }
 
     /// The value of `column` in this cell.
     pub fn get(&self, column: Column) -> Option<u32> {
-        self.iter().find(|&(c, _)| c == column).map(|(_, v)| v)
+        let s = slot(column)?;
+        (self.mask & 1 << s != 0).then(|| self.slot_value(s))
     }
 
     /// The WIT form, for [`MetricRow::dimensions`].
@@ -251,16 +269,15 @@ impl Breakdown {
     /// The event's cell. Errors if the event lacks one of the columns (not declared).
     pub fn cell(&self, e: &Event) -> Result<Dims, String> {
         let mut d = Dims::NONE;
-        for (i, &c) in self.columns.iter().enumerate() {
+        for &c in &self.columns {
             let v = e.dim(c).ok_or_else(|| {
                 format!(
                     "event has no `{}` column: declare the breakdown's columns",
                     c.as_str()
                 )
             })?;
-            d.items[i] = (c.code(), v);
+            d.set(slot(c).expect("no user in a breakdown"), v);
         }
-        d.len = self.columns.len() as u8;
         Ok(d)
     }
 }
@@ -513,36 +530,40 @@ impl Events {
 
     /// The events in order.
     pub fn iter(&self) -> impl Iterator<Item = Event<'_>> + '_ {
+        (0..self.len()).map(move |i| self.event(i))
+    }
+
+    // Inlined into the plugin's loop so that the columns it does not read cost nothing.
+    #[inline(always)]
+    fn event(&self, i: usize) -> Event<'_> {
         let b = &self.batch;
-        (0..b.kinds.len()).map(move |i| {
-            let touchpoints = if b.touchpoint_ends.is_empty() {
-                &[][..]
+        let touchpoints = if b.touchpoint_ends.is_empty() {
+            &[][..]
+        } else {
+            let start = if i == 0 {
+                0
             } else {
-                let start = if i == 0 {
-                    0
-                } else {
-                    b.touchpoint_ends[i - 1] as usize
-                };
-                &b.touchpoints[start..b.touchpoint_ends[i] as usize]
+                b.touchpoint_ends[i - 1] as usize
             };
-            Event {
-                kind: match b.kinds[i] {
-                    0 => EventKind::Impression,
-                    1 => EventKind::Click,
-                    _ => EventKind::Conversion,
-                },
-                time_ms: b.times_ms[i],
-                campaign: b.campaigns[i],
-                ad: b.ads[i],
-                revenue_micros: b.revenue_micros[i],
-                user: b.users.get(i).copied(),
-                device: b.devices.get(i).copied(),
-                country: b.countries.get(i).copied(),
-                placement: b.placements.get(i).copied(),
-                currency: b.currencies.get(i).copied(),
-                touchpoints,
-            }
-        })
+            &b.touchpoints[start..b.touchpoint_ends[i] as usize]
+        };
+        Event {
+            kind: match b.kinds[i] {
+                0 => EventKind::Impression,
+                1 => EventKind::Click,
+                _ => EventKind::Conversion,
+            },
+            time_ms: b.times_ms[i],
+            campaign: b.campaigns[i],
+            ad: b.ads[i],
+            revenue_micros: b.revenue_micros[i],
+            user: b.users.get(i).copied(),
+            device: b.devices.get(i).copied(),
+            country: b.countries.get(i).copied(),
+            placement: b.placements.get(i).copied(),
+            currency: b.currencies.get(i).copied(),
+            touchpoints,
+        }
     }
 }
 
@@ -692,12 +713,30 @@ pub const MAX_COUNTER: i64 = 999_999_999_999_999_999;
 /// Set in the encoded width when entries carry dimensions.
 const DIMS_FLAG: u32 = 1 << 31;
 
-/// A counter key: campaign, ad (or [`NO_AD`]), breakdown cell (or [`Dims::NONE`]).
+/// A counter key: campaign, ad (or [`NO_AD`]), breakdown cell (or [`Dims::NONE`]). Ordered by
+/// campaign, ad, then the cell (the total first).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Key {
-    campaign: u32,
-    ad: u32,
+    // campaign << 32 | ad: one comparison for both.
+    campaign_ad: u64,
     dims: Dims,
+}
+
+impl Key {
+    fn new(campaign: u32, ad: u32, dims: Dims) -> Key {
+        Key {
+            campaign_ad: (campaign as u64) << 32 | ad as u64,
+            dims,
+        }
+    }
+
+    fn campaign(&self) -> u32 {
+        (self.campaign_ad >> 32) as u32
+    }
+
+    fn ad(&self) -> u32 {
+        self.campaign_ad as u32
+    }
 }
 
 /// Sparse `i64` counters keyed by (campaign, ad, dims), `width` counters per key.
@@ -717,6 +756,8 @@ pub struct Counters {
     width: usize,
     // A sorted Vec beats a map here: windows hold ~100 keys and batches hit them in runs.
     keys: Vec<Key>,
+    // Some key has dims. Until one does, a search compares (campaign, ad) only: the 0.1 cost.
+    has_dims: bool,
     values: Vec<i64>,
     // The first failed `add`: the SDK turns it into the call's error.
     overflow: Option<String>,
@@ -741,6 +782,7 @@ impl Counters {
         Counters {
             width,
             keys: Vec::new(),
+            has_dims: false,
             values: Vec::new(),
             overflow: None,
         }
@@ -783,22 +825,28 @@ impl Counters {
                 if n > MAX_DIMS {
                     return Err(format!("accumulator key has {n} dimensions"));
                 }
-                for i in 0..n {
+                let mut last = None;
+                for _ in 0..n {
                     let code = take(&mut rest, 1)?[0];
                     let value = take_u32(&mut rest)?;
-                    let valid = Column::from_code(code).is_some_and(|c| c != Column::User)
-                        && (i == 0 || dims.items[i - 1].0 < code);
-                    if !valid {
-                        return Err(format!("accumulator key has a bad dimension column {code}"));
+                    match Column::from_code(code).and_then(slot) {
+                        Some(s) if last.is_none_or(|l| l < s) => {
+                            dims.set(s, value);
+                            last = Some(s);
+                        }
+                        _ => {
+                            return Err(format!(
+                                "accumulator key has a bad dimension column {code}"
+                            ));
+                        }
                     }
-                    dims.items[i] = (code, value);
                 }
-                dims.len = n as u8;
             }
-            let key = Key { campaign, ad, dims };
+            let key = Key::new(campaign, ad, dims);
             if c.keys.last().is_some_and(|last| *last >= key) {
                 return Err("accumulator keys are not sorted".into());
             }
+            c.has_dims |= !key.dims.is_empty();
             c.keys.push(key);
             for _ in 0..width {
                 let v = i64::from_le_bytes(take(&mut rest, 8)?.try_into().unwrap());
@@ -815,17 +863,17 @@ impl Counters {
 
     /// Encodes the counters (see the type docs for the layout).
     pub fn encode(&self) -> Vec<u8> {
-        let with_dims = self.keys.iter().any(|k| !k.dims.is_empty());
+        let with_dims = self.has_dims;
         let mut out = Vec::with_capacity(4 + self.keys.len() * (8 + 8 * self.width));
         let header = self.width as u32 | if with_dims { DIMS_FLAG } else { 0 };
         out.extend_from_slice(&header.to_le_bytes());
         for (i, key) in self.keys.iter().enumerate() {
-            out.extend_from_slice(&key.campaign.to_le_bytes());
-            out.extend_from_slice(&key.ad.to_le_bytes());
+            out.extend_from_slice(&key.campaign().to_le_bytes());
+            out.extend_from_slice(&key.ad().to_le_bytes());
             if with_dims {
-                out.push(key.dims.len);
-                for &(code, value) in &key.dims.items[..key.dims.len()] {
-                    out.push(code);
+                out.push(key.dims.len() as u8);
+                for (column, value) in key.dims.iter() {
+                    out.push(column.code());
                     out.extend_from_slice(&value.to_le_bytes());
                 }
             }
@@ -868,12 +916,8 @@ impl Counters {
         delta: &[i64],
     ) -> Result<(), String> {
         let w = self.width;
-        let key = Key {
-            campaign,
-            ad,
-            dims: *dims,
-        };
-        let found = self.keys.binary_search(&key);
+        let key = Key::new(campaign, ad, *dims);
+        let found = self.find(&key);
         for (j, &d) in delta.iter().take(w).enumerate() {
             let current = match found {
                 Ok(i) => self.values[i * w + j],
@@ -902,6 +946,7 @@ impl Counters {
         let i = match found {
             Ok(i) => i,
             Err(i) => {
+                self.has_dims |= !key.dims.is_empty();
                 self.keys.insert(i, key);
                 self.values.splice(i * w..i * w, std::iter::repeat_n(0, w));
                 i
@@ -913,14 +958,19 @@ impl Counters {
         Ok(())
     }
 
+    #[inline(always)]
+    fn find(&self, key: &Key) -> Result<usize, usize> {
+        if self.has_dims || !key.dims.is_empty() {
+            self.keys.binary_search(key)
+        } else {
+            self.keys
+                .binary_search_by(|k| k.campaign_ad.cmp(&key.campaign_ad))
+        }
+    }
+
     /// The counters of (campaign, ad, dims), if that key was added.
     pub fn get(&self, campaign: u32, ad: u32, dims: &Dims) -> Option<&[i64]> {
-        let key = Key {
-            campaign,
-            ad,
-            dims: *dims,
-        };
-        let i = self.keys.binary_search(&key).ok()?;
+        let i = self.find(&Key::new(campaign, ad, *dims)).ok()?;
         Some(&self.values[i * self.width..(i + 1) * self.width])
     }
 
@@ -929,8 +979,8 @@ impl Counters {
     pub fn iter(&self) -> impl Iterator<Item = (u32, Option<u32>, &Dims, &[i64])> {
         self.keys.iter().enumerate().map(move |(i, k)| {
             (
-                k.campaign,
-                (k.ad != NO_AD).then_some(k.ad),
+                k.campaign(),
+                (k.ad() != NO_AD).then_some(k.ad()),
                 &k.dims,
                 &self.values[i * self.width..(i + 1) * self.width],
             )
@@ -1362,6 +1412,39 @@ mod tests {
         );
     }
 
+    /// Until a key has dims, searches compare (campaign, ad) only; the first cell switches to
+    /// full keys, in memory and after a round trip.
+    #[test]
+    fn totals_stay_right_once_cells_arrive() {
+        let cell = dims(&[(Column::Placement, 1)]);
+        let mut c = Counters::new(1);
+        for campaign in [5, 1, 3] {
+            c.add(campaign, NO_AD, &[1]);
+        }
+        assert!(!c.has_dims);
+        c.add_dims(3, NO_AD, &cell, &[10]);
+        c.add_dims(1, 4, &cell, &[20]);
+        let mut d = Counters::decode(&c.encode(), 1).unwrap();
+        assert!(c.has_dims && d.has_dims);
+        for c in [&mut c, &mut d] {
+            for campaign in [1, 3, 5] {
+                c.add(campaign, NO_AD, &[1]);
+            }
+            c.add_dims(3, NO_AD, &cell, &[1]);
+            assert_eq!(
+                rows(c),
+                vec![
+                    (1, Some(4), cell, vec![20]),
+                    (1, None, Dims::NONE, vec![2]),
+                    (3, None, Dims::NONE, vec![2]),
+                    (3, None, cell, vec![11]),
+                    (5, None, Dims::NONE, vec![2]),
+                ]
+            );
+            assert_eq!(c.get(3, NO_AD, &Dims::NONE), Some(&[2][..]));
+        }
+    }
+
     #[test]
     fn decode_refuses_malformed_dims() {
         let header = (1u32 | 1 << 31).to_le_bytes();
@@ -1496,11 +1579,7 @@ mod tests {
         // A stored accumulator past the bound (not written by this SDK) is refused.
         let mut bad = Counters::new(1);
         bad.values.push(MAX_COUNTER + 1);
-        bad.keys.push(Key {
-            campaign: 1,
-            ad: NO_AD,
-            dims: Dims::NONE,
-        });
+        bad.keys.push(Key::new(1, NO_AD, Dims::NONE));
         assert!(Counters::decode(&bad.encode(), 1).is_err());
     }
 
