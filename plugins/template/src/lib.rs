@@ -4,7 +4,7 @@
 //! Rules of the road (see plugins/README.md):
 //! - Pure and deterministic: no I/O, no clock, no randomness (the host replays events after a
 //!   crash and expects the same answer).
-//! - Every row names only campaign/ad ids that came in the events.
+//! - Every row names only campaign/ad ids (and dimension values) that came in the events.
 //! - Rates carry numerator and denominator; sums carry the count that contributed.
 use admetrics_plugin_sdk::*;
 
@@ -23,7 +23,8 @@ impl Plugin for Template {
         // metrics: every metric name you may emit. Then, as needed: .with_touchpoints(),
         // .with_views(), .with_columns(&[Column::Device]), .with_window(WindowSize::Hour).
         // Read parameters with params.get_str / get_u64 / get_f64 / get_list / get_breakdown
-        // and keep them in `Self`, which accumulate and finish receive.
+        // and keep them in `Self`, which accumulate and finish receive. Every parameter needs
+        // a default: the host calls init with no parameters to learn the plugin's name.
         let info = info(
             "impression-share",
             env!("CARGO_PKG_VERSION"),
