@@ -41,11 +41,13 @@
 //! close to unbiased over the whole range without HLL++'s empirical bias tables or a switch to
 //! linear counting. It is rounded to an integer and capped at the impression count.
 //!
-//! Relative standard error: 1.04 / sqrt(m) = 0.8125 %; the tests hold every deterministic
-//! sample to 3 sigma = 2.44 % and measure the bias and spread over 64 user sets per
-//! cardinality. At 1 000 000 distinct users (ids 0..10^6 as the host hash) the estimate is
-//! 1 000 974 (+0.097 %). A precision of 14 keeps a campaign's state at 12 KiB, the size at
-//! which the error stays under 1 %; 12 would quarter the bytes and double the error.
+//! Relative standard error: 1.04 / sqrt(m) = 0.8125 %. The tests hold every deterministic
+//! sample to 3 sigma = 2.44 %, and measure bias and spread over 64 user sets per cardinality
+//! (mean relative error within ±0.13 %, root mean square 0.59 % at 3 000 users, 0.67 % at
+//! 30 000, 0.86 % at 100 000, 0.74 % at 1 000 000). At 1 000 000 distinct users (the host hash
+//! taken as 0..10^6, each seen twice) the estimate is 994 498 (−0.55 %). Precision 14 keeps a
+//! campaign's state at 12 KiB with the error under 1 %; 12 would quarter the bytes and double
+//! the error, 16 quadruple them for half the error.
 //!
 //! # State
 //!
@@ -59,6 +61,11 @@
 //! | 1 000 | exact | 8 017 |
 //! | 1 537 … ~4 700 | HyperLogLog, sparse (3 bytes per set register) | ~4 400 … 12 300 |
 //! | 100 000 and up | HyperLogLog, dense | 12 301 |
+//!
+//! The cost of a batch is linear in the bytes of the campaigns it touches (the contract copies
+//! the state in and out anyway) plus a sort of its impressions: natively, batches of 4096
+//! events over 100 campaigns cost about 75 ns per event once the campaigns are dense sketches
+//! (1.2 MB of state) and 120–160 ns while each holds an exact set of ~1000 users (0.8 MB).
 //!
 //! The bytes are canonical: the same impressions give the same bytes whatever the batches'
 //! order and grouping ([`acc::merge`] of accumulators is commutative, associative and
