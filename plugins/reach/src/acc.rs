@@ -327,35 +327,16 @@ impl Accumulator {
     }
 }
 
-/// Folds a batch (the WIT `event-batch` columns the plugin reads: kinds, campaigns, users) into
-/// an accumulator. Only the campaigns with impressions in the batch are decoded and
-/// re-encoded; the others' bytes are copied.
+/// Folds a batch's impressions, `(campaign, user hash)` each, into an accumulator. Only the
+/// campaigns the batch has impressions for are decoded and re-encoded; the others' bytes are
+/// copied.
 pub fn accumulate(
     acc: &[u8],
-    kinds: &[u8],
-    campaigns: &[u32],
-    users: &[u64],
+    impressions: impl IntoIterator<Item = (u32, u64)>,
     threshold: u32,
 ) -> Result<Vec<u8>, String> {
-    if campaigns.len() != kinds.len() || users.len() != kinds.len() {
-        return Err(format!(
-            "event-batch columns differ in length: kinds {}, campaigns {}, users {} \
-             (reach declares the user column)",
-            kinds.len(),
-            campaigns.len(),
-            users.len()
-        ));
-    }
-    if let Some(k) = kinds.iter().find(|&&k| k > 2) {
-        return Err(format!("event-batch has unknown kind {k}"));
-    }
     // (campaign, mixed user hash) of every impression, sorted: runs per campaign.
-    let mut seen: Vec<(u32, u64)> = kinds
-        .iter()
-        .zip(campaigns.iter().zip(users))
-        .filter(|(k, _)| **k == 0)
-        .map(|(_, (&c, &u))| (c, mix(u)))
-        .collect();
+    let mut seen: Vec<(u32, u64)> = impressions.into_iter().map(|(c, u)| (c, mix(u))).collect();
     let entries = parse(acc)?;
     if seen.is_empty() {
         return Ok(acc.to_vec()); // parsed (checked) above

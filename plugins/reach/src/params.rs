@@ -50,9 +50,9 @@ impl Config {
             .collect();
         if !unknown.is_empty() {
             return Err(format!(
-                "reach: unknown parameter{} {} (known: {})",
+                "unknown parameter{} `{}` (accepted: {})",
                 if unknown.len() > 1 { "s" } else { "" },
-                unknown.join(", "),
+                unknown.join("`, `"),
                 KNOWN.join(", ")
             ));
         }
@@ -60,7 +60,7 @@ impl Config {
         let mut seen: Vec<&str> = Vec::new();
         for (k, v) in params {
             if seen.contains(&k.as_str()) {
-                return Err(format!("reach: parameter {k} given twice"));
+                return Err(format!("parameter `{k}` given twice"));
             }
             seen.push(k);
             match k.as_str() {
@@ -71,7 +71,7 @@ impl Config {
                         "day" => Window::Day,
                         _ => {
                             return Err(format!(
-                                "reach: window = {v:?}: expected minute, hour or day"
+                                "parameter `window`: `{v}` is not minute, hour or day"
                             ));
                         }
                     }
@@ -83,7 +83,7 @@ impl Config {
                         .filter(|t| *t <= MAX_EXACT_THRESHOLD && !v.starts_with('+'))
                         .ok_or_else(|| {
                             format!(
-                                "reach: exact_threshold = {v:?}: expected an integer from 0 to \
+                                "parameter `exact_threshold`: `{v}` is not an integer from 0 to \
                                  {MAX_EXACT_THRESHOLD}"
                             )
                         })?
@@ -134,8 +134,15 @@ mod tests {
             ("lookback", "1"),
         ]))
         .unwrap_err();
-        assert!(e.contains("unknown parameters precison, lookback"), "{e}");
-        assert!(e.contains("known: exact_threshold, window"), "{e}");
+        assert_eq!(
+            e,
+            "unknown parameters `precison`, `lookback` (accepted: exact_threshold, window)"
+        );
+        let e = Config::parse(&p(&[("windows", "day")])).unwrap_err();
+        assert_eq!(
+            e,
+            "unknown parameter `windows` (accepted: exact_threshold, window)"
+        );
     }
 
     #[test]
