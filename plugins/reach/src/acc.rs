@@ -301,30 +301,34 @@ impl Accumulator {
     pub fn rows(&self) -> Vec<Row> {
         let mut rows = Vec::with_capacity(2 * self.campaigns.len());
         for (c, s) in &self.campaigns {
-            // An estimate above the impressions is impossible as a count: capped.
-            let reach = s.sketch.estimate().min(s.impressions) as f64;
-            let impressions = s.impressions as f64;
-            rows.push(Row {
-                campaign: *c,
-                metric: "reach",
-                value: reach,
-                numerator: reach,
-                denominator: impressions,
-            });
-            rows.push(Row {
-                campaign: *c,
-                metric: "frequency",
-                value: if reach > 0.0 {
-                    impressions / reach
-                } else {
-                    0.0
-                },
-                numerator: impressions,
-                denominator: reach,
-            });
+            push_rows(*c, s, &mut rows);
         }
         rows
     }
+}
+
+fn push_rows(campaign: u32, s: &Campaign, rows: &mut Vec<Row>) {
+    // An estimate above the impressions is impossible as a count: capped.
+    let reach = s.sketch.estimate().min(s.impressions) as f64;
+    let impressions = s.impressions as f64;
+    rows.push(Row {
+        campaign,
+        metric: "reach",
+        value: reach,
+        numerator: reach,
+        denominator: impressions,
+    });
+    rows.push(Row {
+        campaign,
+        metric: "frequency",
+        value: if reach > 0.0 {
+            impressions / reach
+        } else {
+            0.0
+        },
+        numerator: impressions,
+        denominator: reach,
+    });
 }
 
 /// Folds a batch's impressions, `(campaign, user hash)` each, into an accumulator. Only the
@@ -525,5 +529,11 @@ pub fn merge(a: &[u8], b: &[u8], threshold: u32) -> Result<Vec<u8>, String> {
 
 /// The rows of an accumulator.
 pub fn finish(acc: &[u8]) -> Result<Vec<Row>, String> {
-    Ok(Accumulator::decode(acc)?.rows())
+    // One campaign decoded at a time: memory stays the accumulator plus one sketch.
+    let entries = parse(acc)?;
+    let mut rows = Vec::with_capacity(2 * entries.len());
+    for e in &entries {
+        push_rows(e.campaign, &decode_entry(e)?, &mut rows);
+    }
+    Ok(rows)
 }

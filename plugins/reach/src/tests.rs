@@ -241,6 +241,7 @@ fn encoding_round_trips_and_is_checked() {
         .collect();
     assert_eq!(forms, vec![0, 0, 0, 1, 2], "exact x3, sparse, dense");
     assert_eq!(acc.encode(), bytes);
+    assert_eq!(acc::finish(&bytes).unwrap(), acc.rows());
     assert_eq!(Accumulator::decode(&acc.encode()).unwrap(), acc);
     assert_eq!(Accumulator::default().encode(), Vec::<u8>::new());
 
