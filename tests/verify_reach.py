@@ -104,7 +104,9 @@ def totals_predicate(table):
         return "coalesce(dimensions, '') = ''"
     if pa.types.is_null(typ):
         return "TRUE"
-    return "(dimensions IS NULL OR len(dimensions) = 0)"
+    if pa.types.is_map(typ):
+        return "(dimensions IS NULL OR cardinality(dimensions) = 0)"
+    return "(dimensions IS NULL OR len(dimensions) = 0)"  # a list of (column, value)
 
 
 def main():
