@@ -3,11 +3,11 @@
 #   plain cargo     → target/wasm32-wasip2/release/NAME.wasm (what config/default.toml loads)
 #   cargo component → target/wasm32-wasip1/release/NAME.wasm (adapter-wrapped component)
 # plus the test fixtures (faulty plugins, a second ctr version) with plain cargo.
-#   scripts/build-plugins.sh [--plain-only]   # --plain-only: the three plugins, plain cargo (demo)
+#   scripts/build-plugins.sh [--plain-only]   # --plain-only: the plugins, plain cargo (demo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-plugins=(-p ctr -p cvr -p attribution)
+plugins=(-p ctr -p cvr -p attribution -p attribution-linear -p attribution-time-decay -p attribution-position)
 extra=(-p metric-template)
 if [[ ${1:-} == --plain-only ]]; then
   exec cargo build --release --target wasm32-wasip2 "${plugins[@]}"

@@ -178,6 +178,14 @@ impl Model {
         }
     }
 
+    /// The parameter names a plugin of this model accepts (see [`Settings::from_params`]).
+    pub const fn params(self) -> &'static [&'static str] {
+        match self {
+            Model::TimeDecay { .. } => &["half_life_secs", "lookback_secs", "view_lookback_secs"],
+            _ => &["lookback_secs", "view_lookback_secs"],
+        }
+    }
+
     /// Whether the model credits touchpoint `i` of `n` (all but last-click's non-last ones).
     pub fn credits(self, i: usize, n: usize) -> bool {
         self != Model::LastClick || i + 1 == n
@@ -343,21 +351,13 @@ impl Settings {
             model,
             lookbacks: Lookbacks::default(),
         };
-        let decay = matches!(model, Model::TimeDecay { .. });
         for (name, value) in params {
             let (name, value) = (name.as_ref(), value.as_ref());
-            let secs = match name {
-                "lookback_secs" | "view_lookback_secs" => seconds(name, value)?,
-                "half_life_secs" if decay => seconds(name, value)?,
-                _ => {
-                    let known = if decay {
-                        "half_life_secs, lookback_secs, view_lookback_secs"
-                    } else {
-                        "lookback_secs, view_lookback_secs"
-                    };
-                    return Err(format!("unknown parameter {name:?} (known: {known})"));
-                }
-            };
+            if !model.params().contains(&name) {
+                let known = model.params().join(", ");
+                return Err(format!("unknown parameter {name:?} (accepted: {known})"));
+            }
+            let secs = seconds(name, value)?;
             let ms = (secs > 0).then_some(secs * 1000);
             match name {
                 "lookback_secs" => s.lookbacks.clicks_ms = ms,
@@ -449,6 +449,9 @@ pub fn rows(campaign: u32, ad: Option<u32>, v: &[i64]) -> Vec<Row> {
         Some(ad) => vec![row(Some(ad), METRICS[1], v[0], v[1])],
     }
 }
+
+#[cfg(feature = "sdk")]
+pub mod plugin;
 
 #[cfg(test)]
 mod tests;
