@@ -64,6 +64,8 @@ Options:
 Prints one line per problem and a summary per plugin; exits 0 when all agree, 1 on a problem,
 2 when the tables cannot be read or nothing can be checked. `--self-test` runs this script's own
 model implementation on hand-computed cases and generated ones (no tables) and exits 0/1.
+`--cross-check FILE` compares it case by case with attribution-core's credits on the generated
+cases that `ATTRIBUTION_CASES_OUT=FILE cargo test --release -p attribution-core cases_for` writes.
 """
 import argparse
 import bisect
@@ -133,7 +135,7 @@ def weights(model, times, half_life_ms=None):
             return [1] * n
         return [2 * (n - 2)] + [1] * (n - 2) + [2 * (n - 2)]
     if model == "time_decay":
-        latest = max(times)
+        latest = max(times, default=0)
         return [decay_weight(latest - t, half_life_ms) for t in times]
     raise ValueError(model)
 
@@ -291,6 +293,28 @@ def self_test():
     return 1 if problems else 0
 
 
+def cross_check(path):
+    """Compares this script's models with attribution-core's on the cases its test
+    `cases_for_the_python_reference` wrote (ATTRIBUTION_CASES_OUT=FILE cargo test -p attribution-core)."""
+    bad = n = 0
+    with open(path) as f:
+        for line in f:
+            c = json.loads(line)
+            spec = {"model": c["model"], "lookback_ms": c["lookback_ms"], "view_lookback_ms": c["view_lookback_ms"],
+                    "half_life_ms": c["half_life_ms"]}
+            clicks = [(t, camp, ad) for t, camp, ad, k in c["touches"] if k == "click"]
+            views = [(t, camp, ad) for t, camp, ad, k in c["touches"] if k == "view"]
+            credit, _ = attribute(spec, c["t"], c["revenue"], clicks, views)
+            theirs = {(camp, ad): m for camp, ad, m in c["credits"]}
+            n += 1
+            if credit != theirs:
+                bad += 1
+                if bad <= 10:
+                    print(f"differs: {line.strip()}\n  python: {sorted(credit.items())}")
+    print(f"cross-check: {n} cases, {bad} differ")
+    return 1 if bad or not n else 0
+
+
 # ---------------------------------------------------------------------------------------------
 # The tables
 
@@ -418,6 +442,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--self-test", action="store_true")
+    ap.add_argument("--cross-check", metavar="FILE")
     ap.add_argument("--catalog")
     ap.add_argument("--warehouse")
     ap.add_argument("--plugin", action="append", default=[])
@@ -433,6 +458,8 @@ def main():
     a = ap.parse_args()
     if a.self_test:
         sys.exit(self_test())
+    if a.cross_check:
+        sys.exit(cross_check(a.cross_check))
     if not a.catalog or not a.warehouse:
         ap.error("--catalog and --warehouse are required (or --self-test)")
     if a.max_views is None:

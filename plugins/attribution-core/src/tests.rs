@@ -619,3 +619,55 @@ fn property_window_totals_are_exact() {
         assert_eq!(convs, conversions, "window {window}");
     }
 }
+
+/// Cases for the Python reference (`tests/verify_attribution_models.py --cross-check FILE`):
+/// with `ATTRIBUTION_CASES_OUT=FILE`, writes generated conversions and this crate's credits as
+/// JSON lines, so the two implementations can be compared case by case.
+#[test]
+fn cases_for_the_python_reference() {
+    let Ok(path) = std::env::var("ATTRIBUTION_CASES_OUT") else {
+        return;
+    };
+    let opt = |x: Option<u64>| x.map_or("null".to_string(), |v| v.to_string());
+    let mut rng = Rng(0xC0FFEE);
+    let mut out = String::new();
+    for _ in 0..20_000 {
+        let (m, lb, r, tps) = (
+            model(&mut rng),
+            lookbacks(&mut rng),
+            revenue(&mut rng),
+            touches(&mut rng),
+        );
+        let (name, half_life) = match m {
+            Model::LastClick => ("last_click", None),
+            Model::Linear => ("linear", None),
+            Model::PositionBased => ("position_based", None),
+            Model::TimeDecay { half_life_ms } => ("time_decay", Some(half_life_ms)),
+        };
+        let touches: Vec<String> = tps
+            .iter()
+            .map(|t| {
+                let kind = if t.kind == Kind::Click {
+                    "click"
+                } else {
+                    "view"
+                };
+                format!("[{},{},{},\"{kind}\"]", t.time_ms, t.campaign, t.ad)
+            })
+            .collect();
+        let credits: Vec<String> = attribute(m, &lb, T, r, &tps)
+            .iter()
+            .map(|c| format!("[{},{},{}]", c.campaign, c.ad, c.micros))
+            .collect();
+        out += &format!(
+            "{{\"model\":\"{name}\",\"half_life_ms\":{},\"lookback_ms\":{},\"view_lookback_ms\":{},\
+             \"t\":{T},\"revenue\":{r},\"touches\":[{}],\"credits\":[{}]}}\n",
+            opt(half_life),
+            opt(lb.clicks_ms),
+            opt(lb.views_ms),
+            touches.join(","),
+            credits.join(",")
+        );
+    }
+    std::fs::write(path, out).unwrap();
+}
