@@ -1,31 +1,153 @@
 //! CTR plugin: impressions, clicks and click-through rate per campaign per window.
+//!
+//! Parameter `dimensions` (optional, a list of `device`, `country`, `placement`, `currency`):
+//! besides each campaign's total row, one `ctr` row per campaign per breakdown cell (each
+//! combination of the listed dimensions' values). Without it the plugin declares no columns and
+//! emits the totals only.
 use admetrics_plugin_sdk::*;
 
-struct Ctr;
+struct Ctr {
+    breakdown: Breakdown,
+}
 
 impl Plugin for Ctr {
     const WIDTH: usize = 2; // [impressions, clicks]
+    const PARAMS: &'static [&'static str] = &["dimensions"];
 
-    fn info() -> PluginInfo {
-        info("ctr", env!("CARGO_PKG_VERSION"), &["ctr"], false)
+    fn init(params: &Params) -> Result<(Self, PluginInfo), String> {
+        let breakdown = params.get_breakdown("dimensions")?;
+        let info =
+            info("ctr", env!("CARGO_PKG_VERSION"), &["ctr"]).with_columns(breakdown.columns());
+        Ok((Ctr { breakdown }, info))
     }
 
-    fn accumulate(acc: &mut Counters, events: &Events) -> Result<(), String> {
+    fn accumulate(&self, acc: &mut Counters, events: &Events) -> Result<(), String> {
         for e in events.iter() {
-            match e.kind {
-                EventKind::Impression => acc.add(e.campaign, NO_AD, &[1, 0]),
-                EventKind::Click => acc.add(e.campaign, NO_AD, &[0, 1]),
-                EventKind::Conversion => {}
+            let delta = match e.kind {
+                EventKind::Impression => [1, 0],
+                EventKind::Click => [0, 1],
+                EventKind::Conversion => continue,
+            };
+            acc.add(e.campaign, NO_AD, &delta);
+            if !self.breakdown.is_empty() {
+                acc.add_dims(e.campaign, NO_AD, &self.breakdown.cell(&e)?, &delta);
             }
         }
         Ok(())
     }
 
-    fn finish(acc: &Counters) -> Vec<MetricRow> {
+    fn finish(&self, acc: &Counters) -> Vec<MetricRow> {
         acc.iter()
-            .map(|(c, _, v)| rate_row(c, "ctr", v[1] as f64, v[0] as f64))
+            .map(|(c, _, dims, v)| rate_row_dims(c, None, dims, "ctr", v[1] as f64, v[0] as f64))
             .collect()
     }
 }
 
 export_plugin!(Ctr);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use admetrics_plugin_sdk::testing::*;
+
+    fn events() -> Vec<TestEvent> {
+        let on = |e: TestEvent, device, country| {
+            e.with(Column::Device, device)
+                .with(Column::Country, country)
+        };
+        vec![
+            on(TestEvent::impression(1, 10), 1, 7),
+            on(TestEvent::impression(1, 11), 1, 7),
+            on(TestEvent::impression(1, 10), 2, 7),
+            on(TestEvent::click(1, 10), 1, 7),
+            on(TestEvent::conversion(1, 10, 5), 3, 8),
+            on(TestEvent::impression(2, 20), 1, 8),
+            on(TestEvent::click(2, 20), 1, 8),
+            on(TestEvent::click(2, 20), 2, 8),
+        ]
+    }
+
+    /// (campaign, dimensions, value, numerator, denominator)
+    type Row = (u32, Vec<(Column, u32)>, f64, f64, f64);
+
+    fn table(rows: &[MetricRow]) -> Vec<Row> {
+        rows.iter()
+            .map(|r| {
+                assert_eq!((r.ad, r.metric.as_str()), (None, "ctr"));
+                let dims = r.dimensions.iter().map(|d| (d.column, d.value)).collect();
+                (r.campaign, dims, r.value, r.numerator, r.denominator)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn totals_without_parameters() {
+        let p = Harness::<Ctr>::new(&[]).unwrap();
+        let i = p.info();
+        assert_eq!(
+            (i.name.as_str(), &i.metrics[..]),
+            ("ctr", &["ctr".to_string()][..])
+        );
+        assert!(i.columns.is_empty() && !i.wants_touchpoints && !i.wants_views);
+        assert_eq!(i.window, WindowSize::Minute);
+        let rows = p.run(&events()).unwrap();
+        assert_eq!(
+            table(&rows),
+            vec![(1, vec![], 1.0 / 3.0, 1.0, 3.0), (2, vec![], 2.0, 2.0, 1.0)]
+        );
+        // Same rows as the SDK's rate_row, the 0.1 semantics.
+        assert_eq!(rows[0], rate_row(1, "ctr", 1.0, 3.0));
+        // A campaign with clicks only has a 0 rate, not a division by zero.
+        let rows = p.run(&[TestEvent::click(3, 1)]).unwrap();
+        assert_eq!(rows, vec![rate_row(3, "ctr", 1.0, 0.0)]);
+        assert_eq!(rows[0].value, 0.0);
+    }
+
+    #[test]
+    fn breakdown_adds_one_row_per_cell() {
+        let p = Harness::<Ctr>::new(&[("dimensions", "country,device")]).unwrap();
+        assert_eq!(p.info().columns, vec![Column::Device, Column::Country]);
+        let (d, c) = (Column::Device, Column::Country);
+        assert_eq!(
+            table(&p.run(&events()).unwrap()),
+            vec![
+                (1, vec![], 1.0 / 3.0, 1.0, 3.0),
+                (1, vec![(d, 1), (c, 7)], 0.5, 1.0, 2.0),
+                (1, vec![(d, 2), (c, 7)], 0.0, 0.0, 1.0),
+                (2, vec![], 2.0, 2.0, 1.0),
+                (2, vec![(d, 1), (c, 8)], 1.0, 1.0, 1.0),
+                (2, vec![(d, 2), (c, 8)], 0.0, 1.0, 0.0),
+            ]
+        );
+        // The totals are those of the plugin without a breakdown.
+        let plain = Harness::<Ctr>::new(&[]).unwrap().run(&events()).unwrap();
+        let rows = p.run(&events()).unwrap();
+        let totals: Vec<_> = rows
+            .into_iter()
+            .filter(|r| r.dimensions.is_empty())
+            .collect();
+        assert_eq!(totals, plain);
+        // An empty list is no breakdown.
+        let p = Harness::<Ctr>::new(&[("dimensions", "")]).unwrap();
+        assert!(p.info().columns.is_empty());
+    }
+
+    #[test]
+    fn bad_parameters_refuse_the_plugin() {
+        for (params, needle) in [
+            (
+                &[("dimension", "device")][..],
+                "unknown parameter `dimension` (accepted: dimensions)",
+            ),
+            (&[("dimensions", "user")][..], "unknown dimension `user`"),
+            (
+                &[("dimensions", "browser")][..],
+                "unknown dimension `browser`",
+            ),
+            (&[("dimensions", "device,device")][..], "twice"),
+        ] {
+            let err = Harness::<Ctr>::new(params).err().unwrap();
+            assert!(err.contains(needle), "{params:?}: {err}");
+        }
+    }
+}

@@ -554,9 +554,11 @@ pub const NO_AD: u32 = u32::MAX;
 
 /// A metric plugin. The SDK turns it into the WIT exports ([`export_plugin!`]).
 ///
-/// The value `init` returns is the plugin's configuration: the SDK keeps it for the life of the
-/// instance (the host calls `init` on every fresh instance, with the same parameters, before any
-/// other call) and passes it to `accumulate` and `finish`.
+/// The value `init` returns is the plugin's configuration: the SDK keeps it for the instance
+/// (the host calls `init` on every fresh instance, with the same parameters, before any other
+/// call) and passes it to `accumulate` and `finish`. A later `init` on the same instance replaces
+/// it. Every parameter needs a default: the host learns a plugin's name from `init([])`, which
+/// must succeed.
 pub trait Plugin: Sized + Send + 'static {
     /// Number of `i64` counters kept per key.
     const WIDTH: usize;
@@ -768,7 +770,7 @@ impl Counters {
                 "accumulator width {stored}, plugin expects {width}"
             ));
         }
-        if !with_dims && rest.len() % (8 + 8 * width) != 0 {
+        if !with_dims && !rest.len().is_multiple_of(8 + 8 * width) {
             return Err("accumulator length is not a whole number of entries".into());
         }
         let mut c = Counters::new(width);
@@ -1199,14 +1201,23 @@ pub mod testing {
     }
 
     impl<P: Plugin> Harness<P> {
-        /// Calls `init` with `params` (name, value) as the host would.
+        /// Calls `init` as the host does: with no parameters (which must succeed, and must name
+        /// the same plugin), then with `params` (name, value) on the same instance.
         pub fn new(params: &[(&str, &str)]) -> Result<Self, String> {
             let instance = Instance::new();
+            let bare = __init(&instance, Vec::new())
+                .map_err(|e| format!("init([]) must succeed, but: {e}"))?;
             let pairs = params
                 .iter()
                 .map(|&(n, v)| (n.to_string(), v.to_string()))
                 .collect();
             let info = __init(&instance, pairs)?;
+            if info.name != bare.name {
+                return Err(format!(
+                    "init([]) names plugin `{}`, init(params) `{}`",
+                    bare.name, info.name
+                ));
+            }
             Ok(Harness { instance, info })
         }
 
@@ -1707,6 +1718,8 @@ mod tests {
         assert_eq!((r[0].value, r[0].dimensions.len()), (3.0, 0));
 
         let p = Harness::<Count>::new(&[("dimensions", "device"), ("step", "2")]).unwrap();
+        // The harness, like the host, ran init([]) first on the same instance: the second init
+        // replaced the configuration.
         assert_eq!(p.info().columns, vec![Column::Device]);
         let r = p.run(&events).unwrap();
         let got: Vec<_> = r.iter().map(|r| (r.dimensions.clone(), r.value)).collect();
@@ -1719,5 +1732,38 @@ mod tests {
         assert_eq!(got, vec![(vec![], 6.0), (dev(2), 4.0), (dev(3), 2.0)]);
         // A batch that lacks the declared column is refused.
         assert!(p.accumulate_batch(&[], raw(2)).is_err());
+
+        // init again on the same instance replaces the configuration (columns included).
+        let cell = Instance::<Count>::new();
+        __init(&cell, vec![("dimensions".into(), "device".into())]).unwrap();
+        assert!(__accumulate(&cell, vec![], raw(2)).is_err());
+        __init(&cell, vec![]).unwrap();
+        assert!(__accumulate(&cell, vec![], raw(2)).is_ok());
+        // A failed init leaves the instance unconfigured, not with the previous configuration.
+        assert!(__init(&cell, vec![("step".into(), "x".into())]).is_err());
+        assert!(__accumulate(&cell, vec![], raw(2)).is_err());
+    }
+
+    /// A plugin with a parameter that has no default breaks the contract (`init([])` fails).
+    struct NoDefault;
+    impl Plugin for NoDefault {
+        const WIDTH: usize = 1;
+        const PARAMS: &'static [&'static str] = &["n"];
+        fn init(params: &Params) -> Result<(Self, PluginInfo), String> {
+            params.get_u64("n")?.ok_or("parameter `n` is required")?;
+            Ok((NoDefault, info("no-default", "0", &["m"])))
+        }
+        fn accumulate(&self, _: &mut Counters, _: &Events) -> Result<(), String> {
+            Ok(())
+        }
+        fn finish(&self, _: &Counters) -> Vec<MetricRow> {
+            Vec::new()
+        }
+    }
+
+    #[test]
+    fn harness_requires_init_without_parameters_to_succeed() {
+        let err = Harness::<NoDefault>::new(&[("n", "1")]).err().unwrap();
+        assert!(err.contains("init([]) must succeed"), "{err}");
     }
 }

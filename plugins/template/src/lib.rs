@@ -11,21 +11,28 @@ use admetrics_plugin_sdk::*;
 struct Template;
 
 impl Plugin for Template {
-    // Counters kept per (campaign, ad) key; (campaign, NO_AD) holds campaign totals.
+    // Counters kept per (campaign, ad) key; (campaign, NO_AD) holds campaign totals. Keys can
+    // also carry a breakdown cell (`add_dims`), as plugins/ctr does.
     const WIDTH: usize = 1;
 
-    fn info() -> PluginInfo {
+    // Parameter names accepted from `[plugins.config.impression-share]`; any other is refused.
+    const PARAMS: &'static [&'static str] = &[];
+
+    fn init(_params: &Params) -> Result<(Self, PluginInfo), String> {
         // name: [a-z0-9_-]+, unique among loaded plugins; version: your plugin's semver;
-        // metrics: every metric name you may emit; last: whether you need touchpoints.
-        info(
+        // metrics: every metric name you may emit. Then, as needed: .with_touchpoints(),
+        // .with_views(), .with_columns(&[Column::Device]), .with_window(WindowSize::Hour).
+        // Read parameters with params.get_str / get_u64 / get_f64 / get_list / get_breakdown
+        // and keep them in `Self`, which accumulate and finish receive.
+        let info = info(
             "impression-share",
             env!("CARGO_PKG_VERSION"),
             &["impression_share"],
-            false,
-        )
+        );
+        Ok((Template, info))
     }
 
-    fn accumulate(acc: &mut Counters, events: &Events) -> Result<(), String> {
+    fn accumulate(&self, acc: &mut Counters, events: &Events) -> Result<(), String> {
         for e in events.iter().filter(|e| e.kind == EventKind::Impression) {
             acc.add(e.campaign, e.ad, &[1]);
             acc.add(e.campaign, NO_AD, &[1]);
@@ -33,21 +40,52 @@ impl Plugin for Template {
         Ok(())
     }
 
-    fn finish(acc: &Counters) -> Vec<MetricRow> {
+    fn finish(&self, acc: &Counters) -> Vec<MetricRow> {
         let totals: Vec<(u32, i64)> = acc
             .iter()
-            .filter(|(_, ad, _)| ad.is_none())
-            .map(|(c, _, v)| (c, v[0]))
+            .filter(|(_, ad, _, _)| ad.is_none())
+            .map(|(c, _, _, v)| (c, v[0]))
             .collect();
         acc.iter()
-            .filter_map(|(c, ad, v)| {
+            .filter_map(|(c, ad, dims, v)| {
                 let total = totals.iter().find(|(tc, _)| *tc == c)?.1;
-                let mut row = rate_row(c, "impression_share", v[0] as f64, total as f64);
-                row.ad = Some(ad?);
-                Some(row)
+                Some(rate_row_dims(
+                    c,
+                    Some(ad?),
+                    dims,
+                    "impression_share",
+                    v[0] as f64,
+                    total as f64,
+                ))
             })
             .collect()
     }
 }
 
 export_plugin!(Template);
+
+// Native tests: `cargo test --release -p metric-template`.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use admetrics_plugin_sdk::testing::*;
+
+    #[test]
+    fn share_of_impressions_per_ad() {
+        let p = Harness::<Template>::new(&[]).unwrap();
+        let rows = p
+            .run(&[
+                TestEvent::impression(1, 10),
+                TestEvent::impression(1, 10),
+                TestEvent::impression(1, 11),
+                TestEvent::click(1, 11),
+            ])
+            .unwrap();
+        let got: Vec<_> = rows
+            .iter()
+            .map(|r| (r.ad, r.numerator, r.denominator))
+            .collect();
+        assert_eq!(got, vec![(Some(10), 2.0, 3.0), (Some(11), 1.0, 3.0)]);
+        assert!(Harness::<Template>::new(&[("typo", "1")]).is_err());
+    }
+}
