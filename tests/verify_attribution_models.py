@@ -35,12 +35,13 @@ The models (the definitions of plugins/attribution-core/src/lib.rs, implemented 
 * choice: the clicks inside the plugin's own `lookback_secs` (0/absent: the host's only); if
   none and the plugin's `view_lookback_secs` > 0, the views inside it; else unattributed. Oldest
   first, equal times in list order.
-* weights: last_click 0..0,1; linear 1 each; position_based 1 | 1,1 | 2(n-2),1,...,1,2(n-2);
+* weights: last_click 1 for the latest (of equal latest times the first in list order, as the
+  shipped `attribution` plugin does), 0 for the others; linear 1 each; position_based 1 | 1,1 | 2(n-2),1,...,1,2(n-2);
   time_decay 2^(-(t_last - t_i)/half_life) in the fixed point documented there (62-bit, the
   table of 2^(-2^-j) computed here with 80-digit decimals).
 * split: largest remainder, floors first, the micros left to the largest remainders, equal
   remainders to the later touchpoint.
-* credit: merged per (campaign, ad); last click credits only the last touchpoint; a conversion
+* credit: merged per (campaign, ad); last click credits only its one touchpoint; a conversion
   counts once per (campaign, ad) it credits.
 
 Plugin parameters: those recorded in the lineage of the plugin's rows (`admetrics.plugins` of
@@ -127,7 +128,9 @@ def weights(model, times, half_life_ms=None):
     """Weights of touchpoints at `times` (oldest first)."""
     n = len(times)
     if model == "last_click":
-        return [1 if i == n - 1 else 0 for i in range(n)]
+        # The latest; of equal latest times the first in list order (the shipped plugin's rule).
+        first = times.index(times[-1]) if times else None
+        return [1 if i == first else 0 for i in range(n)]
     if model == "linear":
         return [1] * n
     if model == "position_based":
@@ -181,8 +184,8 @@ def attribute(spec, conv_ms, revenue, clicks, views):
     if shares is None:
         return {}, None
     credit = {}
-    for i, (t, share) in enumerate(zip(tps, shares)):
-        if spec["model"] == "last_click" and i != len(tps) - 1:
+    for t, share, w in zip(tps, shares, ws):
+        if spec["model"] == "last_click" and w == 0:
             continue
         key = (t[1], t[2])
         credit[key] = credit.get(key, 0) + share
@@ -257,8 +260,9 @@ def self_test():
     eq("click inside", attribute(spec, T, 10, [(T - 4000, 2, 2)], views), ({(2, 2): 10}, "click"))
     eq("views off", attribute(make_spec("linear", {"lookback_secs": "4"}), T, 10, clicks, views), ({}, None))
     eq("after the conversion", attribute(make_spec("linear", {}), T, 10, [(T + 1, 1, 1)], []), ({}, None))
-    eq("last click tie: later", attribute(make_spec("last_click", {}), T, 10, [(T - 1, 1, 1), (T - 1, 2, 2)], []),
-       ({(2, 2): 10}, "click"))
+    eq("last click tie: the first of the latest",
+       attribute(make_spec("last_click", {}), T, 10, [(T - 9, 9, 9), (T - 1, 1, 1), (T - 1, 2, 2)], []),
+       ({(1, 1): 10}, "click"))
     for bad in ({"half_life_secs": "60"}, {"lookback": "1"}, {"lookback_secs": "-1"}):
         try:
             make_spec("linear", bad)

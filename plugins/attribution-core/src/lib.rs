@@ -21,7 +21,9 @@
 //! the host's order (a stable sort), so "later" below means later in that order.
 //!
 //! **Weights** ([`Model::weights`]), for `n` chosen touchpoints, index 0 the oldest:
-//! * `last_click`: 1 for the last touchpoint, 0 for the others.
+//! * `last_click`: 1 for the latest touchpoint, 0 for the others; among touchpoints with the
+//!   latest time, the first in the host's order (as the shipped `attribution` plugin does, whose
+//!   `rev().max_by_key` keeps the first of equal maxima).
 //! * `linear`: 1 each.
 //! * `position_based` (40/20/40): `n = 1`: 1; `n = 2`: 1, 1; `n >= 3`: `2(n-2)` for the first and
 //!   the last, 1 for each of the `n - 2` middle ones (total `5(n-2)`: 40 % + 20 % + 40 %).
@@ -44,7 +46,7 @@
 //! negative for `R >= 0`.
 //!
 //! **Credit** ([`attribute`]): the shares merged per (campaign, ad) over the touchpoints the
-//! model credits (all of them, except `last_click`: only the last). A conversion counts once in
+//! model credits (all of them, except `last_click`: only the one of weight 1). A conversion counts once in
 //! the `attributed_revenue` denominator of every (campaign, ad) it credits.
 
 /// The metrics every attribution plugin emits (the same names as the last-click plugin, so
@@ -159,7 +161,13 @@ impl Model {
     pub fn weights(self, touches: &[Touch]) -> Vec<u64> {
         let n = touches.len();
         match self {
-            Model::LastClick => (0..n).map(|i| u64::from(i + 1 == n)).collect(),
+            Model::LastClick => {
+                // The first of the latest: the list is sorted by time, so the run of equal
+                // latest times is at its end.
+                let last = touches.last().map(|t| t.time_ms);
+                let first = touches.iter().position(|t| Some(t.time_ms) == last);
+                (0..n).map(|i| u64::from(Some(i) == first)).collect()
+            }
             Model::Linear => vec![1; n],
             Model::PositionBased if n <= 2 => vec![1; n],
             Model::PositionBased => {
@@ -186,9 +194,10 @@ impl Model {
         }
     }
 
-    /// Whether the model credits touchpoint `i` of `n` (all but last-click's non-last ones).
-    pub fn credits(self, i: usize, n: usize) -> bool {
-        self != Model::LastClick || i + 1 == n
+    /// Whether the model credits a touchpoint of this weight: always, except last click's
+    /// touchpoints of weight 0 (a time-decay weight rounded to 0 still credits).
+    pub fn credits(self, weight: u64) -> bool {
+        self != Model::LastClick || weight > 0
     }
 }
 
@@ -291,13 +300,13 @@ pub fn attribute(
     touches: &[Touch],
 ) -> Vec<Credit> {
     let chosen = select(conversion_ms, touches, lookbacks);
-    let Some(shares) = largest_remainder(revenue, &model.weights(&chosen)) else {
+    let weights = model.weights(&chosen);
+    let Some(shares) = largest_remainder(revenue, &weights) else {
         return Vec::new();
     };
-    let n = chosen.len();
     let mut out: Vec<Credit> = Vec::new();
-    for (i, (t, share)) in chosen.iter().zip(shares).enumerate() {
-        if !model.credits(i, n) {
+    for ((t, share), w) in chosen.iter().zip(shares).zip(weights) {
+        if !model.credits(w) {
             continue; // last click: the others' shares are 0
         }
         match out.binary_search_by_key(&(t.campaign, t.ad), |c| (c.campaign, c.ad)) {

@@ -125,10 +125,11 @@ fn last_click_by_hand() {
             micros: 10
         }]
     );
-    // Equal latest times: the later in the host's order.
-    let tie = [click(100, 1, 1), click(100, 2, 2)];
+    // Equal latest times: the first of them in the host's order (the shipped plugin's rule).
+    let tie = [click(300, 9, 9), click(100, 1, 1), click(100, 2, 2)];
+    assert_eq!(split(Model::LastClick, 10, &tie), [0, 10, 0]);
     let c = attribute(Model::LastClick, &Lookbacks::default(), T, 10, &tie);
-    assert_eq!((c[0].campaign, c[0].ad), (2, 2));
+    assert_eq!((c.len(), c[0].campaign, c[0].ad), (1, 1, 1));
 }
 
 #[test]
@@ -540,7 +541,14 @@ fn property_exact_sum_no_negative_credit_each_share_within_one_of_its_quota() {
                 let (lo, hi) = (shares.iter().min(), shares.iter().max());
                 assert!(hi.unwrap() - lo.unwrap() <= 1, "{ctx}");
             }
-            Model::LastClick => assert_eq!(shares[n - 1], r, "{ctx}"),
+            Model::LastClick => {
+                let first_latest = chosen
+                    .iter()
+                    .position(|t| t.time_ms == chosen[n - 1].time_ms)
+                    .unwrap();
+                assert_eq!(shares[first_latest], r, "{ctx}");
+                assert_eq!(credits.len(), 1, "{ctx}");
+            }
             Model::PositionBased if n >= 3 => {
                 assert!((shares[0] - shares[n - 1]).abs() <= 1, "{ctx}");
                 assert!(shares[0] + 1 >= shares[1], "{ctx}");
