@@ -263,6 +263,33 @@ def self_test():
     eq("last click tie: the first of the latest",
        attribute(make_spec("last_click", {}), T, 10, [(T - 9, 9, 9), (T - 1, 1, 1), (T - 1, 2, 2)], []),
        ({(1, 1): 10}, "click"))
+    # The host's touchpoint rule, on a small stream by hand.
+    def ev(part, off, typ, t, camp="A", ad="a", rev=0, late=False, dup=False, user="u"):
+        return {"stream": "s", "partition": part, "offset": off, "type": typ, "t": t, "campaign": camp, "ad": ad,
+                "user": user, "revenue": rev, "late": late, "dup": dup, "id": f"{part}-{off}"}
+
+    evs = [
+        ev(0, 0, "click", 1000, ad="a1"), ev(0, 1, "click", 2000, ad="a2"), ev(0, 2, "impression", 2500, "B", "b1"),
+        ev(0, 3, "click", 2900, ad="dup", dup=True),      # a copy: not remembered
+        ev(0, 4, "click", 500, ad="old"),                 # older than both: cut by max_touchpoints = 2
+        ev(0, 5, "conversion", 3000, rev=10),
+        ev(0, 6, "conversion", 3000, rev=10, late=True),  # late: in no window
+        ev(0, 7, "click", 2999, ad="after"),              # received after the conversion
+        ev(1, 0, "impression", 2800, "B", "b2"), ev(1, 1, "conversion", 3000, rev=7),   # another partition
+        ev(2, 0, "click", 100, ad="l", late=True), ev(2, 1, "conversion", 200, rev=3),  # a late click counts
+        ev(2, 2, "conversion", 200, rev=4, user="v"),                                      # another user
+    ]
+    host = argparse.Namespace(lookback_secs=604800, view_lookback_secs=86400, max_touchpoints=2, max_views=2)
+    specs = {"lin": make_spec("linear", {}), "pos-views": make_spec("position_based", {"view_lookback_secs": "60"})}
+    got = recount(evs, specs, host)
+    eq("recount linear", sorted((c["id"], sorted(c["credit"].items())) for c in got["lin"]),
+       [("0-5", [(("A", "a1"), 5), (("A", "a2"), 5)]), ("1-1", []), ("2-1", [(("A", "l"), 3)]), ("2-2", [])])
+    eq("recount view-through", sorted((c["id"], sorted(c["credit"].items()), c["kind"]) for c in got["pos-views"]),
+       [("0-5", [(("A", "a1"), 5), (("A", "a2"), 5)], "click"), ("1-1", [(("B", "b2"), 7)], "view"),
+        ("2-1", [(("A", "l"), 3)], "click"), ("2-2", [], None)])
+    host.max_touchpoints = 1
+    eq("recount cap 1", [sorted(c["credit"].items()) for c in recount(evs, specs, host)["lin"] if c["id"] == "0-5"],
+       [[(("A", "a2"), 10)]])
     for bad in ({"half_life_secs": "60"}, {"lookback": "1"}, {"lookback_secs": "-1"}):
         try:
             make_spec("linear", bad)
@@ -374,7 +401,9 @@ def recorded_params(metrics_t):
             p = b.get("params") or {}
             if isinstance(p, list):
                 p = {k: v for k, v in p}
-            out[b.get("name")].add(tuple(sorted((str(k), str(v)) for k, v in p.items())))
+            # max_dimension_values is the host's, not the plugin's (never passed to init).
+            out[b.get("name")].add(tuple(sorted((str(k), str(v)) for k, v in p.items()
+                                                if k != "max_dimension_values")))
     return out
 
 
@@ -568,8 +597,9 @@ def main():
         # The window of each conversion: the interval of a row of its campaign that holds it
         # (day windows depend on the campaign's time zone), else the plugin's uniform grid.
         by_campaign = defaultdict(set)
-        for (ws, we, c, _, _, _, _) in latest:
-            by_campaign[c].add((ws, we))
+        for (ws, we, c, _, metric, _, _) in latest:
+            if metric == "revenue":  # keyed by the conversion's own campaign
+                by_campaign[c].add((ws, we))
         by_campaign = {c: sorted(v) for c, v in by_campaign.items()}
         sizes = {we - ws for (ws, we) in windows}
         grid = sizes.pop() if len(sizes) == 1 else None
