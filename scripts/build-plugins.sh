@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-plugins=(-p ctr -p cvr -p attribution -p reach)
+plugins=(-p ctr -p cvr -p attribution -p attribution-linear -p attribution-time-decay -p attribution-position -p reach)
 extra=(-p metric-template)
 if [[ ${1:-} == --plain-only ]]; then
   exec cargo build --release --target wasm32-wasip2 "${plugins[@]}"
