@@ -151,6 +151,13 @@ enum PluginCommand {
         /// Window size in seconds.
         #[arg(long, default_value_t = 60)]
         window_secs: u64,
+        /// A plugin parameter, as `[plugins.config.NAME]` would give it (repeatable; a list is
+        /// comma-separated: `--param dimensions=country,device`).
+        #[arg(long = "param", value_name = "KEY=VALUE")]
+        params: Vec<String>,
+        /// A campaign's time zone for `day` windows (repeatable): `--time-zone spring-sale=Europe/Berlin`.
+        #[arg(long = "time-zone", value_name = "CAMPAIGN=IANA_ZONE")]
+        time_zones: Vec<String>,
     },
     /// Compare a shadow plugin's rows (plugins.shadow_dir) with the live version's, window by
     /// window, from campaign_metrics: a deploy gate.
@@ -464,8 +471,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     plugin,
                     events,
                     window_secs,
+                    params,
+                    time_zones,
                 },
-        } => plugin_test(&plugin, &events, window_secs),
+        } => plugin_test(&plugin, &events, window_secs, &params, &time_zones),
         Command::Plugin {
             command: PluginCommand::Diff { .. },
         } => unreachable!("main runs plugin diff itself (its own exit statuses)"),
@@ -653,6 +662,8 @@ fn plugin_test(
     plugin: &std::path::Path,
     events: &std::path::Path,
     window_secs: u64,
+    params: &[String],
+    time_zones: &[String],
 ) -> anyhow::Result<()> {
     let mut cfg = Config::default();
     cfg.plugins.paths = vec![plugin.to_path_buf()];
@@ -660,7 +671,31 @@ fn plugin_test(
     // Sample files are old: accept any event time.
     cfg.validation.max_past_ms = i64::MAX / 4;
     cfg.validation.max_future_ms = i64::MAX / 4;
-    let runtime = PluginRuntime::new(&cfg.plugins)?;
+    for z in time_zones {
+        let (c, tz) = z
+            .split_once('=')
+            .with_context(|| format!("--time-zone {z:?}: expected CAMPAIGN=IANA_ZONE"))?;
+        cfg.campaigns.time_zones.insert(c.into(), tz.into());
+    }
+    let mut runtime = PluginRuntime::new(&cfg.plugins)?;
+    if !params.is_empty() {
+        // The plugin's name (from `init([])`) says which `[plugins.config.NAME]` these are.
+        let name = runtime.load(plugin)?.info.name;
+        let mut table = toml::Table::new();
+        for kv in params {
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("--param {kv:?}: expected KEY=VALUE"))?;
+            let value = match v.parse::<i64>() {
+                Ok(n) => toml::Value::Integer(n),
+                Err(_) => toml::Value::String(v.into()),
+            };
+            table.insert(k.into(), value);
+        }
+        cfg.plugins.config.insert(name, table);
+    }
+    cfg.validate()?;
+    runtime = runtime.with_config(&cfg.plugins);
     let p = runtime.load(plugin)?;
     println!(
         "# {} {} (sha256 {})  metrics: {}",
@@ -691,18 +726,24 @@ fn plugin_test(
         );
     }
     let rows = proc.publish(&clock);
-    println!("window_start\tcampaign_id\tad_id\tmetric\tvalue\tnumerator\tdenominator");
+    println!(
+        "window_start\tcampaign_id\tad_id\tmetric\tvalue\tnumerator\tdenominator\tdimensions\twindow_end"
+    );
+    let time = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms).map_or("?".into(), |t| t.to_rfc3339())
+    };
     for r in &rows {
         println!(
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
-            chrono::DateTime::from_timestamp_millis(r.window_start_ms)
-                .map_or("?".into(), |t| t.to_rfc3339()),
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            time(r.window_start_ms),
             r.campaign_id,
             r.ad_id.as_deref().unwrap_or("-"),
             r.metric,
             r.value,
             r.numerator,
-            r.denominator
+            r.denominator,
+            r.dimensions.as_deref().unwrap_or("-"),
+            time(r.window_end_ms),
         );
     }
     let dl = status.dead_letters.load(Relaxed);

@@ -41,6 +41,7 @@ pub struct Config {
     pub commit: CommitConfig,
     pub dedup: DedupConfig,
     pub http: HttpConfig,
+    pub campaigns: CampaignsConfig,
     /// The file this configuration was loaded from (watched for live changes).
     #[serde(skip)]
     pub source_path: Option<PathBuf>,
@@ -263,7 +264,9 @@ impl PluginsConfig {
                     )
                 };
                 let ok = match v {
-                    toml::Value::Array(a) => a.iter().all(|x| scalar(x) && param_text(x).find(',').is_none()),
+                    toml::Value::Array(a) => a
+                        .iter()
+                        .all(|x| scalar(x) && param_text(x).find(',').is_none()),
                     v => scalar(v),
                 };
                 if !ok {
@@ -393,6 +396,26 @@ impl Default for DedupConfig {
         DedupConfig {
             horizon_secs: 24 * 3600,
             max_ids: 20_000_000,
+        }
+    }
+}
+
+/// Campaign facts the host needs: the time zone whose calendar days a `day` plugin's windows
+/// follow (an advertiser reads "yesterday" in its own zone).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CampaignsConfig {
+    /// IANA time zone of campaigns not listed in `time_zones`.
+    pub default_time_zone: String,
+    /// Campaign id → IANA time zone, e.g. `"spring-sale" = "Europe/Berlin"`.
+    pub time_zones: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for CampaignsConfig {
+    fn default() -> Self {
+        CampaignsConfig {
+            default_time_zone: "UTC".into(),
+            time_zones: Default::default(),
         }
     }
 }
@@ -557,6 +580,23 @@ impl Config {
             return bad("plugins.max_dimension_values", "must be at least 1");
         }
         self.plugins.validate_params()?;
+        if jiff::tz::TimeZone::get(&self.campaigns.default_time_zone).is_err() {
+            return bad(
+                "campaigns.default_time_zone",
+                &format!(
+                    "{:?} is not an IANA time zone (e.g. \"Europe/Berlin\", \"UTC\")",
+                    self.campaigns.default_time_zone
+                ),
+            );
+        }
+        for (c, tz) in &self.campaigns.time_zones {
+            if jiff::tz::TimeZone::get(tz).is_err() {
+                return Err(ConfigError::InvalidAt {
+                    key: format!("campaigns.time_zones.{c}"),
+                    reason: format!("{tz:?} is not an IANA time zone (e.g. \"Europe/Berlin\")"),
+                });
+            }
+        }
         if self.attribution.max_touchpoints == 0 {
             return bad("attribution.max_touchpoints", "must be at least 1");
         }

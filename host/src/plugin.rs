@@ -114,6 +114,8 @@ pub enum Span {
 }
 
 impl Span {
+    pub const ALL: [Span; 3] = [Span::Minute, Span::Hour, Span::Day];
+
     pub fn name(self) -> &'static str {
         match self {
             Span::Minute => "minute",
@@ -274,9 +276,9 @@ pub fn batch_for<'a>(
     use std::borrow::Cow;
     let n = shared.kinds.len();
     let extra_cols = (!shared.users.is_empty() && !info.columns.has(Column::User))
-        || Columns::DIMENSIONS.iter().any(|&c| {
-            !info.columns.has(c) && !dim_column(shared, c).is_empty()
-        });
+        || Columns::DIMENSIONS
+            .iter()
+            .any(|&c| !info.columns.has(c) && !dim_column(shared, c).is_empty());
     let extra_views = !info.wants_views
         && shared
             .touchpoints
@@ -800,9 +802,7 @@ impl Plugin {
                 let info = b
                     .call_init(&mut store, &self.info.params)
                     .map_err(|e| PluginError::Trap(format!("init: {e:#}")))?
-                    .map_err(|e| {
-                        PluginError::Guest(format!("init refused its parameters: {e}"))
-                    })?;
+                    .map_err(|e| PluginError::Guest(format!("init refused its parameters: {e}")))?;
                 (Exports::V2(b), Some(info))
             }
             Pre::V1(pre) => (
@@ -1003,7 +1003,17 @@ impl Plugin {
         let b = &mut sample;
         push_event_with(b, kind::IMPRESSION, t, 0, 0, 0, Some(&[]), all, &x(7, 0));
         push_event_with(b, kind::CLICK, t, 0, 0, 0, Some(&[]), all, &x(7, 0));
-        push_event_with(b, kind::CONVERSION, t, 1, 1, 1_500_000, Some(&tp), all, &x(7, 1));
+        push_event_with(
+            b,
+            kind::CONVERSION,
+            t,
+            1,
+            1,
+            1_500_000,
+            Some(&tp),
+            all,
+            &x(7, 1),
+        );
         push_event_with(b, kind::CONVERSION, t, 1, 1, 1, Some(&[]), all, &x(8, 1));
         let sample = batch_for(&sample, &self.info.clone(), None).into_owned();
         let acc = self.accumulate(&[], &sample)?;

@@ -276,8 +276,7 @@ impl State {
             let _ = self.tx.send(Control::Settings(new_live));
         }
         let plugin_settings = self.cfg.plugins.config != changes.merged.plugins.config
-            || self.cfg.plugins.max_dimension_values
-                != changes.merged.plugins.max_dimension_values;
+            || self.cfg.plugins.max_dimension_values != changes.merged.plugins.max_dimension_values;
         // The running values stay for everything refused.
         self.cfg = changes.merged;
         if plugin_settings {
@@ -599,6 +598,11 @@ fn classify(old: &Config, new: &Config) -> Changes {
                 max_ids: _,
             },
         http: crate::config::HttpConfig { listen: _ },
+        campaigns:
+            crate::config::CampaignsConfig {
+                default_time_zone: _,
+                time_zones: _,
+            },
         source_path: _,
     } = new;
 
@@ -635,7 +639,10 @@ fn classify(old: &Config, new: &Config) -> Changes {
 
     live!("attribution.lookback_secs", attribution.lookback_secs);
     live!("attribution.max_touchpoints", attribution.max_touchpoints);
-    live!("attribution.view_lookback_secs", attribution.view_lookback_secs);
+    live!(
+        "attribution.view_lookback_secs",
+        attribution.view_lookback_secs
+    );
     // Consulted at start-up only (against the tables' replay point); recorded for the next one.
     live!(
         "attribution.accept_partial_lookback",
@@ -712,6 +719,12 @@ fn classify(old: &Config, new: &Config) -> Changes {
     restart!("dedup.max_ids", RESTART_DEDUP, dedup.max_ids);
 
     restart!("http.listen", RESTART_HTTP, http.listen);
+    restart!(
+        "campaigns.default_time_zone",
+        RESTART_WINDOW,
+        campaigns.default_time_zone
+    );
+    restart!("campaigns.time_zones", RESTART_WINDOW, campaigns.time_zones);
     c
 }
 

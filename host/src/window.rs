@@ -16,6 +16,8 @@ use smallvec::SmallVec;
 
 use rustc_hash::FxHashMap;
 
+use crate::plugin::Span;
+
 /// A remembered click or view (16 bytes; the plugins' `touchpoint` adds its kind when sent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Touchpoint {
@@ -27,6 +29,108 @@ pub struct Touchpoint {
 /// Start of the tumbling window containing `t`.
 pub fn window_start(t_ms: i64, size_ms: i64) -> i64 {
     t_ms.div_euclid(size_ms) * size_ms
+}
+
+const HOUR_MS: i64 = 3_600_000;
+/// The longest calendar day (a day that ends daylight saving time has 25 hours).
+pub const MAX_DAY_MS: i64 = 25 * HOUR_MS;
+
+/// Where the windows of each span start and end: `minute` is the host's window
+/// (`window.size_secs`, UTC-aligned), `hour` is UTC-aligned, `day` is the calendar day of the
+/// campaign's time zone (`[campaigns]`), 23 to 25 hours long across daylight-saving changes.
+pub struct Calendar {
+    size_ms: i64,
+    default: usize,
+    /// Campaign id → index into `zones`.
+    by_campaign: rustc_hash::FxHashMap<String, usize>,
+    /// Each zone with the last day looked up in it (events mostly fall in the same day).
+    zones: Vec<(jiff::tz::TimeZone, std::cell::Cell<(i64, i64)>)>,
+}
+
+impl Calendar {
+    /// Zones must be valid (`Config::validate` checked them); an invalid one reads as UTC.
+    pub fn new(size_ms: i64, cfg: &crate::config::CampaignsConfig) -> Self {
+        let mut names: Vec<&str> = vec![&cfg.default_time_zone];
+        let mut by_campaign = rustc_hash::FxHashMap::default();
+        for (campaign, tz) in &cfg.time_zones {
+            let i = names.iter().position(|n| *n == tz).unwrap_or_else(|| {
+                names.push(tz);
+                names.len() - 1
+            });
+            by_campaign.insert(campaign.clone(), i);
+        }
+        let zones = names
+            .iter()
+            .map(|n| {
+                let tz = jiff::tz::TimeZone::get(n).unwrap_or(jiff::tz::TimeZone::UTC);
+                (tz, std::cell::Cell::new((0, 0)))
+            })
+            .collect();
+        Calendar {
+            size_ms,
+            default: 0,
+            by_campaign,
+            zones,
+        }
+    }
+
+    /// `[start, end)` of the window of `span` holding an event of `campaign` at `t_ms`.
+    #[inline]
+    pub fn bounds(&self, span: Span, campaign: &str, t_ms: i64) -> (i64, i64) {
+        match span {
+            Span::Minute => {
+                let s = window_start(t_ms, self.size_ms);
+                (s, s + self.size_ms)
+            }
+            Span::Hour => {
+                let s = window_start(t_ms, HOUR_MS);
+                (s, s + HOUR_MS)
+            }
+            Span::Day => {
+                let zone = if self.by_campaign.is_empty() {
+                    self.default
+                } else {
+                    *self.by_campaign.get(campaign).unwrap_or(&self.default)
+                };
+                let (tz, last) = &self.zones[zone];
+                let (s, e) = last.get();
+                if s <= t_ms && t_ms < e {
+                    return (s, e);
+                }
+                let day = day_of(tz, t_ms);
+                last.set(day);
+                day
+            }
+        }
+    }
+
+    /// The longest window of `span`.
+    pub fn max_len_ms(&self, span: Span) -> i64 {
+        match span {
+            Span::Minute => self.size_ms,
+            Span::Hour => HOUR_MS,
+            Span::Day => MAX_DAY_MS,
+        }
+    }
+}
+
+/// The calendar day of `tz` holding `t_ms`, as UTC milliseconds `[start, end)`. A day whose
+/// midnight falls in a daylight-saving gap starts at the first instant that exists.
+fn day_of(tz: &jiff::tz::TimeZone, t_ms: i64) -> (i64, i64) {
+    let day = || -> Result<(i64, i64), jiff::Error> {
+        let zdt = jiff::Timestamp::from_millisecond(t_ms)?.to_zoned(tz.clone());
+        let start = zdt.start_of_day()?;
+        let end = zdt.date().tomorrow()?.to_zoned(tz.clone())?;
+        Ok((
+            start.timestamp().as_millisecond(),
+            end.timestamp().as_millisecond(),
+        ))
+    };
+    // Out of jiff's range (years beyond ±9999; validation rejects such times): UTC days.
+    day().unwrap_or_else(|_| {
+        let s = window_start(t_ms, 24 * HOUR_MS);
+        (s, s + 24 * HOUR_MS)
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -555,6 +659,53 @@ mod tests {
         i.touch(live, 240_000);
         assert_eq!(i.evict(200_000, &[]), 1_001);
         assert_eq!(i.name(live).map(|s| &**s), Some("live"));
+    }
+
+    #[test]
+    fn day_windows_follow_the_campaigns_time_zone_across_daylight_saving() {
+        let mut cfg = crate::config::CampaignsConfig::default();
+        cfg.time_zones
+            .insert("berlin".into(), "Europe/Berlin".into());
+        cfg.time_zones
+            .insert("ny".into(), "America/New_York".into());
+        let cal = Calendar::new(60_000, &cfg);
+        let ms = |s: &str| s.parse::<jiff::Timestamp>().unwrap().as_millisecond();
+        // 2026-03-29: Berlin springs forward (23 h day); 2026-10-25: falls back (25 h).
+        let t = ms("2026-03-29T12:00:00Z");
+        assert_eq!(
+            cal.bounds(Span::Day, "berlin", t),
+            (ms("2026-03-28T23:00:00Z"), ms("2026-03-29T22:00:00Z"))
+        );
+        let t = ms("2026-10-25T12:00:00Z");
+        let (s, e) = cal.bounds(Span::Day, "berlin", t);
+        assert_eq!(
+            (s, e),
+            (ms("2026-10-24T22:00:00Z"), ms("2026-10-25T23:00:00Z"))
+        );
+        assert_eq!(e - s, MAX_DAY_MS);
+        // The same instant is another day in New York, and a UTC day for unlisted campaigns.
+        let t = ms("2026-06-01T02:00:00Z");
+        assert_eq!(
+            cal.bounds(Span::Day, "ny", t),
+            (ms("2026-05-31T04:00:00Z"), ms("2026-06-01T04:00:00Z"))
+        );
+        assert_eq!(
+            cal.bounds(Span::Day, "other", t),
+            (ms("2026-06-01T00:00:00Z"), ms("2026-06-02T00:00:00Z"))
+        );
+        // The cached day is not reused for an instant outside it.
+        assert_eq!(
+            cal.bounds(Span::Day, "berlin", ms("2026-06-01T21:59:59.999Z")),
+            (ms("2026-05-31T22:00:00Z"), ms("2026-06-01T22:00:00Z"))
+        );
+        assert_eq!(
+            cal.bounds(Span::Day, "berlin", ms("2026-06-01T22:00:00Z")),
+            (ms("2026-06-01T22:00:00Z"), ms("2026-06-02T22:00:00Z"))
+        );
+        assert_eq!(
+            cal.bounds(Span::Hour, "berlin", ms("2026-06-01T22:59:00Z")),
+            (ms("2026-06-01T22:00:00Z"), ms("2026-06-01T23:00:00Z"))
+        );
     }
 
     #[test]

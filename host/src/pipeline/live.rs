@@ -36,10 +36,9 @@ impl LiveView {
         if newest < self.newest {
             return;
         }
-        for r in rows
-            .iter()
-            .filter(|r| r.window_start_ms == newest && !r.shadow)
-        {
+        for r in rows.iter().filter(|r| {
+            r.window_start_ms == newest && !r.shadow && r.dimensions.is_none() && shown(&r.plugin)
+        }) {
             let line = self
                 .lines
                 .entry(r.campaign_id.clone())
@@ -61,6 +60,8 @@ impl LiveView {
                 .filter(|r| {
                     r.window_start_ms == newest
                         && !r.shadow
+                        && r.dimensions.is_none()
+                        && shown(&r.plugin)
                         && r.metric == "attributed_revenue"
                         && *r.campaign_id == *line.campaign
                 })
@@ -71,4 +72,10 @@ impl LiveView {
         }
         *status.current.lock().unwrap() = (newest, self.lines.values().cloned().collect());
     }
+}
+
+/// The plugins whose totals the live view shows: the seed's three numbers (CTR, CVR, last-click
+/// revenue). Other attribution models emit the same metric names and would overwrite them.
+fn shown(plugin: &str) -> bool {
+    matches!(plugin, "ctr" | "cvr" | "attribution")
 }

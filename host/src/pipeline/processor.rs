@@ -18,12 +18,16 @@ use super::task::{Needs, Task, Window};
 use crate::config::Config;
 use crate::dedup::{Delivery, SeenIds};
 use crate::event::{self, EventKind};
+use crate::plugin::Span;
 use crate::plugin::{self, Column, Columns, Plugin, PluginError, TouchKind};
 use crate::sink::schema::{DeadLetterBuffer, EventsBuffer, MetricRecord, metrics_batch};
 use crate::sink::{Claimed, CommitBatch, Position};
 use crate::source::RawMessage;
 use crate::status::Status;
-use crate::window::{Interner, Touchpoint, Touchpoints, Watermarks, window_start};
+use crate::window::{Calendar, Interner, Touchpoint, Touchpoints, Watermarks, window_start};
+
+/// A window: `[start, end)` in ms. Windows of different spans differ in their end.
+pub(super) type WindowKey = (i64, i64);
 
 /// Wall-clock readings taken once per poll batch, not per event.
 #[derive(Debug, Clone, Copy)]
@@ -86,7 +90,9 @@ pub struct Processor {
     /// it with. The others open it with the same ones, so a hot swap never makes a window's
     /// partition shares come from different builds (on this member). Dropped once no partition
     /// can open the window any more.
-    window_sets: BTreeMap<i64, Vec<usize>>,
+    window_sets: BTreeMap<WindowKey, Vec<usize>>,
+    /// Where each span's windows start and end (`hour`, `day` in campaigns' time zones).
+    calendar: Calendar,
     /// The live-changeable settings in force.
     settings: LiveSettings,
     campaigns: Interner,
@@ -148,6 +154,7 @@ impl Processor {
                 status.clone(),
             ),
             window_sets: BTreeMap::new(),
+            calendar: Calendar::new(cfg.window_size_ms(), &cfg.campaigns),
             settings: LiveSettings::from_config(cfg),
             campaigns: Interner::default(),
             ads: Interner::default(),
@@ -183,7 +190,20 @@ impl Processor {
     /// How far back (ms of event time before a partition's watermark) its replay point keeps
     /// clicks: the oldest open window's conversions look back from its start.
     pub fn click_horizon_ms(&self) -> i64 {
-        self.size_ms + self.lateness_ms + self.lookback_ms
+        self.longest_ms() + self.lateness_ms + self.lookback_ms
+    }
+
+    /// The longest window a loaded plugin uses (the host's window when only it is used).
+    fn longest_ms(&self) -> i64 {
+        let spans = self.registry.spans();
+        Span::ALL
+            .into_iter()
+            .zip(spans)
+            .filter(|(_, on)| *on)
+            .map(|(s, _)| self.calendar.max_len_ms(s))
+            .max()
+            .unwrap_or(self.size_ms)
+            .max(self.size_ms)
     }
 
     /// The same for views: their lookback.
@@ -242,7 +262,7 @@ impl Processor {
             let pos = t.position(
                 wm,
                 self.click_horizon_ms(),
-                self.size_ms + self.lateness_ms + self.view_horizon_ms(),
+                self.longest_ms() + self.lateness_ms + self.view_horizon_ms(),
             );
             tracing::info!(partition, epoch = t.epoch, position = ?pos, "partition revoked; handing off its position");
             self.handoff.insert(partition, pos);
@@ -500,22 +520,20 @@ impl Processor {
             self.watermarks.observe(m.0, ev.time_ms, clock.instant);
         }
 
+        // The host's window (`window.size_secs`): its lateness is the event's verdict in
+        // `campaign_events`. Hour and day windows of the same event may still be open.
         let start = window_start(ev.time_ms, self.size_ms);
         // While replaying, closed is only what the tables record as closed. The previous owner
         // may have run with a larger `allowed_lateness_ms` and left windows open (published,
         // not final) that this owner's lateness calls closed at once: they are rebuilt here
         // and published final after the replay, instead of staying "not final" for good.
-        let late = match given_late {
-            Some(late) => late,
-            None => {
-                let closed = if replay {
-                    task.closed_through
-                } else {
-                    closed_through(task, &self.watermarks, m.0, self.lateness_ms)
-                };
-                start + self.size_ms <= closed
-            }
+        let closed = match given_late {
+            Some(_) => i64::MIN,
+            None if replay => task.closed_through,
+            None => closed_through(task, &self.watermarks, m.0, self.lateness_ms),
         };
+        let late_for = |end: i64| given_late.unwrap_or(end <= closed);
+        let late = late_for(start + self.size_ms);
         let campaign = self.campaigns.intern(&ev.campaign_id, start);
         let ad = self.ads.intern(&ev.ad_id, start);
         if ev.kind == EventKind::Click {
@@ -547,17 +565,49 @@ impl Processor {
                 .or_insert(m.1);
             *first = (*first).min(m.1);
         }
-        if late {
-            if !replay {
-                self.status.late_events.inc();
+        if late && !replay {
+            self.status.late_events.inc();
+        }
+        let kind = match ev.kind {
+            EventKind::Impression => plugin::kind::IMPRESSION,
+            EventKind::Click => plugin::kind::CLICK,
+            EventKind::Conversion => plugin::kind::CONVERSION,
+        };
+        let spans = self.registry.spans();
+        let mut done: [(i64, i64); 3] = [(0, 0); 3];
+        for (n, span) in Span::ALL.into_iter().enumerate() {
+            if !spans[n] {
+                continue;
             }
-        } else {
-            let (registry, window_sets) = (&self.registry, &mut self.window_sets);
-            let w = task.windows.entry(start).or_insert_with(|| {
-                // The versions this member first opened the window with, in any partition.
-                let set = window_sets
-                    .entry(start)
-                    .or_insert_with(|| registry.active().to_vec());
+            let key = if span == Span::Minute {
+                (start, start + self.size_ms)
+            } else {
+                self.calendar.bounds(span, &ev.campaign_id, ev.time_ms)
+            };
+            // Two spans with the same bounds (`window.size_secs = 3600`) share one window.
+            if done[..n].contains(&key) || late_for(key.1) {
+                continue;
+            }
+            done[n] = key;
+            let (registry, window_sets, calendar) =
+                (&self.registry, &mut self.window_sets, &self.calendar);
+            let w = task.windows.entry(key).or_insert_with(|| {
+                // The versions this member first opened the window with, in any partition:
+                // the active ones whose span has these bounds for this event.
+                let set = window_sets.entry(key).or_insert_with(|| {
+                    registry
+                        .active()
+                        .iter()
+                        .copied()
+                        .filter(|&v| {
+                            registry.slot(v).is_some_and(|s| {
+                                let sp = s.plugin.info.window;
+                                sp == span
+                                    || calendar.bounds(sp, &ev.campaign_id, ev.time_ms) == key
+                            })
+                        })
+                        .collect()
+                });
                 Window {
                     pending: plugin::new_batch(),
                     needs: needs_of(registry, set),
@@ -571,11 +621,6 @@ impl Processor {
                 }
             });
             w.campaigns.insert(campaign);
-            let kind = match ev.kind {
-                EventKind::Impression => plugin::kind::IMPRESSION,
-                EventKind::Click => plugin::kind::CLICK,
-                EventKind::Conversion => plugin::kind::CONVERSION,
-            };
             let needs = w.needs;
             let tps = match (needs.touchpoints, ev.kind) {
                 (false, _) => None,
@@ -589,8 +634,8 @@ impl Processor {
                     merge_touchpoints(clicks, views, &mut self.tp_scratch);
                     // The touchpoints' ids now live in this window's accumulators too.
                     for tp in &self.tp_scratch {
-                        self.campaigns.touch(tp.campaign, start);
-                        self.ads.touch(tp.ad, start);
+                        self.campaigns.touch(tp.campaign, key.0);
+                        self.ads.touch(tp.ad, key.0);
                     }
                     Some(&self.tp_scratch[..])
                 }
@@ -613,7 +658,7 @@ impl Processor {
                     };
                     let id = self
                         .dims
-                        .intern(v.filter(|v| !v.is_empty()).unwrap_or(UNKNOWN), start);
+                        .intern(v.filter(|v| !v.is_empty()).unwrap_or(UNKNOWN), key.0);
                     let n = w.ranks[i].len() as u32;
                     w.ranks[i].entry(id).or_insert(n);
                     extra.dims[i] = id;
@@ -678,7 +723,7 @@ impl Processor {
     pub fn flush_plugins(&mut self) {
         let mut failures = Vec::new();
         for (p, task) in self.tasks.iter_mut() {
-            for (start, w) in task.windows.iter_mut() {
+            for (&(start, _), w) in task.windows.iter_mut() {
                 if w.pending.kinds.is_empty() {
                     continue;
                 }
@@ -696,7 +741,7 @@ impl Processor {
                         .enumerate()
                         .any(|(d, &c)| info.columns.has(c) && w.ranks[d].len() > limit);
                     let batch = if folds {
-                        let other = self.dims.intern(OTHER, *start);
+                        let other = self.dims.intern(OTHER, start);
                         let ranks = &w.ranks;
                         let fold = |c: Column, v: u32| match plugin::dimension_index(c) {
                             Some(d) if ranks[d].get(&v).is_some_and(|&r| (r as usize) >= limit) => {
@@ -725,7 +770,7 @@ impl Processor {
                     match r {
                         Ok(next) => w.accs[i].1 = Some(next),
                         Err(e) => {
-                            failures.push((id, *p, *start, e));
+                            failures.push((id, *p, start, e));
                             w.poison(i);
                         }
                     }
@@ -746,7 +791,7 @@ impl Processor {
         let rows = self.publish(clock);
         self.seq += 1;
         let horizon = self.click_horizon_ms();
-        let view_horizon = self.size_ms + self.lateness_ms + self.view_horizon_ms();
+        let view_horizon = self.longest_ms() + self.lateness_ms + self.view_horizon_ms();
         let mut positions = std::mem::take(&mut self.handoff);
         let mut dead_letter_floors = std::mem::take(&mut self.handoff_dead_letter_floors);
         for (p, t) in self.tasks.iter_mut() {
@@ -796,8 +841,8 @@ impl Processor {
             let revision = ((task.epoch as i64) << 32) | ((self.seq + 1) & 0xffff_ffff) as i64;
             let mut closed = Vec::new();
             task.closed_through = closed_through(task, &self.watermarks, p, self.lateness_ms);
-            for (&start, w) in task.windows.iter_mut() {
-                let is_final = start + self.size_ms <= task.closed_through;
+            for (&(start, end), w) in task.windows.iter_mut() {
+                let is_final = end <= task.closed_through;
                 if !is_final && (!w.dirty || final_only) {
                     continue;
                 }
@@ -860,7 +905,7 @@ impl Processor {
                                 };
                                 Ok(MetricRecord {
                                     window_start_ms: start,
-                                    window_end_ms: start + self.size_ms,
+                                    window_end_ms: end,
                                     campaign_id: campaign.clone(),
                                     ad_id: ad,
                                     dimensions,
@@ -924,7 +969,7 @@ impl Processor {
                             }
                             w.retract.push(MetricRecord {
                                 window_start_ms: start,
-                                window_end_ms: start + self.size_ms,
+                                window_end_ms: end,
                                 campaign_id: campaign.clone(),
                                 ad_id: None,
                                 dimensions: None,
@@ -966,7 +1011,7 @@ impl Processor {
                     rows.push(r);
                 }
                 if is_final {
-                    closed.push(start);
+                    closed.push((start, end));
                 }
             }
             for start in &closed {
@@ -979,7 +1024,7 @@ impl Processor {
             self.registry.on_failure(id, start, &e);
         }
         let open_from = self.open_from();
-        self.window_sets = self.window_sets.split_off(&open_from);
+        self.window_sets = self.window_sets.split_off(&(open_from, i64::MIN));
         let in_windows = self
             .tasks
             .values()
@@ -1039,11 +1084,12 @@ impl Processor {
     /// The start of the oldest window any owned partition has open or can still open (windows
     /// that can still open start after their partition's closed windows end).
     fn open_from(&self) -> i64 {
+        let longest = self.longest_ms();
         self.tasks
             .values()
             .map(|t| {
-                let next = t.closed_through.saturating_sub(self.size_ms - 1);
-                t.windows.keys().next().map_or(next, |&w| w.min(next))
+                let next = t.closed_through.saturating_sub(longest - 1);
+                t.windows.keys().next().map_or(next, |&(w, _)| w.min(next))
             })
             .min()
             .unwrap_or(i64::MAX)
@@ -1093,7 +1139,7 @@ impl Processor {
             });
         }
         self.watermarks
-            .end_of_input(self.size_ms + self.lateness_ms);
+            .end_of_input(self.longest_ms() + self.lateness_ms);
         Ok(())
     }
 
@@ -1134,7 +1180,11 @@ fn dim_of(b: &plugin::EventBatch, c: Column) -> &[u32] {
 
 /// Clicks and views (each sorted by time) as one list of the plugins' touchpoints, oldest
 /// first; on equal times the view comes first (a click is the later, stronger signal).
-fn merge_touchpoints(clicks: &[Touchpoint], views: &[Touchpoint], out: &mut Vec<plugin::Touchpoint>) {
+fn merge_touchpoints(
+    clicks: &[Touchpoint],
+    views: &[Touchpoint],
+    out: &mut Vec<plugin::Touchpoint>,
+) {
     out.clear();
     let tp = |t: &Touchpoint, kind| plugin::Touchpoint {
         time_ms: t.time_ms,
@@ -1145,7 +1195,9 @@ fn merge_touchpoints(clicks: &[Touchpoint], views: &[Touchpoint], out: &mut Vec<
     let (mut c, mut v) = (clicks.iter().peekable(), views.iter().peekable());
     loop {
         match (c.peek(), v.peek()) {
-            (Some(a), Some(b)) if b.time_ms <= a.time_ms => out.push(tp(v.next().unwrap(), TouchKind::Impression)),
+            (Some(a), Some(b)) if b.time_ms <= a.time_ms => {
+                out.push(tp(v.next().unwrap(), TouchKind::Impression))
+            }
             (Some(_), _) => out.push(tp(c.next().unwrap(), TouchKind::Click)),
             (None, Some(_)) => out.push(tp(v.next().unwrap(), TouchKind::Impression)),
             (None, None) => break,

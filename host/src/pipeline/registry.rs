@@ -121,6 +121,8 @@ pub struct Registry {
     wants_touchpoints: bool,
     /// Whether any loaded version asks for views (the host then remembers impressions).
     wants_views: bool,
+    /// Per `Span::ALL`: whether a version of the active set uses windows of that span.
+    spans: [bool; 3],
     status: Arc<Status>,
 }
 
@@ -141,6 +143,7 @@ impl Registry {
             quarantine_window,
             wants_touchpoints: false,
             wants_views: false,
+            spans: [false; 3],
             status,
         };
         r.refresh_wants_touchpoints();
@@ -173,6 +176,12 @@ impl Registry {
 
     pub fn wants_views(&self) -> bool {
         self.wants_views
+    }
+
+    /// Per `Span::ALL`: whether new windows of that span open (a version of the active set
+    /// uses it).
+    pub fn spans(&self) -> [bool; 3] {
+        self.spans
     }
 
     pub fn set_quarantine(&mut self, after: u32, window: Duration) {
@@ -362,6 +371,16 @@ impl Registry {
             .iter()
             .flatten()
             .any(|s| s.plugin.info.wants_views);
+        self.spans = [false; 3];
+        for &v in &self.active {
+            if let Some(s) = &self.versions[v] {
+                let i = crate::plugin::Span::ALL
+                    .iter()
+                    .position(|&x| x == s.plugin.info.window)
+                    .expect("every span is in ALL");
+                self.spans[i] = true;
+            }
+        }
     }
 
     /// Records a failure of version `id`; after `quarantine_after` failures within the

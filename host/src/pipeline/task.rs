@@ -71,7 +71,7 @@ pub(super) struct Task {
     /// The epoch this member claimed the partition with: the fencing token of its commits and
     /// the high half of its revisions.
     pub epoch: u64,
-    pub windows: BTreeMap<i64, Window>,
+    pub windows: BTreeMap<super::processor::WindowKey, Window>,
     pub touchpoints: Touchpoints,
     /// Event ids seen within the dedup horizon. Deduplication is per partition: producers key
     /// events by user id, so a retried delivery lands on the same partition.
