@@ -219,6 +219,8 @@ pub struct Row {
     pub window_start_ms: i64,
     pub campaign_id: String,
     pub ad_id: Option<String>,
+    /// The breakdown cell (`campaign_metrics.dimensions`); `None` for a total.
+    pub dimensions: Option<String>,
     pub metric: String,
     pub stream: Option<String>,
     pub partition: i32,
@@ -257,7 +259,7 @@ fn time(ms: i64) -> String {
     )
 }
 
-type Key = (String, Option<String>, String); // campaign, ad, metric
+type Key = (String, Option<String>, Option<String>, String); // campaign, ad, dimensions, metric
 
 /// The latest revision of each key, per share, of one side.
 type Latest = BTreeMap<Share, BTreeMap<Key, Row>>;
@@ -270,7 +272,12 @@ fn latest(rows: impl IntoIterator<Item = Row>) -> Latest {
             stream: r.stream.clone(),
             partition: r.partition,
         };
-        let key = (r.campaign_id.clone(), r.ad_id.clone(), r.metric.clone());
+        let key = (
+            r.campaign_id.clone(),
+            r.ad_id.clone(),
+            r.dimensions.clone(),
+            r.metric.clone(),
+        );
         let keys = out.entry(share).or_default();
         match keys.get(&key) {
             Some(have) if have.revision >= r.revision => {}
@@ -324,6 +331,7 @@ pub struct KeyDiff {
     pub partition: i32,
     pub campaign_id: String,
     pub ad_id: Option<String>,
+    pub dimensions: Option<String>,
     pub live: Option<Figures>,
     pub shadow: Option<Figures>,
 }
@@ -333,12 +341,15 @@ impl std::fmt::Display for KeyDiff {
         let side = |x: &Option<Figures>| x.map_or("absent".to_string(), |x| x.to_string());
         write!(
             f,
-            "window {} {}/{} campaign {} ad {}: live {}, shadow {}",
+            "window {} {}/{} campaign {} ad {}{}: live {}, shadow {}",
             self.window_start,
             self.stream.as_deref().unwrap_or("(no stream)"),
             self.partition,
             self.campaign_id,
             self.ad_id.as_deref().unwrap_or("-"),
+            self.dimensions
+                .as_deref()
+                .map_or(String::new(), |d| format!(" [{d}]")),
             side(&self.live),
             side(&self.shadow)
         )
@@ -468,7 +479,7 @@ pub fn compare(live: Vec<Row>, shadow: Vec<Row>, opts: &Options) -> Comparison {
         let mut differs_in: BTreeSet<&str> = BTreeSet::new();
         let mut seen_metrics: BTreeSet<&str> = BTreeSet::new();
         for key in keys {
-            let metric = key.2.as_str();
+            let metric = key.3.as_str();
             let m = c.metrics.entry(metric.to_string()).or_default();
             if seen_metrics.insert(metric) {
                 m.windows_compared += 1;
@@ -481,6 +492,7 @@ pub fn compare(live: Vec<Row>, shadow: Vec<Row>, opts: &Options) -> Comparison {
                 partition: share.partition,
                 campaign_id: key.0.clone(),
                 ad_id: key.1.clone(),
+                dimensions: key.2.clone(),
                 live: lr.map(Figures::from),
                 shadow: sr.map(Figures::from),
             };
@@ -751,10 +763,11 @@ pub async fn rows(
     if t.metadata().current_snapshot().is_none() {
         return Ok(Vec::new());
     }
-    let (shadow_col, restatement_col, stream_col) = (
+    let (shadow_col, restatement_col, stream_col, dims_col) = (
         has_column(t, SHADOW_COLUMN),
         has_column(t, RESTATEMENT_COLUMN),
         has_column(t, STREAM_COLUMN),
+        has_column(t, crate::sink::schema::DIMENSIONS_COLUMN),
     );
     if side == Side::Shadow && !shadow_col {
         return Ok(Vec::new());
@@ -777,6 +790,7 @@ pub async fn rows(
         (shadow_col, SHADOW_COLUMN),
         (restatement_col, RESTATEMENT_COLUMN),
         (stream_col, STREAM_COLUMN),
+        (dims_col, crate::sink::schema::DIMENSIONS_COLUMN),
     ] {
         if present {
             cols.push(c);
@@ -837,6 +851,8 @@ fn push_rows(b: &RecordBatch, sha256: &str, side: Side, since_ms: Option<i64>, o
     let restatement = col(RESTATEMENT_COLUMN);
     let stream = col(STREAM_COLUMN);
     let stream = stream.as_ref().map(|c| c.as_string::<i32>());
+    let dims = col(crate::sink::schema::DIMENSIONS_COLUMN);
+    let dims = dims.as_ref().map(|c| c.as_string::<i32>());
     for i in 0..b.num_rows() {
         // Not relying on row filtering.
         let window_start_ms = ws.value(i).div_euclid(1000);
@@ -856,6 +872,9 @@ fn push_rows(b: &RecordBatch, sha256: &str, side: Side, since_ms: Option<i64>, o
             window_start_ms,
             campaign_id: campaign.value(i).to_string(),
             ad_id: ad.is_valid(i).then(|| ad.value(i).to_string()),
+            dimensions: dims
+                .filter(|d| d.is_valid(i))
+                .map(|d| d.value(i).to_string()),
             metric: metric.value(i).to_string(),
             stream: stream
                 .filter(|s| s.is_valid(i))
@@ -1012,6 +1031,7 @@ mod tests {
             window_start_ms: W + w * 60_000,
             campaign_id: campaign.into(),
             ad_id: None,
+            dimensions: None,
             metric: "ctr".into(),
             stream: Some("t".into()),
             partition: part,
