@@ -1062,6 +1062,8 @@ mod tests {
                     schema::STREAM_COLUMN,
                     schema::RESTATEMENT_COLUMN,
                     schema::SHADOW_COLUMN,
+                    schema::DIMENSIONS_COLUMN,
+                    schema::PLUGIN_PARAMS_COLUMN,
                 ]
                 .contains(&f.name.as_str())
             })
@@ -1093,7 +1095,15 @@ mod tests {
             .as_struct()
             .fields()
             .iter()
-            .filter(|f| f.name != schema::RESTATEMENT_COLUMN && f.name != schema::SHADOW_COLUMN)
+            .filter(|f| {
+                ![
+                    schema::RESTATEMENT_COLUMN,
+                    schema::SHADOW_COLUMN,
+                    schema::DIMENSIONS_COLUMN,
+                    schema::PLUGIN_PARAMS_COLUMN,
+                ]
+                .contains(&f.name.as_str())
+            })
             .cloned()
             .collect();
         let old_schema = iceberg::spec::Schema::builder()
@@ -1128,7 +1138,7 @@ mod tests {
         };
         let rb = schema::metrics_batch(&[row], "s");
         let rb = rb
-            .project(&(0..rb.num_columns() - 2).collect::<Vec<_>>())
+            .project(&(0..rb.num_columns() - 4).collect::<Vec<_>>())
             .unwrap();
         let catalog = Arc::new(fence::FencingCatalog::new(catalog));
         let old_sink = IcebergSink {
@@ -1170,6 +1180,19 @@ mod tests {
             .unwrap()
             .clone();
         assert_eq!((f.id, f.required), (schema::SHADOW_FIELD_ID, false));
+        for (name, id) in [
+            (schema::DIMENSIONS_COLUMN, schema::DIMENSIONS_FIELD_ID),
+            (schema::PLUGIN_PARAMS_COLUMN, schema::PLUGIN_PARAMS_FIELD_ID),
+        ] {
+            let f = sink
+                .metrics
+                .metadata()
+                .current_schema()
+                .field_by_name(name)
+                .unwrap()
+                .clone();
+            assert_eq!((f.id, f.required), (id, false), "{name}");
+        }
         let batches: Vec<RecordBatch> = sink
             .metrics
             .scan()
@@ -1177,6 +1200,8 @@ mod tests {
                 schema::RESTATEMENT_COLUMN,
                 "campaign_id",
                 schema::SHADOW_COLUMN,
+                schema::DIMENSIONS_COLUMN,
+                schema::PLUGIN_PARAMS_COLUMN,
             ])
             .build()
             .unwrap()
@@ -1191,6 +1216,12 @@ mod tests {
         use arrow_array::Array;
         assert_eq!(batches[0].column(0).null_count(), 1, "and reads as live");
         assert_eq!(batches[0].column(2).null_count(), 1, "and not shadow");
+        assert_eq!(batches[0].column(3).null_count(), 1, "and a total");
+        assert_eq!(
+            batches[0].column(4).null_count(),
+            1,
+            "of a plugin without params"
+        );
     }
 
     fn event(id: &str, time_ms: i64) -> Event<'_> {
