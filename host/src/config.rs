@@ -645,6 +645,55 @@ mod tests {
     const MIN: &str = "[plugins]\npaths = [\"p/ctr.wasm\"]\n";
 
     #[test]
+    fn plugin_parameters_are_text_sorted_and_the_host_keeps_its_own_key() {
+        let text = format!(
+            "{MIN}max_dimension_values = 7\n[plugins.config.ctr]\ndimensions = [\"device\", \"country\"]\n\
+             max_dimension_values = 3\nz = 1.5\nflag = true\n[plugins.config.reach]\nwindow = \"day\"\n"
+        );
+        let c = Config::from_toml(&text, "t", Path::new("/etc/adm"), []).unwrap();
+        let ctr = c.plugins.settings("ctr");
+        assert_eq!(
+            ctr.params,
+            vec![
+                ("dimensions".to_string(), "device,country".to_string()),
+                ("flag".to_string(), "true".to_string()),
+                ("z".to_string(), "1.5".to_string()),
+            ]
+        );
+        assert_eq!(ctr.max_dimension_values, 3);
+        let reach = c.plugins.settings("reach");
+        assert_eq!(reach.params, vec![("window".into(), "day".into())]);
+        assert_eq!(reach.max_dimension_values, 7);
+        assert!(c.plugins.settings("cvr").params.is_empty());
+        // Tables in parameters and a zero limit are refused by key.
+        for bad in [
+            "[plugins.config.ctr]\nx = { a = 1 }\n",
+            "[plugins.config.ctr]\nmax_dimension_values = 0\n",
+        ] {
+            let err = Config::from_toml(&format!("{MIN}{bad}"), "t", Path::new("/"), [])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("plugins.config.ctr."), "{err}");
+        }
+    }
+
+    #[test]
+    fn campaign_time_zones_must_be_iana_zones() {
+        let ok = format!("{MIN}[campaigns.time_zones]\n\"a\" = \"Europe/Berlin\"\n");
+        assert!(Config::from_toml(&ok, "t", Path::new("/"), []).is_ok());
+        let bad = format!("{MIN}[campaigns.time_zones]\n\"a\" = \"Mars/Olympus\"\n");
+        let err = Config::from_toml(&bad, "t", Path::new("/"), [])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("campaigns.time_zones.a"), "{err}");
+        let bad = format!("{MIN}[campaigns]\ndefault_time_zone = \"CEST\"\n");
+        let err = Config::from_toml(&bad, "t", Path::new("/"), [])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("campaigns.default_time_zone"), "{err}");
+    }
+
+    #[test]
     fn defaults_and_relative_paths() {
         let c = Config::from_toml(MIN, "t", Path::new("/etc/adm"), []).unwrap();
         assert_eq!(c.window.size_secs, 60);
