@@ -374,6 +374,23 @@ pub async fn restate(
             path: req.plugin.display().to_string(),
             detail: e.to_string(),
         })?;
+    if plugin.info.window != crate::plugin::Span::Minute || plugin.info.wants_views {
+        // Its windows would need the period aligned to hours or campaign days, and views
+        // replayed from campaign_events; neither is done yet.
+        return Err(RestateError::Plugin {
+            path: req.plugin.display().to_string(),
+            detail: format!(
+                "restating a plugin with {} windows{} is not supported yet (minute windows, \
+                 clicks only)",
+                plugin.info.window.name(),
+                if plugin.info.wants_views {
+                    " or view-through"
+                } else {
+                    ""
+                }
+            ),
+        });
+    }
 
     // Which restatement: the one named, or an unfinished (or finished) one of the same plugin
     // build, period and lookback (the same command run again after a crash), or a new one.
