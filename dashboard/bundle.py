@@ -8,10 +8,10 @@ extensions live.
 
 The YAML in dashboard/bundle/ and views.sql are the source of truth. The views name tables by
 placeholder (__METRICS_TABLE__, __EVENTS_TABLE__, __DEAD_LETTERS_TABLE__), the database YAML
-names __DUCKDB_FILE__ and __EXTENSIONS__. views.sql builds campaign_windows on the view
-current_metrics of sql/current_metrics.sql (the one definition of a metric's current value,
-shared with the tests and scripts/query.py), whose text goes in place of
-__CURRENT_METRICS_VIEW__. Tables are read with iceberg_scan over the table
+names __DUCKDB_FILE__ and __EXTENSIONS__. views.sql builds its datasets' views (campaign_windows,
+campaign_cells, campaign_reach, attribution_models) on the view current_metrics of
+sql/current_metrics.sql (the one definition of a metric's current value, shared with the tests
+and scripts/query.py), whose text goes in place of __CURRENT_METRICS_VIEW__. Tables are read with iceberg_scan over the table
 directory with DuckDB's version guessing (iceberg-rust's metadata file names sort by version),
 so every query sees the newest snapshot without asking the catalog. Creating a view binds it,
 so the tables must exist (the daemon creates them when it starts).

@@ -3,15 +3,22 @@
 
     scripts/query.sh --why --window 2026-01-01T00:05:00Z --campaign c-3 --metric ctr [--ad AD]
     .venv/bin/python scripts/lineage.py [--catalog .state/catalog.db] [--warehouse .state/warehouse]
-        --window START --campaign C --metric M [--ad AD] [--events] [--json]
+        --window START --campaign C --metric M [--ad AD] [--plugin P] [--dimensions CELL]
+        [--window-end END] [--events] [--json]
 
-START is the window's start (ISO 8601, or epoch milliseconds). --events lists every contributing
+START is the window's start (ISO 8601, or epoch milliseconds). The key is that of
+sql/current_metrics.sql: --plugin says which plugin's value when several emit the metric (the
+attribution models all emit revenue, attributed_revenue and unattributed_revenue; asked without
+it, the answer lists them and exits 2), --dimensions a breakdown cell as stored
+(`country=DE;device=mobile`; default the total), --window-end the window's end when windows of
+two sizes start at START (a plugin whose window changed). --events lists every contributing
 event; --json prints the whole answer as one JSON document (what tests/verify_lineage.py reads).
 
 The steps, each a plain query anyone can run by hand (PyIceberg here; DuckDB works as well):
 
 1. The rows of the key and the restatement records. Scan campaign_metrics for the key
-   (window_start, campaign_id, metric, ad_id: NULL unless the metric is per ad) and for
+   (window_start, campaign_id, metric, ad_id: NULL unless the metric is per ad, dimensions: NULL
+   for a total, plugin and window_end when given) and for
    `metric = '$restatement'` (promote / rollback / completion records), planned file by file
    (`scan.plan_files()`), so each row keeps the data file it was read from.
 2. The shares the current value is made of: the rule of sql/current_metrics.sql, stopped
@@ -38,14 +45,17 @@ The steps, each a plain query anyone can run by hand (PyIceberg here; DuckDB wor
    the window, not is_late, not is_duplicate; for a live row with kafka_offset below the
    commit's offset, at the current snapshot; for a restated row at the pinned events snapshot.
    Counted by event type, they give the numerator and denominator again: ctr = clicks /
-   impressions, cvr = conversions / clicks, revenue = Σrevenue / conversions (of the campaign).
+   impressions, cvr = conversions / clicks, revenue = Σrevenue / conversions (of the campaign);
+   for a breakdown cell, of the events with the cell's values (`device`, `country`, `placement`,
+   `currency`; no recount of a cell folded into `other` or of `unknown`).
    Attribution's metrics (attributed_revenue per credited campaign and ad, unattributed_revenue)
    also depend on clicks before the window: the window's conversions (of every campaign, for
    attributed_revenue) are listed with their touchpoints (the user's clicks the host held when
    the conversion arrived: lower offset, same stream and partition, within the lookback,
    `--lookback-secs`/`--max-touchpoints` as configured, a restatement's own lookback from its
    summary) and recounted by LAST click, the shipped plugin's model (a build with another model,
-   e.g. a first-click restatement, legitimately differs: the answer says which model it used).
+   e.g. a first-click restatement, legitimately differs: the answer says which model it used);
+   the other models' rows (`attribution-linear`, ...) are listed but not recounted.
 
 Only the SQL catalog (SQLite) is read. A snapshot expired by table maintenance
 (scripts/maintain.py) takes its summary with it: the share then says so, and its plugin's WIT,
@@ -146,6 +156,9 @@ def main():
     ap.add_argument("--campaign", required=True)
     ap.add_argument("--metric", required=True)
     ap.add_argument("--ad", default=None, help="the ad, for per-ad metrics (attributed_revenue)")
+    ap.add_argument("--plugin", default=None, help="the plugin, when several emit the metric (attribution models)")
+    ap.add_argument("--dimensions", default=None, help="a breakdown cell, e.g. 'country=DE;device=mobile' (default: the total)")
+    ap.add_argument("--window-end", default=None, help="the window's end, when windows of two sizes start at --window")
     ap.add_argument("--events", action="store_true", help="list every contributing event")
     ap.add_argument("--json", action="store_true", help="print the answer as JSON")
     ap.add_argument("--lookback-secs", type=int, default=604800,
@@ -157,8 +170,13 @@ def main():
     metrics = cat.load_table(f"{a.namespace}.campaign_metrics")
     events = cat.load_table(f"{a.namespace}.campaign_events")
     ws = parse_time(a.window)
-    answer = explain(metrics, events, ws, a.campaign, a.metric, a.ad, a.events,
-                     (a.lookback_secs, a.max_touchpoints))
+    try:
+        answer = explain(metrics, events, ws, a.campaign, a.metric, a.ad, a.events,
+                         (a.lookback_secs, a.max_touchpoints), plugin=a.plugin, dimensions=a.dimensions,
+                         window_end=parse_time(a.window_end) if a.window_end else None)
+    except Ambiguous as e:
+        print(f"lineage: {e}", file=sys.stderr)
+        return 2
     if a.json:
         print(json.dumps(answer, indent=1, default=str))
     else:
@@ -166,13 +184,42 @@ def main():
     return 0 if answer["shares"] else 1
 
 
-def explain(metrics, events, ws, campaign, metric, ad, list_events, attribution=(604800, 8)):
+class Ambiguous(Exception):
+    """The key matches rows of several plugins or window sizes: the question needs --plugin / --window-end."""
+
+
+def explain(metrics, events, ws, campaign, metric, ad, list_events, attribution=(604800, 8), plugin=None,
+            dimensions=None, window_end=None):
     # Step 1: the key's rows and the record rows, with their data files.
     key = And(EqualTo("window_start", lit(ws)), EqualTo("campaign_id", campaign), EqualTo("metric", metric))
     key = And(key, IsNull("ad_id") if ad is None else EqualTo("ad_id", ad))
+    has_dims = "dimensions" in metrics.schema().column_names
+    if has_dims:
+        key = And(key, IsNull("dimensions") if dimensions is None else EqualTo("dimensions", dimensions))
+    elif dimensions is not None:
+        raise Ambiguous("the table has no dimensions column (written before breakdowns): no cell to explain")
+    if plugin is not None:
+        key = And(key, EqualTo("plugin", plugin))
+    if window_end is not None:
+        key = And(key, EqualTo("window_end", lit(window_end)))
     rows = rows_with_files(metrics, Or(key, EqualTo("metric", RECORD)))
     if "shadow" not in rows.column_names:  # a table written before shadow plugins existed
         rows = rows.append_column("shadow", pa.nulls(rows.num_rows, pa.bool_()))
+    if not has_dims:
+        rows = rows.append_column("dimensions", pa.nulls(rows.num_rows, pa.string()))
+    own = [r for r in rows.select(["metric", "plugin", "window_end"]).to_pylist() if r["metric"] != RECORD]
+    plugins = sorted({r["plugin"] for r in own})
+    if len(plugins) > 1:
+        raise Ambiguous(f"{metric} of campaign {campaign} at {iso(ws)} is written by several plugins "
+                        f"{plugins}: say which with --plugin")
+    ends = sorted({r["window_end"] for r in own})
+    if len(ends) > 1:
+        raise Ambiguous(f"windows of several sizes start at {iso(ws)} (ends {[iso(e) for e in ends]}): "
+                        f"say which with --window-end")
+    plugin = plugin or (plugins[0] if plugins else None)
+    # Records of other plugins never apply to this key's rows: keep this plugin's.
+    rows = rows.filter(pc.or_(pc.not_equal(rows.column("metric"), RECORD),
+                              pc.equal(rows.column("plugin"), plugin or "")))
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     con.register("m", rows)
@@ -181,7 +228,8 @@ def explain(metrics, events, ws, campaign, metric, ad, list_events, attribution=
               for x in con.execute(SHARES_SQL).fetch_arrow_table().to_pylist()]
     # The value the view shows, by the view itself.
     current = current_metrics_rows(rows.drop_columns(["_file"]), where=f"metric = '{metric}'")
-    current = [c for c in current if c["campaign_id"] == campaign and c["ad_id"] == ad]
+    current = [c for c in current if c["campaign_id"] == campaign and c["ad_id"] == ad
+               and c["dimensions"] == dimensions]
     records = [r for r in rows.to_pylist() if r["metric"] == RECORD]
 
     # Step 3: data file -> the snapshot that added it; and every summary, by snapshot id.
@@ -273,15 +321,18 @@ def explain(metrics, events, ws, campaign, metric, ad, list_events, attribution=
             snapshot["source_range"] = None if pinned is None else {"events_snapshot": int(pinned)}
         share["snapshot"] = snapshot
         # Step 5: the contributing events.
-        share["events"] = contributing(events, share, ws, campaign, metric, ad, list_events, attribution)
+        share["events"] = contributing(events, share, ws, campaign, metric, ad, list_events, attribution,
+                                       plugin, dimensions)
         share["window_end"] = iso(share["window_end"])
         out_shares.append(share)
 
     num = sum(s["numerator"] for s in out_shares)
     den = sum(s["denominator"] for s in out_shares)
-    value = (num / den if den else 0.0) if metric in RATES else num
+    value = (num / den if den else 0.0) if metric in RATES or metric == "frequency" else num
     return {
-        "key": {"window_start": iso(ws), "campaign_id": campaign, "metric": metric, "ad_id": ad},
+        "key": {"window_start": iso(ws), "campaign_id": campaign, "metric": metric, "ad_id": ad,
+                "plugin": plugin, "dimensions": dimensions,
+                "window_end": iso(current[0]["window_end"]) if current else None},
         "current": ({k: (iso(v) if isinstance(v, datetime) else v) for k, v in current[0].items()}
                     if current else None),
         "sum_of_shares": {"numerator": num, "denominator": den, "value": value,
@@ -293,9 +344,18 @@ def explain(metrics, events, ws, campaign, metric, ad, list_events, attribution=
     }
 
 
-def contributing(events, share, ws, campaign, metric, ad, list_events, attribution):
+def cell_of(dimensions):
+    """A breakdown cell's text (`country=DE;device=mobile`) as {column: value}."""
+    return dict(p.split("=", 1) for p in dimensions.split(";")) if dimensions else {}
+
+
+def contributing(events, share, ws, campaign, metric, ad, list_events, attribution, plugin=None, dimensions=None):
     end = share["snapshot"].get("source_range")
     run = share["run"]
+    cell = cell_of(dimensions)
+    if any(v in ("other", "unknown") for v in cell.values()):
+        return {"unknown": f"cell {dimensions}: values folded into 'other' (past the host's cardinality limit) "
+                           "or 'unknown' (missing) are not recounted here"}
     f = And(GreaterThanOrEqual("event_time", lit(ws)), LessThan("event_time", lit(share["window_end"])))
     f = And(f, EqualTo("kafka_partition", share["kafka_partition"]))
     f = And(f, IsNull("stream") if share["stream"] is None else EqualTo("stream", share["stream"]))
@@ -308,8 +368,10 @@ def contributing(events, share, ws, campaign, metric, ad, list_events, attributi
         snapshot_id = run["events_snapshot"]
         if snapshot_id is None:
             return {"unknown": "the restatement's summaries (its pinned events snapshot) were expired"}
+    for column, value in sorted(cell.items()):
+        f = And(f, EqualTo(column, value))
     cols = ("event_id", "event_type", "event_time", "campaign_id", "ad_id", "user_id", "revenue",
-            "kafka_partition", "kafka_offset", "is_late", "is_duplicate")
+            "kafka_partition", "kafka_offset", "is_late", "is_duplicate") + tuple(sorted(cell))
     t = events.scan(row_filter=f, selected_fields=cols, snapshot_id=snapshot_id).to_arrow()
     ev = [e for e in t.to_pylist() if not e["is_late"] and not e["is_duplicate"]]
     if metric in ("ctr", "cvr", "revenue", "unattributed_revenue"):
@@ -327,6 +389,7 @@ def contributing(events, share, ws, campaign, metric, ad, list_events, attributi
              f"event_time >= '{iso(ws)}'", f"event_time < '{iso(share['window_end'])}'"]
             + ([f"kafka_offset < {end['offset_below']}"] if run["kind"] == "live" else [])
             + ([] if metric == "attributed_revenue" else [f"campaign_id = '{campaign}'"])
+            + [f"{c} = '{v}'" for c, v in sorted(cell.items())]
             + ["NOT is_late", "NOT is_duplicate"]),
         "count": len(ev), "by_type": by_type, "revenue": revenue,
         "offsets": [ev[0]["kafka_offset"], ev[-1]["kafka_offset"]] if ev else None,
@@ -336,6 +399,10 @@ def contributing(events, share, ws, campaign, metric, ad, list_events, attributi
         out["recomputed"] = {"numerator": by_type[n], "denominator": by_type[d]}
     elif metric == "revenue":
         out["recomputed"] = {"numerator": revenue, "denominator": by_type["conversion"]}
+    elif metric in ("attributed_revenue", "unattributed_revenue") and plugin not in (None, "attribution"):
+        out["recomputed"] = None
+        out["note"] = (f"no recount for {plugin}: only the last-click model (plugin attribution) is "
+                       "recounted here (tests/verify_attribution_models.py checks the others)")
     elif metric in ("attributed_revenue", "unattributed_revenue"):
         out.update(last_click(events, share, ws, campaign, metric, ad, ev, f_base(share), snapshot_id,
                               end, attribution))
@@ -412,7 +479,9 @@ def last_click(events, share, ws, campaign, metric, ad, conversions, base, snaps
 def print_text(a):
     k, cur = a["key"], a["current"]
     print(f"{k['metric']} of campaign {k['campaign_id']}" + (f" ad {k['ad_id']}" if k["ad_id"] else "")
-          + f", window starting {k['window_start']}")
+          + (f" cell {k['dimensions']}" if k.get("dimensions") else "")
+          + (f" by plugin {k['plugin']}" if k.get("plugin") else "")
+          + f", window {k['window_start']}" + (f" .. {k['window_end']}" if k.get("window_end") else ""))
     if cur:
         print(f"  current value {cur['value']:.6g} = {cur['numerator']:.6g} / {cur['denominator']:.6g}"
               f"  (final {cur['is_final']}, withheld {cur['withheld']}, {cur['partitions']} shares)")

@@ -12,16 +12,31 @@ Other scripts load it by path (scripts/query.py, scripts/flink/compare.py):
     sys.path.insert(0, str(REPO / "tests")); from current_metrics import define
 
 Output columns: window_start, window_end, campaign_id, ad_id, metric, value, numerator,
-denominator, is_final, withheld, partitions. A withheld key has no valid value: skip it.
+denominator, is_final, withheld, partitions, plugin, dimensions, span, device, country, placement,
+currency. One row per KEY = (window_start, window_end, campaign_id, ad_id, plugin, dimensions,
+metric): several plugins may emit one metric name (the attribution models), a plugin with a
+breakdown writes its cells beside its totals, and windows of different sizes may start at the
+same instant (`span`: minute, hour, day). A withheld key has no valid value: skip it.
+
+A reader that wants one value per (window, campaign, ad, metric), as every reader did before
+those existed, filters CLASSIC: the totals of the shipped `ctr` and `cvr` plugins and of
+last-click `attribution` (as a `where`, so DuckDB pushes it under the view's aggregates).
 """
 from pathlib import Path
 
 SQL_FILE = Path(__file__).resolve().parent.parent / "sql" / "current_metrics.sql"
 
-KEY = ("window_start", "window_end", "campaign_id", "ad_id", "metric")
+KEY = ("window_start", "window_end", "campaign_id", "ad_id", "plugin", "dimensions", "metric")
 # The columns of campaign_metrics the definition reads (enough for a PyIceberg selected_fields scan).
 COLUMNS = KEY + ("stream", "kafka_partition", "revision", "numerator", "denominator", "is_final", "withheld",
-                 "plugin", "restatement", "shadow")
+                 "restatement", "shadow")
+# Totals of ctr, cvr and last-click attribution: one row per (window, campaign, ad, metric).
+CLASSIC = "dimensions IS NULL AND plugin IN ('ctr', 'cvr', 'attribution')"
+
+
+def key(row) -> tuple:
+    """The view's key of an output row (a dict of current_metrics_rows)."""
+    return tuple(row[c] for c in KEY)
 
 
 def sql() -> str:
@@ -41,14 +56,17 @@ def define(con, source: str = None) -> None:
 def current_metrics(table, where: str = None):
     """Runs sql/current_metrics.sql in an in-memory DuckDB over `table` (a pyarrow.Table with
     the campaign_metrics columns, e.g. PyIceberg's scan().to_arrow()). Returns a pyarrow.Table,
-    one row per (window_start, window_end, campaign_id, ad_id, metric), in key order; `where`
-    (SQL over the output columns) filters it."""
+    one row per KEY, in column order; `where` (SQL over the output columns) filters it. A table
+    written before the `dimensions` column existed reads it NULL (totals)."""
     import duckdb
 
     con = duckdb.connect()
     try:
         # Timestamps come back in the session's time zone (the machine's by default): UTC, like the table.
         con.execute("SET TimeZone = 'UTC'")
+        if "dimensions" not in table.column_names:
+            import pyarrow as pa
+            table = table.append_column("dimensions", pa.nulls(table.num_rows, pa.string()))
         con.register("campaign_metrics", table)
         define(con)
         q = "SELECT * FROM current_metrics"

@@ -11,8 +11,12 @@
 //! checks, with the caches warm, that a user without access to the datasets gets none of what a
 //! user with access was just served. Screenshots are kept in `tests/artifacts/`.
 //!
+//! The daemon loads every shipped plugin the dashboard shows: ctr with its country x device
+//! breakdown (`[plugins.config.ctr] dimensions`), cvr, the four attribution models and reach.
+//!
 //! A second test checks the chart-data cache's single-flight (`tests/verify_single_flight.py`,
-//! several processes against a real redis-server).
+//! several processes against a real redis-server); a third the current-value view itself on
+//! hand-written tables (`tests/verify_current_metrics.py`).
 
 mod support;
 
@@ -91,6 +95,32 @@ fn run_superset_python(script: &str, home: Option<&Path>, args: &[String]) -> St
     stdout
 }
 
+/// The plugins the dashboard shows: the three shipped ones (ctr with its country x device
+/// breakdown, set in the config), the other attribution models and reach.
+fn dashboard_plugins_toml() -> String {
+    let mut paths = plugin_paths();
+    for name in [
+        "attribution_linear",
+        "attribution_time_decay",
+        "attribution_position",
+        "reach",
+    ] {
+        paths.push(wasm(name));
+    }
+    let quoted: Vec<String> = paths
+        .iter()
+        .map(|p| format!("{:?}", p.display().to_string()))
+        .collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// The one definition of a current value, `sql/current_metrics.sql`, on hand-written tables:
+/// keys by plugin, breakdown cell and window size, rates and sums, restatements per plugin.
+#[test]
+fn the_current_value_view_keys_by_plugin_cell_and_window() {
+    println!("{}", run_python("verify_current_metrics.py", &[]));
+}
+
 #[test]
 fn the_chart_data_cache_computes_a_missing_entry_once() {
     println!(
@@ -119,10 +149,11 @@ fn the_dashboard_shows_what_the_tables_hold_and_refreshes_by_itself() {
             "[kafka]\nbrokers = \"{}\"\ntopic = \"{TOPIC}\"\ngroup_id = \"dashboard-test\"\n\
              [window]\nsize_secs = 60\nout_of_orderness_ms = 2000\nidle_timeout_ms = 2000\n\
              [plugins]\npaths = {}\n\
+             [plugins.config.ctr]\ndimensions = [\"country\", \"device\"]\n\
              [iceberg]\ncatalog_uri = \"sqlite:{d}/catalog.db\"\nwarehouse = \"{d}/warehouse\"\n\
              [commit]\ninterval_ms = 500\n[http]\nlisten = \"{metrics_addr}\"\n",
             broker.bootstrap,
-            plugins_toml(),
+            dashboard_plugins_toml(),
             d = d.display()
         ),
     )

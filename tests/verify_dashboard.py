@@ -7,11 +7,17 @@ the same tables.
     verify_dashboard.py --rest-uri URL --s3-endpoint URL --charts browser.json [...]   (AWS_* set)
 
 `browser.json` is dashboard/browser_check.py's output: every chart's data as the page got it.
-Expected values are computed here from campaign_metrics (the current value of every window key
-by sql/current_metrics.sql, the rule the dashboard's view is built on too: latest revision per
-Kafka partition, shares summed; withheld keys skipped; counts summed before dividing),
-campaign_events and dead_letters. The rule itself is checked against values computed from the
-input by tests/verify_e2e.py. Prints a summary; exits 1 listing every difference.
+Expected values are computed here from campaign_metrics (the current value of every key by
+sql/current_metrics.sql, the rule the dashboard's views are built on too: latest revision per
+Kafka partition, shares summed; withheld keys skipped; counts summed before dividing; the rows
+picked here in Python: totals of ctr, cvr and last-click `attribution` for the campaign charts,
+the ctr plugin's country x device cells, the reach plugin's day windows, every attribution
+model), campaign_events and dead_letters. The rule itself is checked against values computed
+from the input by tests/verify_e2e.py (tests/verify_current_metrics.py for plugins, cells and
+window sizes). Besides the charts: the breakdown's cells of each (window, campaign) add up to
+its total, the cells' counts equal campaign_events' on-time impressions and clicks per country
+and device, and every attribution model credits the same revenue (attributed + unattributed =
+revenue, per window). Prints a summary; exits 1 listing every difference.
 """
 import argparse
 import json
@@ -35,6 +41,129 @@ def close(a, b, rel=1e-9):
     if a is None or b is None:
         return a is None and b is None
     return math.isclose(float(a), float(b), rel_tol=rel, abs_tol=1e-9)
+
+
+def cell(dimensions):
+    """A breakdown cell's text (`country=DE;device=ios`) as {column: value}, parsed here."""
+    return dict(p.split("=", 1) for p in dimensions.split(";"))
+
+
+def check_breakdown(chart, current, events, problems):
+    """CTR by country and device: per (country, device), Σclicks / Σimpressions of the ctr
+    plugin's cells of the country x device breakdown over every window and campaign."""
+    name = "CTR by country and device"
+    cells = defaultdict(lambda: [0.0, 0.0])  # (country, device) -> [clicks, impressions]
+    by_key = defaultdict(lambda: [0.0, 0.0])  # (window, campaign) -> Σ over its cells
+    totals = {}
+    for r in current:
+        if r["plugin"] != "ctr" or r["metric"] != "ctr":
+            continue
+        k = (ms(r["window_start"]), ms(r["window_end"]), r["campaign_id"])
+        if r["dimensions"] is None:
+            totals[k] = (r["numerator"], r["denominator"])
+            continue
+        c = cell(r["dimensions"])
+        if set(c) != {"country", "device"}:
+            continue
+        for acc in (cells[(c["country"], c["device"])], by_key[k]):
+            acc[0] += r["numerator"]
+            acc[1] += r["denominator"]
+    if not cells:
+        problems.append(f"{name}: the tables hold no ctr rows broken down by country and device "
+                        "([plugins.config.ctr] dimensions = [\"country\", \"device\"])")
+    # The tables themselves: one breakdown's cells partition the campaign's total.
+    for k, (clk, imp) in by_key.items():
+        if totals.get(k) != (clk, imp):
+            problems.append(f"{name}: window {k[0]} campaign {k[2]}: cells sum to {clk}/{imp}, total {totals.get(k)}")
+    # ... and their counts are campaign_events' (on time, not a copy), when no value was folded.
+    if not any(v in ("other", "unknown") for key in cells for v in key):
+        ev = defaultdict(lambda: [0, 0])
+        for e in events:
+            if e["is_late"] or e["is_duplicate"] or e["event_type"] == "conversion":
+                continue
+            ev[(e["country"], e["device"])][e["event_type"] == "impression"] += 1
+        want = {k: [float(v[0]), float(v[1])] for k, v in ev.items()}
+        if want != {k: v for k, v in cells.items()}:
+            diff = sorted(k for k in set(want) | set(cells) if want.get(k) != cells.get(k))
+            problems.append(f"{name}: cells' [clicks, impressions] differ from campaign_events in {len(diff)} cells, "
+                            f"e.g. {[(k, cells.get(k), want.get(k)) for k in diff[:3]]}")
+    rows = chart(name)
+    got = {(r["country"], r["device"]): r.get("ctr") for r in rows}
+    want = {k: (clk / imp if imp else None) for k, (clk, imp) in cells.items()}
+    if set(got) != set(want):
+        problems.append(f"{name}: cells {sorted(got)} shown, tables {sorted(want)}")
+    for k, v in want.items():
+        if k in got and not close(got[k], v):
+            problems.append(f"{name}: {k}: dashboard {got[k]}, tables {v}")
+
+
+def check_reach(chart, current, problems):
+    """Reach and frequency per campaign (day windows): each shown row is one (day, campaign) of
+    the reach plugin as it is (nothing summed but the partitions' shares); every such key shown."""
+    name = "Reach and frequency per campaign (day windows)"
+    want = defaultdict(dict)
+    for r in current:
+        length = r["window_end"] - r["window_start"]
+        if r["plugin"] != "reach" or r["dimensions"] is not None or length.total_seconds() < 23 * 3600:
+            continue
+        w = want[(ms(r["window_start"]), r["campaign_id"])]
+        if r["metric"] == "reach":
+            w["reach"] = r["numerator"]
+        elif r["metric"] == "frequency":
+            w["impressions"] = r["numerator"]
+            w["frequency"] = r["numerator"] / r["denominator"] if r["denominator"] else 0.0
+    rows = chart(name)
+    got = {(r["window_start"], r["campaign_id"]): r for r in rows}
+    if len(got) != len(rows):
+        problems.append(f"{name}: {len(rows)} rows for {len(got)} (day, campaign) keys")
+    if set(got) != set(want):
+        problems.append(f"{name}: {len(got)} (day, campaign) rows shown, tables {len(want)}: "
+                        f"e.g. shown only {sorted(set(got) - set(want))[:3]}, missing {sorted(set(want) - set(got))[:3]}")
+    for k, w in want.items():
+        for f, x in w.items():
+            if k in got and not close(got[k].get(f), x):
+                problems.append(f"{name}: {k} {f}: dashboard {got[k].get(f)}, tables {x}")
+    if not want:
+        print(f"verify_dashboard: note: no day windows of the reach plugin in the tables, '{name}' is empty "
+              "(checked empty)")
+
+
+def check_models(chart, current, problems):
+    """Attributed revenue per campaign by attribution model: per (campaign, plugin) Σ of the
+    plugin's attributed_revenue rows over windows and ads; every model credits the same revenue."""
+    name = "Attributed revenue per campaign by attribution model"
+    att = defaultdict(float)  # (campaign, plugin) -> Σ attributed
+    per_window = defaultdict(lambda: defaultdict(float))  # (plugin, window) -> metric -> Σ
+    for r in current:
+        if r["dimensions"] is not None or r["metric"] not in ("revenue", "attributed_revenue", "unattributed_revenue"):
+            continue
+        per_window[(r["plugin"], ms(r["window_start"]))][r["metric"]] += r["numerator"]
+        if r["metric"] == "attributed_revenue":
+            att[(r["campaign_id"], r["plugin"])] += r["numerator"]
+    models = sorted({p for _, p in att})
+    if len(models) < 2:
+        problems.append(f"{name}: the tables hold attributed revenue of {models} only: want several models")
+    # Every model credits the conversions of the same revenue: per window, attributed +
+    # unattributed = revenue, and the revenue is the same for every model.
+    windows = defaultdict(dict)
+    for (p, w), v in per_window.items():
+        if not close(v["attributed_revenue"] + v["unattributed_revenue"], v["revenue"], 1e-9):
+            problems.append(f"{name}: {p} window {w}: attributed {v['attributed_revenue']} + unattributed "
+                            f"{v['unattributed_revenue']} != revenue {v['revenue']}")
+        windows[w][p] = v["revenue"]
+    for w, by in windows.items():
+        if len(set(round(x, 6) for x in by.values())) > 1:
+            problems.append(f"{name}: window {w}: the models' revenue differs: {by}")
+    rows = chart(name)
+    shown = {(r["campaign_id"], p): r[p] for r in rows for p in r if p != "campaign_id" and r[p] is not None}
+    want = {k: v for k, v in att.items()}
+    if {p for _, p in shown} != set(models):
+        problems.append(f"{name}: series {sorted({p for _, p in shown})}, tables' models {models}")
+    if {c for c, _ in shown} != {c for c, _ in want}:
+        problems.append(f"{name}: campaigns {sorted({c for c, _ in shown})}, tables {sorted({c for c, _ in want})}")
+    for k, v in want.items():
+        if not close(shown.get(k), v, 1e-6):
+            problems.append(f"{name}: {k}: dashboard {shown.get(k)}, tables {v}")
 
 
 def main():
@@ -61,8 +190,10 @@ def main():
     events, dead = load("campaign_events").to_pylist(), load("dead_letters").to_pylist()
     current = current_metrics_rows(load("campaign_metrics"), where="NOT withheld")
 
+    # The campaign charts: totals (no breakdown cell) of ctr, cvr and last click (`attribution`).
+    classic = [r for r in current if r["dimensions"] is None and r["plugin"] in ("ctr", "cvr", "attribution")]
     win = defaultdict(lambda: defaultdict(float))  # (window ms, campaign) -> counts
-    for r in current:
+    for r in classic:
         m = r["metric"]
         w = win[(ms(r["window_start"]), r["campaign_id"])]
         if m == "ctr":
@@ -88,6 +219,7 @@ def main():
     problems = []
 
     def chart(name):
+        """The rows a chart's (first) query got; a missing chart is a problem."""
         if name not in shown:
             problems.append(f"chart {name!r} missing from the page")
             return []
@@ -166,6 +298,10 @@ def main():
         for f, x in want.items():
             if not close(r.get(f), x, 1e-6):
                 problems.append(f"top campaigns: {r['campaign_id']} {f}: dashboard {r.get(f)}, tables {x}")
+
+    check_breakdown(chart, current, events, problems)
+    check_reach(chart, current, problems)
+    check_models(chart, current, problems)
 
     # The daemon's own counters against the same tables.
     if a.metrics_url:

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.catalog.sql import SqlCatalog
 
-from current_metrics import current_metrics, define
+from current_metrics import CLASSIC, KEY, current_metrics, define
 
 KINDS = ("impression", "click", "conversion")
 REQUIRED = ("event_id", "event_type", "event_time", "campaign_id", "ad_id", "user_id")
@@ -284,8 +284,9 @@ def main():
     check(bad_prov == 0, f"{bad_prov} metric rows without plugin provenance")
 
     def current(table):
-        """(window_start ms, campaign, ad, metric) -> current row (sql/current_metrics.sql)."""
-        cur = current_metrics(table)
+        """(window_start ms, campaign, ad, metric) -> current row (sql/current_metrics.sql): the
+        totals of ctr, cvr and last-click attribution (CLASSIC), the metrics computed here."""
+        cur = current_metrics(table, CLASSIC)
         ws = cur.column("window_start").cast(pa.int64()).to_pylist()
         return {(w // 1000, r["campaign_id"], r["ad_id"], r["metric"]): r for w, r in zip(ws, cur.to_pylist())}
 
@@ -343,11 +344,17 @@ def main():
     # denominators summed; and every current value equal to the one read through PyIceberg.
     define(con, f"iceberg_scan('{metrics_t.metadata_location}')")
     latest_ctr_den = con.execute(
-        "SELECT sum(denominator) FROM current_metrics WHERE metric = 'ctr' AND campaign_id <> 'flush' AND NOT withheld").fetchone()[0]
+        f"SELECT sum(denominator) FROM current_metrics WHERE metric = 'ctr' AND campaign_id <> 'flush' AND NOT withheld "
+        f"AND {CLASSIC}").fetchone()[0]
     check(impressions == latest_ctr_den, f"DuckDB: on-time impressions {impressions} != summed CTR denominators {latest_ctr_den}")
-    duck = {(ws // 1000, c, ad, m): (num, den, part) for ws, c, ad, m, num, den, part in con.execute(
-        "SELECT epoch_us(window_start), campaign_id, ad_id, metric, numerator, denominator, partitions FROM current_metrics").fetchall()}
-    py = {k: (r["numerator"], r["denominator"], r["partitions"]) for k, r in rows.items()}
+    # Every key of the view (its whole key: plugin, dimensions, window_end too), both readers.
+    cols = ", ".join(f"epoch_us({c})" if c.startswith("window_") else c for c in KEY)
+    duck = {tuple(r[:len(KEY)]): r[len(KEY):] for r in con.execute(
+        f"SELECT {cols}, numerator, denominator, partitions FROM current_metrics").fetchall()}
+    whole = current_metrics(metrics)
+    us = {c: whole.column(c).cast(pa.int64()).to_pylist() for c in ("window_start", "window_end")}
+    py = {tuple(us[c][i] if c in us else r[c] for c in KEY): (r["numerator"], r["denominator"], r["partitions"])
+          for i, r in enumerate(whole.to_pylist())}
     differ = [k for k in set(duck) | set(py) if k not in duck or k not in py
               or not all(abs(x - y) <= 1e-9 * max(1.0, abs(y)) for x, y in zip(duck[k], py[k]))]
     check(not differ, f"DuckDB and PyIceberg read different current metrics: {len(duck)} vs {len(py)} keys, e.g. {sorted(differ, key=str)[:3]}")

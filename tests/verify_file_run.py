@@ -25,7 +25,7 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from decimal import Decimal
 
-from current_metrics import current_metrics_rows
+from current_metrics import CLASSIC, current_metrics_rows
 
 REQUIRED = ("event_id", "event_type", "event_time", "campaign_id", "ad_id", "user_id")
 
@@ -63,7 +63,7 @@ def open_catalog(catalog, warehouse, s3_endpoint=None):
 def final_metrics(catalog, warehouse, s3_endpoint=None):
     """The catalog and the current value of every metric key: (window_start, campaign, ad, metric) -> row."""
     cat = open_catalog(catalog, warehouse, s3_endpoint)
-    rows = current_metrics_rows(cat.load_table("ads.campaign_metrics").scan().to_arrow())
+    rows = current_metrics_rows(cat.load_table("ads.campaign_metrics").scan().to_arrow(), CLASSIC)
     return cat, {(r["window_start"], r["campaign_id"], r["ad_id"], r["metric"]): r for r in rows}
 
 

@@ -115,7 +115,7 @@ rows = metrics_t.scan().to_arrow()
 if "shadow" not in rows.column_names:  # tables written before shadow plugins
     rows = rows.append_column("shadow", pa.nulls(rows.num_rows, pa.bool_()))
 all_rows = rows.to_pylist()
-view = [r for r in current_metrics_rows(rows) if r["metric"] != RECORD and not r["withheld"]]
+view = [r for r in current_metrics_rows(rows, "dimensions IS NULL") if r["metric"] != RECORD and not r["withheld"]]
 snaps = {s.snapshot_id: props(s) for s in metrics_t.snapshots()}
 with_plugins = [p for p in snaps.values() if "admetrics.plugins" in p]
 live_commits = {p["admetrics.commit-seq"] for p in with_plugins if "admetrics.restatement" not in p}
@@ -152,7 +152,8 @@ keys += pick(lambda k: restated(k) and k["partitions"] == 2, 2, "restated ctr wi
 
 def lineage(k, text=False):
     cmd = [sys.executable, str(REPO / "scripts/lineage.py"), "--catalog", a.catalog, "--warehouse", a.warehouse,
-           "--window", iso(k["window_start"]), "--campaign", k["campaign_id"], "--metric", k["metric"]]
+           "--window", iso(k["window_start"]), "--campaign", k["campaign_id"], "--metric", k["metric"],
+           "--plugin", k["plugin"]]
     if k["ad_id"] is not None:
         cmd += ["--ad", k["ad_id"]]
     cmd += [] if text else ["--json", "--events"]

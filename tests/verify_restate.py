@@ -32,7 +32,7 @@ from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from current_metrics import current_metrics_rows  # noqa: E402
+from current_metrics import current_metrics_rows, key  # noqa: E402
 
 RECORD = "$restatement"
 
@@ -234,7 +234,7 @@ else:
     assert len(expected) > 0
 
     def keyed(rows):
-        return {(x["window_start"], x["window_end"], x["campaign_id"], x["ad_id"], x["metric"]): x for x in rows}
+        return {key(x): x for x in rows}  # the view's whole key: plugin and dimensions included
 
     cur, exp = keyed(current), keyed(expected)
     assert cur.keys() == exp.keys(), (

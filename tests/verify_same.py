@@ -41,13 +41,17 @@ def load(d):
 
 
 def final_metrics(mt):
-    """(final and not withheld, every key): key (window_start µs, campaign, ad, metric) -> row."""
+    """(final and not withheld, every key): key (window_start µs, window_end µs, campaign, ad,
+    plugin, dimensions, metric) -> row."""
     cur = current_metrics(mt)
     ws = cur.column("window_start").cast(pa.int64()).to_pylist()
-    cols = {n: cur.column(n).to_pylist() for n in ("campaign_id", "ad_id", "metric", "value", "numerator", "denominator", "is_final", "withheld", "partitions")}
+    we = cur.column("window_end").cast(pa.int64()).to_pylist()
+    cols = {n: cur.column(n).to_pylist() for n in ("campaign_id", "ad_id", "plugin", "dimensions", "metric", "value",
+                                                    "numerator", "denominator", "is_final", "withheld", "partitions")}
     latest = {}
     for i in range(len(cur)):
-        key = (ws[i], cols["campaign_id"][i], cols["ad_id"][i], cols["metric"][i])
+        key = (ws[i], we[i], cols["campaign_id"][i], cols["ad_id"][i], cols["plugin"][i], cols["dimensions"][i],
+               cols["metric"][i])
         latest[key] = {n: cols[n][i] for n in cols}
     return {k: v for k, v in latest.items() if v["is_final"] and not v["withheld"]}, latest
 

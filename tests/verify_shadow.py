@@ -4,10 +4,10 @@ tests/shadow_e2e.rs, and prints one JSON object:
     verify_shadow.py --catalog DB --warehouse DIR [--metric ctr]
 
 - "live" / "shadow": per (window_start ms, stream, partition, campaign) the latest revision of
-  the metric's live rows (shadow IS NOT TRUE, no restatement) / shadow rows (shadow = true):
+  the metric's total (dimensions NULL) live rows (shadow IS NOT TRUE, no restatement) / shadow rows (shadow = true):
   numerator, denominator, is_final, withheld, plugin_version;
-- "current": sql/current_metrics.sql (through tests/current_metrics.py) for the metric, per
-  (window_start ms, campaign): numerator, denominator, value, is_final, withheld;
+- "current": sql/current_metrics.sql (through tests/current_metrics.py) for the metric's totals,
+  per (window_start ms, campaign): numerator, denominator, value, is_final, withheld;
 - "shadow_values": how many rows have shadow true, false and NULL.
 
 The test compares all of it with what it produced.
@@ -42,7 +42,7 @@ def latest(where: str) -> list:
     SELECT epoch_ms(window_start) AS w, stream, kafka_partition AS p, campaign_id AS c,
            arg_max(struct_pack(numerator, denominator, is_final, withheld, plugin_version), revision) AS r
     FROM m
-    WHERE metric = ? AND restatement IS NULL AND {where}
+    WHERE metric = ? AND restatement IS NULL AND dimensions IS NULL AND {where}
     GROUP BY ALL ORDER BY ALL"""
     return [
         {"window_start_ms": w, "stream": s, "partition": p, "campaign": c, **r}
@@ -63,7 +63,7 @@ out = {
             "is_final": r["is_final"],
             "withheld": r["withheld"],
         }
-        for r in current_metrics_rows(table, f"metric = '{a.metric}'")
+        for r in current_metrics_rows(table, f"metric = '{a.metric}' AND dimensions IS NULL")
     ],
     "shadow_values": {
         str(k).lower(): n

@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 import pyarrow as pa
 from pyiceberg.catalog.sql import SqlCatalog
 
-from current_metrics import current_metrics
+from current_metrics import CLASSIC, current_metrics
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--catalog", required=True)
@@ -58,7 +58,8 @@ for w, plugin, sha in zip(ws, mt.column("plugin").to_pylist(), mt.column("plugin
     builds_per_window[(w, plugin)].add(sha)
 # The current ctr and cvr of every (window, campaign). A withheld key means "no value": the plugin
 # failed on that window (of at least one partition), so it is left out.
-cur = current_metrics(mt, where="metric IN ('ctr', 'cvr') AND NOT withheld")
+# Totals of the ctr and cvr plugins (CLASSIC: a breakdown's cells are rows of their own).
+cur = current_metrics(mt, where=f"metric IN ('ctr', 'cvr') AND NOT withheld AND {CLASSIC}")
 latest = {(w, camp, metric): (num, den) for w, camp, metric, num, den in zip(
     cur.column("window_start").cast(pa.int64()).to_pylist(), cur.column("campaign_id").to_pylist(),
     cur.column("metric").to_pylist(), cur.column("numerator").to_pylist(), cur.column("denominator").to_pylist())}

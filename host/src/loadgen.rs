@@ -189,8 +189,10 @@ impl EventGen {
         let time = chrono::DateTime::from_timestamp_millis(t_ms)
             .expect("valid time")
             .format("%Y-%m-%dT%H:%M:%S%.3fZ");
+        // A user's device and country are fixed, and independent of each other over the users
+        // (every pair occurs), so a country x device breakdown has all 18 cells.
         let device = DEVICES[(user % 3) as usize];
-        let country = COUNTRIES[(user % 6) as usize];
+        let country = COUNTRIES[((user / 3) % 6) as usize];
         let placement = PLACEMENTS[self.rng.usize(0..PLACEMENTS.len())];
         let key = format!("user-{user:07}");
         let revenue = match cents {
@@ -329,4 +331,28 @@ pub fn produce(
     let failed = stats.failed.load(Relaxed);
     anyhow::ensure!(failed == 0, "{failed} of {sent} events were not delivered");
     Ok(stats.delivered.load(Relaxed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_keep_their_device_and_country_and_every_pair_occurs() {
+        let mut g = EventGen::new(LoadgenArgs {
+            users: 1_000,
+            seed: 3,
+            ..Default::default()
+        });
+        let mut of_user = std::collections::HashMap::new();
+        let mut pairs = std::collections::HashSet::new();
+        for i in 0..20_000 {
+            let (key, json) = g.next(1_700_000_000_000 + i);
+            let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+            let pair = (v["device"].as_str().unwrap().to_string(), v["country"].as_str().unwrap().to_string());
+            assert_eq!(of_user.entry(key).or_insert_with(|| pair.clone()), &pair);
+            pairs.insert(pair);
+        }
+        assert_eq!(pairs.len(), DEVICES.len() * COUNTRIES.len());
+    }
 }

@@ -107,12 +107,14 @@ def measure(cmd, env=None, log=None):
 def admetrics_rows(workdir):
     from pyiceberg.catalog.sql import SqlCatalog
     sys.path.insert(0, str(REPO / "tests"))
-    from current_metrics import COLUMNS, current_metrics_rows
+    from current_metrics import CLASSIC, COLUMNS, current_metrics_rows
     cat = SqlCatalog("admetrics", uri=f"sqlite:///{workdir}/catalog.db", warehouse=f"file://{workdir}/wh")
     t = cat.load_table("ads.campaign_metrics").scan(selected_fields=COLUMNS).to_arrow()
     out = defaultdict(lambda: {"impressions": 0, "clicks": 0, "conversions": 0, "revenue": Decimal(0)})
     not_final = 0
-    for r in current_metrics_rows(t):
+    # Totals of ctr, cvr and last-click attribution: Flink's job computes those (one row per
+    # window and campaign).
+    for r in current_metrics_rows(t, CLASSIC):
         ws, c, m = r["window_start"], r["campaign_id"], r["metric"]
         not_final += not r["is_final"] or r["withheld"]
         k = (c, ws.replace(tzinfo=None).strftime("%Y-%m-%dT%H:%M:%S"))

@@ -79,3 +79,64 @@ impl LiveView {
 fn shown(plugin: &str) -> bool {
     matches!(plugin, "ctr" | "cvr" | "attribution")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(plugin: &str, metric: &str, dims: Option<&str>, num: f64, den: f64) -> MetricRecord {
+        MetricRecord {
+            window_start_ms: 60_000,
+            window_end_ms: 120_000,
+            campaign_id: "c".into(),
+            ad_id: metric.eq("attributed_revenue").then(|| "a".into()),
+            dimensions: dims.map(Into::into),
+            plugin_params: None,
+            metric: metric.into(),
+            value: if metric == "ctr" { num / den } else { num },
+            numerator: num,
+            denominator: den,
+            plugin: plugin.into(),
+            plugin_version: "1".into(),
+            plugin_sha256: "s".into(),
+            revision: 1,
+            partition: 0,
+            is_final: false,
+            computed_at_ms: 0,
+            withheld: false,
+            shadow: false,
+        }
+    }
+
+    /// Breakdown cells and the other attribution models' rows (same metric names) are not the
+    /// line's figures: totals of ctr, cvr and last click are.
+    #[test]
+    fn lines_show_totals_and_last_click() {
+        let rows = [
+            row("ctr", "ctr", None, 3.0, 30.0),
+            row("ctr", "ctr", Some("country=DE;device=ios"), 1.0, 7.0),
+            row("cvr", "cvr", Some("country=DE;device=ios"), 1.0, 1.0),
+            row("cvr", "cvr", None, 2.0, 3.0),
+            row("attribution-linear", "revenue", None, 50.0, 2.0),
+            row("attribution", "revenue", None, 50.0, 2.0),
+            row("attribution-position", "revenue", None, 50.0, 2.0),
+            row("attribution", "attributed_revenue", None, 40.0, 1.0),
+            row("attribution-linear", "attributed_revenue", None, 45.0, 2.0),
+        ];
+        let status = Status::default();
+        LiveView::default().update(&rows, &status);
+        let (newest, lines) = status.current.lock().unwrap().clone();
+        assert_eq!(newest, 60_000);
+        assert_eq!(
+            lines,
+            vec![CampaignLine {
+                campaign: "c".into(),
+                impressions: 30.0,
+                clicks: 3.0,
+                conversions: 2.0,
+                revenue: 50.0,
+                attributed_revenue: 40.0,
+            }]
+        );
+    }
+}
