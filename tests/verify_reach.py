@@ -154,7 +154,8 @@ def main():
     # ---- the impressions counted, with their windows
     late = "" if a.late == "include" else "AND NOT is_late"
     con.execute("CREATE TEMP TABLE excluded (campaign_id VARCHAR)")
-    con.executemany("INSERT INTO excluded VALUES (?)", [[c] for c in a.exclude_campaign])
+    if a.exclude_campaign:  # executemany refuses an empty list
+        con.executemany("INSERT INTO excluded VALUES (?)", [[c] for c in a.exclude_campaign])
     con.execute(f"""
         CREATE TEMP TABLE imp AS
         SELECT campaign_id, user_id, stream, kafka_partition AS part, epoch_us(event_time) AS t
