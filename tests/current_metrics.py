@@ -21,7 +21,7 @@ SQL_FILE = Path(__file__).resolve().parent.parent / "sql" / "current_metrics.sql
 KEY = ("window_start", "window_end", "campaign_id", "ad_id", "metric")
 # The columns of campaign_metrics the definition reads (enough for a PyIceberg selected_fields scan).
 COLUMNS = KEY + ("stream", "kafka_partition", "revision", "numerator", "denominator", "is_final", "withheld",
-                 "plugin", "restatement", "shadow")
+                 "plugin", "restatement", "shadow", "dimensions")
 
 
 def sql() -> str:
