@@ -11,6 +11,7 @@ catalog, DuckDB counts; nothing here shares code with the host or the plugins.
     verify_wit02.py same --a D1 --b D2 --metric ctr [--version-a V] [--version-b V]
     verify_wit02.py create-old --dir D
     verify_wit02.py upgraded --dir D
+    verify_wit02.py query --dir D SQL
 
 `D` holds catalog.db and warehouse/. Every subcommand prints one line per problem and exits 1 if
 there is any, 0 with a summary line otherwise.
@@ -48,6 +49,10 @@ records the table's uuid, its snapshot and the rows in D/old.json. upgraded: the
 table (uuid, the old snapshot an ancestor of the current one), fields 1-19 kept with their ids,
 `dimensions` (20) and `plugin_params` (21) added as optional strings, the old rows unchanged with
 both new columns NULL, new rows written beside them, and the view reads the old rows' keys.
+
+query: runs SQL (DuckDB, session time zone UTC) over the tables of D as `events`, `metrics` and
+`dead_letters` (empty relations when D has no tables yet) and prints the rows as one JSON list
+of lists (timestamps as ISO 8601 text), for a test's own small assertions.
 """
 import argparse
 import json
@@ -395,6 +400,24 @@ def upgraded(a):
            f"and plugin_params, {new[0]} new rows of {new[1]} plugins beside them")
 
 
+def query(a):
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    have = set()
+    if Path(a.dir, "catalog.db").exists():
+        cat = catalog(a.dir)
+        if ("ads",) in cat.list_namespaces():
+            have = {t[-1] for t in cat.list_tables("ads")}
+    for name, table in (("events", "campaign_events"), ("metrics", "campaign_metrics"),
+                        ("dead_letters", "dead_letters")):
+        if table in have:
+            con.register(name, cat.load_table(f"ads.{table}").scan().to_arrow())
+        else:
+            con.execute(f"CREATE TABLE {name} (nothing INTEGER)")
+    rows = con.execute(a.sql).fetch_arrow_table().to_pylist()
+    print(json.dumps([list(r.values()) for r in rows], default=str))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -423,9 +446,12 @@ def main():
     for name in ("create-old", "upgraded"):
         x = sub.add_parser(name)
         x.add_argument("--dir", required=True)
+    q = sub.add_parser("query")
+    q.add_argument("--dir", required=True)
+    q.add_argument("sql")
     a = ap.parse_args()
     {"breakdown": breakdown, "params": params, "same": same, "create-old": create_old,
-     "upgraded": upgraded}[a.cmd](a)
+     "upgraded": upgraded, "query": query}[a.cmd](a)
 
 
 if __name__ == "__main__":

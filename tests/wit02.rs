@@ -26,11 +26,20 @@
 //! - `plugins_the_host_cannot_configure_or_run_are_refused_at_load`: the 0.1.0 fixture given
 //!   `[plugins.config.ctr] dimensions` (the message names 0.2.0), a component of another world
 //!   (`fixture_wrongworld`), and a 0.2 plugin given a parameter it does not know: the run fails
-//!   with the reason and writes no metric row.
+//!   with the reason and writes no row.
 //! - `a_campaign_metrics_table_of_the_previous_release_is_upgraded_in_place`: a table with the
 //!   schema of the release before 0.2.0 (fields 1-19, created and filled by PyIceberg) gains
 //!   `dimensions` and `plugin_params` in place: same table, old rows kept and reading NULL, new
 //!   rows beside them.
+//! - `plugin_diff_compares_each_breakdown_cell`: live ctr and a shadow build (fixture
+//!   `ctr-shadow-diff`: a click at millisecond 777 counts twice), both by country, over a
+//!   hand-written file: `admetrics plugin diff --json` compares the total and every cell as keys
+//!   of their own and names exactly the total and the cell of the doubled click.
+//! - `reach_on_campaign_days_across_midnight_and_a_daylight_saving_change`: reach on its default
+//!   day windows, campaigns in New York (a midnight and the 23-hour day of 2026-03-08 inside the
+//!   traffic), Kolkata (UTC+5:30) and UTC: the windows are the hand-derived calendar days; exact
+//!   distinct users per campaign day including impressions late for the host's minute windows
+//!   (which the minute ctr in the same run does not count).
 //!
 //! No assertion depends on timing: each step waits for the process before it.
 
@@ -123,6 +132,15 @@ fn verify(args: &[&str]) -> String {
     );
     progress(out.trim());
     out
+}
+
+/// `verify_wit02.py query`: the rows of `sql` over D's tables (`events`, `metrics`) as JSON.
+fn query(d: &Path, sql: &str) -> serde_json::Value {
+    let out = run_python(
+        "verify_wit02.py",
+        &["query".into(), "--dir".into(), dir(d), sql.into()],
+    );
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
 fn dir(d: &Path) -> String {
@@ -403,18 +421,11 @@ fn plugins_the_host_cannot_configure_or_run_are_refused_at_load() {
         );
         progress(format!("{name}: refused"));
         // Nothing computed: no metric row (the tables may have been opened before the plugins).
-        let rows = std::process::Command::new(python())
-            .arg("-c")
-            .arg(
-                "import sys; from pyiceberg.catalog.sql import SqlCatalog as C; \
-                 c = C('a', uri=f'sqlite:///{sys.argv[1]}/catalog.db', warehouse=f'file://{sys.argv[1]}/warehouse'); \
-                 print(sum(len(c.load_table(t).scan().to_arrow()) for t in c.list_tables('ads')) if c.list_namespaces() else 0)",
-            )
-            .arg(&d)
-            .output()
-            .unwrap();
-        assert!(rows.status.success(), "{}", output_text(&rows));
-        assert_eq!(String::from_utf8_lossy(&rows.stdout).trim(), "0", "{name}");
+        let rows = query(
+            &d,
+            "SELECT (SELECT count(*) FROM metrics) + (SELECT count(*) FROM events)",
+        );
+        assert_eq!(rows, serde_json::json!([[0]]), "{name}");
     }
 }
 
@@ -530,4 +541,91 @@ fn plugin_diff_compares_each_breakdown_cell() {
         ],
         "{report}"
     );
+}
+
+#[test]
+fn reach_on_campaign_days_across_midnight_and_a_daylight_saving_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // 04:58-05:03 UTC on 2026-03-08: midnight in New York (EST, UTC-5) falls inside it, and the
+    // New York day that starts then is 23 hours long (clocks go forward at 02:00 local). Then 15
+    // impressions of new users at 05:01:00.5, after the watermark closed that host minute (late
+    // for the minute windows) but inside every campaign's open day window.
+    let events = d.join("events.jsonl");
+    let mut args = traffic("26");
+    args.extend(["--start-time", "2026-03-08T04:58:00Z"]);
+    loadgen_file(&events, &args);
+    let mut late = String::new();
+    for c in 0..3 {
+        for k in 0..5 {
+            late.push_str(&format!(
+                r#"{{"event_id":"late-{c}-{k}","event_type":"impression","event_time":"2026-03-08T05:01:00.500Z","campaign_id":"campaign-00{c}","ad_id":"ad-00{c}-00","user_id":"late-user-{k}","device":"web","country":"DE"}}"#
+            ));
+            late.push('\n');
+        }
+    }
+    let mut all = std::fs::read_to_string(&events).unwrap();
+    all.push_str(&late);
+    std::fs::write(&events, all).unwrap();
+    let cfg = config(
+        d,
+        &[wasm("reach"), wasm("ctr")],
+        "[plugins.config.ctr]\ndimensions = [\"country\"]\n\
+         [campaigns]\ntime_zones = { \"campaign-000\" = \"America/New_York\", \"campaign-001\" = \"Asia/Kolkata\" }\n",
+    );
+    run_ok(&cfg, &events);
+    progress("file run with reach on day windows committed");
+
+    assert_eq!(
+        query(
+            d,
+            "SELECT count(*) FILTER (WHERE is_late), count(*) FROM events WHERE event_id LIKE 'late-%'"
+        ),
+        serde_json::json!([[15, 15]]),
+        "the appended impressions are late for the host's minute windows"
+    );
+    // The windows, derived by hand: New York's 24-hour March 7 and 23-hour March 8; Kolkata's
+    // March 8 (UTC+5:30); UTC's March 8 for the campaign with no zone.
+    assert_eq!(
+        query(
+            d,
+            "SELECT DISTINCT campaign_id, strftime(window_start, '%Y-%m-%dT%H:%M'), \
+             strftime(window_end, '%Y-%m-%dT%H:%M') FROM metrics WHERE plugin = 'reach' ORDER BY ALL"
+        ),
+        serde_json::json!([
+            ["campaign-000", "2026-03-07T05:00", "2026-03-08T05:00"],
+            ["campaign-000", "2026-03-08T05:00", "2026-03-09T04:00"],
+            ["campaign-001", "2026-03-07T18:30", "2026-03-08T18:30"],
+            ["campaign-002", "2026-03-08T00:00", "2026-03-09T00:00"],
+        ])
+    );
+    // Exact distinct users per campaign day, the late impressions included.
+    let mut args = warehouse_args(d);
+    args.extend(
+        [
+            "--window",
+            "day",
+            "--tz",
+            "campaign-000=America/New_York",
+            "--tz",
+            "campaign-001=Asia/Kolkata",
+            "--late",
+            "include",
+            "--require-final",
+            "--expect-exact",
+        ]
+        .map(String::from),
+    );
+    progress(run_python("verify_reach.py", &args).trim());
+    // ctr on the host's minute windows did not count them.
+    verify(&[
+        "breakdown",
+        "--dir",
+        &dir(d),
+        "--plugin",
+        "ctr",
+        "--dimensions",
+        "country",
+        "--expect-unfolded",
+    ]);
 }
