@@ -141,6 +141,7 @@ SELECT stream, kafka_partition,
                 'denominator': denominator, 'is_final': is_final, 'withheld': withheld,
                 'plugin': plugin, 'plugin_version': plugin_version, 'plugin_sha256': plugin_sha256,
                 'restatement': restatement, 'computed_at': computed_at, 'file': _file,
+                'plugin_params': plugin_params,
                 'window_end': window_end},
                revision) AS r
 FROM shown GROUP BY stream, kafka_partition ORDER BY stream NULLS FIRST, kafka_partition
@@ -205,8 +206,9 @@ def explain(metrics, events, ws, campaign, metric, ad, list_events, attribution=
     rows = rows_with_files(metrics, Or(key, EqualTo("metric", RECORD)))
     if "shadow" not in rows.column_names:  # a table written before shadow plugins existed
         rows = rows.append_column("shadow", pa.nulls(rows.num_rows, pa.bool_()))
-    if not has_dims:
-        rows = rows.append_column("dimensions", pa.nulls(rows.num_rows, pa.string()))
+    for col in ("dimensions", "plugin_params"):  # ... or before admetrics:metrics@0.2.0
+        if col not in rows.column_names:
+            rows = rows.append_column(col, pa.nulls(rows.num_rows, pa.string()))
     own = [r for r in rows.select(["metric", "plugin", "window_end"]).to_pylist() if r["metric"] != RECORD]
     plugins = sorted({r["plugin"] for r in own})
     if len(plugins) > 1:
@@ -287,7 +289,13 @@ def explain(metrics, events, ws, campaign, metric, ad, list_events, attribution=
                 writer_id=p.get("admetrics.writer-id"), commit_seq=p.get("admetrics.commit-seq"))
         # Step 4: plugin lineage from the summary.
         builds = json.loads(p.get("admetrics.plugins", "[]"))
-        build = next((b for b in builds if b.get("sha256") == s["plugin_sha256"]), None)
+        # The build with the row's sha256 and parameters (a commit may hold one build under two
+        # parameter sets, after a configuration change); the sha256 alone for a summary written
+        # before parameters were recorded.
+        row_params = json.loads(s["plugin_params"]) if s["plugin_params"] else {}
+        same_build = [b for b in builds if b.get("sha256") == s["plugin_sha256"]]
+        build = next((b for b in same_build if b.get("params") == row_params),
+                     same_build[0] if same_build else None)
         share["plugin"] = {
             "name": s["plugin"], "version": s["plugin_version"], "sha256": s["plugin_sha256"],
             "wit": build.get("wit") if build else None,

@@ -60,6 +60,9 @@ Options:
   --min-attributed N      ... and at least N attributed conversions in them (default 1)
   --min-view-credited N   each view-through plugin: at least N conversions credited to views
                           (default 0)
+  --min-unattributed N    each plugin: at least N conversions in final windows credited to no
+                          touchpoint (default 0; input design, so the identity is not trivial)
+  --min-split N           each plugin: at least N conversions split over several ads (default 0)
   --verbose               print every mismatch (default: the first 20 per plugin)
 
 Prints one line per problem and a summary per plugin; exits 0 when all agree, 1 on a problem,
@@ -487,6 +490,8 @@ def main():
     ap.add_argument("--min-windows", type=int, default=1)
     ap.add_argument("--min-attributed", type=int, default=1)
     ap.add_argument("--min-view-credited", type=int, default=0)
+    ap.add_argument("--min-unattributed", type=int, default=0)
+    ap.add_argument("--min-split", type=int, default=0)
     ap.add_argument("--verbose", action="store_true")
     a = ap.parse_args()
     if a.self_test:
@@ -693,6 +698,12 @@ def main():
         if stats["attributed"] < a.min_attributed:
             problems.append(f"{name}: {stats['attributed']} attributed conversions in final windows, "
                             f"want at least {a.min_attributed}")
+        if stats["conversions"] - stats["attributed"] < a.min_unattributed:
+            problems.append(f"{name}: {stats['conversions'] - stats['attributed']} unattributed conversions in "
+                            f"final windows, want at least {a.min_unattributed}")
+        if stats["split"] < a.min_split:
+            problems.append(f"{name}: {stats['split']} conversions split over several ads, "
+                            f"want at least {a.min_split}")
         if spec["view_lookback_ms"] is not None and stats["view_credited"] < a.min_view_credited:
             problems.append(f"{name}: {stats['view_credited']} conversions credited to views, "
                             f"want at least {a.min_view_credited}")

@@ -39,9 +39,9 @@ What is expected (plugins/reach/src/lib.rs is the definition):
   committed event), skipped and counted with `--open skip` (while it runs); `--require-final`
   fails on any such key.
 
-Not yet run end to end: the host side of admetrics:metrics@0.2.0 (user column, per-plugin
-windows, dimensions) had not landed when this was written. Prints one line per problem and
-exits 1 if any.
+Run end to end by tests/wit02.rs (minute windows; day windows in campaign time zones across
+midnight and a daylight-saving change, with events late for the host's minute windows that the
+day windows still count: `--late include`). Prints one line per problem and exits 1 if any.
 """
 import argparse
 import math

@@ -322,8 +322,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             // Handlers installed before anything else: a SIGTERM during start-up (catalog, plugin
             // compilation, group join) is a graceful stop too, not the default kill.
             let signal = rt.block_on(async { shutdown_signal() })?;
-            let summary = rt.block_on(pipeline::run(cfg, status, signal))?;
+            let summary = rt.block_on(pipeline::run(cfg, status.clone(), signal))?;
+            // `run --file` has no `/metrics` to scrape: what it folded is said here.
             tracing::info!(messages = summary.messages, commits = summary.commits, offsets = ?summary.committed_offsets,
+                dimension_values_folded = status.dimension_values_folded.get(),
                 seconds = started.elapsed().as_secs_f64(), "stopped");
             Ok(())
         }

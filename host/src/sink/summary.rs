@@ -119,14 +119,16 @@ pub fn encode(
 /// completion) are computed by no plugin and are left out.
 ///
 /// `wit` is what [`crate::plugin::wit_of`] says for the sha256 (`null` for a build this process
-/// never loaded, which cannot produce rows). `params` is the plugin's configuration: plugins
-/// take none yet, so it is an explicit empty object; once `[plugins.config.NAME]` exists, the
-/// parameters a build ran with go here (they are not a function of the sha256, so they will
-/// have to come with the batch).
+/// never loaded, which cannot produce rows). `params` is the object the rows' `plugin_params`
+/// column holds (the build's `[plugins.config.NAME]` as passed to `init`), `{}` where it is NULL
+/// (no parameters). Parameters are not a function of the sha256 (a configuration change reloads
+/// the same bytes with others), so they are read off the rows like the build itself: a commit
+/// holding rows of one build under two parameter sets lists it twice.
 pub fn encode_plugins(props: &mut HashMap<String, String>, batches: &[&RecordBatch]) {
     use arrow_array::Array;
     use arrow_array::cast::AsArray;
-    let mut builds: BTreeSet<(String, String, String)> = BTreeSet::new();
+    // (name, version, sha256, params JSON or None)
+    let mut builds: BTreeSet<(String, String, String, Option<String>)> = BTreeSet::new();
     for b in batches {
         let col = |name: &str| b.column_by_name(name).map(|c| c.as_string::<i32>().clone());
         let (Some(metric), Some(name), Some(version), Some(sha)) = (
@@ -137,20 +139,29 @@ pub fn encode_plugins(props: &mut HashMap<String, String>, batches: &[&RecordBat
         ) else {
             continue;
         };
+        let params = col(crate::sink::schema::PLUGIN_PARAMS_COLUMN);
+        let params_of = |i: usize| {
+            params
+                .as_ref()
+                .filter(|p| !p.is_null(i))
+                .map(|p| p.value(i))
+        };
         // Rows come in runs of one build: compare with the previous row before allocating.
-        let mut last: Option<&str> = None;
+        let mut last: Option<(&str, Option<&str>)> = None;
         for i in 0..b.num_rows() {
             if metric.value(i) == crate::restate::RECORD_METRIC || sha.is_null(i) {
                 continue;
             }
-            if last == Some(sha.value(i)) {
+            let this = (sha.value(i), params_of(i));
+            if last == Some(this) {
                 continue;
             }
-            last = Some(sha.value(i));
+            last = Some(this);
             builds.insert((
                 name.value(i).to_string(),
                 version.value(i).to_string(),
                 sha.value(i).to_string(),
+                this.1.map(str::to_string),
             ));
         }
     }
@@ -159,14 +170,23 @@ pub fn encode_plugins(props: &mut HashMap<String, String>, batches: &[&RecordBat
     }
     let list: Vec<serde_json::Value> = builds
         .into_iter()
-        .map(|(name, version, sha256)| {
+        .map(|(name, version, sha256, params)| {
             let wit = crate::plugin::wit_of(&sha256);
+            // The column holds `plugin::params_json`'s object; anything else (a row written by
+            // something else) is recorded as the text it is rather than dropped.
+            let params = match params {
+                None => serde_json::json!({}),
+                Some(text) => serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .filter(serde_json::Value::is_object)
+                    .unwrap_or(serde_json::Value::String(text)),
+            };
             serde_json::json!({
                 "name": name,
                 "version": version,
                 "sha256": sha256,
                 "wit": wit,
-                "params": {},
+                "params": params,
             })
         })
         .collect();
@@ -283,7 +303,8 @@ pub fn horizon_and_seq(table: &Table, topic: &str) -> (Option<i64>, u64) {
 mod tests {
     use super::*;
 
-    /// The builds of a commit's rows, once each, sorted; record rows and empty commits name none.
+    /// The builds of a commit's rows with their parameters, once each, sorted; record rows and empty
+    /// commits name none.
     #[test]
     fn plugins_lists_the_builds_of_the_committed_rows() {
         use crate::sink::schema::{MetricRecord, metrics_batch};
@@ -293,7 +314,7 @@ mod tests {
             campaign_id: "c".into(),
             ad_id: None,
             dimensions: None,
-            plugin_params: None,
+            plugin_params: (plugin == "reach").then(|| r#"{"window":"minute"}"#.into()),
             metric: metric.into(),
             value: 0.0,
             numerator: 0.0,
@@ -315,19 +336,31 @@ mod tests {
             row("cvr", "0.1.0", "cc", "cvr"),
             row("ctr", "0.1.0", "aa", "ctr"),
             row("ctr", "9", "rr", crate::restate::RECORD_METRIC),
+            row("reach", "0.1.0", "dd", "reach"),
+            row("reach", "0.1.0", "dd", "frequency"),
         ];
+        // The same build under another parameter set (a configuration change) in the same commit.
+        let mut day = row("reach", "0.1.0", "dd", "reach");
+        day.plugin_params = Some(r#"{"exact_threshold":"10","window":"day"}"#.into());
         let mut props = HashMap::new();
-        encode_plugins(&mut props, &[&metrics_batch(&rows, "s")]);
+        encode_plugins(
+            &mut props,
+            &[&metrics_batch(&rows, "s"), &metrics_batch(&[day], "s")],
+        );
         let got: serde_json::Value = serde_json::from_str(&props[PLUGINS]).unwrap();
         let want = serde_json::json!([
             {"name": "ctr", "version": "0.1.0", "sha256": "aa", "wit": null, "params": {}},
             {"name": "ctr", "version": "0.2.0", "sha256": "bb", "wit": null, "params": {}},
             {"name": "cvr", "version": "0.1.0", "sha256": "cc", "wit": null, "params": {}},
+            {"name": "reach", "version": "0.1.0", "sha256": "dd", "wit": null,
+             "params": {"exact_threshold": "10", "window": "day"}},
+            {"name": "reach", "version": "0.1.0", "sha256": "dd", "wit": null,
+             "params": {"window": "minute"}},
         ]);
         assert_eq!(got, want);
 
         let mut props = HashMap::new();
-        encode_plugins(&mut props, &[&metrics_batch(&rows[5..], "s")]);
+        encode_plugins(&mut props, &[&metrics_batch(&rows[5..6], "s")]);
         encode_plugins(&mut props, &[]);
         assert!(!props.contains_key(PLUGINS));
     }
