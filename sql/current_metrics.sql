@@ -87,12 +87,6 @@
 --   the live one of its name writes its rows with `shadow = true`, for `admetrics plugin diff`.
 --   They are never current values: dropped in `base`. Rows written before the column existed
 --   read NULL (not shadow). Once a shadow is promoted its new revisions are live rows.
--- * BREAKDOWNS: a plugin configured with dimensions (`[plugins.config.NAME] dimensions`) writes,
---   beside each total row (`dimensions` NULL), one row per breakdown cell with the same window,
---   campaign, metric, share and revision and `dimensions` = the cell (`country=DE;device=ios`).
---   This view is the totals': breakdown rows are dropped in `base`. (They are not part of the
---   key: keyed with them, the latest row of a key would be any one of the total and its cells,
---   which tie on revision, and sums over campaigns would count every event twice.)
 --
 -- ad_id is NULL for every metric but the attribution plugins' attributed_revenue, dimensions NULL
 -- on totals: GROUP BY puts NULLs in one group, which is what we want (IS NOT DISTINCT FROM
@@ -130,7 +124,7 @@ WITH base AS MATERIALIZED (
   SELECT window_start, window_end, campaign_id, ad_id, plugin, dimensions, metric, stream,
          kafka_partition, revision, numerator, denominator, is_final, withheld, restatement
   FROM campaign_metrics
-  WHERE shadow IS NOT TRUE AND dimensions IS NULL),
+  WHERE shadow IS NOT TRUE),
 promoted AS (
   SELECT restatement, plugin, window_start AS period_start, window_end AS period_end
   FROM base
