@@ -189,7 +189,9 @@ impl EventGen {
         let time = chrono::DateTime::from_timestamp_millis(t_ms)
             .expect("valid time")
             .format("%Y-%m-%dT%H:%M:%S%.3fZ");
-        let device = DEVICES[(user % 3) as usize];
+        // A user's device and country are fixed, and independent of each other (all 18
+        // pairs occur), so a country × device breakdown has its full width.
+        let device = DEVICES[(user / 6 % 3) as usize];
         let country = COUNTRIES[(user % 6) as usize];
         let placement = PLACEMENTS[self.rng.usize(0..PLACEMENTS.len())];
         let key = format!("user-{user:07}");
