@@ -401,6 +401,20 @@ impl Processor {
             .sum()
     }
 
+    /// Bytes of the plugins' accumulators in open windows, per plugin name, over owned
+    /// partitions (the window part of `state_bytes`; for the benchmark's state report).
+    pub fn accumulator_bytes(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for w in self.tasks.values().flat_map(|t| t.windows.values()) {
+            for (v, acc) in &w.accs {
+                if let (Some(acc), Some(slot)) = (acc, self.registry.slot(*v)) {
+                    *out.entry(slot.plugin.info.name.clone()).or_default() += acc.len();
+                }
+            }
+        }
+        out
+    }
+
     /// Processes one message. Never fails: a bad message becomes a dead letter.
     #[inline]
     pub fn process(&mut self, m: RawMessage<'_>, clock: &Clock) {
