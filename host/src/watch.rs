@@ -482,6 +482,7 @@ const RESTART_ICEBERG: &str = "the catalog and tables are opened once; offsets a
 const RESTART_COMMIT: &str = "read by the ingest loop and the sink at start-up; restart to apply";
 const RESTART_DEDUP: &str =
     "the remembered ids are loaded for the horizon at start-up; restart to apply";
+const RESTART_CURRENCY: &str = "the rates are read at start-up (open windows hold amounts converted at them); restart to apply";
 const RESTART_HTTP: &str = "the listener is bound at start-up; restart to apply";
 
 /// Sorts every key of a config change into applied (live) or refused (restart to apply).
@@ -587,6 +588,7 @@ fn classify(old: &Config, new: &Config) -> Changes {
                 max_ids: _,
             },
         http: crate::config::HttpConfig { listen: _ },
+        currency: _,
         source_path: _,
     } = new;
 
@@ -695,6 +697,8 @@ fn classify(old: &Config, new: &Config) -> Changes {
     restart!("dedup.max_ids", RESTART_DEDUP, dedup.max_ids);
 
     restart!("http.listen", RESTART_HTTP, http.listen);
+
+    restart!("currency", RESTART_CURRENCY, currency);
     c
 }
 
@@ -798,6 +802,7 @@ mod tests {
                 c.commit.target_file_bytes += 1
             }),
             ("commit.max_rows", |c| c.commit.max_rows += 1),
+            ("currency", |c| c.currency.reporting = "EUR".into()),
             ("commit.shutdown_timeout_ms", |c| {
                 c.commit.shutdown_timeout_ms += 1
             }),
