@@ -135,19 +135,22 @@ fn conversions_are_summed_in_the_reporting_currency_and_rate_less_ones_dead_lett
         .output()
         .unwrap();
     assert!(o.status.success(), "run --file:\n{}", output_text(&o));
-    let out = run_python(
-        "verify_currency.py",
-        &[
-            "--events".into(),
-            events.display().to_string(),
-            "--config".into(),
-            cfg.display().to_string(),
-            "--catalog".into(),
-            format!("{}/catalog.db", d.display()),
-            "--warehouse".into(),
-            format!("{}/warehouse", d.display()),
-        ],
-    );
+    let verify = || {
+        run_python(
+            "verify_currency.py",
+            &[
+                "--events".into(),
+                events.display().to_string(),
+                "--config".into(),
+                cfg.display().to_string(),
+                "--catalog".into(),
+                format!("{}/catalog.db", d.display()),
+                "--warehouse".into(),
+                format!("{}/warehouse", d.display()),
+            ],
+        )
+    };
+    let out = verify();
     println!("{out}");
     // The figures the reader found, against the ones worked out by hand above.
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
@@ -182,4 +185,42 @@ fn conversions_are_summed_in_the_reporting_currency_and_rate_less_ones_dead_lett
             .all(|k| !k.contains("camp-x")),
         "{rev}"
     );
+
+    // A restatement sums `revenue` as the daemon converted it: with another reporting currency
+    // it refuses, naming the currency; with the same one it runs, and its rows carry it (the
+    // reader checks every row again).
+    let restate = |cfg: &std::path::Path| {
+        admetrics()
+            .args(["restate", "--config"])
+            .arg(cfg)
+            .arg("--plugin")
+            .arg(wasm("attribution"))
+            .args([
+                "--from",
+                "2026-01-01T23:59:00Z",
+                "--to",
+                "2026-01-02T00:02:00Z",
+            ])
+            .output()
+            .unwrap()
+    };
+    let eur_cfg = d.join("eur.toml");
+    std::fs::write(
+        &eur_cfg,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("reporting = \"USD\"", "reporting = \"EUR\"")
+            .replace("EUR = 1.08", "USD = 0.93")
+            .replace("EUR = 1.1", "USD = 0.91"),
+    )
+    .unwrap();
+    let o = restate(&eur_cfg);
+    let text = output_text(&o);
+    assert!(
+        !o.status.success() && text.contains("not in the reporting currency EUR"),
+        "{text}"
+    );
+    let o = restate(&cfg);
+    assert!(o.status.success(), "{}", output_text(&o));
+    println!("{}", verify());
 }

@@ -12,7 +12,8 @@ before the event's UTC day, if that entry lists it; converted micros = round hal
 micros x rate. A conversion without a rate is a dead letter `unknown_currency` whose detail names
 the currency and the day, and counts nowhere. Checked:
 
-* every metric row (all revisions) carries the reporting currency in `currency`;
+* every metric row (all revisions, restated rows too) carries the reporting currency in
+  `currency`, restatement records ('$restatement') NULL;
 * the current `revenue` of every (window, campaign) is the sum of its converted conversions, to
   the micro, and the current `cvr` counts exactly the converted conversions;
 * campaign_events holds every accepted line once: conversions with `revenue` converted,
@@ -112,10 +113,14 @@ def main():
     # ---- campaign_metrics: every row labelled, current values equal to the reference
     metrics = cat.load_table("ads.campaign_metrics").scan().to_arrow()
     labels = defaultdict(int)
-    for c in metrics.column("currency").to_pylist():
-        labels[c] += 1
-    check(dict(labels) == {reporting: metrics.num_rows},
-          f"campaign_metrics.currency: want {reporting} on all {metrics.num_rows} rows, got {dict(labels)}")
+    for m, c in zip(metrics.column("metric").to_pylist(), metrics.column("currency").to_pylist()):
+        labels[(m == "$restatement", c)] += 1
+    values = sum(n for (record, _), n in labels.items() if not record)
+    records = sum(n for (record, _), n in labels.items() if record)
+    want_labels = {k: v for k, v in {(False, reporting): values, (True, None): records}.items() if v}
+    check(dict(labels) == want_labels,
+          f"campaign_metrics.currency: want {reporting} on every value row and NULL on restatement records, "
+          f"got (is record, currency) -> rows {dict(labels)}")
     got_revenue, got_conversions = {}, {}
     for r in current_metrics_rows(metrics):
         check(r["is_final"] and not r["withheld"], f"{r} not final or withheld")
@@ -148,9 +153,9 @@ def main():
     con.execute("SET TimeZone = 'UTC'")
     con.register("campaign_events", events)
     recomputed = {
-        (int(ws.timestamp() * 1000), c): int(s * 1_000_000)
+        (ws, c): int(s * 1_000_000)
         for ws, c, s in con.execute(
-            f"SELECT time_bucket(INTERVAL '{a.window_secs} seconds', event_time) AS ws, campaign_id, sum(revenue) "
+            f"SELECT epoch_ms(event_time) // {size_ms} * {size_ms} AS ws, campaign_id, sum(revenue) "
             "FROM campaign_events WHERE event_type = 'conversion' AND NOT is_duplicate GROUP BY ALL").fetchall()}
     check(recomputed == got_revenue, f"revenue recomputed from campaign_events {recomputed} != metrics {got_revenue}")
 
