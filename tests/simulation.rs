@@ -170,10 +170,10 @@ fn random_event(
 }
 
 /// `ev`'s JSON with one to four random edits (byte flips, deletions, insertions of JSON-ish or
-/// arbitrary bytes, truncation, repeats). What the model expects of it is the decoder's verdict
-/// with the time bounds off (the bounds only refuse more, and an event whose time an edit
-/// changed is not used): refused → a dead letter; accepted as exactly `ev` (whitespace, an
-/// unknown key, a changed currency) → `ev`; accepted as another event → `ev` undamaged
+/// arbitrary bytes, truncation, repeats). What the model expects of it is the verdict of the
+/// decoder and the currency conversion with the time bounds off (the bounds only refuse more,
+/// and an event whose time an edit changed is not used): refused → a dead letter; accepted as exactly `ev` (whitespace, an
+/// unknown key) → `ev`; accepted as another event → `ev` undamaged
 /// instead, since such an event may be late or out of bounds, which the model does not follow.
 fn mutated(rng: &mut fastrand::Rng, ev: Ev) -> Msg {
     use admetrics::event::{EventKind, TimeBounds, ValidationConfig, decode};
@@ -206,7 +206,11 @@ fn mutated(rng: &mut fastrand::Rng, ev: Ev) -> Msg {
         time_bounds: TimeBounds::Off,
         ..Default::default()
     };
-    let same = match decode(&b, 0, &limits) {
+    // The processor converts a conversion's revenue right after decoding: an edit that changed
+    // its currency (to a code with no rate: the default config has USD only) makes it a dead
+    // letter (`unknown_currency`) too.
+    let rates = admetrics::currency::Rates::new(&Default::default());
+    let same = match decode(&b, 0, &limits).and_then(|d| rates.apply(d)) {
         Err(_) => {
             return Msg {
                 payload: b,

@@ -26,8 +26,8 @@ campaign (dimensions NULL) and one per campaign and cell (canonical `col=value;.
 sorted by name, exactly the listed ones) with any event of the metric's two kinds, numerator and
 denominator the counts of those kinds. Every row final, not withheld, no ad_id. From the rows
 alone: per window, campaign and share the cells sum to the total. The current-value view
-(sql/current_metrics.sql) over the plugin's rows, in table order and reversed, gives the totals,
-not a cell (its key has no dimensions). --expect-folded: some cell reads `other` (the input
+(sql/current_metrics.sql) over the plugin's rows, in table order and reversed, filtered to
+`dimensions IS NULL`, gives the totals (its key has the dimensions: a cell is a key of its own). --expect-folded: some cell reads `other` (the input
 must exceed the limit); --expect-unfolded: none does. --folded-values N: the event values this
 plugin saw folded (per event, per listed column; events of every kind, as the host hands them
 all to the plugin) are N, e.g. the host's `dimension_values_folded` of a run where only this
@@ -224,7 +224,7 @@ def breakdown(a):
             want_view[(ws, c)][1] += dd
     for label, table in (("table order", mine), ("reversed", mine.take(pa.array(range(mine.num_rows - 1, -1, -1))))):
         view = {}
-        cur = current_metrics(table)
+        cur = current_metrics(table, where="dimensions IS NULL")
         for ws, r in zip(cur.column("window_start").cast(pa.int64()).to_pylist(), cur.to_pylist()):
             view[(ws // 1000, r["campaign_id"])] = (r["numerator"], r["denominator"])
         bad = [(k, view.get(k), tuple(v)) for k, v in want_view.items() if view.get(k) != tuple(v)]

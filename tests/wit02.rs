@@ -550,7 +550,9 @@ fn reach_on_campaign_days_across_midnight_and_a_daylight_saving_change() {
     // 04:58-05:03 UTC on 2026-03-08: midnight in New York (EST, UTC-5) falls inside it, and the
     // New York day that starts then is 23 hours long (clocks go forward at 02:00 local). Then 15
     // impressions of new users at 05:01:00.5, after the watermark closed that host minute (late
-    // for the minute windows) but inside every campaign's open day window.
+    // for the minute windows) but inside every campaign's open day window. `run --file` reads
+    // faster than its commit interval: reads of 100 events and `max_rows` make it tick (and
+    // advance the watermark) every 200 rows, as a daemon does every interval.
     let events = d.join("events.jsonl");
     let mut args = traffic("26");
     args.extend(["--start-time", "2026-03-08T04:58:00Z"]);
@@ -571,7 +573,8 @@ fn reach_on_campaign_days_across_midnight_and_a_daylight_saving_change() {
         d,
         &[wasm("reach"), wasm("ctr")],
         "[plugins.config.ctr]\ndimensions = [\"country\"]\n\
-         [campaigns]\ntime_zones = { \"campaign-000\" = \"America/New_York\", \"campaign-001\" = \"Asia/Kolkata\" }\n",
+         [campaigns]\ntime_zones = { \"campaign-000\" = \"America/New_York\", \"campaign-001\" = \"Asia/Kolkata\" }\n\
+         [kafka]\nbatch_size = 100\n[commit]\nmax_rows = 200\n",
     );
     run_ok(&cfg, &events);
     progress("file run with reach on day windows committed");

@@ -154,7 +154,15 @@ fn run_processor_with(
 ) -> (Took, Processor) {
     let paths = if plugins { plugin_paths() } else { vec![] };
     let status = Arc::new(Status::default());
-    run(payloads, |offset| (offset % 4) as i32, cfg, &paths, tables, shadows, status)
+    run(
+        payloads,
+        |offset| (offset % 4) as i32,
+        cfg,
+        &paths,
+        tables,
+        shadows,
+        status,
+    )
 }
 
 /// Runs `payloads` through a processor with the plugins at `paths` (configured by `cfg`), event

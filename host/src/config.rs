@@ -42,6 +42,9 @@ pub struct Config {
     pub dedup: DedupConfig,
     pub http: HttpConfig,
     pub campaigns: CampaignsConfig,
+    /// `[currency]`: the reporting currency and the rates conversions are converted at (see
+    /// `crate::currency`; validated as it is read).
+    pub currency: crate::currency::CurrencyConfig,
     /// The file this configuration was loaded from (watched for live changes).
     #[serde(skip)]
     pub source_path: Option<PathBuf>,
@@ -789,6 +792,51 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("window.size_secs"), "{err}");
+    }
+
+    /// `[currency]`: strict, errors name the key; the environment overrides the reporting
+    /// currency; the shipped default config loads (USD, no rates).
+    #[test]
+    fn currency_section_is_strict_and_names_the_key() {
+        let text = format!(
+            "{MIN}[currency]\nreporting = \"USD\"\n[[currency.rates]]\ndate = \"2026-01-01\"\nEUR = 1.08\n"
+        );
+        let c = Config::from_toml(&text, "t", Path::new("/"), []).unwrap();
+        assert_eq!(c.currency.reporting, "USD");
+        assert_eq!(c.currency.rates[0].rate_micros["EUR"], 1_080_000);
+        let env = [(
+            "ADMETRICS__CURRENCY__REPORTING".to_string(),
+            "\"EUR\"".to_string(),
+        )];
+        let err = Config::from_toml(&text, "t", Path::new("/"), env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("currency.rates[0].EUR") && err.contains("converts at 1"),
+            "{err}"
+        );
+        for (bad, key) in [
+            ("EUR = 1.08", "EUR = 1.0800001"),
+            ("date = \"2026-01-01\"", "date = \"01/01/2026\""),
+        ] {
+            let err = Config::from_toml(&text.replace(bad, key), "t", Path::new("/"), [])
+                .unwrap_err()
+                .to_string();
+            let name = key.split(' ').next().unwrap();
+            assert!(err.contains(&format!("currency.rates[0].{name}")), "{err}");
+        }
+        let err = Config::from_toml(
+            &format!("{MIN}[currency]\nreportin = \"USD\"\n"),
+            "t",
+            Path::new("/"),
+            [],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("reportin"), "{err}");
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/default.toml");
+        let c = Config::load(&shipped).unwrap();
+        assert_eq!(c.currency, crate::currency::CurrencyConfig::default());
     }
 
     #[test]

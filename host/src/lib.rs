@@ -16,6 +16,7 @@
 //! | [`diff`]    | `admetrics plugin diff`: a shadow plugin's rows against the live version's |
 //! | [`restate`] | a period recomputed from `campaign_events` by another plugin build;   |
 //! |             | promote / rollback of what readers see                                 |
+//! | [`currency`]| conversions' revenue → the reporting currency, by a dated rates table |
 //! | [`config`]  | TOML configuration with env overrides and strict keys                  |
 //! | [`watch`]   | hot reload: plugin files and config watched, compiled off the event path |
 //!
@@ -24,6 +25,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod currency;
 pub mod dedup;
 pub mod diff;
 pub mod fault;

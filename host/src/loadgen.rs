@@ -349,7 +349,10 @@ mod tests {
         for i in 0..20_000 {
             let (key, json) = g.next(1_700_000_000_000 + i);
             let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-            let pair = (v["device"].as_str().unwrap().to_string(), v["country"].as_str().unwrap().to_string());
+            let pair = (
+                v["device"].as_str().unwrap().to_string(),
+                v["country"].as_str().unwrap().to_string(),
+            );
             assert_eq!(of_user.entry(key).or_insert_with(|| pair.clone()), &pair);
             pairs.insert(pair);
         }

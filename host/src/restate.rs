@@ -504,7 +504,7 @@ pub async fn restate(
         resumed, "restatement started");
 
     let t = Instant::now();
-    let input = read_events(sink.events_table(), &record).await?;
+    let input = read_events(sink.events_table(), &record, &cfg.currency.reporting).await?;
     report.read = t.elapsed();
     report.events_read = input.rows;
 
@@ -751,6 +751,9 @@ impl Input {
             } else {
                 0
             },
+            // Not read: the plugins get `revenue`, already in the reporting currency (checked
+            // in `read_events`).
+            original_revenue_micros: 0,
             currency: None,
             device: None,
             country: None,
@@ -762,7 +765,16 @@ impl Input {
 /// Reads the events `record` needs at its pinned snapshot: the period, and the clicks of the
 /// lookback before it. Copies are left out (they count nowhere); so are events of the lookback
 /// other than clicks (only clicks are touchpoints).
-async fn read_events(events: &Table, record: &Record) -> Result<Input, RestateError> {
+///
+/// The plugins get each conversion's `revenue` as the daemon converted it (`crate::currency`),
+/// and the rows are labelled `reporting`: a conversion whose `revenue` is in another currency
+/// (`revenue_currency`, or `currency` on rows written before conversion existed) is refused
+/// with its coordinates rather than summed with the others.
+async fn read_events(
+    events: &Table,
+    record: &Record,
+    reporting: &str,
+) -> Result<Input, RestateError> {
     use futures::TryStreamExt;
     use iceberg::expr::Reference;
     use iceberg::spec::Datum;
@@ -770,22 +782,35 @@ async fn read_events(events: &Table, record: &Record) -> Result<Input, RestateEr
     let lo_ms = record
         .from_ms
         .saturating_sub(record.lookback_secs as i64 * 1000);
+    // iceberg-rust scans a snapshot with the schema it was written with: `revenue_currency`
+    // only where that schema has it.
+    let revenue_currency = crate::sink::schema::REVENUE_CURRENCY_COLUMN;
+    let has_revenue_currency = events
+        .metadata()
+        .snapshot_by_id(record.events_snapshot)
+        .and_then(|s| s.schema(events.metadata()).ok())
+        .is_some_and(|s| s.field_by_name(revenue_currency).is_some());
+    let mut columns = vec![
+        "event_type",
+        "event_time",
+        "campaign_id",
+        "ad_id",
+        "user_id",
+        "revenue",
+        "kafka_partition",
+        "kafka_offset",
+        "is_late",
+        "is_duplicate",
+        crate::sink::schema::STREAM_COLUMN,
+        "currency",
+    ];
+    if has_revenue_currency {
+        columns.push(revenue_currency);
+    }
     let scan = events
         .scan()
         .snapshot_id(record.events_snapshot)
-        .select([
-            "event_type",
-            "event_time",
-            "campaign_id",
-            "ad_id",
-            "user_id",
-            "revenue",
-            "kafka_partition",
-            "kafka_offset",
-            "is_late",
-            "is_duplicate",
-            crate::sink::schema::STREAM_COLUMN,
-        ])
+        .select(columns)
         .with_filter(
             Reference::new("event_time")
                 .greater_than_or_equal_to(Datum::timestamptz_micros(lo_ms * 1000))
@@ -824,6 +849,10 @@ async fn read_events(events: &Table, record: &Record) -> Result<Input, RestateEr
         let dups = dups.as_boolean();
         let streams = col(crate::sink::schema::STREAM_COLUMN);
         let streams = streams.as_string::<i32>();
+        let currencies = col("currency");
+        let currencies = currencies.as_string::<i32>();
+        let revenue_currencies = has_revenue_currency.then(|| col(revenue_currency));
+        let revenue_currencies = revenue_currencies.as_ref().map(|a| a.as_string::<i32>());
         let batch = input.batches.len() as u32;
         input.rows += b.num_rows() as u64;
         // The stream column is one value per file in practice: look it up once per run of rows.
@@ -838,6 +867,26 @@ async fn read_events(events: &Table, record: &Record) -> Result<Input, RestateEr
             }
             if t_us < record.from_ms * 1000 && c.kind.value(i) != "click" {
                 continue;
+            }
+            if c.kind.value(i) == "conversion" {
+                let written = revenue_currencies
+                    .filter(|a| a.is_valid(i))
+                    .map(|a| a.value(i));
+                let sent = currencies.is_valid(i).then(|| currencies.value(i));
+                if let Some(other) = written.or(sent).filter(|&c| c != reporting) {
+                    return Err(RestateError::Invalid(format!(
+                        "campaign_events holds a conversion (partition {}, offset {}) whose revenue \
+                         is in {other}{}, not in the reporting currency {reporting}: restate with \
+                         [currency] reporting = \"{other}\", or over a period without it",
+                        parts.value(i),
+                        offs.value(i),
+                        if written.is_none() {
+                            " (written before currency conversion, never converted)"
+                        } else {
+                            ""
+                        }
+                    )));
+                }
             }
             let s = streams.is_valid(i).then(|| streams.value(i));
             let sid = match last {
@@ -949,6 +998,8 @@ fn record_batch(actions: &[(RecordRow, i64)], revision: i64) -> RecordBatch {
                 computed_at_ms: now_ms,
                 withheld: true,
                 shadow: false,
+                // A record, not a value: no currency.
+                currency: None,
             };
             metrics_batch_of(std::slice::from_ref(&row), None, Some(&r.id))
         })

@@ -490,6 +490,7 @@ const RESTART_ICEBERG: &str = "the catalog and tables are opened once; offsets a
 const RESTART_COMMIT: &str = "read by the ingest loop and the sink at start-up; restart to apply";
 const RESTART_DEDUP: &str =
     "the remembered ids are loaded for the horizon at start-up; restart to apply";
+const RESTART_CURRENCY: &str = "the rates are read at start-up (open windows hold amounts converted at them); restart to apply";
 const RESTART_HTTP: &str = "the listener is bound at start-up; restart to apply";
 
 /// Sorts every key of a config change into applied (live) or refused (restart to apply).
@@ -603,6 +604,7 @@ fn classify(old: &Config, new: &Config) -> Changes {
                 default_time_zone: _,
                 time_zones: _,
             },
+        currency: _,
         source_path: _,
     } = new;
 
@@ -725,6 +727,8 @@ fn classify(old: &Config, new: &Config) -> Changes {
         campaigns.default_time_zone
     );
     restart!("campaigns.time_zones", RESTART_WINDOW, campaigns.time_zones);
+
+    restart!("currency", RESTART_CURRENCY, currency);
     c
 }
 
@@ -828,6 +832,7 @@ mod tests {
                 c.commit.target_file_bytes += 1
             }),
             ("commit.max_rows", |c| c.commit.max_rows += 1),
+            ("currency", |c| c.currency.reporting = "EUR".into()),
             ("commit.shutdown_timeout_ms", |c| {
                 c.commit.shutdown_timeout_ms += 1
             }),

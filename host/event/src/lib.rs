@@ -41,8 +41,15 @@ pub struct Event<'a> {
     pub campaign_id: Cow<'a, str>,
     pub ad_id: Cow<'a, str>,
     pub user_id: Cow<'a, str>,
-    /// Conversion revenue in millionths of the currency unit; 0 for other kinds.
+    /// Conversion revenue in millionths of a currency unit; 0 for other kinds. As decoded it is
+    /// the amount sent, in `currency`; the host converts it to its reporting currency before
+    /// the event goes any further (`admetrics::currency::Rates::apply`), so from then on it is
+    /// the reporting-currency amount that plugins sum and `campaign_events.revenue` stores.
     pub revenue_micros: i64,
+    /// The revenue as sent, in millionths of `currency`: equal to `revenue_micros` as decoded,
+    /// kept when `revenue_micros` is converted (`campaign_events.original_revenue`).
+    pub original_revenue_micros: i64,
+    /// The currency of the original revenue (ISO 4217 code; required on conversions).
     pub currency: Option<Cow<'a, str>>,
     pub device: Option<Cow<'a, str>>,
     pub country: Option<Cow<'a, str>>,
@@ -66,10 +73,13 @@ pub enum Reason {
     UnknownEventType,
     NegativeRevenue,
     TimeOutOfRange,
+    /// A conversion in a currency with no rate to the reporting currency for its date (set by
+    /// the host's conversion, `admetrics::currency`, not by [`decode`]).
+    UnknownCurrency,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::Oversized,
         Reason::MalformedJson,
         Reason::MissingField,
@@ -77,6 +87,7 @@ impl Reason {
         Reason::UnknownEventType,
         Reason::NegativeRevenue,
         Reason::TimeOutOfRange,
+        Reason::UnknownCurrency,
     ];
 
     pub fn code(self) -> &'static str {
@@ -88,6 +99,7 @@ impl Reason {
             Reason::UnknownEventType => "unknown_event_type",
             Reason::NegativeRevenue => "negative_revenue",
             Reason::TimeOutOfRange => "time_out_of_range",
+            Reason::UnknownCurrency => "unknown_currency",
         }
     }
 }
@@ -341,6 +353,7 @@ fn decode_with<'a>(
         ad_id: w.ad_id,
         user_id: w.user_id,
         revenue_micros,
+        original_revenue_micros: revenue_micros,
         currency: w.currency,
         device: w.device,
         country: w.country,

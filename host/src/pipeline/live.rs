@@ -92,6 +92,7 @@ mod tests {
             ad_id: metric.eq("attributed_revenue").then(|| "a".into()),
             dimensions: dims.map(Into::into),
             plugin_params: None,
+            currency: None,
             metric: metric.into(),
             value: if metric == "ctr" { num / den } else { num },
             numerator: num,

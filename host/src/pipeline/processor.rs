@@ -16,6 +16,7 @@ pub use super::registry::PluginSpec;
 use super::registry::{Promotion, Registry, Slot};
 use super::task::{Needs, Task, Window};
 use crate::config::Config;
+use crate::currency::Rates;
 use crate::dedup::{Delivery, SeenIds};
 use crate::event::{self, EventKind};
 use crate::plugin::Span;
@@ -84,6 +85,8 @@ pub struct Processor {
     size_ms: i64,
     lateness_ms: i64,
     validation: crate::config::ValidationConfig,
+    /// Conversions' revenue → the reporting currency (applied right after decoding).
+    rates: Rates,
     /// The loaded plugin versions and the active set (see `registry`).
     registry: Registry,
     /// Per window start: the versions the first of this member's partitions to open it opened
@@ -147,6 +150,7 @@ impl Processor {
             size_ms: cfg.window_size_ms(),
             lateness_ms: cfg.window.allowed_lateness_ms as i64,
             validation: cfg.validation.clone(),
+            rates: Rates::new(&cfg.currency),
             registry: Registry::new(
                 plugins,
                 cfg.plugins.quarantine_after,
@@ -166,7 +170,7 @@ impl Processor {
             handoff_dead_letter_floors: BTreeMap::new(),
             dedup_horizon_secs: cfg.dedup.horizon_secs,
             dedup_max_ids: cfg.dedup.max_ids,
-            events: EventsBuffer::new(&cfg.stream()),
+            events: EventsBuffer::new(&cfg.stream()).with_revenue_currency(&cfg.currency.reporting),
             dead: DeadLetterBuffer::new(),
             lookback_ms: cfg.attribution.lookback_secs as i64 * 1000,
             produced_at: Vec::new(),
@@ -461,7 +465,9 @@ impl Processor {
         }
         let ingest_us = clock.now_ms * 1000;
         let payload = m.payload.unwrap_or_default();
-        let ev = match event::decode(payload, clock.now_ms, &self.validation) {
+        let ev = match event::decode(payload, clock.now_ms, &self.validation)
+            .and_then(|ev| self.rates.apply(ev))
+        {
             Ok(ev) => ev,
             // Already in dead_letters: committed before the events table, so this holds for
             // replayed messages and for the first ones above the events floor alike.
@@ -937,6 +943,7 @@ impl Processor {
                                     computed_at_ms: clock.now_ms,
                                     withheld: false,
                                     shadow: slot.shadow,
+                                    currency: Some(self.rates.reporting_shared()),
                                 })
                             })
                             .collect::<Result<Vec<_>, PluginError>>()
@@ -1001,6 +1008,7 @@ impl Processor {
                                 computed_at_ms: clock.now_ms,
                                 withheld: true,
                                 shadow: slot.shadow,
+                                currency: Some(self.rates.reporting_shared()),
                             });
                         }
                     }

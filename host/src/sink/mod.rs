@@ -155,6 +155,7 @@ fn events_props() -> WriterProperties {
         "country",
         "placement",
         schema::STREAM_COLUMN,
+        schema::REVENUE_CURRENCY_COLUMN,
     ] {
         b = b.set_column_dictionary_enabled(ColumnPath::from(column), true);
     }
@@ -1056,17 +1057,9 @@ mod tests {
             .as_struct()
             .fields()
             .iter()
-            // The release before `stream` had no `restatement` either.
-            .filter(|f| {
-                ![
-                    schema::STREAM_COLUMN,
-                    schema::RESTATEMENT_COLUMN,
-                    schema::SHADOW_COLUMN,
-                    schema::DIMENSIONS_COLUMN,
-                    schema::PLUGIN_PARAMS_COLUMN,
-                ]
-                .contains(&f.name.as_str())
-            })
+            // The release before `stream` had none of the columns appended after it
+            // (`restatement`, `shadow`, the currency columns) either.
+            .filter(|f| f.id < schema::STREAM_FIELD_ID)
             .cloned()
             .collect();
         iceberg::spec::Schema::builder()
@@ -1095,15 +1088,7 @@ mod tests {
             .as_struct()
             .fields()
             .iter()
-            .filter(|f| {
-                ![
-                    schema::RESTATEMENT_COLUMN,
-                    schema::SHADOW_COLUMN,
-                    schema::DIMENSIONS_COLUMN,
-                    schema::PLUGIN_PARAMS_COLUMN,
-                ]
-                .contains(&f.name.as_str())
-            })
+            .filter(|f| f.id < schema::RESTATEMENT_FIELD_ID)
             .cloned()
             .collect();
         let old_schema = iceberg::spec::Schema::builder()
@@ -1135,11 +1120,9 @@ mod tests {
             computed_at_ms: 0,
             withheld: false,
             shadow: false,
+            currency: None,
         };
-        let rb = schema::metrics_batch(&[row], "s");
-        let rb = rb
-            .project(&(0..rb.num_columns() - 4).collect::<Vec<_>>())
-            .unwrap();
+        let rb = project_to(schema::metrics_batch(&[row], "s"), &old);
         let catalog = Arc::new(fence::FencingCatalog::new(catalog));
         let old_sink = IcebergSink {
             events: old.clone(),
@@ -1183,6 +1166,10 @@ mod tests {
         for (name, id) in [
             (schema::DIMENSIONS_COLUMN, schema::DIMENSIONS_FIELD_ID),
             (schema::PLUGIN_PARAMS_COLUMN, schema::PLUGIN_PARAMS_FIELD_ID),
+            (
+                schema::METRICS_CURRENCY_COLUMN,
+                schema::METRICS_CURRENCY_FIELD_ID,
+            ),
         ] {
             let f = sink
                 .metrics
@@ -1202,6 +1189,7 @@ mod tests {
                 schema::SHADOW_COLUMN,
                 schema::DIMENSIONS_COLUMN,
                 schema::PLUGIN_PARAMS_COLUMN,
+                schema::METRICS_CURRENCY_COLUMN,
             ])
             .build()
             .unwrap()
@@ -1222,6 +1210,20 @@ mod tests {
             1,
             "of a plugin without params"
         );
+        assert_eq!(
+            batches[0].column(5).null_count(),
+            1,
+            "in no stated currency"
+        );
+    }
+
+    /// `rb` with only the columns `table` has: a batch as the release that wrote the table did.
+    fn project_to(rb: RecordBatch, table: &Table) -> RecordBatch {
+        let have = table.metadata().current_schema();
+        let keep: Vec<usize> = (0..rb.num_columns())
+            .filter(|&i| have.field_by_name(rb.schema().field(i).name()).is_some())
+            .collect();
+        rb.project(&keep).unwrap()
     }
 
     fn event(id: &str, time_ms: i64) -> Event<'_> {
@@ -1233,6 +1235,7 @@ mod tests {
             ad_id: "a".into(),
             user_id: "u".into(),
             revenue_micros: 0,
+            original_revenue_micros: 0,
             currency: None,
             device: None,
             country: None,
@@ -1253,9 +1256,7 @@ mod tests {
         buf.push(&event(id, t), 0, offset, t * 1000, false, false);
         let (day, mut rb) = buf.take().pop().unwrap();
         if legacy {
-            rb = rb
-                .project(&(0..rb.num_columns() - 1).collect::<Vec<_>>())
-                .unwrap();
+            rb = project_to(rb, &sink.events);
         }
         let files = sink
             .write(&sink.events, Some(day), &rb, offset as u64)
@@ -1266,6 +1267,253 @@ mod tests {
             .append(&events, files, HashMap::new(), &BTreeMap::new(), false)
             .await
             .unwrap();
+    }
+
+    /// Tables written by the release before currency conversion (`campaign_events` without
+    /// `original_revenue` and `revenue_currency`, `campaign_metrics` without `currency`) gain
+    /// the columns in place with the field ids the writers use. Their rows stay and read NULL
+    /// there (an old conversion's `revenue` is as sent, in `currency`); rows written after carry
+    /// the converted amount, the original and both currencies.
+    #[tokio::test]
+    async fn tables_of_the_release_before_currencies_gain_the_currency_columns_in_place() {
+        use arrow_array::Array;
+        use arrow_array::cast::AsArray;
+        use arrow_array::types::Decimal128Type;
+        use futures::TryStreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = IcebergConfig {
+            catalog_uri: format!("sqlite:{}/catalog.db", dir.path().display()),
+            warehouse: dir.path().join("warehouse"),
+            ..Default::default()
+        };
+        let catalog = Arc::new(fence::FencingCatalog::new(
+            open_catalog(&cfg).await.unwrap(),
+        ));
+        let ns = NamespaceIdent::new(cfg.namespace.clone());
+        catalog.create_namespace(&ns, HashMap::new()).await.unwrap();
+        let up_to = |s: iceberg::spec::Schema, last: i32| {
+            iceberg::spec::Schema::builder()
+                .with_schema_id(0)
+                .with_fields(
+                    s.as_struct()
+                        .fields()
+                        .iter()
+                        .filter(|f| f.id <= last)
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                )
+                .build()
+                .unwrap()
+        };
+        let mut old = IcebergSink {
+            events: ensure_table(
+                catalog.as_ref(),
+                &ns,
+                EVENTS_TABLE,
+                up_to(schema::events_schema(), schema::STREAM_FIELD_ID),
+                Some(schema::events_partition_spec()),
+            )
+            .await
+            .unwrap(),
+            metrics: ensure_table(
+                catalog.as_ref(),
+                &ns,
+                METRICS_TABLE,
+                up_to(schema::metrics_schema(), schema::SHADOW_FIELD_ID),
+                None,
+            )
+            .await
+            .unwrap(),
+            dead_letters: ensure_table(
+                catalog.as_ref(),
+                &ns,
+                DEAD_LETTERS_TABLE,
+                schema::dead_letters_schema(),
+                None,
+            )
+            .await
+            .unwrap(),
+            catalog: catalog.clone(),
+            writer_id: "old".into(),
+            topic: "s".into(),
+            target_file_bytes: 1 << 20,
+            props: WriterProperties::default(),
+            events_props: WriterProperties::default(),
+            last_position: None,
+            retrying: false,
+        };
+        for (t, name) in [
+            (&old.events, "original_revenue"),
+            (&old.metrics, "currency"),
+        ] {
+            assert!(t.metadata().current_schema().field_by_name(name).is_none());
+        }
+        let t = 1_767_225_600_000;
+        let conversion = |id: &'static str, revenue_micros, original_revenue_micros| Event {
+            kind: EventKind::Conversion,
+            revenue_micros,
+            original_revenue_micros,
+            currency: Some("EUR".into()),
+            ..event(id, t)
+        };
+        let metric = |currency: Option<&str>| schema::MetricRecord {
+            window_start_ms: t,
+            window_end_ms: t + 60_000,
+            campaign_id: "c".into(),
+            ad_id: None,
+            dimensions: None,
+            plugin_params: None,
+            metric: "revenue".into(),
+            value: 10.0,
+            numerator: 10.0,
+            denominator: 1.0,
+            plugin: "cvr".into(),
+            plugin_version: "0.1.0".into(),
+            plugin_sha256: "x".into(),
+            revision: 1,
+            partition: 0,
+            is_final: true,
+            computed_at_ms: t,
+            withheld: false,
+            shadow: false,
+            currency: currency.map(Into::into),
+        };
+        // What the previous release wrote: EUR 10.00 summed as it came.
+        async fn commit_rows(
+            sink: &mut IcebergSink,
+            buf: &mut schema::EventsBuffer,
+            metrics: RecordBatch,
+            seq: u64,
+        ) {
+            let (day, rb) = buf.take().pop().unwrap();
+            let rb = project_to(rb, &sink.events);
+            let files = sink.write(&sink.events, Some(day), &rb, seq).await.unwrap();
+            let events = sink.events.clone();
+            sink.events = sink
+                .append(&events, files, HashMap::new(), &BTreeMap::new(), false)
+                .await
+                .unwrap();
+            let rb = project_to(metrics, &sink.metrics);
+            let files = sink.write(&sink.metrics, None, &rb, seq).await.unwrap();
+            let metrics = sink.metrics.clone();
+            sink.metrics = sink
+                .append(&metrics, files, HashMap::new(), &BTreeMap::new(), false)
+                .await
+                .unwrap();
+        }
+        let mut buf = schema::EventsBuffer::new("s");
+        buf.push(
+            &conversion("old", 10_000_000, 10_000_000),
+            0,
+            0,
+            0,
+            false,
+            false,
+        );
+        commit_rows(
+            &mut old,
+            &mut buf,
+            schema::metrics_batch(&[metric(None)], "s"),
+            1,
+        )
+        .await;
+
+        let mut sink = IcebergSink::open(&cfg, "s", "w", 1 << 20).await.unwrap();
+        for (t, name, id) in [
+            (
+                &sink.events,
+                schema::ORIGINAL_REVENUE_COLUMN,
+                schema::ORIGINAL_REVENUE_FIELD_ID,
+            ),
+            (
+                &sink.events,
+                schema::REVENUE_CURRENCY_COLUMN,
+                schema::REVENUE_CURRENCY_FIELD_ID,
+            ),
+            (
+                &sink.metrics,
+                schema::METRICS_CURRENCY_COLUMN,
+                schema::METRICS_CURRENCY_FIELD_ID,
+            ),
+        ] {
+            let f = t.metadata().current_schema().field_by_name(name).unwrap();
+            assert_eq!((f.id, f.required), (id, false), "{name}");
+        }
+        // This release: EUR 10.00 converted at 1.08.
+        let mut buf = schema::EventsBuffer::new("s").with_revenue_currency("USD");
+        buf.push(
+            &conversion("new", 10_800_000, 10_000_000),
+            0,
+            1,
+            0,
+            false,
+            false,
+        );
+        commit_rows(
+            &mut sink,
+            &mut buf,
+            schema::metrics_batch(&[metric(Some("USD"))], "s"),
+            2,
+        )
+        .await;
+
+        let read = |t: &Table, cols: &'static [&'static str]| {
+            let t = t.clone();
+            async move {
+                let b: Vec<RecordBatch> = t
+                    .scan()
+                    .select(cols.iter().copied())
+                    .build()
+                    .unwrap()
+                    .to_arrow()
+                    .await
+                    .unwrap()
+                    .try_collect()
+                    .await
+                    .unwrap();
+                arrow_select::concat::concat_batches(&b[0].schema(), &b).unwrap()
+            }
+        };
+        let ev = read(
+            &sink.events,
+            &[
+                "event_id",
+                "revenue",
+                "original_revenue",
+                "currency",
+                "revenue_currency",
+            ],
+        )
+        .await;
+        let mut rows: Vec<[Option<String>; 5]> = (0..ev.num_rows())
+            .map(|i| {
+                std::array::from_fn(|c| {
+                    let col = ev.column(c);
+                    col.is_valid(i).then(|| match c {
+                        1 | 2 => col.as_primitive::<Decimal128Type>().value_as_string(i),
+                        _ => col.as_string::<i32>().value(i).to_string(),
+                    })
+                })
+            })
+            .collect();
+        rows.sort();
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(
+            rows,
+            [
+                [s("new"), s("10.800000"), s("10.000000"), s("EUR"), s("USD")],
+                [s("old"), s("10.000000"), None, s("EUR"), None],
+            ]
+        );
+        let m = read(&sink.metrics, &["revision", "currency"]).await;
+        let mut currencies: Vec<Option<&str>> = {
+            let c = m.column(1).as_string::<i32>();
+            (0..m.num_rows())
+                .map(|i| c.is_valid(i).then(|| c.value(i)))
+                .collect()
+        };
+        currencies.sort();
+        assert_eq!(currencies, [None, Some("USD")]);
     }
 
     /// Issue 14, defect 6: tables written before the `stream` column existed are evolved in

@@ -54,6 +54,29 @@ pub const DIMENSIONS_FIELD_ID: i32 = 20;
 pub const PLUGIN_PARAMS_COLUMN: &str = "plugin_params";
 pub const PLUGIN_PARAMS_FIELD_ID: i32 = 21;
 
+/// Currency columns (see `crate::currency`). Field ids are not ours to pick: a table created
+/// fresh gets ids 1, 2, … in schema order, and a column appended to an existing table gets the
+/// table's last column id + 1 (iceberg-rust, like Java). So these are the next ids after the
+/// columns before them, and `field_ids_are_those_a_fresh_table_assigns` pins that.
+///
+/// `original_revenue` in `campaign_events`: a conversion's revenue as sent, in `currency` (the
+/// original currency). `revenue` holds the amount converted to the reporting currency, what the
+/// plugins summed; `revenue_currency` says which currency that is. Appended after `stream`: a
+/// table written before them gains both in place, its old rows reading NULL (their `revenue` was
+/// never converted: it is in `currency`).
+pub const ORIGINAL_REVENUE_COLUMN: &str = "original_revenue";
+pub const ORIGINAL_REVENUE_FIELD_ID: i32 = 18;
+pub const REVENUE_CURRENCY_COLUMN: &str = "revenue_currency";
+pub const REVENUE_CURRENCY_FIELD_ID: i32 = 19;
+
+/// `currency` in `campaign_metrics`: the currency of the money the row's plugin was given (every
+/// conversion's revenue converted to the run's reporting currency), on every metric row of a
+/// run, money metric or not (the host cannot tell which metrics are money); NULL on
+/// restatement records and on rows written before the column existed. Appended after
+/// `plugin_params`.
+pub const METRICS_CURRENCY_COLUMN: &str = "currency";
+pub const METRICS_CURRENCY_FIELD_ID: i32 = 22;
+
 /// A column holding `stream` in each of `rows` rows (dictionary-encoded by Parquet: a few bytes
 /// per file).
 fn stream_column(stream: &str, rows: usize) -> ArrayRef {
@@ -107,6 +130,18 @@ pub fn events_schema() -> Schema {
             // because a table written before this column existed gains it by schema evolution
             // (its old rows read NULL); every row written now carries it.
             opt(STREAM_FIELD_ID, STREAM_COLUMN, String),
+            // A conversion's revenue as sent, in `currency`; `revenue` is it converted to
+            // `revenue_currency`, the reporting currency (NULL on other kinds, and on rows
+            // written before conversion existed, whose `revenue` is in `currency`).
+            opt(
+                ORIGINAL_REVENUE_FIELD_ID,
+                ORIGINAL_REVENUE_COLUMN,
+                Decimal {
+                    precision: 18,
+                    scale: 6,
+                },
+            ),
+            opt(REVENUE_CURRENCY_FIELD_ID, REVENUE_CURRENCY_COLUMN, String),
         ])
         .build()
         .expect("static schema")
@@ -160,6 +195,8 @@ pub fn metrics_schema() -> Schema {
             // A breakdown cell (see `DIMENSIONS_COLUMN`); NULL on totals.
             opt(DIMENSIONS_FIELD_ID, DIMENSIONS_COLUMN, String),
             opt(PLUGIN_PARAMS_FIELD_ID, PLUGIN_PARAMS_COLUMN, String),
+            // The currency of the money the row's plugin summed (see `METRICS_CURRENCY_COLUMN`).
+            opt(METRICS_CURRENCY_FIELD_ID, METRICS_CURRENCY_COLUMN, String),
         ])
         .build()
         .expect("static schema")
@@ -209,6 +246,8 @@ struct EventColumns {
     ingest_time: TimestampMicrosecondBuilder,
     is_late: BooleanBuilder,
     is_duplicate: BooleanBuilder,
+    original_revenue: Decimal128Builder,
+    revenue_currency: StringBuilder,
     rows: usize,
 }
 
@@ -236,6 +275,10 @@ impl EventColumns {
             ingest_time: TimestampMicrosecondBuilder::with_capacity(rows).with_timezone(UTC),
             is_late: BooleanBuilder::with_capacity(rows),
             is_duplicate: BooleanBuilder::with_capacity(rows),
+            original_revenue: Decimal128Builder::with_capacity(rows)
+                .with_precision_and_scale(18, 6)
+                .expect("valid decimal"),
+            revenue_currency: s(1),
             rows: 0,
         }
     }
@@ -260,6 +303,8 @@ impl EventColumns {
             Arc::new(self.is_late.finish()),
             Arc::new(self.is_duplicate.finish()),
             stream_column(stream, rows),
+            Arc::new(self.original_revenue.finish()),
+            Arc::new(self.revenue_currency.finish()),
         ];
         self.rows = 0;
         RecordBatch::try_new(schema.clone(), cols).expect("columns match the events schema")
@@ -270,6 +315,8 @@ impl EventColumns {
 pub struct EventsBuffer {
     schema: ArrowSchemaRef,
     stream: Arc<str>,
+    /// What conversions' `revenue` is in (`revenue_currency`); see [`Self::with_revenue_currency`].
+    revenue_currency: Option<Arc<str>>,
     days: BTreeMap<i32, EventColumns>,
     /// Rows of the last batch taken: the size new builders are given.
     last_rows: usize,
@@ -281,9 +328,18 @@ impl EventsBuffer {
         EventsBuffer {
             schema: arrow_schema(&events_schema()),
             stream: stream.into(),
+            revenue_currency: None,
             days: BTreeMap::new(),
             last_rows: 1024,
         }
+    }
+
+    /// Conversions' `revenue_micros` as pushed are in `currency` (the pipeline converts every
+    /// conversion to its reporting currency before it gets here): the `revenue_currency` of
+    /// their rows. Unset, it is NULL.
+    pub fn with_revenue_currency(mut self, currency: &str) -> Self {
+        self.revenue_currency = Some(currency.into());
+        self
     }
 
     #[inline]
@@ -312,8 +368,14 @@ impl EventsBuffer {
         c.user_id.append_value(&e.user_id);
         if e.kind == crate::event::EventKind::Conversion {
             c.revenue.append_value(e.revenue_micros as i128);
+            c.original_revenue
+                .append_value(e.original_revenue_micros as i128);
+            c.revenue_currency
+                .append_option(self.revenue_currency.as_deref());
         } else {
             c.revenue.append_null();
+            c.original_revenue.append_null();
+            c.revenue_currency.append_null();
         }
         c.currency.append_option(e.currency.as_deref());
         c.device.append_option(e.device.as_deref());
@@ -372,6 +434,8 @@ pub struct MetricRecord {
     pub withheld: bool,
     /// Computed by a shadow plugin (see [`SHADOW_COLUMN`]): never a current value.
     pub shadow: bool,
+    /// The currency of the money the plugin was given (see [`METRICS_CURRENCY_COLUMN`]).
+    pub currency: Option<Arc<str>>,
 }
 
 /// `rows` as a `campaign_metrics` batch, every row a share of `stream` (live rows).
@@ -412,6 +476,7 @@ pub fn metrics_batch_of(
     let mut shadow = BooleanBuilder::new();
     let mut dims = StringBuilder::new();
     let mut params = StringBuilder::new();
+    let mut currency = StringBuilder::new();
     for r in rows {
         dims.append_option(r.dimensions.as_deref());
         params.append_option(r.plugin_params.as_deref());
@@ -431,6 +496,7 @@ pub fn metrics_batch_of(
         at.append_value(r.computed_at_ms * 1000);
         withheld.append_value(r.withheld);
         shadow.append_value(r.shadow);
+        currency.append_option(r.currency.as_deref());
         part.append_value(r.partition);
     }
     let cols: Vec<ArrayRef> = vec![
@@ -455,6 +521,7 @@ pub fn metrics_batch_of(
         Arc::new(shadow.finish()),
         Arc::new(dims.finish()),
         Arc::new(params.finish()),
+        Arc::new(currency.finish()),
     ];
     RecordBatch::try_new(schema, cols).expect("columns match the metrics schema")
 }
@@ -549,6 +616,116 @@ mod tests {
     use super::*;
     use arrow_array::Array;
     use arrow_array::types::DecimalType as _;
+
+    /// The field ids the writers use are the ones the table gets: iceberg-rust (and a REST
+    /// server) renumbers a new table's fields 1, 2, … in schema order, and appends a column to
+    /// an existing table with the next id, so a column's id is fixed by its position, not
+    /// chosen. Two branches that both append columns must agree on their order: this fails,
+    /// naming the column, where a constant does not match its position.
+    #[test]
+    fn field_ids_are_those_a_fresh_table_assigns() {
+        use iceberg::spec::{FormatVersion, SortOrder, TableMetadataBuilder};
+        let unpartitioned = || UnboundPartitionSpec::builder().with_spec_id(0).build();
+        for (table, schema, spec) in [
+            ("campaign_events", events_schema(), events_partition_spec()),
+            ("campaign_metrics", metrics_schema(), unpartitioned()),
+            ("dead_letters", dead_letters_schema(), unpartitioned()),
+        ] {
+            let fresh = TableMetadataBuilder::new(
+                schema.clone(),
+                spec,
+                SortOrder::unsorted_order(),
+                "file:///t".into(),
+                FormatVersion::V2,
+                Default::default(),
+            )
+            .unwrap()
+            .build()
+            .unwrap()
+            .metadata;
+            for f in schema.as_struct().fields() {
+                let got = fresh.current_schema().field_by_name(&f.name).unwrap();
+                assert_eq!(
+                    got.id, f.id,
+                    "{table}.{}: a fresh table gives it field id {}, the schema says {}",
+                    f.name, got.id, f.id
+                );
+            }
+        }
+        assert_eq!(
+            (ORIGINAL_REVENUE_FIELD_ID, REVENUE_CURRENCY_FIELD_ID),
+            (
+                events_schema()
+                    .field_by_name(ORIGINAL_REVENUE_COLUMN)
+                    .unwrap()
+                    .id,
+                events_schema()
+                    .field_by_name(REVENUE_CURRENCY_COLUMN)
+                    .unwrap()
+                    .id
+            )
+        );
+    }
+
+    /// A conversion's row holds the converted amount in `revenue` with the reporting currency
+    /// in `revenue_currency`, and what was sent in `original_revenue` and `currency`; other
+    /// kinds hold NULL in all but `currency` (as sent).
+    #[test]
+    fn conversion_rows_keep_the_original_amount_and_currency() {
+        use arrow_array::cast::AsArray;
+        use arrow_array::types::Decimal128Type;
+        let now = 1_767_225_600_000i64;
+        let limits = crate::event::ValidationConfig::default();
+        let rates = crate::currency::Rates::new(
+            &toml::from_str::<crate::config::Config>(
+                "[currency]\nreporting = \"USD\"\n[[currency.rates]]\ndate = \"2026-01-01\"\nEUR = 1.08\n",
+            )
+            .unwrap()
+            .currency,
+        );
+        let mut buf = EventsBuffer::new("s").with_revenue_currency(rates.reporting());
+        for (kind, extra) in [
+            ("conversion", r#","revenue":"19.99","currency":"EUR""#),
+            ("conversion", r#","revenue":"5","currency":"USD""#),
+            ("click", r#","currency":"EUR""#),
+        ] {
+            let json = format!(
+                r#"{{"event_id":"e","event_type":"{kind}","event_time":{now},"campaign_id":"c","ad_id":"a","user_id":"u"{extra}}}"#
+            );
+            let e = rates
+                .apply(crate::event::decode(json.as_bytes(), now, &limits).unwrap())
+                .unwrap();
+            buf.push(&e, 0, 0, 0, false, false);
+        }
+        let (_, b) = buf.take().pop().unwrap();
+        let dec = |name: &str| -> Vec<Option<String>> {
+            let a = b
+                .column_by_name(name)
+                .unwrap()
+                .as_primitive::<Decimal128Type>();
+            (0..a.len())
+                .map(|i| a.is_valid(i).then(|| a.value_as_string(i)))
+                .collect()
+        };
+        let text = |name: &str| -> Vec<Option<String>> {
+            let a = b.column_by_name(name).unwrap().as_string::<i32>();
+            (0..a.len())
+                .map(|i| a.is_valid(i).then(|| a.value(i).to_string()))
+                .collect()
+        };
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(
+            dec("revenue"),
+            [s("21.589200"), s("5.000000"), None],
+            "converted"
+        );
+        assert_eq!(
+            dec(ORIGINAL_REVENUE_COLUMN),
+            [s("19.990000"), s("5.000000"), None]
+        );
+        assert_eq!(text("currency"), [s("EUR"), s("USD"), s("EUR")]);
+        assert_eq!(text(REVENUE_CURRENCY_COLUMN), [s("USD"), s("USD"), None]);
+    }
 
     /// Issue 14, defect 2: the decoder's largest accepted revenue must fit `revenue`
     /// DECIMAL(18,6) and read back as written; and whatever the decoder accepts around the bound

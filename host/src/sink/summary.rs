@@ -328,6 +328,7 @@ mod tests {
             computed_at_ms: 0,
             withheld: false,
             shadow: false,
+            currency: None,
         };
         let rows = [
             row("ctr", "0.2.0", "bb", "ctr"),
