@@ -1,4 +1,4 @@
-# The admetrics host with its three plugins baked in (docker-compose.yml builds it).
+# The admetrics host with its shipped plugins baked in (docker-compose.yml builds it).
 #   docker build -t admetrics .
 #   docker run admetrics --help
 # Build stage: the toolchain named by rust-toolchain.toml (stable + wasm32-wasip2) builds the
@@ -12,7 +12,11 @@ RUN rustup show active-toolchain \
  && mkdir -p /out/plugins \
  && cp target/release/admetrics /out/ \
  && cp target/wasm32-wasip2/release/ctr.wasm target/wasm32-wasip2/release/cvr.wasm \
-       target/wasm32-wasip2/release/attribution.wasm /out/plugins/
+       target/wasm32-wasip2/release/attribution.wasm \
+       target/wasm32-wasip2/release/attribution_linear.wasm \
+       target/wasm32-wasip2/release/attribution_time_decay.wasm \
+       target/wasm32-wasip2/release/attribution_position.wasm \
+       target/wasm32-wasip2/release/reach.wasm /out/plugins/
 
 FROM debian:bookworm-slim
 RUN apt-get update \
