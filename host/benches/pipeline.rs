@@ -236,7 +236,7 @@ fn attribution_state_at_a_million_users() {
             let _ = write!(id, "user-{u:09}");
             tp.record_click(
                 &id,
-                plugin::Touchpoint {
+                admetrics::window::Touchpoint {
                     time_ms: c as i64 * 1000,
                     campaign: rng.u32(0..100),
                     ad: rng.u32(0..500),
