@@ -275,6 +275,150 @@ fn every_0_2_plugin_with_parameters_on_one_run() {
         answer["current"]["numerator"], shares[0]["numerator"],
         "{answer}"
     );
+
+    // scripts/query.sh's readings of breakdowns, models and a plugin's own windows, against
+    // campaign_events (counted here in SQL, not through the view).
+    query_sh_reads_cells_models_and_reach(d);
+}
+
+/// `scripts/query.sh` (its Python, the warehouse's SQLite catalog, DuckDB's iceberg_scan) over
+/// the run of `every_0_2_plugin_with_parameters_on_one_run`, every line checked against counts
+/// from `campaign_events`:
+/// - `--by country,device`: impressions and clicks per cell (the ctr plugin's cells);
+/// - `--models`: per model, the campaigns' attributed revenue plus the unattributed revenue is
+///   the revenue, and the revenue is that of the conversions in the table;
+/// - `--plugin reach --span minute`: each key's reach is its distinct users with an impression,
+///   its frequency impressions / reach.
+fn query_sh_reads_cells_models_and_reach(d: &Path) {
+    let q = |args: &[&str]| -> Vec<Vec<String>> {
+        let o = std::process::Command::new(python())
+            .arg(repo_root().join("scripts/query.py"))
+            .arg("--catalog")
+            .arg(d.join("catalog.db"))
+            .args(["--minutes", "100000", "--limit", "100000"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "query.py {args:?}: {}", output_text(&o));
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        progress(&format!("query.sh {}:\n{text}", args.join(" ")));
+        // The table: the lines after the header line, without the closing campaign_events line.
+        text.lines()
+            .skip(2)
+            .filter(|l| !l.starts_with("campaign_events:"))
+            .map(|l| l.split_whitespace().map(String::from).collect())
+            .collect()
+    };
+    let num = |s: &str| -> f64 { s.trim_end_matches('%').parse().unwrap() };
+    let counted = "NOT is_late AND NOT is_duplicate";
+
+    // --by country,device
+    let want = query(
+        d,
+        &format!(
+            "SELECT country, device, count(*) FILTER (WHERE event_type = 'impression'), \
+             count(*) FILTER (WHERE event_type = 'click') FROM events WHERE {counted} \
+             GROUP BY ALL ORDER BY ALL"
+        ),
+    );
+    let mut got: Vec<serde_json::Value> = q(&["--by", "country,device"])
+        .iter()
+        .map(|r| serde_json::json!([r[0], r[1], num(&r[2]) as i64, num(&r[3]) as i64]))
+        .collect();
+    got.sort_by_key(|v| v.to_string());
+    let mut want = want.as_array().unwrap().clone();
+    want.sort_by_key(|v| v.to_string());
+    assert_eq!(want.len(), 18, "every country x device cell has traffic");
+    assert_eq!(serde_json::Value::Array(got), serde_json::Value::Array(want));
+
+    // --models
+    let rows = q(&["--models"]);
+    let revenue: f64 = query(
+        d,
+        &format!(
+            "SELECT coalesce(sum(revenue), 0)::DOUBLE FROM events \
+             WHERE event_type = 'conversion' AND {counted}"
+        ),
+    )[0][0]
+        .as_f64()
+        .unwrap();
+    assert!(revenue > 0.0);
+    let line = |name: &str| -> &Vec<String> {
+        rows.iter()
+            .find(|r| r[0] == name)
+            .unwrap_or_else(|| panic!("no {name} line in {rows:?}"))
+    };
+    let (rev, unattributed) = (line("(revenue)"), line("(unattributed_revenue)"));
+    let campaigns: Vec<&Vec<String>> = rows.iter().filter(|r| !r[0].starts_with('(')).collect();
+    assert_eq!(campaigns.len(), 3, "{rows:?}");
+    assert_eq!(rev.len(), 4, "three models: {rows:?}");
+    for m in 1..4 {
+        let attributed: f64 = campaigns.iter().map(|r| num(&r[m])).sum();
+        assert!(
+            (num(&rev[m]) - revenue).abs() < 0.011,
+            "model column {m}: revenue {} vs campaign_events {revenue}",
+            rev[m]
+        );
+        assert!(
+            (attributed + num(&unattributed[m]) - revenue).abs() < 0.011 * 4.0,
+            "model column {m}: attributed {attributed} + unattributed {} != {revenue}",
+            unattributed[m]
+        );
+    }
+
+    // --plugin reach --span minute: window (start .. end), campaign, then the metrics in order
+    // of first appearance (reach's rows: frequency, reach).
+    let want = query(
+        d,
+        &format!(
+            "SELECT strftime(time_bucket(INTERVAL 1 minute, event_time), '%Y-%m-%dT%H:%M:%SZ'), \
+             campaign_id, count(DISTINCT user_id), count(*) FROM events \
+             WHERE event_type = 'impression' AND {counted} GROUP BY ALL"
+        ),
+    );
+    let want: std::collections::BTreeMap<(String, String), (i64, i64)> = want
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                (r[0].as_str().unwrap().into(), r[1].as_str().unwrap().into()),
+                (r[2].as_i64().unwrap(), r[3].as_i64().unwrap()),
+            )
+        })
+        .collect();
+    let o = std::process::Command::new(python())
+        .arg(repo_root().join("scripts/query.py"))
+        .arg("--catalog")
+        .arg(d.join("catalog.db"))
+        .args(["--minutes", "100000", "--limit", "100000"])
+        .args(["--plugin", "reach", "--span", "minute"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", output_text(&o));
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    let header: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
+    let (fi, ri) = (
+        header.iter().position(|h| *h == "frequency").unwrap() + 2,
+        header.iter().position(|h| *h == "reach").unwrap() + 2,
+    );
+    let mut seen = 0;
+    for r in q(&["--plugin", "reach", "--span", "minute"]) {
+        // window start, "..", window end, campaign, values (the header's "window campaign" are
+        // two columns; the window's text is three words)
+        let key = (r[0].clone(), r[3].clone());
+        let (users, impressions) = want
+            .get(&key)
+            .unwrap_or_else(|| panic!("reach for {key:?} without impressions"));
+        assert_eq!(num(&r[ri]) as i64, *users, "reach of {key:?}");
+        let f = num(&r[fi]);
+        assert!(
+            (f - *impressions as f64 / *users as f64).abs() < 1e-4 * f.max(1.0),
+            "frequency of {key:?}: {f} vs {impressions}/{users}"
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, want.len(), "a reach line per window and campaign with impressions");
 }
 
 #[test]
