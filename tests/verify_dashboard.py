@@ -138,8 +138,9 @@ def check_models(chart, current, problems):
         if r["dimensions"] is not None or r["metric"] not in ("revenue", "attributed_revenue", "unattributed_revenue"):
             continue
         per_window[(r["plugin"], ms(r["window_start"]))][r["metric"]] += r["numerator"]
-        if r["metric"] == "attributed_revenue":
-            att[(r["campaign_id"], r["plugin"])] += r["numerator"]
+        # A campaign whose revenue a model left wholly unattributed is a bar of 0 (the view
+        # coalesces), not a missing one.
+        att[(r["campaign_id"], r["plugin"])] += r["numerator"] if r["metric"] == "attributed_revenue" else 0.0
     models = sorted({p for _, p in att})
     if len(models) < 2:
         problems.append(f"{name}: the tables hold attributed revenue of {models} only: want several models")
