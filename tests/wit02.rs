@@ -329,7 +329,10 @@ fn query_sh_reads_cells_models_and_reach(d: &Path) {
     let mut want = want.as_array().unwrap().clone();
     want.sort_by_key(|v| v.to_string());
     assert_eq!(want.len(), 18, "every country x device cell has traffic");
-    assert_eq!(serde_json::Value::Array(got), serde_json::Value::Array(want));
+    assert_eq!(
+        serde_json::Value::Array(got),
+        serde_json::Value::Array(want)
+    );
 
     // --models
     let rows = q(&["--models"]);
@@ -418,7 +421,11 @@ fn query_sh_reads_cells_models_and_reach(d: &Path) {
         );
         seen += 1;
     }
-    assert_eq!(seen, want.len(), "a reach line per window and campaign with impressions");
+    assert_eq!(
+        seen,
+        want.len(),
+        "a reach line per window and campaign with impressions"
+    );
 }
 
 #[test]
