@@ -290,7 +290,9 @@ fn every_0_2_plugin_with_parameters_on_one_run() {
 /// - `--plugin reach --span minute`: each key's reach is its distinct users with an impression,
 ///   its frequency impressions / reach.
 fn query_sh_reads_cells_models_and_reach(d: &Path) {
-    let q = |args: &[&str]| -> Vec<Vec<String>> {
+    // Runs query.py; returns its column header and the table's rows (the lines after the
+    // header, without the closing campaign_events line), split on whitespace.
+    let q = |args: &[&str]| -> (Vec<String>, Vec<Vec<String>>) {
         let o = std::process::Command::new(python())
             .arg(repo_root().join("scripts/query.py"))
             .arg("--catalog")
@@ -302,12 +304,15 @@ fn query_sh_reads_cells_models_and_reach(d: &Path) {
         assert!(o.status.success(), "query.py {args:?}: {}", output_text(&o));
         let text = String::from_utf8_lossy(&o.stdout).to_string();
         progress(&format!("query.sh {}:\n{text}", args.join(" ")));
-        // The table: the lines after the header line, without the closing campaign_events line.
-        text.lines()
+        let split = |l: &str| l.split_whitespace().map(String::from).collect::<Vec<_>>();
+        let header = text.lines().nth(1).map(split).unwrap_or_default();
+        let rows = text
+            .lines()
             .skip(2)
             .filter(|l| !l.starts_with("campaign_events:"))
-            .map(|l| l.split_whitespace().map(String::from).collect())
-            .collect()
+            .map(split)
+            .collect();
+        (header, rows)
     };
     let num = |s: &str| -> f64 { s.trim_end_matches('%').parse().unwrap() };
     let counted = "NOT is_late AND NOT is_duplicate";
@@ -322,6 +327,7 @@ fn query_sh_reads_cells_models_and_reach(d: &Path) {
         ),
     );
     let mut got: Vec<serde_json::Value> = q(&["--by", "country,device"])
+        .1
         .iter()
         .map(|r| serde_json::json!([r[0], r[1], num(&r[2]) as i64, num(&r[3]) as i64]))
         .collect();
@@ -335,7 +341,7 @@ fn query_sh_reads_cells_models_and_reach(d: &Path) {
     );
 
     // --models
-    let rows = q(&["--models"]);
+    let (_, rows) = q(&["--models"]);
     let revenue: f64 = query(
         d,
         &format!(
@@ -390,23 +396,13 @@ fn query_sh_reads_cells_models_and_reach(d: &Path) {
             )
         })
         .collect();
-    let o = std::process::Command::new(python())
-        .arg(repo_root().join("scripts/query.py"))
-        .arg("--catalog")
-        .arg(d.join("catalog.db"))
-        .args(["--minutes", "100000", "--limit", "100000"])
-        .args(["--plugin", "reach", "--span", "minute"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", output_text(&o));
-    let text = String::from_utf8_lossy(&o.stdout).to_string();
-    let header: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
+    let (header, rows) = q(&["--plugin", "reach", "--span", "minute"]);
     let (fi, ri) = (
-        header.iter().position(|h| *h == "frequency").unwrap() + 2,
-        header.iter().position(|h| *h == "reach").unwrap() + 2,
+        header.iter().position(|h| h == "frequency").unwrap() + 2,
+        header.iter().position(|h| h == "reach").unwrap() + 2,
     );
     let mut seen = 0;
-    for r in q(&["--plugin", "reach", "--span", "minute"]) {
+    for r in rows {
         // window start, "..", window end, campaign, values (the header's "window campaign" are
         // two columns; the window's text is three words)
         let key = (r[0].clone(), r[3].clone());

@@ -599,6 +599,15 @@ struct PluginSet {
 /// country × device, reach (distinct users, HLL; its default day window), linear and time-decay
 /// attribution; then the same with time decay crediting views too (the host remembers every
 /// user's recent impressions while a plugin wants views).
+/// The 0.2.0 sets' plugins: the three, reach and two more attribution models.
+const SETS_0_2: &[&str] = &[
+    "ctr",
+    "cvr",
+    "attribution",
+    "reach",
+    "attribution_linear",
+    "attribution_time_decay",
+];
 const PLUGIN_SETS: [PluginSet; 3] = [
     PluginSet {
         name: "ctr, cvr, attribution",
@@ -607,26 +616,12 @@ const PLUGIN_SETS: [PluginSet; 3] = [
     },
     PluginSet {
         name: "+ breakdown, reach, linear, time decay",
-        files: &[
-            "ctr",
-            "cvr",
-            "attribution",
-            "reach",
-            "attribution_linear",
-            "attribution_time_decay",
-        ],
+        files: SETS_0_2,
         params: &[("ctr", "dimensions = [\"country\", \"device\"]")],
     },
     PluginSet {
         name: "... time decay with views (24 h)",
-        files: &[
-            "ctr",
-            "cvr",
-            "attribution",
-            "reach",
-            "attribution_linear",
-            "attribution_time_decay",
-        ],
+        files: SETS_0_2,
         params: &[
             ("ctr", "dimensions = [\"country\", \"device\"]"),
             ("attribution-time-decay", "view_lookback_secs = 86400"),

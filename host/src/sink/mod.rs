@@ -1076,11 +1076,7 @@ mod tests {
     async fn a_metrics_table_of_the_previous_release_gains_the_restatement_column_in_place() {
         use futures::TryStreamExt;
         let dir = tempfile::tempdir().unwrap();
-        let cfg = IcebergConfig {
-            catalog_uri: format!("sqlite:{}/catalog.db", dir.path().display()),
-            warehouse: dir.path().join("warehouse"),
-            ..Default::default()
-        };
+        let cfg = local_config(dir.path());
         let catalog = open_catalog(&cfg).await.unwrap();
         let ns = NamespaceIdent::new(cfg.namespace.clone());
         catalog.create_namespace(&ns, HashMap::new()).await.unwrap();
@@ -1217,6 +1213,15 @@ mod tests {
         );
     }
 
+    /// A SQLite catalog and warehouse in `dir` (a test's temporary directory).
+    fn local_config(dir: &std::path::Path) -> IcebergConfig {
+        IcebergConfig {
+            catalog_uri: format!("sqlite:{}/catalog.db", dir.display()),
+            warehouse: dir.join("warehouse"),
+            ..Default::default()
+        }
+    }
+
     /// `rb` with only the columns `table` has: a batch as the release that wrote the table did.
     fn project_to(rb: RecordBatch, table: &Table) -> RecordBatch {
         let have = table.metadata().current_schema();
@@ -1281,11 +1286,7 @@ mod tests {
         use arrow_array::types::Decimal128Type;
         use futures::TryStreamExt;
         let dir = tempfile::tempdir().unwrap();
-        let cfg = IcebergConfig {
-            catalog_uri: format!("sqlite:{}/catalog.db", dir.path().display()),
-            warehouse: dir.path().join("warehouse"),
-            ..Default::default()
-        };
+        let cfg = local_config(dir.path());
         let catalog = Arc::new(fence::FencingCatalog::new(
             open_catalog(&cfg).await.unwrap(),
         ));
@@ -1523,11 +1524,7 @@ mod tests {
     async fn tables_of_the_previous_release_gain_the_stream_column_and_streams_keep_their_ids_apart()
      {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = IcebergConfig {
-            catalog_uri: format!("sqlite:{}/catalog.db", dir.path().display()),
-            warehouse: dir.path().join("warehouse"),
-            ..Default::default()
-        };
+        let cfg = local_config(dir.path());
         let catalog = Arc::new(fence::FencingCatalog::new(
             open_catalog(&cfg).await.unwrap(),
         ));
