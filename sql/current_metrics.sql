@@ -24,7 +24,10 @@
 --   event twice. The cells of one breakdown partition the total (a value past the host's
 --   cardinality limit is folded into `other`, a missing one is `unknown`). For convenience the
 --   cell is split into `device`, `country`, `placement`, `currency` (NULL: not a column of the
---   breakdown, i.e. all values); the split is exact unless a value itself contains `;`.
+--   breakdown, i.e. all values); the split is exact unless a value itself contains `;`. A cell
+--   of a custom attribute (`dimensions = ["attr.creative_size"]`: a key of the event's
+--   `attributes` object) reads `attr.creative_size=300x250` in `dimensions` and has no typed
+--   column: `regexp_extract(dimensions, '(^|;)attr\.creative_size=([^;]*)', 2)` reads it.
 -- * window_start AND window_end: a plugin declares its window (`minute`: the host's
 --   [window] size_secs, 60 s by default; `hour`; `day`: a calendar day in the campaign's IANA
 --   time zone, 23-25 h). Rows of different window sizes may start at the same instant: never

@@ -4,7 +4,8 @@ them): breakdown rows, parameters in the lineage, 0.1.0 plugins' rows, and a cam
 table of the previous release upgraded in place. PyIceberg reads the tables through the SQLite
 catalog, DuckDB counts; nothing here shares code with the host or the plugins.
 
-    verify_wit02.py breakdown --dir D --plugin ctr --dimensions country,device [--max-values N]
+    verify_wit02.py breakdown --dir D --plugin ctr --dimensions country,device[,attr.NAME]
+                              [--max-values N]
                               [--window-secs 60] [--expect-folded | --expect-unfolded]
                               [--folded-values N] [--exclude-stream S ...]
     verify_wit02.py params --dir D --expect NAME=JSON ... [--wit NAME=PACKAGE ...]
@@ -108,8 +109,10 @@ def latest_rows(con, where, params, key):
 def breakdown(a):
     dims = sorted(a.dimensions.split(","))
     for c in dims:
-        if c not in DIMENSION_COLUMNS:
+        if c not in DIMENSION_COLUMNS and not (c.startswith("attr.") and len(c) > 5):
             sys.exit(f"--dimensions: unknown column {c!r}")
+    # A custom attribute `attr.NAME` is the string NAME of the event's `attributes` JSON object.
+    cols = [c for c in dims if not c.startswith("attr.")]
     metric = a.metric or a.plugin
     num_kind, den_kind = KINDS[metric]
     w = a.window_secs * 1000
@@ -128,15 +131,24 @@ def breakdown(a):
     not_excluded = "coalesce(stream, '') NOT IN (SELECT stream FROM excluded)"
     evs = con.execute(f"""
         SELECT stream, kafka_partition, kafka_offset, event_type, campaign_id,
-               (epoch_ms(event_time) // {w}) * {w} AS ws, {", ".join(dims)}
+               (epoch_ms(event_time) // {w}) * {w} AS ws, attributes {"".join(", " + c for c in cols)}
         FROM e WHERE NOT is_late AND NOT is_duplicate AND {not_excluded}
         ORDER BY stream, kafka_partition, kafka_offset""").fetchall()
     check(evs, "no counted events")
+    attributes_seen = 0
+
+    def values(attrs, col_vals):
+        nonlocal attributes_seen
+        attrs = json.loads(attrs) if attrs is not None else {}
+        attributes_seen += bool(attrs)
+        by_col = dict(zip(cols, col_vals))
+        return [attrs.get(c[5:]) if c.startswith("attr.") else by_col[c] for c in dims]
     ranks = defaultdict(dict)  # (stream, part, ws, column) -> value -> rank
     values_seen = defaultdict(set)  # (stream, part, ws, column) -> raw values
     want = defaultdict(lambda: [0, 0])  # (ws, campaign, dims text or None, stream, part) -> [num, den]
     folded_events = 0
-    for s, p, _off, kind, campaign, ws, *vals in evs:
+    for s, p, _off, kind, campaign, ws, attrs, *col_vals in evs:
+        vals = values(attrs, col_vals)
         cell = []
         for c, v in zip(dims, vals):
             v = v if v else "unknown"
@@ -232,6 +244,10 @@ def breakdown(a):
               f"view ({label}): {len(bad)} keys differ from the totals (key, view, want), e.g. {bad[:3]}; "
               f"{len(view)} keys, want {len(want_view)}")
 
+    if len(cols) < len(dims):
+        check(attributes_seen > 0, "input design: no event has attributes")
+        unknown = sum(1 for k in got if k[2] is not None and "=unknown" in k[2])
+        check(unknown > 0, "input design: no cell reads `unknown` for a missing attribute")
     finish(f"{a.plugin}/{metric} by {','.join(dims)} (limit {a.max_values}): {len(totals)} totals, "
            f"{len(got) - len(totals)} cells ({other_cells} with `other`, {folded_events} event values "
            f"folded) match campaign_events")

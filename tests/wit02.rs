@@ -424,6 +424,95 @@ fn query_sh_reads_cells_models_and_reach(d: &Path) {
     );
 }
 
+/// Custom string attributes end to end: `loadgen --attributes` gives three of four events an
+/// `attributes` object (`creative_size`, sometimes `experiment`), the fourth none. ctr broken
+/// down by country and `attr.creative_size` with a limit of 2 values (the surplus of both folds
+/// into `other`), cvr by `attr.experiment` (mostly missing: `unknown`), both recounted by the
+/// verifier from `campaign_events.attributes` (JSON text, read with Python's json module), and
+/// the column itself checked against the generator's shapes.
+#[test]
+fn a_breakdown_by_custom_attributes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let events = d.join("events.jsonl");
+    let mut args = traffic("23");
+    args.push("--attributes");
+    loadgen_file(&events, &args);
+    let cfg = config(
+        d,
+        &["ctr", "cvr"].map(wasm),
+        "[plugins.config.ctr]\ndimensions = [\"country\", \"attr.creative_size\"]\n\
+         max_dimension_values = 2\n\
+         [plugins.config.cvr]\ndimensions = [\"attr.experiment\"]\n",
+    );
+    let stopped = run_ok(&cfg, &events);
+    assert_eq!(stopped["messages"], 6000, "{stopped}");
+    let folded = stopped["dimension_values_folded"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{stopped}"));
+    progress(format!(
+        "file run with attribute breakdowns committed; {folded} values folded"
+    ));
+    // ctr keeps 2 values per column and window, attributes included (4 sizes with `unknown`):
+    // the host folded exactly what the verifier folds. cvr, under the default limit, nothing.
+    verify(&[
+        "breakdown",
+        "--dir",
+        &dir(d),
+        "--plugin",
+        "ctr",
+        "--dimensions",
+        "country,attr.creative_size",
+        "--max-values",
+        "2",
+        "--expect-folded",
+        "--folded-values",
+        &folded.to_string(),
+    ]);
+    verify(&[
+        "breakdown",
+        "--dir",
+        &dir(d),
+        "--plugin",
+        "cvr",
+        "--dimensions",
+        "attr.experiment",
+        "--expect-unfolded",
+        "--folded-values",
+        "0",
+    ]);
+    // The column keeps every attribute of the event, keys sorted, and nothing for an event
+    // without the object: the generator's four shapes. All 6 000 events are there: none was
+    // dead-lettered.
+    let shapes = query(
+        d,
+        "SELECT DISTINCT attributes FROM events ORDER BY attributes NULLS FIRST",
+    );
+    assert_eq!(
+        shapes,
+        serde_json::json!([
+            [null],
+            [r#"{"creative_size":"300x250"}"#],
+            [r#"{"creative_size":"320x50"}"#],
+            [r#"{"creative_size":"728x90","experiment":"b"}"#],
+        ]),
+    );
+    assert_eq!(
+        query(d, "SELECT count(*) FROM events"),
+        serde_json::json!([[6000]])
+    );
+    // The lineage says which attributes the cells are of.
+    let cells = query(
+        d,
+        "SELECT DISTINCT dimensions FROM metrics WHERE plugin = 'cvr' AND dimensions IS NOT NULL \
+         ORDER BY 1",
+    );
+    assert_eq!(
+        cells,
+        serde_json::json!([["attr.experiment=b"], ["attr.experiment=unknown"]]),
+    );
+}
+
 #[test]
 fn a_small_max_dimension_values_folds_the_surplus_into_other() {
     let tmp = tempfile::tempdir().unwrap();

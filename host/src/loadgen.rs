@@ -49,6 +49,11 @@ pub struct LoadgenArgs {
     /// and at 5 000 events/s with 10 ms its fetches time out after ~12 minutes.
     #[arg(long, default_value_t = 10)]
     pub linger_ms: u64,
+    /// Give events an `attributes` object (custom string attributes): `creative_size` on three
+    /// of every four events (one of three sizes), `experiment` on some of them, none on the
+    /// fourth. Such events take the decoder's general path.
+    #[arg(long)]
+    pub attributes: bool,
 }
 
 impl Default for LoadgenArgs {
@@ -64,6 +69,7 @@ impl Default for LoadgenArgs {
             disorder_ms: 2_000,
             total: None,
             linger_ms: 10,
+            attributes: false,
         }
     }
 }
@@ -203,8 +209,20 @@ impl EventGen {
             ),
             None => String::new(),
         };
+        let attributes = if self.args.attributes {
+            // A function of the sequence number, so that the rng's draws (and with them the rest
+            // of the traffic) are those of the same seed without attributes.
+            match self.seq % 4 {
+                0 => "",
+                1 => r#","attributes":{"creative_size":"300x250"}"#,
+                2 => r#","attributes":{"experiment":"b","creative_size":"728x90"}"#,
+                _ => r#","attributes":{"creative_size":"320x50"}"#,
+            }
+        } else {
+            ""
+        };
         let json = format!(
-            r#"{{"event_id":"{}{:012}","event_type":"{kind}","event_time":"{time}","campaign_id":"campaign-{campaign:03}","ad_id":"ad-{campaign:03}-{ad:02}","user_id":"{key}","device":"{device}","country":"{country}","placement":"{placement}"{revenue}}}"#,
+            r#"{{"event_id":"{}{:012}","event_type":"{kind}","event_time":"{time}","campaign_id":"campaign-{campaign:03}","ad_id":"ad-{campaign:03}-{ad:02}","user_id":"{key}","device":"{device}","country":"{country}","placement":"{placement}"{revenue}{attributes}}}"#,
             self.id_prefix, self.seq
         );
         (key, json)

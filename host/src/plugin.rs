@@ -47,7 +47,8 @@ mod v01 {
 
 /// The WIT types, as the host sees them.
 pub use bindings::admetrics::metrics::types::{
-    Column, Dimension, EventBatch, EventKind as TouchKind, MetricRow, Touchpoint, WindowSize,
+    Column, Dimension, DimensionKey, EventBatch, EventKind as TouchKind, MetricRow, Touchpoint,
+    WindowSize,
 };
 
 /// The event columns a plugin declared (`plugin-info.columns`), as a bit set.
@@ -101,6 +102,111 @@ pub fn column_name(c: Column) -> &'static str {
 /// Index of a dimension column in `Columns::DIMENSIONS` (`None` for `user`).
 pub fn dimension_index(c: Column) -> Option<usize> {
     Columns::DIMENSIONS.iter().position(|&d| d == c)
+}
+
+/// The host's index of a dimension: 0..4 the `Columns::DIMENSIONS`, then one per attribute slot
+/// (`ATTRIBUTE_DIMENSIONS + slot`). Per-window rankings and folds are kept by it.
+pub const ATTRIBUTE_DIMENSIONS: usize = Columns::DIMENSIONS.len();
+
+/// At most this many custom attributes per plugin (`plugin-info.attributes`).
+pub const MAX_PLUGIN_ATTRIBUTES: usize = 4;
+
+/// At most this many distinct attribute names over the life of the process (every plugin
+/// loaded, swaps included): the size of [`AttributeSet`].
+pub const MAX_ATTRIBUTE_SLOTS: usize = 32;
+
+/// The prefix of an attribute's name in a row's `dimensions` text (`attr.creative_size=300x250`),
+/// keeping attribute names apart from the columns'.
+pub const ATTRIBUTE_PREFIX: &str = "attr.";
+
+/// Attribute names the plugins of this process declared, by slot. A slot is never reused, so a
+/// window's pending batch can carry each name it needs in a fixed place (`event-batch.attributes`
+/// of the shared batch is indexed by slot; each plugin gets its own names in its own order).
+static ATTRIBUTE_SLOTS: std::sync::Mutex<Vec<Arc<str>>> = std::sync::Mutex::new(Vec::new());
+
+/// The slot of attribute `name`, given one if new; `None` once [`MAX_ATTRIBUTE_SLOTS`] names
+/// are taken.
+fn attribute_slot(name: &str) -> Option<usize> {
+    let mut slots = ATTRIBUTE_SLOTS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(i) = slots.iter().position(|n| &**n == name) {
+        return Some(i);
+    }
+    (slots.len() < MAX_ATTRIBUTE_SLOTS).then(|| {
+        slots.push(name.into());
+        slots.len() - 1
+    })
+}
+
+/// A set of attribute slots, as a bit set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct AttributeSet(u32);
+
+impl AttributeSet {
+    pub fn union(self, o: AttributeSet) -> AttributeSet {
+        AttributeSet(self.0 | o.0)
+    }
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+    /// The slots, ascending.
+    pub fn slots(self) -> impl Iterator<Item = usize> {
+        (0..MAX_ATTRIBUTE_SLOTS).filter(move |&i| self.0 & 1 << i != 0)
+    }
+    /// One past the highest slot (0 for none): the length of a batch's `attributes` by slot.
+    pub fn width(self) -> usize {
+        (u32::BITS - self.0.leading_zeros()) as usize
+    }
+}
+
+/// The custom attributes a plugin declared (`plugin-info.attributes`): names in its order, and
+/// their slots.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attributes {
+    pub names: Vec<Arc<str>>,
+    pub slots: Vec<usize>,
+}
+
+impl Attributes {
+    /// Checks the declared names (count, form, repeats) and gives them slots.
+    fn declare(names: &[String]) -> Result<Attributes, String> {
+        if names.len() > MAX_PLUGIN_ATTRIBUTES {
+            return Err(format!(
+                "plugin-info declares {} attributes, at most {MAX_PLUGIN_ATTRIBUTES}",
+                names.len()
+            ));
+        }
+        let mut out = Attributes::default();
+        for (i, n) in names.iter().enumerate() {
+            if n.is_empty()
+                || n.len() > 64
+                || !n
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
+                return Err(format!("attribute name {n:?} must be 1 to 64 of [a-z0-9_]"));
+            }
+            if names[..i].contains(n) {
+                return Err(format!("attribute {n:?} declared twice"));
+            }
+            let slot = attribute_slot(n).ok_or_else(|| {
+                format!(
+                    "attribute {n:?}: this process already serves {MAX_ATTRIBUTE_SLOTS} distinct \
+                     attribute names (restart the daemon to drop unused ones)"
+                )
+            })?;
+            out.names.push(n.as_str().into());
+            out.slots.push(slot);
+        }
+        Ok(out)
+    }
+
+    pub fn set(&self) -> AttributeSet {
+        AttributeSet(self.slots.iter().fold(0, |a, &s| a | 1 << s))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
 }
 
 /// The window a plugin's accumulators cover (`plugin-info.window`).
@@ -164,6 +270,7 @@ pub fn new_batch() -> EventBatch {
         countries: vec![],
         placements: vec![],
         currencies: vec![],
+        attributes: vec![],
         touchpoint_ends: vec![],
         touchpoints: vec![],
     }
@@ -259,26 +366,36 @@ pub fn clear_batch(b: &mut EventBatch) {
     b.countries.clear();
     b.placements.clear();
     b.currencies.clear();
+    // Cleared, not dropped: the window's pending batch keeps one column per attribute slot.
+    for a in &mut b.attributes {
+        a.clear();
+    }
     b.touchpoint_ends.clear();
     b.touchpoints.clear();
 }
 
 /// What `plugin` gets of a window's shared batch: the batch itself when it carries exactly
 /// what the plugin asked for, else a copy without the columns and views it did not ask for
-/// and with dimension values folded by `fold` (value → the value the plugin sees). The copy is
-/// the price of sharing one pending batch per window among plugins with different needs; a
-/// window whose plugins ask for nothing extra never pays it.
+/// and with dimension values folded by `fold` (host dimension index, see
+/// [`ATTRIBUTE_DIMENSIONS`], and value → the value the plugin sees). The copy is the price of
+/// sharing one pending batch per window among plugins with different needs; a window whose
+/// plugins ask for nothing extra never pays it.
+///
+/// The shared batch's `attributes` are indexed by attribute slot; the plugin's copy has its
+/// declared attributes in its declared order.
 pub fn batch_for<'a>(
     shared: &'a EventBatch,
     info: &PluginInfo,
-    fold: Option<&dyn Fn(Column, u32) -> u32>,
+    fold: Option<&dyn Fn(usize, u32) -> u32>,
 ) -> std::borrow::Cow<'a, EventBatch> {
     use std::borrow::Cow;
     let n = shared.kinds.len();
     let extra_cols = (!shared.users.is_empty() && !info.columns.has(Column::User))
         || Columns::DIMENSIONS
             .iter()
-            .any(|&c| !info.columns.has(c) && !dim_column(shared, c).is_empty());
+            .any(|&c| !info.columns.has(c) && !dim_column(shared, c).is_empty())
+        || !shared.attributes.is_empty()
+        || !info.attributes.is_empty();
     let extra_views = !info.wants_views
         && shared
             .touchpoints
@@ -293,10 +410,25 @@ pub fn batch_for<'a>(
             return Vec::new();
         }
         match fold {
-            Some(f) => v.iter().map(|&x| f(c, x)).collect(),
+            Some(f) => {
+                let d = dimension_index(c).expect("a dimension column");
+                v.iter().map(|&x| f(d, x)).collect()
+            }
             None => v.clone(),
         }
     };
+    let attributes = info
+        .attributes
+        .slots
+        .iter()
+        .map(|&g| {
+            let v = shared.attributes.get(g).map_or(&[][..], |v| &v[..]);
+            match fold {
+                Some(f) => v.iter().map(|&x| f(ATTRIBUTE_DIMENSIONS + g, x)).collect(),
+                None => v.to_vec(),
+            }
+        })
+        .collect();
     let (touchpoint_ends, touchpoints) = if !info.wants_touchpoints {
         (Vec::new(), Vec::new())
     } else if extra_views {
@@ -332,6 +464,7 @@ pub fn batch_for<'a>(
         countries: keep(Column::Country, &shared.countries),
         placements: keep(Column::Placement, &shared.placements),
         currencies: keep(Column::Currency, &shared.currencies),
+        attributes,
         touchpoint_ends,
         touchpoints,
     })
@@ -388,6 +521,8 @@ pub struct PluginInfo {
     pub wants_touchpoints: bool,
     pub wants_views: bool,
     pub columns: Columns,
+    /// The custom attributes it reads (`plugin-info.attributes`).
+    pub attributes: Attributes,
     pub window: Span,
     /// The parameters it was initialised with (part of its identity: see `params_json`).
     pub params: Vec<(String, String)>,
@@ -643,6 +778,7 @@ impl PluginRuntime {
                 wants_touchpoints: false,
                 wants_views: false,
                 columns: Columns::default(),
+                attributes: Attributes::default(),
                 window: Span::Minute,
                 params: vec![],
                 max_dimension_values: usize::MAX,
@@ -710,6 +846,7 @@ impl PluginRuntime {
         plugin.info.wants_touchpoints = info.wants_touchpoints;
         plugin.info.wants_views = info.wants_views;
         plugin.info.columns = info.columns;
+        plugin.info.attributes = Attributes::declare(&info.attributes).map_err(invalid)?;
         plugin.info.window = info.window;
         plugin.info.max_dimension_values = settings.max_dimension_values;
         plugin
@@ -732,6 +869,7 @@ struct Described {
     wants_touchpoints: bool,
     wants_views: bool,
     columns: Columns,
+    attributes: Vec<String>,
     window: Span,
 }
 
@@ -835,6 +973,7 @@ impl Plugin {
                 wants_touchpoints: i.wants_touchpoints,
                 wants_views: false,
                 columns: Columns::default(),
+                attributes: Vec::new(),
                 window: Span::Minute,
             });
         }
@@ -850,6 +989,7 @@ impl Plugin {
             wants_touchpoints: i.wants_touchpoints,
             wants_views: i.wants_views,
             columns: Columns::of(&i.columns),
+            attributes: i.attributes,
             window: match i.window {
                 WindowSize::Minute => Span::Minute,
                 WindowSize::Hour => Span::Hour,
@@ -927,19 +1067,32 @@ impl Plugin {
             .map_err(PluginError::Guest)?;
         for r in &rows {
             for (i, d) in r.dimensions.iter().enumerate() {
-                if d.column == Column::User || !self.info.columns.has(d.column) {
-                    return Err(PluginError::Malformed(format!(
-                        "{} has a dimension on column {}, which it did not declare (or cannot: \
-                         user)",
-                        r.metric,
-                        column_name(d.column)
-                    )));
+                match d.key {
+                    DimensionKey::Column(c) if c == Column::User || !self.info.columns.has(c) => {
+                        return Err(PluginError::Malformed(format!(
+                            "{} has a dimension on column {}, which it did not declare (or \
+                             cannot: user)",
+                            r.metric,
+                            column_name(c)
+                        )));
+                    }
+                    DimensionKey::Attribute(a)
+                        if a as usize >= self.info.attributes.names.len() =>
+                    {
+                        return Err(PluginError::Malformed(format!(
+                            "{} has a dimension on attribute #{a}, but the plugin declared {} \
+                             attributes",
+                            r.metric,
+                            self.info.attributes.names.len()
+                        )));
+                    }
+                    _ => {}
                 }
-                if r.dimensions[..i].iter().any(|o| o.column == d.column) {
+                if r.dimensions[..i].iter().any(|o| o.key == d.key) {
                     return Err(PluginError::Malformed(format!(
-                        "{} names column {} twice",
+                        "{} names dimension {} twice",
                         r.metric,
-                        column_name(d.column)
+                        self.dimension_name(d.key)
                     )));
                 }
             }
@@ -969,6 +1122,17 @@ impl Plugin {
             }
         }
         Ok(rows)
+    }
+
+    /// A dimension key's name in rows and messages: the column's, or `attr.NAME`.
+    pub fn dimension_name(&self, key: DimensionKey) -> String {
+        match key {
+            DimensionKey::Column(c) => column_name(c).to_string(),
+            DimensionKey::Attribute(a) => match self.info.attributes.names.get(a as usize) {
+                Some(n) => format!("{ATTRIBUTE_PREFIX}{n}"),
+                None => format!("attribute #{a}"),
+            },
+        }
     }
 
     /// One call over sample events of every kind must succeed before a plugin is used.
@@ -1015,7 +1179,11 @@ impl Plugin {
             &x(7, 1),
         );
         push_event_with(b, kind::CONVERSION, t, 1, 1, 1, Some(&[]), all, &x(8, 1));
-        let sample = batch_for(&sample, &self.info.clone(), None).into_owned();
+        let mut sample = batch_for(&sample, &self.info.clone(), None).into_owned();
+        // Values 0 and 1, as for the columns.
+        for a in &mut sample.attributes {
+            *a = vec![0, 0, 1, 1];
+        }
         let acc = self.accumulate(&[], &sample)?;
         let rows = self.finish(&acc)?;
         if rows.is_empty() {
@@ -1068,6 +1236,32 @@ pub fn timed<R>(f: impl FnOnce() -> R) -> (R, Duration) {
 
 #[cfg(test)]
 mod tests {
+    /// Declared attributes: at most 4 per plugin, `[a-z0-9_]{1,64}`, no repeats; a name keeps
+    /// its slot across plugins, so windows share one column per name.
+    #[test]
+    fn attribute_declarations_are_checked_and_share_slots() {
+        use super::Attributes;
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let a = Attributes::declare(&names(&["t_size", "t_exp"])).unwrap();
+        let b = Attributes::declare(&names(&["t_exp"])).unwrap();
+        assert_eq!(a.slots[1], b.slots[0]);
+        assert_ne!(a.slots[0], a.slots[1]);
+        assert_eq!(a.set().slots().count(), 2);
+        assert!(a.set().width() > a.slots[0].max(a.slots[1]));
+        for (bad, needle) in [
+            (
+                &["a", "b", "c", "d", "e"][..],
+                "declares 5 attributes, at most 4",
+            ),
+            (&["Size"][..], "must be 1 to 64 of [a-z0-9_]"),
+            (&[""][..], "must be 1 to 64"),
+            (&["t_size", "t_size"][..], "declared twice"),
+        ] {
+            let err = Attributes::declare(&names(bad)).unwrap_err();
+            assert!(err.contains(needle), "{bad:?}: {err}");
+        }
+    }
+
     /// The constant names the package `wit/admetrics.wit` declares (the bindings' source).
     #[test]
     fn wit_package_is_the_one_of_the_wit_file() {

@@ -392,6 +392,23 @@ pub async fn restate(
         });
     }
 
+    let reads_dimensions = crate::plugin::Columns::DIMENSIONS
+        .iter()
+        .any(|&c| plugin.info.columns.has(c))
+        || !plugin.info.attributes.is_empty();
+    if reads_dimensions {
+        // The events are read back without device, country, placement, currency and attributes
+        // (see `Input::event`): every cell would read `unknown`. Refused rather than wrong.
+        return Err(RestateError::Plugin {
+            path: req.plugin.display().to_string(),
+            detail: format!(
+                "restating a plugin with a breakdown is not supported yet ({} reads dimension \
+                 columns or attributes: restate it without its `dimensions` parameter)",
+                plugin.info.name
+            ),
+        });
+    }
+
     // Which restatement: the one named, or an unfinished (or finished) one of the same plugin
     // build, period and lookback (the same command run again after a crash), or a new one.
     let probe = open(cfg, "restate-probe").await?;
@@ -758,6 +775,7 @@ impl Input {
             device: None,
             country: None,
             placement: None,
+            attributes: Vec::new(),
         }
     }
 }

@@ -141,6 +141,8 @@ pub(crate) fn scan(payload: &[u8]) -> Option<Wire<'_>> {
             "device" => 8,
             "country" => 9,
             "placement" => 10,
+            // An object: the general path parses and checks it.
+            "attributes" => return None,
             _ => usize::MAX, // unknown fields are ignored, as by the general path
         };
         if slot != usize::MAX {
@@ -195,5 +197,6 @@ pub(crate) fn scan(payload: &[u8]) -> Option<Wire<'_>> {
         device: opt(f[8])?,
         country: opt(f[9])?,
         placement: opt(f[10])?,
+        attributes: None,
     })
 }

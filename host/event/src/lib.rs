@@ -54,7 +54,18 @@ pub struct Event<'a> {
     pub device: Option<Cow<'a, str>>,
     pub country: Option<Cow<'a, str>>,
     pub placement: Option<Cow<'a, str>>,
+    /// The optional `attributes` object: custom string attributes (`creative_size` → `300x250`),
+    /// sorted by key, keys unique. Plugins declare the keys they read (`plugin-info.attributes`);
+    /// `campaign_events.attributes` keeps them all. Empty without the object.
+    pub attributes: Vec<(Cow<'a, str>, Cow<'a, str>)>,
 }
+
+/// At most this many keys in an event's `attributes` object.
+pub const MAX_ATTRIBUTES: usize = 32;
+/// An attribute key is 1 to this many bytes.
+pub const MAX_ATTRIBUTE_KEY_BYTES: usize = 64;
+/// An attribute value is at most this many bytes.
+pub const MAX_ATTRIBUTE_VALUE_BYTES: usize = 256;
 
 /// Why a message was not accepted. The `code` is what dead-letter counts are grouped by.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +152,159 @@ struct Wire<'a> {
     country: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     placement: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    attributes: Option<WireAttributes<'a>>,
+}
+
+/// `attributes`: a JSON object. Values of any type are taken here and refused after parsing
+/// unless they are strings, so that the rejection names the key (a serde error could not).
+pub(crate) struct WireAttributes<'a>(Vec<(Cow<'a, str>, WireAttr<'a>)>);
+
+pub(crate) enum WireAttr<'a> {
+    Str(Cow<'a, str>),
+    /// Not a string: what it is, for the rejection.
+    Other(&'static str),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for WireAttributes<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = WireAttributes<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object of string attributes")
+            }
+            fn visit_map<M: de::MapAccess<'de>>(self, mut m: M) -> Result<Self::Value, M::Error> {
+                let mut out = Vec::new();
+                while let Some(k) = m.next_key::<CowStr<'de>>()? {
+                    // Bounded while parsing: a hostile object cannot grow this without limit.
+                    if out.len() > MAX_ATTRIBUTES {
+                        let _: de::IgnoredAny = m.next_value()?;
+                        continue;
+                    }
+                    out.push((k.0, m.next_value::<WireAttr<'de>>()?));
+                }
+                Ok(WireAttributes(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A string that borrows from the payload when it has no escapes.
+struct CowStr<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for CowStr<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = CowStr<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for WireAttr<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = WireAttr<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an attribute value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(WireAttr::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(WireAttr::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(WireAttr::Other("a boolean"))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(WireAttr::Other("a number"))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(WireAttr::Other("a number"))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(WireAttr::Other("a number"))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(WireAttr::Other("null"))
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(WireAttr::Other("null"))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                while a.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(WireAttr::Other("an array"))
+            }
+            fn visit_map<M: de::MapAccess<'de>>(self, mut m: M) -> Result<Self::Value, M::Error> {
+                while m.next_entry::<de::IgnoredAny, de::IgnoredAny>()?.is_some() {}
+                Ok(WireAttr::Other("an object"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The `attributes` object checked: string values, bounded counts and lengths, unique keys;
+/// sorted by key.
+fn check_attributes(
+    w: Option<WireAttributes<'_>>,
+) -> Result<Vec<(Cow<'_, str>, Cow<'_, str>)>, Rejection> {
+    let Some(WireAttributes(pairs)) = w else {
+        return Ok(Vec::new());
+    };
+    if pairs.len() > MAX_ATTRIBUTES {
+        return Err(reject(
+            Reason::InvalidField,
+            format!("attributes has more than {MAX_ATTRIBUTES} keys"),
+        ));
+    }
+    let mut out = Vec::with_capacity(pairs.len());
+    for (k, v) in pairs {
+        if k.is_empty() || k.len() > MAX_ATTRIBUTE_KEY_BYTES {
+            return Err(reject(
+                Reason::InvalidField,
+                format!("attributes key {k:?} is not 1 to {MAX_ATTRIBUTE_KEY_BYTES} bytes"),
+            ));
+        }
+        let v = match v {
+            WireAttr::Str(v) => v,
+            WireAttr::Other(what) => {
+                return Err(reject(
+                    Reason::InvalidField,
+                    format!("attributes.{k} is {what}, not a string"),
+                ));
+            }
+        };
+        if v.len() > MAX_ATTRIBUTE_VALUE_BYTES {
+            return Err(reject(
+                Reason::InvalidField,
+                format!("attributes.{k} longer than {MAX_ATTRIBUTE_VALUE_BYTES} bytes"),
+            ));
+        }
+        out.push((k, v));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some(w) = out.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(reject(
+            Reason::InvalidField,
+            format!("attributes key {:?} given twice", w[0].0),
+        ));
+    }
+    Ok(out)
 }
 
 /// `event_time`: RFC 3339 string or epoch milliseconds.
@@ -345,6 +509,7 @@ fn decode_with<'a>(
             _ => {}
         }
     }
+    let attributes = check_attributes(w.attributes)?;
     Ok(Event {
         event_id: w.event_id,
         kind,
@@ -358,6 +523,7 @@ fn decode_with<'a>(
         device: w.device,
         country: w.country,
         placement: w.placement,
+        attributes,
     })
 }
 
@@ -645,6 +811,61 @@ mod tests {
         assert_eq!(e.revenue_micros, 19_990_000);
         assert_eq!(e.user_id, "u\"1");
         assert_eq!(e.country.as_deref(), Some("DE"));
+    }
+
+    #[test]
+    fn attributes_are_string_pairs_sorted_by_key_and_bounded() {
+        let base = r#"{"event_id":"e","event_type":"click","event_time":1764000000000,"campaign_id":"c","ad_id":"a","user_id":"u""#;
+        let with = |attrs: &str| format!("{base},\"attributes\":{attrs}}}");
+        let json = with(r#"{"size":"300x250","b\u0065t":"x"}"#);
+        let e = ok(&json).attributes;
+        let pairs: Vec<(&str, &str)> = e.iter().map(|(k, v)| (&**k, &**v)).collect();
+        assert_eq!(pairs, [("bet", "x"), ("size", "300x250")]);
+        // Absent, null or empty: no attributes.
+        assert!(ok(&format!("{base}}}")).attributes.is_empty());
+        assert!(ok(&with("null")).attributes.is_empty());
+        assert!(ok(&with("{}")).attributes.is_empty());
+        let rejected = |attrs: &str| {
+            let json = with(attrs);
+            let e = decode(json.as_bytes(), NOW, &limits()).unwrap_err();
+            // The fast path never takes an object, so both paths word it the same.
+            assert_eq!(
+                decode_reference(json.as_bytes(), NOW, &limits()).unwrap_err(),
+                e
+            );
+            (e.reason, e.detail)
+        };
+        for (attrs, detail) in [
+            (r#"{"n":3}"#, "attributes.n is a number, not a string"),
+            (r#"{"n":null}"#, "attributes.n is null, not a string"),
+            (
+                r#"{"n":{"x":"y"}}"#,
+                "attributes.n is an object, not a string",
+            ),
+            (r#"{"n":"a","n":"b"}"#, "attributes key \"n\" given twice"),
+            (r#"{"":"a"}"#, "attributes key \"\" is not 1 to 64 bytes"),
+        ] {
+            assert_eq!(
+                rejected(attrs),
+                (Reason::InvalidField, detail.into()),
+                "{attrs}"
+            );
+        }
+        let long = format!(r#"{{"k":"{}"}}"#, "v".repeat(MAX_ATTRIBUTE_VALUE_BYTES + 1));
+        assert_eq!(rejected(&long).0, Reason::InvalidField);
+        let many = (0..=MAX_ATTRIBUTES)
+            .map(|i| format!(r#""k{i}":"v""#))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert_eq!(
+            rejected(&format!("{{{many}}}")),
+            (
+                Reason::InvalidField,
+                format!("attributes has more than {MAX_ATTRIBUTES} keys")
+            )
+        );
+        // Not an object at all: the type error of the general path.
+        assert_eq!(rejected(r#""size""#).0, Reason::InvalidField);
     }
 
     #[test]

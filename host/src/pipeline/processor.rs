@@ -628,10 +628,17 @@ impl Processor {
                         })
                         .collect()
                 });
+                let needs = needs_of(registry, set);
+                let mut pending = plugin::new_batch();
+                pending.attributes = vec![Vec::new(); needs.attributes.width()];
                 Window {
-                    pending: plugin::new_batch(),
-                    needs: needs_of(registry, set),
-                    ranks: Default::default(),
+                    pending,
+                    needs,
+                    attribute_names: attribute_names_of(registry, set),
+                    ranks: vec![
+                        Default::default();
+                        plugin::ATTRIBUTE_DIMENSIONS + needs.attributes.width()
+                    ],
                     accs: set.iter().map(|&v| (v, Some(Vec::new()))).collect(),
                     published: vec![Vec::new(); set.len()],
                     retract: Vec::new(),
@@ -695,6 +702,19 @@ impl Processor {
                 needs.columns,
                 &extra,
             );
+            for (g, name) in &w.attribute_names {
+                let v = ev
+                    .attributes
+                    .binary_search_by(|(k, _)| (**k).cmp(&**name))
+                    .ok()
+                    .map(|i| &*ev.attributes[i].1)
+                    .filter(|v| !v.is_empty());
+                let id = self.dims.intern(v.unwrap_or(UNKNOWN), key.0);
+                let ranks = &mut w.ranks[plugin::ATTRIBUTE_DIMENSIONS + g];
+                let n = ranks.len() as u32;
+                ranks.entry(id).or_insert(n);
+                w.pending.attributes[*g].push(id);
+            }
             w.min_offset = w.min_offset.min(m.1);
         }
         if self.build_tables && !replay {
@@ -759,25 +779,38 @@ impl Processor {
                     let folds = Columns::DIMENSIONS
                         .iter()
                         .enumerate()
-                        .any(|(d, &c)| info.columns.has(c) && w.ranks[d].len() > limit);
+                        .any(|(d, &c)| info.columns.has(c) && w.ranks[d].len() > limit)
+                        || info
+                            .attributes
+                            .slots
+                            .iter()
+                            .any(|&g| w.ranks[plugin::ATTRIBUTE_DIMENSIONS + g].len() > limit);
                     let batch = if folds {
                         let other = self.dims.intern(OTHER, start);
                         let ranks = &w.ranks;
-                        let fold = |c: Column, v: u32| match plugin::dimension_index(c) {
-                            Some(d) if ranks[d].get(&v).is_some_and(|&r| (r as usize) >= limit) => {
+                        let fold = |d: usize, v: u32| {
+                            if ranks[d].get(&v).is_some_and(|&r| (r as usize) >= limit) {
                                 other
+                            } else {
+                                v
                             }
-                            _ => v,
                         };
                         let batch = plugin::batch_for(&w.pending, info, Some(&fold));
                         let before = plugin::batch_for(&w.pending, info, None);
+                        let changed = |a: &[u32], b: &[u32]| {
+                            a.iter().zip(b).filter(|(x, y)| x != y).count() as u64
+                        };
                         let folded = Columns::DIMENSIONS
                             .iter()
                             .filter(|&&c| info.columns.has(c))
-                            .map(|&c| {
-                                let (a, b) = (dim_of(&before, c), dim_of(&batch, c));
-                                a.iter().zip(b).filter(|(x, y)| x != y).count() as u64
-                            })
+                            .map(|&c| changed(dim_of(&before, c), dim_of(&batch, c)))
+                            .chain(
+                                before
+                                    .attributes
+                                    .iter()
+                                    .zip(&batch.attributes)
+                                    .map(|(a, b)| changed(a, b)),
+                            )
                             .sum::<u64>();
                         self.status.dimension_values_folded.inc_by(folded);
                         batch
@@ -905,14 +938,14 @@ impl Processor {
                                         .dimensions
                                         .iter()
                                         .map(|d| {
+                                            let name = slot.plugin.dimension_name(d.key);
                                             let v = self.dims.name(d.value).ok_or_else(|| {
                                                 PluginError::Malformed(format!(
-                                                    "unknown {} value id {}",
-                                                    plugin::column_name(d.column),
+                                                    "unknown {name} value id {}",
                                                     d.value
                                                 ))
                                             })?;
-                                            Ok((plugin::column_name(d.column), v))
+                                            Ok((name, v))
                                         })
                                         .collect::<Result<Vec<_>, PluginError>>()?;
                                     cells.sort();
@@ -1184,10 +1217,29 @@ fn needs_of(registry: &super::registry::Registry, set: &[usize]) -> Needs {
             let i = &s.plugin.info;
             Needs {
                 columns: n.columns.union(i.columns),
+                attributes: n.attributes.union(i.attributes.set()),
                 touchpoints: n.touchpoints || i.wants_touchpoints,
                 views: n.views || i.wants_views,
             }
         })
+}
+
+/// The attribute (slot, name) pairs a window opened with versions `set` must carry, by slot.
+fn attribute_names_of(
+    registry: &super::registry::Registry,
+    set: &[usize],
+) -> Vec<(usize, std::sync::Arc<str>)> {
+    let mut out: Vec<(usize, std::sync::Arc<str>)> = set
+        .iter()
+        .filter_map(|&v| registry.slot(v))
+        .flat_map(|s| {
+            let a = &s.plugin.info.attributes;
+            a.slots.iter().copied().zip(a.names.iter().cloned())
+        })
+        .collect();
+    out.sort_by_key(|(g, _)| *g);
+    out.dedup_by_key(|(g, _)| *g);
+    out
 }
 
 /// A batch's column of dimension `c`.

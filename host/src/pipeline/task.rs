@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use crate::dedup::SeenIds;
-use crate::plugin::{Columns, EventBatch};
+use crate::plugin::{AttributeSet, Columns, EventBatch};
 use crate::sink::schema::MetricRecord;
 use crate::sink::{Claimed, Position};
 use crate::window::Touchpoints;
@@ -26,11 +26,15 @@ pub(super) struct Window {
     /// What `pending` carries: the union of what the window's versions ask for, fixed when
     /// the window opens (as the versions are).
     pub needs: Needs,
-    /// Per dimension column (`Columns::DIMENSIONS` order): interned value → the order of its
-    /// first appearance in this window of this partition. A plugin sees values ranked past its
+    /// The custom attributes `pending` carries, (slot, name) by slot: its `attributes[slot]`
+    /// holds each event's interned value of `name`.
+    pub attribute_names: Vec<(usize, std::sync::Arc<str>)>,
+    /// Per host dimension index (`Columns::DIMENSIONS` order, then attribute slots: see
+    /// `plugin::ATTRIBUTE_DIMENSIONS`): interned value → the order of its first appearance in
+    /// this window of this partition. A plugin sees values ranked past its
     /// `max_dimension_values` as `other`; ranking by offset order makes the fold the same in a
     /// replay or a restatement.
-    pub ranks: [rustc_hash::FxHashMap<u32, u32>; 4],
+    pub ranks: Vec<rustc_hash::FxHashMap<u32, u32>>,
     pub accs: Vec<(usize, Option<Vec<u8>>)>,
     /// Per entry of `accs`: the rows last published from it (to retract if it fails later).
     pub published: Vec<Vec<MetricRecord>>,
@@ -52,6 +56,7 @@ pub(super) struct Window {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct Needs {
     pub columns: Columns,
+    pub attributes: AttributeSet,
     pub touchpoints: bool,
     pub views: bool,
 }

@@ -1245,6 +1245,7 @@ mod tests {
             device: None,
             country: None,
             placement: None,
+            attributes: Vec::new(),
         }
     }
 
@@ -1345,6 +1346,7 @@ mod tests {
         };
         for (t, name) in [
             (&old.events, "original_revenue"),
+            (&old.events, "attributes"),
             (&old.metrics, "currency"),
         ] {
             assert!(t.metadata().current_schema().field_by_name(name).is_none());
@@ -1430,6 +1432,11 @@ mod tests {
                 &sink.events,
                 schema::REVENUE_CURRENCY_COLUMN,
                 schema::REVENUE_CURRENCY_FIELD_ID,
+            ),
+            (
+                &sink.events,
+                schema::EVENT_ATTRIBUTES_COLUMN,
+                schema::EVENT_ATTRIBUTES_FIELD_ID,
             ),
             (
                 &sink.metrics,

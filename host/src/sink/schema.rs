@@ -69,6 +69,15 @@ pub const ORIGINAL_REVENUE_FIELD_ID: i32 = 18;
 pub const REVENUE_CURRENCY_COLUMN: &str = "revenue_currency";
 pub const REVENUE_CURRENCY_FIELD_ID: i32 = 19;
 
+/// `attributes` in `campaign_events`: the event's custom string attributes (its `attributes`
+/// object), as a JSON object of strings with sorted keys; NULL without any. A JSON text rather
+/// than an Iceberg map for the reason `dimensions` is one string: every reader (DuckDB's
+/// `json_extract_string`, PyIceberg, Superset's SQL) can read it, and new keys need no schema
+/// change. It is what a breakdown by `attr.NAME` is recounted from. Appended after
+/// `revenue_currency`.
+pub const EVENT_ATTRIBUTES_COLUMN: &str = "attributes";
+pub const EVENT_ATTRIBUTES_FIELD_ID: i32 = 20;
+
 /// `currency` in `campaign_metrics`: the currency of the money the row's plugin was given (every
 /// conversion's revenue converted to the run's reporting currency), on every metric row of a
 /// run, money metric or not (the host cannot tell which metrics are money); NULL on
@@ -76,6 +85,24 @@ pub const REVENUE_CURRENCY_FIELD_ID: i32 = 19;
 /// `plugin_params`.
 pub const METRICS_CURRENCY_COLUMN: &str = "currency";
 pub const METRICS_CURRENCY_FIELD_ID: i32 = 22;
+
+/// An event's attributes as `campaign_events.attributes` holds them: a JSON object of strings,
+/// keys in the (sorted) order given.
+pub fn attributes_json(
+    attributes: &[(std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)],
+) -> String {
+    let mut out = String::from("{");
+    for (i, (k, v)) in attributes.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::Value::from(&**k).to_string());
+        out.push(':');
+        out.push_str(&serde_json::Value::from(&**v).to_string());
+    }
+    out.push('}');
+    out
+}
 
 /// A column holding `stream` in each of `rows` rows (dictionary-encoded by Parquet: a few bytes
 /// per file).
@@ -142,6 +169,7 @@ pub fn events_schema() -> Schema {
                 },
             ),
             opt(REVENUE_CURRENCY_FIELD_ID, REVENUE_CURRENCY_COLUMN, String),
+            opt(EVENT_ATTRIBUTES_FIELD_ID, EVENT_ATTRIBUTES_COLUMN, String),
         ])
         .build()
         .expect("static schema")
@@ -248,6 +276,7 @@ struct EventColumns {
     is_duplicate: BooleanBuilder,
     original_revenue: Decimal128Builder,
     revenue_currency: StringBuilder,
+    attributes: StringBuilder,
     rows: usize,
 }
 
@@ -279,6 +308,7 @@ impl EventColumns {
                 .with_precision_and_scale(18, 6)
                 .expect("valid decimal"),
             revenue_currency: s(1),
+            attributes: s(0),
             rows: 0,
         }
     }
@@ -305,6 +335,7 @@ impl EventColumns {
             stream_column(stream, rows),
             Arc::new(self.original_revenue.finish()),
             Arc::new(self.revenue_currency.finish()),
+            Arc::new(self.attributes.finish()),
         ];
         self.rows = 0;
         RecordBatch::try_new(schema.clone(), cols).expect("columns match the events schema")
@@ -381,6 +412,11 @@ impl EventsBuffer {
         c.device.append_option(e.device.as_deref());
         c.country.append_option(e.country.as_deref());
         c.placement.append_option(e.placement.as_deref());
+        if e.attributes.is_empty() {
+            c.attributes.append_null();
+        } else {
+            c.attributes.append_value(attributes_json(&e.attributes));
+        }
         c.partition.append_value(partition);
         c.offset.append_value(offset);
         c.ingest_time.append_value(ingest_us);

@@ -1,6 +1,7 @@
 //! CTR plugin: impressions, clicks and click-through rate per campaign per window.
 //!
-//! Parameter `dimensions` (optional, a list of `device`, `country`, `placement`, `currency`):
+//! Parameter `dimensions` (optional, a list of `device`, `country`, `placement`, `currency` and
+//! custom attributes of the event's `attributes` object as `attr.NAME`):
 //! besides each campaign's total row, one `ctr` row per campaign per breakdown cell (each
 //! combination of the listed dimensions' values). Without it the plugin declares no columns and
 //! emits the totals only.
@@ -16,8 +17,7 @@ impl Plugin for Ctr {
 
     fn init(params: &Params) -> Result<(Self, PluginInfo), String> {
         let breakdown = params.get_breakdown("dimensions")?;
-        let info =
-            info("ctr", env!("CARGO_PKG_VERSION"), &["ctr"]).with_columns(breakdown.columns());
+        let info = info("ctr", env!("CARGO_PKG_VERSION"), &["ctr"]).with_breakdown(&breakdown);
         Ok((Ctr { breakdown }, info))
     }
 
@@ -78,13 +78,13 @@ mod tests {
     }
 
     /// (campaign, dimensions, value, numerator, denominator)
-    type Row = (u32, Vec<(Column, u32)>, f64, f64, f64);
+    type Row = (u32, Vec<(DimensionKey, u32)>, f64, f64, f64);
 
     fn table(rows: &[MetricRow]) -> Vec<Row> {
         rows.iter()
             .map(|r| {
                 assert_eq!((r.ad, r.metric.as_str()), (None, "ctr"));
-                let dims = r.dimensions.iter().map(|d| (d.column, d.value)).collect();
+                let dims = r.dimensions.iter().map(|d| (d.key, d.value)).collect();
                 (r.campaign, dims, r.value, r.numerator, r.denominator)
             })
             .collect()
@@ -117,7 +117,10 @@ mod tests {
     fn breakdown_adds_one_row_per_cell() {
         let p = Harness::<Ctr>::new(&[("dimensions", "country,device")]).unwrap();
         assert_eq!(p.info().columns, vec![Column::Device, Column::Country]);
-        let (d, c) = (Column::Device, Column::Country);
+        let (d, c) = (
+            DimensionKey::Column(Column::Device),
+            DimensionKey::Column(Column::Country),
+        );
         assert_eq!(
             table(&p.run(&events()).unwrap()),
             vec![
@@ -140,6 +143,43 @@ mod tests {
         // An empty list is no breakdown.
         let p = Harness::<Ctr>::new(&[("dimensions", "")]).unwrap();
         assert!(p.info().columns.is_empty());
+    }
+
+    #[test]
+    fn attributes_are_dimensions_too() {
+        let p = Harness::<Ctr>::new(&[("dimensions", "attr.creative_size,country")]).unwrap();
+        assert_eq!(p.info().columns, vec![Column::Country]);
+        assert_eq!(p.info().attributes, vec!["creative_size".to_string()]);
+        let size = DimensionKey::Attribute(0);
+        let c = DimensionKey::Column(Column::Country);
+        let events: Vec<_> = events()
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| e.with_attribute(0, 30 + (i as u32 % 2)))
+            .collect();
+        assert_eq!(
+            table(&p.run(&events).unwrap()),
+            vec![
+                (1, vec![], 1.0 / 3.0, 1.0, 3.0),
+                (1, vec![(c, 7), (size, 30)], 0.0, 0.0, 2.0),
+                (1, vec![(c, 7), (size, 31)], 1.0, 1.0, 1.0),
+                (2, vec![], 2.0, 2.0, 1.0),
+                (2, vec![(c, 8), (size, 30)], 0.0, 1.0, 0.0),
+                (2, vec![(c, 8), (size, 31)], 1.0, 1.0, 1.0),
+            ]
+        );
+        for (list, needle) in [
+            ("attr.", "attribute name `` is not"),
+            ("attr.Size", "attribute name `Size` is not"),
+            ("attr.a,attr.a", "`attr.a` given twice"),
+            (
+                "attr.a,attr.b,attr.c,attr.d,attr.e",
+                "5 attributes, at most 4",
+            ),
+        ] {
+            let err = Harness::<Ctr>::new(&[("dimensions", list)]).err().unwrap();
+            assert!(err.contains(needle), "{list}: {err}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! CVR plugin: clicks, conversions and conversion rate (conversions / clicks) per campaign per window.
 //!
-//! Parameter `dimensions` (optional, a list of `device`, `country`, `placement`, `currency`):
+//! Parameter `dimensions` (optional, a list of `device`, `country`, `placement`, `currency` and
+//! custom attributes of the event's `attributes` object as `attr.NAME`):
 //! besides each campaign's total row, one `cvr` row per campaign per breakdown cell (each
 //! combination of the listed dimensions' values). Without it the plugin declares no columns and
 //! emits the totals only.
@@ -16,8 +17,7 @@ impl Plugin for Cvr {
 
     fn init(params: &Params) -> Result<(Self, PluginInfo), String> {
         let breakdown = params.get_breakdown("dimensions")?;
-        let info =
-            info("cvr", env!("CARGO_PKG_VERSION"), &["cvr"]).with_columns(breakdown.columns());
+        let info = info("cvr", env!("CARGO_PKG_VERSION"), &["cvr"]).with_breakdown(&breakdown);
         Ok((Cvr { breakdown }, info))
     }
 
@@ -73,13 +73,13 @@ mod tests {
     }
 
     /// (campaign, dimensions, value, numerator, denominator)
-    type Row = (u32, Vec<(Column, u32)>, f64, f64, f64);
+    type Row = (u32, Vec<(DimensionKey, u32)>, f64, f64, f64);
 
     fn table(rows: &[MetricRow]) -> Vec<Row> {
         rows.iter()
             .map(|r| {
                 assert_eq!((r.ad, r.metric.as_str()), (None, "cvr"));
-                let dims = r.dimensions.iter().map(|d| (d.column, d.value)).collect();
+                let dims = r.dimensions.iter().map(|d| (d.key, d.value)).collect();
                 (r.campaign, dims, r.value, r.numerator, r.denominator)
             })
             .collect()
@@ -102,7 +102,7 @@ mod tests {
     fn breakdown_adds_one_row_per_cell() {
         let p = Harness::<Cvr>::new(&[("dimensions", "placement")]).unwrap();
         assert_eq!(p.info().columns, vec![Column::Placement]);
-        let pl = Column::Placement;
+        let pl = DimensionKey::Column(Column::Placement);
         assert_eq!(
             table(&p.run(&events()).unwrap()),
             vec![

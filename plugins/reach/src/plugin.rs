@@ -48,7 +48,7 @@ impl Guest for Reach {
 
     fn accumulate(acc: Vec<u8>, events: EventBatch) -> Result<Vec<u8>, String> {
         let cfg = (*config()).ok_or("reach: called before a successful init")?;
-        let events = Events::new(events, &COLUMNS)?;
+        let events = Events::new(events, &COLUMNS, 0)?;
         let impressions = events
             .iter()
             .filter(|e| e.kind == EventKind::Impression)

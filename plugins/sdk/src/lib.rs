@@ -14,7 +14,7 @@
 //!     fn init(params: &Params) -> Result<(Self, PluginInfo), String> {
 //!         let breakdown = params.get_breakdown("dimensions")?;
 //!         let info = info("impressions", env!("CARGO_PKG_VERSION"), &["impressions"])
-//!             .with_columns(breakdown.columns());
+//!             .with_breakdown(&breakdown);
 //!         Ok((Impressions { breakdown }, info))
 //!     }
 //!     fn accumulate(&self, acc: &mut Counters, events: &Events) -> Result<(), String> {
@@ -67,7 +67,8 @@ pub mod bindings {
 pub use wit_bindgen;
 
 pub use bindings::admetrics::metrics::types::{
-    Column, Dimension, EventBatch, EventKind, MetricRow, PluginInfo, Touchpoint, WindowSize,
+    Column, Dimension, DimensionKey, EventBatch, EventKind, MetricRow, PluginInfo, Touchpoint,
+    WindowSize,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -81,8 +82,29 @@ pub const BREAKDOWN_COLUMNS: [Column; 4] = [
     Column::Currency,
 ];
 
-/// At most this many dimensions per key or row: one per breakdown column.
-pub const MAX_DIMS: usize = BREAKDOWN_COLUMNS.len();
+/// At most this many custom attributes per plugin (`plugin-info.attributes`).
+pub const MAX_ATTRIBUTES: usize = 4;
+
+/// At most this many dimensions per key or row: one per breakdown column and per attribute.
+pub const MAX_DIMS: usize = BREAKDOWN_COLUMNS.len() + MAX_ATTRIBUTES;
+
+/// The prefix that names a custom attribute in a breakdown list: `attr.creative_size`.
+pub const ATTRIBUTE_PREFIX: &str = "attr.";
+
+/// Checks an attribute name: `[a-z0-9_]`, 1 to 64 bytes (the WIT's rule; the host checks it too).
+pub fn check_attribute_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(format!(
+            "attribute name `{name}` is not 1 to 64 of [a-z0-9_]"
+        ));
+    }
+    Ok(())
+}
 
 impl Column {
     /// The WIT name (`user`, `device`, `country`, `placement`, `currency`).
@@ -116,54 +138,96 @@ impl Column {
     }
 }
 
-/// A breakdown cell: up to [`MAX_DIMS`] (column, value) pairs, each column at most once, never
-/// `user`. Canonical by construction (the order pairs are given in does not matter), so equal
-/// cells are equal keys. [`Dims::NONE`] is the total.
+/// A breakdown cell: up to [`MAX_DIMS`] (key, value) pairs, each key (a column other than
+/// `user`, or a declared attribute) at most once. Canonical by construction (the order pairs are
+/// given in does not matter), so equal cells are equal keys. [`Dims::NONE`] is the total.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Dims {
-    // Bit `s` set: `BREAKDOWN_COLUMNS[s]` is present, its value in the 32 bits of `vals` at
-    // `slot_shift(s)` (slot 0 most significant). Unused slots stay 0. Packed so that comparing
-    // keys, the counters' hot path, stays two integer comparisons for a total.
+    // Bit `s` set: slot `s` is present (slots 0..4 are `BREAKDOWN_COLUMNS`, 4..8 attributes 0..4),
+    // its value in the 32 bits of `vals` (columns) or `attrs` (attributes) at `slot_shift(s)`.
+    // Unused slots stay 0. Packed so that comparing keys, the counters' hot path, stays a few
+    // integer comparisons.
     mask: u8,
     vals: u128,
+    attrs: u128,
 }
 
-/// The slot of a breakdown column (its index in [`BREAKDOWN_COLUMNS`]).
-fn slot(column: Column) -> Option<usize> {
-    match column {
-        Column::User => None,
-        Column::Device => Some(0),
-        Column::Country => Some(1),
-        Column::Placement => Some(2),
-        Column::Currency => Some(3),
+/// The slot of a breakdown key: a column's index in [`BREAKDOWN_COLUMNS`], attribute `i` at
+/// `BREAKDOWN_COLUMNS.len() + i`.
+fn slot(key: DimensionKey) -> Option<usize> {
+    match key {
+        DimensionKey::Column(Column::User) => None,
+        DimensionKey::Column(Column::Device) => Some(0),
+        DimensionKey::Column(Column::Country) => Some(1),
+        DimensionKey::Column(Column::Placement) => Some(2),
+        DimensionKey::Column(Column::Currency) => Some(3),
+        DimensionKey::Attribute(i) if (i as usize) < MAX_ATTRIBUTES => {
+            Some(BREAKDOWN_COLUMNS.len() + i as usize)
+        }
+        DimensionKey::Attribute(_) => None,
+    }
+}
+
+fn slot_key(slot: usize) -> DimensionKey {
+    match slot {
+        0..4 => DimensionKey::Column(BREAKDOWN_COLUMNS[slot]),
+        _ => DimensionKey::Attribute((slot - BREAKDOWN_COLUMNS.len()) as u32),
     }
 }
 
 fn slot_shift(slot: usize) -> u32 {
-    96 - 32 * slot as u32
+    96 - 32 * (slot % 4) as u32
+}
+
+/// The name of a breakdown key for messages: the column's, or `attribute #i`.
+fn key_name(key: DimensionKey) -> String {
+    match key {
+        DimensionKey::Column(c) => c.as_str().to_string(),
+        DimensionKey::Attribute(i) => format!("attribute #{i}"),
+    }
 }
 
 impl Dims {
     /// No dimensions: the key or row of a total.
-    pub const NONE: Dims = Dims { mask: 0, vals: 0 };
+    pub const NONE: Dims = Dims {
+        mask: 0,
+        vals: 0,
+        attrs: 0,
+    };
 
     fn set(&mut self, slot: usize, value: u32) {
         let shift = slot_shift(slot);
         self.mask |= 1 << slot;
-        self.vals = (self.vals & !(0xffff_ffff_u128 << shift)) | (value as u128) << shift;
+        let word = if slot < 4 {
+            &mut self.vals
+        } else {
+            &mut self.attrs
+        };
+        *word = (*word & !(0xffff_ffff_u128 << shift)) | (value as u128) << shift;
     }
 
     fn slot_value(&self, slot: usize) -> u32 {
-        (self.vals >> slot_shift(slot)) as u32
+        let word = if slot < 4 { self.vals } else { self.attrs };
+        (word >> slot_shift(slot)) as u32
     }
 
     /// A cell from (column, value) pairs in any order. Errors on `user` or a repeated column.
     pub fn new(pairs: &[(Column, u32)]) -> Result<Dims, String> {
+        let keys: Vec<_> = pairs
+            .iter()
+            .map(|&(c, v)| (DimensionKey::Column(c), v))
+            .collect();
+        Dims::of_keys(&keys)
+    }
+
+    /// A cell from (key, value) pairs in any order. Errors on `user`, an attribute index past
+    /// [`MAX_ATTRIBUTES`] or a repeated key.
+    pub fn of_keys(pairs: &[(DimensionKey, u32)]) -> Result<Dims, String> {
         let mut d = Dims::NONE;
-        for &(c, v) in pairs {
-            let s = slot(c).ok_or("`user` is not a breakdown column")?;
+        for &(k, v) in pairs {
+            let s = slot(k).ok_or_else(|| format!("`{}` is not a breakdown key", key_name(k)))?;
             if d.mask & 1 << s != 0 {
-                return Err(format!("dimension `{}` given twice", c.as_str()));
+                return Err(format!("dimension `{}` given twice", key_name(k)));
             }
             d.set(s, v);
         }
@@ -180,23 +244,29 @@ impl Dims {
         self.mask == 0
     }
 
-    /// The (column, value) pairs in canonical column order ([`BREAKDOWN_COLUMNS`]).
-    pub fn iter(&self) -> impl Iterator<Item = (Column, u32)> + '_ {
+    /// The (key, value) pairs in canonical order: columns in [`BREAKDOWN_COLUMNS`] order, then
+    /// attributes by index.
+    pub fn iter(&self) -> impl Iterator<Item = (DimensionKey, u32)> + '_ {
         (0..MAX_DIMS)
             .filter(|&s| self.mask & 1 << s != 0)
-            .map(|s| (BREAKDOWN_COLUMNS[s], self.slot_value(s)))
+            .map(|s| (slot_key(s), self.slot_value(s)))
     }
 
     /// The value of `column` in this cell.
     pub fn get(&self, column: Column) -> Option<u32> {
-        let s = slot(column)?;
+        self.get_key(DimensionKey::Column(column))
+    }
+
+    /// The value of `key` in this cell.
+    pub fn get_key(&self, key: DimensionKey) -> Option<u32> {
+        let s = slot(key)?;
         (self.mask & 1 << s != 0).then(|| self.slot_value(s))
     }
 
     /// The WIT form, for [`MetricRow::dimensions`].
     pub fn to_dimensions(&self) -> Vec<Dimension> {
         self.iter()
-            .map(|(column, value)| Dimension { column, value })
+            .map(|(key, value)| Dimension { key, value })
             .collect()
     }
 }
@@ -214,46 +284,80 @@ impl fmt::Debug for Dims {
             if i > 0 {
                 f.write_str(",")?;
             }
-            write!(f, "{}={v}", c.as_str())?;
+            write!(f, "{}={v}", key_name(c))?;
         }
         f.write_str("]")
     }
 }
 
 /// The breakdown a plugin was configured with: a set of breakdown columns (no `user`), kept in
-/// canonical order. Declare [`Breakdown::columns`] in the plugin info and key each event's
-/// counters by [`Breakdown::cell`] as well as by its total.
+/// canonical order, and custom attributes (`attr.NAME` in a list), in the order given. Declare
+/// [`Breakdown::columns`] and [`Breakdown::attributes`] in the plugin info (the attributes
+/// first among the plugin's, so that attribute `i` of the breakdown is attribute `i` of the
+/// batch) and key each event's counters by [`Breakdown::cell`] as well as by its total.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Breakdown {
     columns: Vec<Column>,
+    attributes: Vec<String>,
 }
 
 impl Breakdown {
     /// A breakdown by `columns` (any order). Errors on `user` or a repeated column.
     pub fn new(columns: &[Column]) -> Result<Breakdown, String> {
+        Breakdown::with_attributes(columns, &[])
+    }
+
+    /// A breakdown by `columns` (any order) and the custom attributes `attributes` (at most
+    /// [`MAX_ATTRIBUTES`], each a valid name, no repeats).
+    pub fn with_attributes(columns: &[Column], attributes: &[&str]) -> Result<Breakdown, String> {
         let pairs: Vec<(Column, u32)> = columns.iter().map(|&c| (c, 0)).collect();
         let dims = Dims::new(&pairs)?;
+        if attributes.len() > MAX_ATTRIBUTES {
+            return Err(format!(
+                "{} attributes, at most {MAX_ATTRIBUTES}",
+                attributes.len()
+            ));
+        }
+        for (i, a) in attributes.iter().enumerate() {
+            check_attribute_name(a)?;
+            if attributes[..i].contains(a) {
+                return Err(format!("dimension `{ATTRIBUTE_PREFIX}{a}` given twice"));
+            }
+        }
         Ok(Breakdown {
-            columns: dims.iter().map(|(c, _)| c).collect(),
+            columns: dims
+                .iter()
+                .filter_map(|(k, _)| match k {
+                    DimensionKey::Column(c) => Some(c),
+                    DimensionKey::Attribute(_) => None,
+                })
+                .collect(),
+            attributes: attributes.iter().map(|a| a.to_string()).collect(),
         })
     }
 
-    /// Parses a comma list of column names (`device,country`); empty gives no breakdown.
+    /// Parses a comma list of column names and `attr.NAME` attributes
+    /// (`device,country,attr.creative_size`); empty gives no breakdown.
     pub fn parse(list: &str) -> Result<Breakdown, String> {
         let mut columns = Vec::new();
+        let mut attributes = Vec::new();
         for name in split_list(list) {
+            if let Some(a) = name.strip_prefix(ATTRIBUTE_PREFIX) {
+                attributes.push(a);
+                continue;
+            }
             match Column::parse(name) {
                 Some(c) if c != Column::User => columns.push(c),
                 _ => {
                     let accepted: Vec<_> = BREAKDOWN_COLUMNS.iter().map(|c| c.as_str()).collect();
                     return Err(format!(
-                        "unknown dimension `{name}` (accepted: {})",
+                        "unknown dimension `{name}` (accepted: {}, {ATTRIBUTE_PREFIX}NAME)",
                         accepted.join(", ")
                     ));
                 }
             }
         }
-        Breakdown::new(&columns)
+        Breakdown::with_attributes(&columns, &attributes)
     }
 
     /// The columns, in canonical order: what the plugin must declare.
@@ -261,12 +365,18 @@ impl Breakdown {
         &self.columns
     }
 
-    /// True when there is no breakdown (totals only).
-    pub fn is_empty(&self) -> bool {
-        self.columns.is_empty()
+    /// The custom attributes, in the order given: what the plugin must declare, first.
+    pub fn attributes(&self) -> &[String] {
+        &self.attributes
     }
 
-    /// The event's cell. Errors if the event lacks one of the columns (not declared).
+    /// True when there is no breakdown (totals only).
+    pub fn is_empty(&self) -> bool {
+        self.columns.is_empty() && self.attributes.is_empty()
+    }
+
+    /// The event's cell. Errors if the event lacks one of the columns or attributes (not
+    /// declared).
     pub fn cell(&self, e: &Event) -> Result<Dims, String> {
         let mut d = Dims::NONE;
         for &c in &self.columns {
@@ -276,7 +386,16 @@ impl Breakdown {
                     c.as_str()
                 )
             })?;
-            d.set(slot(c).expect("no user in a breakdown"), v);
+            d.set(
+                slot(DimensionKey::Column(c)).expect("no user in a breakdown"),
+                v,
+            );
+        }
+        for (i, a) in self.attributes.iter().enumerate() {
+            let v = e.attribute(i).ok_or_else(|| {
+                format!("event has no attribute `{a}`: declare the breakdown's attributes first")
+            })?;
+            d.set(BREAKDOWN_COLUMNS.len() + i, v);
         }
         Ok(d)
     }
@@ -422,6 +541,9 @@ pub struct Event<'a> {
     pub placement: Option<u32>,
     /// Interned currency the event was sent in, if the plugin declared [`Column::Currency`].
     pub currency: Option<u32>,
+    /// The batch's attribute columns (`plugin-info.attributes` order): see [`Event::attribute`].
+    attributes: &'a [Vec<u32>],
+    index: usize,
     /// For conversions, when the plugin wants touchpoints: the user's clicks inside the lookback
     /// at or before the conversion and, if it wants views, impressions inside the view lookback;
     /// oldest first. Check [`Touchpoint::kind`] (or use [`Event::clicks`]).
@@ -441,6 +563,14 @@ impl<'a> Event<'a> {
         }
     }
 
+    /// The interned value of the plugin's declared attribute `i` (its index in
+    /// `plugin-info.attributes`), the "unknown" value when the event has no such key; `None` if
+    /// the plugin declared fewer attributes.
+    #[inline]
+    pub fn attribute(&self, i: usize) -> Option<u32> {
+        self.attributes.get(i).map(|col| col[self.index])
+    }
+
     /// The touchpoints that are clicks, oldest first.
     pub fn clicks(&self) -> impl DoubleEndedIterator<Item = &'a Touchpoint> + 'a {
         self.touchpoints
@@ -456,9 +586,10 @@ pub struct Events {
 
 impl Events {
     /// Checks that the columns agree: the five base columns and every `declared` column hold one
-    /// entry per event, undeclared columns are empty or full, touchpoints are consistent. The
-    /// host guarantees it; a fuzzing host may not.
-    pub fn new(batch: EventBatch, declared: &[Column]) -> Result<Self, String> {
+    /// entry per event, undeclared columns are empty or full, there is one attribute column of
+    /// one entry per event for each of the `attributes` declared, touchpoints are consistent.
+    /// The host guarantees it; a fuzzing host may not.
+    pub fn new(batch: EventBatch, declared: &[Column], attributes: usize) -> Result<Self, String> {
         let n = batch.kinds.len();
         let cols = [
             batch.times_ms.len(),
@@ -497,6 +628,14 @@ impl Events {
                     "event-batch column {field} has {len} entries for {n} events ({need})"
                 ));
             }
+        }
+        if batch.attributes.len() != attributes || batch.attributes.iter().any(|a| a.len() != n) {
+            return Err(format!(
+                "event-batch has {} attribute columns of lengths {:?} for {n} events ({attributes} \
+                 declared: one per event each)",
+                batch.attributes.len(),
+                batch.attributes.iter().map(Vec::len).collect::<Vec<_>>()
+            ));
         }
         let ends = &batch.touchpoint_ends;
         if !ends.is_empty()
@@ -562,6 +701,8 @@ impl Events {
             country: b.countries.get(i).copied(),
             placement: b.placements.get(i).copied(),
             currency: b.currencies.get(i).copied(),
+            attributes: &b.attributes,
+            index: i,
             touchpoints,
         }
     }
@@ -605,6 +746,7 @@ pub fn info(name: &str, version: &str, metrics: &[&str]) -> PluginInfo {
         wants_touchpoints: false,
         wants_views: false,
         columns: Vec::new(),
+        attributes: Vec::new(),
         window: WindowSize::Minute,
     }
 }
@@ -631,6 +773,25 @@ impl PluginInfo {
             }
         }
         self
+    }
+
+    /// Also reads these custom attributes of the event's `attributes` object (repeats are
+    /// ignored; new names are appended, so a [`Breakdown`]'s attributes declared first keep
+    /// their indices).
+    pub fn with_attributes<S: AsRef<str>>(mut self, attributes: &[S]) -> Self {
+        for a in attributes {
+            let a = a.as_ref();
+            if !self.attributes.iter().any(|x| x == a) {
+                self.attributes.push(a.to_string());
+            }
+        }
+        self
+    }
+
+    /// Also reads what `breakdown` needs: its columns and attributes.
+    pub fn with_breakdown(self, breakdown: &Breakdown) -> Self {
+        self.with_columns(breakdown.columns())
+            .with_attributes(breakdown.attributes())
     }
 
     /// Accumulators cover this window instead of a minute.
@@ -713,6 +874,9 @@ pub const MAX_COUNTER: i64 = 999_999_999_999_999_999;
 /// Set in the encoded width when entries carry dimensions.
 const DIMS_FLAG: u32 = 1 << 31;
 
+/// Set in an encoded dimension's key byte for attribute `byte & 0x7f` (else it is a column).
+const ATTRIBUTE_CODE: u8 = 0x80;
+
 /// A counter key: campaign, ad (or [`NO_AD`]), breakdown cell (or [`Dims::NONE`]). Ordered by
 /// campaign, ad, then the cell (the total first).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -750,7 +914,7 @@ impl Key {
 /// states encode to equal bytes. Without dimensions (no key has any) the layout is the 0.1 one,
 /// `[u32 width][(u32 campaign, u32 ad, i64 × width)…]`; with them the width has bit 31 set and
 /// each entry is `(u32 campaign, u32 ad, u8 n, (u8 column, u32 value) × n, i64 × width)`, the
-/// column being the WIT `column` case index.
+/// column being the WIT `column` case index, or `0x80 | i` for attribute `i`.
 #[derive(Debug, Clone)]
 pub struct Counters {
     width: usize,
@@ -829,7 +993,12 @@ impl Counters {
                 for _ in 0..n {
                     let code = take(&mut rest, 1)?[0];
                     let value = take_u32(&mut rest)?;
-                    match Column::from_code(code).and_then(slot) {
+                    let key = if code & ATTRIBUTE_CODE != 0 {
+                        Some(DimensionKey::Attribute((code & !ATTRIBUTE_CODE) as u32))
+                    } else {
+                        Column::from_code(code).map(DimensionKey::Column)
+                    };
+                    match key.and_then(slot) {
                         Some(s) if last.is_none_or(|l| l < s) => {
                             dims.set(s, value);
                             last = Some(s);
@@ -872,8 +1041,11 @@ impl Counters {
             out.extend_from_slice(&key.ad().to_le_bytes());
             if with_dims {
                 out.push(key.dims.len() as u8);
-                for (column, value) in key.dims.iter() {
-                    out.push(column.code());
+                for (k, value) in key.dims.iter() {
+                    out.push(match k {
+                        DimensionKey::Column(c) => c.code(),
+                        DimensionKey::Attribute(i) => ATTRIBUTE_CODE | i as u8,
+                    });
                     out.extend_from_slice(&value.to_le_bytes());
                 }
             }
@@ -995,6 +1167,7 @@ impl Counters {
 struct Configured<P> {
     plugin: P,
     columns: Vec<Column>,
+    attributes: usize,
 }
 
 /// Where [`export_plugin!`] keeps the instance's configured plugin (one per instance: the host
@@ -1031,9 +1204,19 @@ pub fn __init<P: Plugin>(
     *slot = None;
     params.check_known(P::PARAMS)?;
     let (plugin, info) = P::init(&params)?;
+    if info.attributes.len() > MAX_ATTRIBUTES {
+        return Err(format!(
+            "{} attributes declared, at most {MAX_ATTRIBUTES}",
+            info.attributes.len()
+        ));
+    }
+    for a in &info.attributes {
+        check_attribute_name(a)?;
+    }
     *slot = Some(Configured {
         plugin,
         columns: info.columns.clone(),
+        attributes: info.attributes.len(),
     });
     Ok(info)
 }
@@ -1046,7 +1229,7 @@ pub fn __accumulate<P: Plugin>(
 ) -> Result<Vec<u8>, String> {
     let slot = cell.lock();
     let configured = slot.as_ref().ok_or(NOT_INITIALISED)?;
-    let events = Events::new(events, &configured.columns)?;
+    let events = Events::new(events, &configured.columns, configured.attributes)?;
     let mut c = Counters::decode(&acc, P::WIDTH)?;
     configured.plugin.accumulate(&mut c, &events)?;
     if let Some(overflow) = c.overflow.take() {
@@ -1123,6 +1306,8 @@ pub mod testing {
         pub placement: u32,
         /// Interned currency.
         pub currency: u32,
+        /// Interned values of the declared attributes, by index (missing ones are 0).
+        pub attributes: Vec<u32>,
         /// Touchpoints (conversions of plugins that want them).
         pub touchpoints: Vec<Touchpoint>,
     }
@@ -1140,6 +1325,7 @@ pub mod testing {
                 country: 0,
                 placement: 0,
                 currency: 0,
+                attributes: Vec::new(),
                 touchpoints: Vec::new(),
             }
         }
@@ -1183,6 +1369,15 @@ pub mod testing {
             self
         }
 
+        /// With declared attribute `i`'s value.
+        pub fn with_attribute(mut self, i: usize, value: u32) -> Self {
+            if self.attributes.len() <= i {
+                self.attributes.resize(i + 1, 0);
+            }
+            self.attributes[i] = value;
+            self
+        }
+
         /// With a touchpoint of `kind` (click or impression).
         pub fn touchpoint(mut self, kind: EventKind, time_ms: i64, campaign: u32, ad: u32) -> Self {
             self.touchpoints.push(Touchpoint {
@@ -1200,6 +1395,17 @@ pub mod testing {
     pub fn batch(
         events: &[TestEvent],
         columns: &[Column],
+        touchpoints: bool,
+        views: bool,
+    ) -> EventBatch {
+        batch_with_attributes(events, columns, 0, touchpoints, views)
+    }
+
+    /// [`batch`] for a plugin that also declares `attributes` attributes.
+    pub fn batch_with_attributes(
+        events: &[TestEvent],
+        columns: &[Column],
+        attributes: usize,
         touchpoints: bool,
         views: bool,
     ) -> EventBatch {
@@ -1226,6 +1432,14 @@ pub mod testing {
             countries: col(Column::Country, |e| e.country),
             placements: col(Column::Placement, |e| e.placement),
             currencies: col(Column::Currency, |e| e.currency),
+            attributes: (0..attributes)
+                .map(|i| {
+                    events
+                        .iter()
+                        .map(|e| e.attributes.get(i).copied().unwrap_or(0))
+                        .collect()
+                })
+                .collect(),
             touchpoint_ends: Vec::new(),
             touchpoints: Vec::new(),
         };
@@ -1279,7 +1493,13 @@ pub mod testing {
         /// `accumulate` with the batch the host would send for `events` (see [`batch`]).
         pub fn accumulate(&self, acc: &[u8], events: &[TestEvent]) -> Result<Vec<u8>, String> {
             let i = &self.info;
-            let b = batch(events, &i.columns, i.wants_touchpoints, i.wants_views);
+            let b = batch_with_attributes(
+                events,
+                &i.columns,
+                i.attributes.len(),
+                i.wants_touchpoints,
+                i.wants_views,
+            );
             self.accumulate_batch(acc, b)
         }
 
@@ -1401,11 +1621,11 @@ mod tests {
             cell.to_dimensions(),
             vec![
                 Dimension {
-                    column: Column::Device,
+                    key: DimensionKey::Column(Column::Device),
                     value: 2
                 },
                 Dimension {
-                    column: Column::Country,
+                    key: DimensionKey::Column(Column::Country),
                     value: 4
                 }
             ]
@@ -1592,25 +1812,25 @@ mod tests {
         // Declared and full.
         let mut b = raw(3);
         b.devices = vec![1, 2, 3];
-        let e = Events::new(b.clone(), &[Column::Device]).unwrap();
+        let e = Events::new(b.clone(), &[Column::Device], 0).unwrap();
         let got: Vec<_> = e.iter().map(|e| (e.device, e.country)).collect();
         assert_eq!(got, vec![(Some(1), None), (Some(2), None), (Some(3), None)]);
         // Undeclared and full: accepted.
-        assert!(Events::new(b.clone(), &[]).is_ok());
+        assert!(Events::new(b.clone(), &[], 0).is_ok());
         // Declared and missing.
-        let err = Events::new(raw(3), &[Column::Device]).err().unwrap();
+        let err = Events::new(raw(3), &[Column::Device], 0).err().unwrap();
         assert!(err.contains("devices has 0 entries for 3 events"), "{err}");
         let mut u = raw(3);
         u.users = vec![9, 9, 9];
-        assert!(Events::new(u.clone(), &[Column::User]).is_ok());
-        assert!(Events::new(raw(3), &[Column::User]).is_err());
+        assert!(Events::new(u.clone(), &[Column::User], 0).is_ok());
+        assert!(Events::new(raw(3), &[Column::User], 0).is_err());
         // Undeclared and partial.
         let mut p = raw(3);
         p.currencies = vec![1];
-        let err = Events::new(p, &[]).err().unwrap();
+        let err = Events::new(p, &[], 0).err().unwrap();
         assert!(err.contains("currencies has 1 entries"), "{err}");
         // An empty batch with a declared column is fine.
-        assert!(Events::new(raw(0), &[Column::Country]).is_ok());
+        assert!(Events::new(raw(0), &[Column::Country], 0).is_ok());
         // A conversion as a touchpoint is refused.
         let mut t = raw(1);
         t.touchpoint_ends = vec![1];
@@ -1620,7 +1840,7 @@ mod tests {
             ad: 1,
             kind: EventKind::Conversion,
         }];
-        assert!(Events::new(t, &[]).is_err());
+        assert!(Events::new(t, &[], 0).is_err());
     }
 
     #[test]
@@ -1636,7 +1856,7 @@ mod tests {
         ];
         let b = batch(&events, &[Column::User, Column::Country], true, true);
         assert!(b.placements.is_empty());
-        let e = Events::new(b, &[Column::User, Column::Country]).unwrap();
+        let e = Events::new(b, &[Column::User, Column::Country], 0).unwrap();
         let v: Vec<_> = e.iter().collect();
         assert_eq!(v[0].user, Some(42));
         assert_eq!(v[0].dim(Column::Country), Some(7));
@@ -1728,7 +1948,7 @@ mod tests {
             let breakdown = params.get_breakdown("dimensions")?;
             let step = params.get_u64("step")?.unwrap_or(1) as i64;
             let info = info("count", "0", &["count"])
-                .with_columns(breakdown.columns())
+                .with_breakdown(&breakdown)
                 .with_window(WindowSize::Hour);
             Ok((Count { breakdown, step }, info))
         }
@@ -1804,7 +2024,7 @@ mod tests {
         let got: Vec<_> = r.iter().map(|r| (r.dimensions.clone(), r.value)).collect();
         let dev = |v| {
             vec![Dimension {
-                column: Column::Device,
+                key: DimensionKey::Column(Column::Device),
                 value: v,
             }]
         };
