@@ -120,8 +120,15 @@ fn run_ok(cfg: &Path, events: &Path) -> serde_json::Value {
 }
 
 fn events_file(d: &Path, seed: &str) -> PathBuf {
+    events_file_with(d, seed, &[])
+}
+
+/// [`events_file`] with more `loadgen --out` options.
+fn events_file_with(d: &Path, seed: &str, more: &[&str]) -> PathBuf {
     let f = d.join("events.jsonl");
-    loadgen_file(&f, &traffic(seed));
+    let mut args = traffic(seed);
+    args.extend(more);
+    loadgen_file(&f, &args);
     f
 }
 
@@ -434,10 +441,7 @@ fn query_sh_reads_cells_models_and_reach(d: &Path) {
 fn a_breakdown_by_custom_attributes() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let events = d.join("events.jsonl");
-    let mut args = traffic("23");
-    args.push("--attributes");
-    loadgen_file(&events, &args);
+    let events = events_file_with(d, "23", &["--attributes"]);
     let cfg = config(
         d,
         &["ctr", "cvr"].map(wasm),
@@ -789,10 +793,7 @@ fn reach_on_campaign_days_across_midnight_and_a_daylight_saving_change() {
     // for the minute windows) but inside every campaign's open day window. `run --file` reads
     // faster than its commit interval: reads of 100 events and `max_rows` make it tick (and
     // advance the watermark) every 200 rows, as a daemon does every interval.
-    let events = d.join("events.jsonl");
-    let mut args = traffic("26");
-    args.extend(["--start-time", "2026-03-08T04:58:00Z"]);
-    loadgen_file(&events, &args);
+    let events = events_file_with(d, "26", &["--start-time", "2026-03-08T04:58:00Z"]);
     let mut late = String::new();
     for c in 0..3 {
         for k in 0..5 {

@@ -168,18 +168,6 @@ mod tests {
                 (2, vec![(c, 8), (size, 31)], 1.0, 1.0, 1.0),
             ]
         );
-        for (list, needle) in [
-            ("attr.", "attribute name `` is not"),
-            ("attr.Size", "attribute name `Size` is not"),
-            ("attr.a,attr.a", "`attr.a` given twice"),
-            (
-                "attr.a,attr.b,attr.c,attr.d,attr.e",
-                "5 attributes, at most 4",
-            ),
-        ] {
-            let err = Harness::<Ctr>::new(&[("dimensions", list)]).err().unwrap();
-            assert!(err.contains(needle), "{list}: {err}");
-        }
     }
 
     #[test]
@@ -195,6 +183,19 @@ mod tests {
                 "unknown dimension `browser`",
             ),
             (&[("dimensions", "device,device")][..], "twice"),
+            (&[("dimensions", "attr.")][..], "attribute name `` is not"),
+            (
+                &[("dimensions", "attr.Size")][..],
+                "attribute name `Size` is not",
+            ),
+            (
+                &[("dimensions", "attr.a,attr.a")][..],
+                "`attr.a` given twice",
+            ),
+            (
+                &[("dimensions", "attr.a,attr.b,attr.c,attr.d,attr.e")][..],
+                "5 attributes, at most 4",
+            ),
         ] {
             let err = Harness::<Ctr>::new(params).err().unwrap();
             assert!(err.contains(needle), "{params:?}: {err}");
