@@ -365,3 +365,70 @@ fn a_partition_below_its_log_start_or_past_its_end_is_refused_loudly() {
     produce(&broker.bootstrap, P, 100, 72);
     assert_refused(&cfg, &["partition", "recreated or restored"]);
 }
+
+/// The broker goes away, then the operator stops the daemon: it exits 0 promptly with what it
+/// read committed to the tables, and says once, not twenty times a second, that the broker is
+/// down. Before: its final Kafka offset commit waited for a group coordinator for the session
+/// timeout, the consumer's close polled forever with no broker to leave the group on (rdkafka's
+/// drop has no bound), and every poll logged `AllBrokersDown` (300 lines in 45 s, then exit 1
+/// from `commit.shutdown_timeout_ms`, or still running after a minute).
+#[test]
+fn a_daemon_whose_broker_is_gone_stops_on_sigterm_without_waiting_for_it() {
+    let _serial = serial();
+    const P: i32 = 2;
+    let mut broker = Broker::start();
+    broker.create_topic(TOPIC, P as u32);
+    let total = produce(&broker.bootstrap, P, 4_000, 73);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &broker.bootstrap, 0);
+    // The group session of the shipped configs (librdkafka's default), not the tests' 6 s: a
+    // coordinator that is gone is waited for that long.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text = text.replace(
+        "\"session.timeout.ms\" = \"6000\"",
+        "\"session.timeout.ms\" = \"45000\"",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let probe = Probe::new(&cfg);
+    let mut d = member(&cfg, dir.path(), "alone");
+    wait_running(
+        &mut d,
+        "every message committed",
+        Duration::from_secs(120),
+        || probe.committed() >= total,
+    );
+    broker.kill();
+    let _ = Command::new("kill")
+        .args(["-TERM", &d.id().to_string()])
+        .status();
+    // Not a timing bound: the daemon takes seconds (a 3 s probe of the broker, a 5 s close);
+    // this only keeps a hang from hanging the suite.
+    let hang = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(s) = d.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < hang,
+            "the daemon was still running 180 s after SIGTERM with its broker gone"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let log = std::fs::read_to_string(dir.path().join("alone.log")).unwrap();
+    assert!(status.success(), "exit {status}:\n{log}");
+    assert_eq!(
+        probe.committed(),
+        total,
+        "the tables hold every message read"
+    );
+    assert!(
+        log.contains("final offset commit to Kafka failed; Iceberg holds the offsets"),
+        "{log}"
+    );
+    let down = log.matches("AllBrokersDown").count();
+    assert!(
+        down <= 10,
+        "{down} lines say the broker is down (one per kind of error per 10 s expected):\n{log}"
+    );
+    println!("stopped with the broker gone; {down} lines said so");
+}

@@ -15,12 +15,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::types::RDKafkaRespErr;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::{Change, RawMessage, Source, SourceError};
@@ -44,9 +45,44 @@ struct Shared {
 struct GroupMember {
     topic: String,
     shared: Arc<Shared>,
+    global_errors: Mutex<Repeats>,
 }
 
-impl ClientContext for GroupMember {}
+/// An error logged again within this time is counted, not logged.
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Which client errors to log: librdkafka reports a broker that stays down on every poll (20
+/// times a second while a consumer closes, ~8 while the ingest loop polls), and each report
+/// was a log line. The same error is logged again only after `ERROR_LOG_EVERY`, with the count
+/// of those left out.
+#[derive(Default)]
+struct Repeats(Vec<(RDKafkaErrorCode, Instant, u64)>);
+
+impl Repeats {
+    /// `Some(left out since the last one logged)` if this error is to be logged.
+    fn admit(&mut self, error: &KafkaError) -> Option<u64> {
+        let code = error.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail);
+        let now = Instant::now();
+        let Some((_, at, n)) = self.0.iter_mut().find(|(c, ..)| *c == code) else {
+            self.0.push((code, now, 0));
+            return Some(0);
+        };
+        if now.duration_since(*at) < ERROR_LOG_EVERY {
+            *n += 1;
+            return None;
+        }
+        *at = now;
+        Some(std::mem::take(n))
+    }
+}
+
+impl ClientContext for GroupMember {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if let Some(left_out) = self.global_errors.lock().unwrap().admit(&error) {
+            tracing::error!(error = %error, left_out, "librdkafka: {reason}");
+        }
+    }
+}
 
 impl GroupMember {
     /// Claims newly assigned partitions and picks each one's start: the recorded replay point,
@@ -195,14 +231,60 @@ impl ConsumerContext for GroupMember {
     }
 }
 
+/// How long a shutdown's synchronous commit first waits to hear from the broker at all.
+const SYNC_COMMIT_PROBE: Duration = Duration::from_secs(3);
+
+/// How long dropping a consumer may take: leaving the group and revoking its partitions, a few
+/// milliseconds with the broker up.
+const CLOSE_WITHIN: Duration = Duration::from_secs(5);
+
+/// A consumer whose close is bounded. rdkafka's `BaseConsumer` closes itself when dropped and
+/// polls until librdkafka reports it closed, with no limit: with the broker gone that does not
+/// happen (seen: SIGTERM after the broker stopped, and the daemon still running a minute later).
+/// Here a close gets `CLOSE_WITHIN`; a consumer not closed by then is left to finish on its own
+/// thread (the process is exiting, or `rebuild` has a fresh consumer). Nothing is lost by that:
+/// the tables hold the offsets a restart resumes from; the group's are for lag tools.
+struct Closing(Option<BaseConsumer<GroupMember>>);
+
+impl std::ops::Deref for Closing {
+    type Target = BaseConsumer<GroupMember>;
+    fn deref(&self) -> &Self::Target {
+        self.0
+            .as_ref()
+            .expect("the consumer is taken only when dropped")
+    }
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        let Some(consumer) = self.0.take() else {
+            return;
+        };
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let closing = std::thread::Builder::new()
+            .name("kafka-close".into())
+            .spawn(move || {
+                drop(consumer);
+                let _ = done_tx.send(());
+            });
+        if closing.is_ok() && done_rx.recv_timeout(CLOSE_WITHIN).is_err() {
+            tracing::warn!(
+                within = ?CLOSE_WITHIN,
+                "the Kafka consumer did not close (broker unreachable?); not waiting for it: the tables hold the offsets"
+            );
+        }
+    }
+}
+
 pub struct KafkaSource {
-    consumer: BaseConsumer<GroupMember>,
+    consumer: Closing,
     cfg: KafkaConfig,
     shared: Arc<Shared>,
     topic: String,
     /// A message polled in the same call that changed the assignment: handed over first next
     /// time, after the change (it may belong to a partition just assigned).
     stash: Option<OwnedMessage>,
+    poll_errors: Repeats,
 }
 
 impl KafkaSource {
@@ -215,11 +297,12 @@ impl KafkaSource {
             fatal: Mutex::new(None),
         });
         Ok(KafkaSource {
-            consumer: Self::consumer(cfg, &shared)?,
+            consumer: Closing(Some(Self::consumer(cfg, &shared)?)),
             cfg: cfg.clone(),
             shared,
             topic: cfg.topic.clone(),
             stash: None,
+            poll_errors: Repeats::default(),
         })
     }
 
@@ -253,6 +336,7 @@ impl KafkaSource {
         let ctx = GroupMember {
             topic: cfg.topic.clone(),
             shared: shared.clone(),
+            global_errors: Mutex::default(),
         };
         let consumer: BaseConsumer<GroupMember> = cc.create_with_context(ctx)?;
         consumer.subscribe(&[&cfg.topic])?;
@@ -275,7 +359,7 @@ impl KafkaSource {
         }
         self.stash = None;
         match Self::consumer(&self.cfg, &self.shared) {
-            Ok(c) => self.consumer = c,
+            Ok(c) => self.consumer = Closing(Some(c)),
             Err(e) => {
                 self.shared.fatal.lock().unwrap().get_or_insert(format!(
                     "the Kafka consumer failed ({why}) and could not be created again: {e}"
@@ -326,7 +410,9 @@ impl KafkaSource {
                     break;
                 }
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, "kafka consumer error");
+                    if let Some(left_out) = self.poll_errors.admit(&e) {
+                        tracing::warn!(error = %e, left_out, "kafka consumer error");
+                    }
                     break;
                 }
             }
@@ -362,6 +448,13 @@ impl KafkaSource {
         }
         if tpl.count() == 0 {
             return Ok(());
+        }
+        if matches!(mode, CommitMode::Sync) {
+            // A synchronous commit waits for the group coordinator: with the broker gone, for
+            // the whole session timeout (45 s by default) before it fails. Ask the broker
+            // anything first, briefly; the tables already hold these offsets.
+            self.consumer
+                .fetch_metadata(Some(&self.topic), SYNC_COMMIT_PROBE)?;
         }
         self.consumer.commit(&tpl, mode)?;
         Ok(())
