@@ -141,6 +141,23 @@ fn verify(args: &[&str]) -> String {
     out
 }
 
+/// `verify_wit02.py breakdown` of one plugin's cells over D's tables (`--dimensions` as the
+/// plugin was given them), with the folding and stream options in `more`.
+fn verify_breakdown(d: &Path, plugin: &str, dimensions: &str, more: &[&str]) -> String {
+    let dir = dir(d);
+    let mut args = vec![
+        "breakdown",
+        "--dir",
+        &dir,
+        "--plugin",
+        plugin,
+        "--dimensions",
+        dimensions,
+    ];
+    args.extend_from_slice(more);
+    verify(&args)
+}
+
 /// `verify_wit02.py query`: the rows of `sql` over D's tables (`events`, `metrics`) as JSON.
 fn query(d: &Path, sql: &str) -> serde_json::Value {
     let out = run_python(
@@ -196,16 +213,7 @@ fn every_0_2_plugin_with_parameters_on_one_run() {
     progress("file run with six 0.2 plugins committed");
 
     // Breakdown: cells from campaign_events, nothing folded under the default limit (100).
-    verify(&[
-        "breakdown",
-        "--dir",
-        &dir(d),
-        "--plugin",
-        "ctr",
-        "--dimensions",
-        "country,device",
-        "--expect-unfolded",
-    ]);
+    verify_breakdown(d, "ctr", "country,device", &["--expect-unfolded"]);
 
     // Parameters: in every row and every commit summary; none for cvr.
     verify(&[
@@ -459,32 +467,24 @@ fn a_breakdown_by_custom_attributes() {
     ));
     // ctr keeps 2 values per column and window, attributes included (4 sizes with `unknown`):
     // the host folded exactly what the verifier folds. cvr, under the default limit, nothing.
-    verify(&[
-        "breakdown",
-        "--dir",
-        &dir(d),
-        "--plugin",
+    verify_breakdown(
+        d,
         "ctr",
-        "--dimensions",
         "country,attr.creative_size",
-        "--max-values",
-        "2",
-        "--expect-folded",
-        "--folded-values",
-        &folded.to_string(),
-    ]);
-    verify(&[
-        "breakdown",
-        "--dir",
-        &dir(d),
-        "--plugin",
+        &[
+            "--max-values",
+            "2",
+            "--expect-folded",
+            "--folded-values",
+            &folded.to_string(),
+        ],
+    );
+    verify_breakdown(
+        d,
         "cvr",
-        "--dimensions",
         "attr.experiment",
-        "--expect-unfolded",
-        "--folded-values",
-        "0",
-    ]);
+        &["--expect-unfolded", "--folded-values", "0"],
+    );
     // The column keeps every attribute of the event, keys sorted, and nothing for an event
     // without the object: the generator's four shapes. All 6 000 events are there: none was
     // dead-lettered.
@@ -541,33 +541,25 @@ fn a_small_max_dimension_values_folds_the_surplus_into_other() {
 
     // ctr: the surplus in `other`, totals unchanged (the verifier counts them from the events),
     // and the host folded exactly the values the verifier folds.
-    verify(&[
-        "breakdown",
-        "--dir",
-        &dir(d),
-        "--plugin",
+    verify_breakdown(
+        d,
         "ctr",
-        "--dimensions",
         "country,device",
-        "--max-values",
-        "2",
-        "--expect-folded",
-        "--folded-values",
-        &folded.to_string(),
-    ]);
+        &[
+            "--max-values",
+            "2",
+            "--expect-folded",
+            "--folded-values",
+            &folded.to_string(),
+        ],
+    );
     // cvr, in the same windows, under the default limit: every country as itself.
-    verify(&[
-        "breakdown",
-        "--dir",
-        &dir(d),
-        "--plugin",
+    verify_breakdown(
+        d,
         "cvr",
-        "--dimensions",
         "country",
-        "--expect-unfolded",
-        "--folded-values",
-        "0",
-    ]);
+        &["--expect-unfolded", "--folded-values", "0"],
+    );
     // The host's limit is not a plugin parameter: it is not in the plugin's params.
     verify(&[
         "params",
@@ -680,18 +672,12 @@ fn a_campaign_metrics_table_of_the_previous_release_is_upgraded_in_place() {
     progress("file run over the previous release's table committed");
     verify(&["upgraded", "--dir", &dir(d)]);
     // And the new rows are right on the upgraded table.
-    verify(&[
-        "breakdown",
-        "--dir",
-        &dir(d),
-        "--plugin",
+    verify_breakdown(
+        d,
         "ctr",
-        "--dimensions",
         "country,device",
-        "--expect-unfolded",
-        "--exclude-stream",
-        "old-stream",
-    ]);
+        &["--expect-unfolded", "--exclude-stream", "old-stream"],
+    );
 }
 
 #[test]
@@ -858,14 +844,5 @@ fn reach_on_campaign_days_across_midnight_and_a_daylight_saving_change() {
     );
     progress(run_python("verify_reach.py", &args).trim());
     // ctr on the host's minute windows did not count them.
-    verify(&[
-        "breakdown",
-        "--dir",
-        &dir(d),
-        "--plugin",
-        "ctr",
-        "--dimensions",
-        "country",
-        "--expect-unfolded",
-    ]);
+    verify_breakdown(d, "ctr", "country", &["--expect-unfolded"]);
 }
