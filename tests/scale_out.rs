@@ -374,6 +374,25 @@ fn a_partition_below_its_log_start_or_past_its_end_is_refused_loudly() {
 /// from `commit.shutdown_timeout_ms`, or still running after a minute).
 #[test]
 fn a_daemon_whose_broker_is_gone_stops_on_sigterm_without_waiting_for_it() {
+    stops_on_sigterm_without_its_broker(Gone::Killed);
+}
+
+/// The same with a broker that hangs instead (SIGSTOP: its connections stay open, nothing is
+/// answered), which is also what a broker stopping in the middle of the daemon's final commit
+/// looks like to it. Before: librdkafka's synchronous commit has no time limit, so the ingest
+/// thread waited in it for good and the process never exited (seen in scripts/dashboard-bench.sh,
+/// whose cleanup stops the daemon and the broker together: still running minutes later).
+#[test]
+fn a_daemon_whose_broker_hangs_stops_on_sigterm_without_waiting_for_it() {
+    stops_on_sigterm_without_its_broker(Gone::Paused);
+}
+
+enum Gone {
+    Killed,
+    Paused,
+}
+
+fn stops_on_sigterm_without_its_broker(gone: Gone) {
     let _serial = serial();
     const P: i32 = 2;
     let mut broker = Broker::start();
@@ -397,11 +416,14 @@ fn a_daemon_whose_broker_is_gone_stops_on_sigterm_without_waiting_for_it() {
         Duration::from_secs(120),
         || probe.committed() >= total,
     );
-    broker.kill();
+    match gone {
+        Gone::Killed => broker.kill(),
+        Gone::Paused => broker.pause(),
+    }
     let _ = Command::new("kill")
         .args(["-TERM", &d.id().to_string()])
         .status();
-    // Not a timing bound: the daemon takes seconds (a 3 s probe of the broker, a 5 s close);
+    // Not a timing bound: the daemon takes seconds (5 s for the commit's answer, 5 s to close);
     // this only keeps a hang from hanging the suite.
     let hang = Instant::now() + Duration::from_secs(180);
     let status = loop {
@@ -425,6 +447,9 @@ fn a_daemon_whose_broker_is_gone_stops_on_sigterm_without_waiting_for_it() {
         log.contains("final offset commit to Kafka failed; Iceberg holds the offsets"),
         "{log}"
     );
+    if matches!(gone, Gone::Paused) {
+        assert!(log.contains("no answer to the offset commit"), "{log}");
+    }
     let down = log.matches("AllBrokersDown").count();
     assert!(
         down <= 10,

@@ -166,6 +166,16 @@ impl Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// SIGSTOP: the broker keeps its connections open and answers nothing, as a hung or
+    /// partitioned one does (a crash refuses connections instead). Killed as usual on drop.
+    pub fn pause(&self) {
+        let ok = Command::new("kill")
+            .args(["-STOP", &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -STOP the broker");
+    }
 }
 
 impl Drop for Broker {

@@ -46,6 +46,17 @@ struct GroupMember {
     topic: String,
     shared: Arc<Shared>,
     global_errors: Mutex<Repeats>,
+    commits: Mutex<Commits>,
+}
+
+/// Offset commits sent to the group coordinator and answered by it. Every commit is sent
+/// asynchronously; a "synchronous" one polls until all are answered, within a bound.
+#[derive(Default)]
+struct Commits {
+    sent: u64,
+    answered: u64,
+    /// The latest answer's error (answers come back in the order the commits were sent).
+    last_error: Option<KafkaError>,
 }
 
 /// An error logged again within this time is counted, not logged.
@@ -186,6 +197,12 @@ impl GroupMember {
 }
 
 impl ConsumerContext for GroupMember {
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _: &TopicPartitionList) {
+        let mut c = self.commits.lock().unwrap();
+        c.answered += 1;
+        c.last_error = result.err();
+    }
+
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -231,8 +248,11 @@ impl ConsumerContext for GroupMember {
     }
 }
 
-/// How long a shutdown's synchronous commit first waits to hear from the broker at all.
-const SYNC_COMMIT_PROBE: Duration = Duration::from_secs(3);
+/// How long a shutdown's synchronous commit waits for the group coordinator's answer.
+/// librdkafka's own synchronous commit waits with no limit: a broker that stopped between the
+/// daemon's last Iceberg commit and this one kept the daemon from exiting (seen: still running
+/// minutes after SIGTERM, its ingest thread in `rd_kafka_commit`).
+const SYNC_COMMIT_WITHIN: Duration = Duration::from_secs(5);
 
 /// How long dropping a consumer may take: leaving the group and revoking its partitions, a few
 /// milliseconds with the broker up.
@@ -337,6 +357,7 @@ impl KafkaSource {
             topic: cfg.topic.clone(),
             shared: shared.clone(),
             global_errors: Mutex::default(),
+            commits: Mutex::default(),
         };
         let consumer: BaseConsumer<GroupMember> = cc.create_with_context(ctx)?;
         consumer.subscribe(&[&cfg.topic])?;
@@ -449,15 +470,38 @@ impl KafkaSource {
         if tpl.count() == 0 {
             return Ok(());
         }
-        if matches!(mode, CommitMode::Sync) {
-            // A synchronous commit waits for the group coordinator: with the broker gone, for
-            // the whole session timeout (45 s by default) before it fails. Ask the broker
-            // anything first, briefly; the tables already hold these offsets.
-            self.consumer
-                .fetch_metadata(Some(&self.topic), SYNC_COMMIT_PROBE)?;
+        let commits = &self.consumer.context().commits;
+        commits.lock().unwrap().sent += 1;
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            commits.lock().unwrap().sent -= 1; // not sent: no answer will come
+            return Err(e.into());
         }
-        self.consumer.commit(&tpl, mode)?;
+        if matches!(mode, CommitMode::Sync) {
+            self.await_commits(SYNC_COMMIT_WITHIN)?;
+        }
         Ok(())
+    }
+
+    /// Polls the consumer until the coordinator has answered every commit sent, for at most
+    /// `within`; the latest answer's error, if any. Only for shutdown: a message this poll
+    /// returns is dropped, and since its offset is never committed, whoever reads the partition
+    /// next reads it again.
+    fn await_commits(&self, within: Duration) -> Result<(), SourceError> {
+        let deadline = Instant::now() + within;
+        loop {
+            {
+                let mut c = self.consumer.context().commits.lock().unwrap();
+                if c.answered >= c.sent {
+                    return c.last_error.take().map_or(Ok(()), |e| Err(e.into()));
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(SourceError::NoAnswer(within, "the offset commit"));
+            }
+            // The commit's answer is served by poll (ConsumerContext::commit_callback).
+            let _ = self.consumer.poll(left.min(Duration::from_millis(100)));
+        }
     }
 
     /// Commits `partition → next offset` to the group (after the Iceberg commit).

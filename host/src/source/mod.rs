@@ -27,6 +27,9 @@ pub enum SourceError {
     /// to do.
     #[error("{0}")]
     Refused(String),
+    /// The broker did not answer in time (it may be gone); what was asked is named.
+    #[error("kafka: no answer to {1} within {0:?}")]
+    NoAnswer(std::time::Duration, &'static str),
 }
 
 /// A change of the partitions this reader owns, in the order it happened relative to messages.
