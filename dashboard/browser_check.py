@@ -7,8 +7,12 @@ and optionally waits for the 10 s auto-refresh to bring a newer figure.
     python dashboard/browser_check.py --url http://127.0.0.1:8088 --out result.json --screenshot shot.png
         [--expect-refresh-events N --out-refreshed refreshed.json]
 
---out gets the first load as JSON: {"load_seconds", "charts": {slice name: {"status", "request",
-"data"}}}, written as soon as the page has loaded. With --expect-refresh-events the page then stays
+--out gets the first load as JSON: {"load_seconds", "timeline", "cpu_seconds", "charts": {slice name:
+{"status", "request", "data"}}}, written as soon as the page has loaded. "timeline" says where the
+load's time went (seconds from the navigation: the page's HTML, its last script or style, the first
+API request, the first and last chart-data request and answer, each chart's request and answer);
+"cpu_seconds" is the CPU every program on the machine used meanwhile (from /proc), so a slow load
+shows whether the browser, Superset or something else had the cores. With --expect-refresh-events the page then stays
 open, untouched, until its own auto-refresh shows "Events committed" >= N; the next complete round
 of chart requests sent after that is written to --out-refreshed in the same form (with a second
 screenshot, NAME-refreshed.png). Non-loopback requests are blocked (the prebuilt front end asks for a
@@ -16,6 +20,7 @@ telemetry pixel; this machine has no network anyway). Exit 1 with the reason on 
 """
 import argparse
 import json
+import os
 import sys
 import time
 from urllib.parse import urlparse
@@ -24,6 +29,48 @@ from playwright.sync_api import sync_playwright
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def cpu_by_program():
+    """CPU seconds used so far by every live process, summed per program: the command name, or
+    for an interpreter the script it runs (python3 maintain.py, java kafka.Kafka)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = [x.decode(errors="replace") for x in f.read().split(b"\0") if x]
+        except OSError:  # gone meanwhile
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        cpu = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        name = comm
+        if comm.startswith(("python", "java")) and argv:
+            args = iter(argv[1:])
+            main = ""
+            for arg in args:
+                if arg in ("-cp", "-classpath", "--class-path", "-m", "-c"):
+                    next(args, None)  # the option's value
+                elif not arg.startswith("-"):
+                    main = arg
+                    break
+            name = f"{comm} {os.path.basename(main)}" if main else comm
+        elif "gunicorn" in " ".join(argv[:2]):
+            name = "gunicorn (superset)"
+        elif "chrom" in comm or "headless" in comm:
+            name = "chromium"
+        out[name] = out.get(name, 0.0) + cpu
+    return out
+
+
+def cpu_delta(before, after, top=8):
+    d = {k: round(v - before.get(k, 0.0), 2) for k, v in after.items()}
+    return dict(sorted(((k, v) for k, v in d.items() if v >= 0.05), key=lambda kv: -kv[1])[:top])
 
 
 def fail(msg):
@@ -97,9 +144,19 @@ def main():
         api_calls = []  # every API request of the first load, for the HTTP-level load benchmark
         recorded_charts = set()
 
+        marks = {}  # the timeline: first/last moments of each kind of request and answer
+
+        def mark(name, last=False):
+            if loading and (last or name not in marks):
+                marks[name] = time.monotonic()
+
         def on_request(q):
             if "/api/v1/chart/data" in q.url:
                 sent_at[id(q)] = time.monotonic()
+                mark("first_chart_request")
+                mark("last_chart_request", last=True)
+            elif "/api/v1/" in q.url:
+                mark("first_api_request")
             # A chart's second data request is the 10 s auto-refresh firing during a slow load: the
             # dashboard's steady state, not its load.
             if (loading and "/api/v1/" in q.url and "log/" not in q.url and "force=true" not in q.url
@@ -114,7 +171,12 @@ def main():
         page.on("request", on_request)
 
         def on_response(r):
+            if r.url.rstrip("/").endswith(f"/superset/dashboard/{a.dashboard}"):
+                mark("page_html")
+            elif "/static/" in r.url and "first_chart_request" not in marks:
+                mark("last_static_before_charts", last=True)
             if "/api/v1/chart/data" in r.url and r.request.method == "POST":
+                mark("first_chart_answer")
                 try:
                     body = r.json()
                 except Exception as e:  # noqa: BLE001 - recorded as a failure below
@@ -126,6 +188,7 @@ def main():
 
         page.on("response", on_response)
 
+        cpu0 = cpu_by_program()
         loading = True
         t0 = time.monotonic()
         page.goto(f"{a.url}/superset/dashboard/{a.dashboard}/", timeout=a.timeout * 1000)
@@ -140,6 +203,12 @@ def main():
             fail(f"charts without a data request after {a.timeout} s: "
                  f"{[charts[c] for c in set(charts) - seen]}")
         load_seconds = max(r["at"] for r in responses) - t0
+        cpu = cpu_delta(cpu0, cpu_by_program())
+        loading = False
+        timeline = {k: round(v - t0, 3) for k, v in sorted(marks.items(), key=lambda kv: kv[1])}
+        timeline["last_chart_answer"] = round(load_seconds, 3)
+        timeline["charts"] = {charts.get(r["request"].get("form_data", {}).get("slice_id"), "?"):
+                              [round(r["sent"] - t0, 3), round(r["at"] - t0, 3)] for r in responses}
         # ECharts animates for about a second: let it settle before the picture.
         page.wait_for_timeout(2500)
         page.screenshot(path=a.screenshot, full_page=True)
@@ -159,12 +228,18 @@ def main():
                              "data": [q.get("data") for q in results]}
             return got
 
-        out = {"load_seconds": load_seconds, "charts": collect(responses), "blocked_requests": blocked,
+        out = {"load_seconds": load_seconds, "timeline": timeline, "cpu_seconds": cpu, "charts": collect(responses), "blocked_requests": blocked,
                "console_errors": console_errors, "api_calls": api_calls}
         with open(a.out, "w") as f:
             json.dump(out, f, default=str)
         print(f"browser_check: {len(out['charts'])} charts loaded in {load_seconds:.2f} s, "
               f"{len(blocked)} outside requests blocked", flush=True)
+        waits = [at - sent for sent, at in timeline["charts"].values()]
+        print("browser_check: timeline (s from navigation): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in timeline.items() if k != "charts")
+              + f"; each chart's answer took {min(waits):.2f}-{max(waits):.2f} s", flush=True)
+        print("browser_check: CPU-s used meanwhile: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()), flush=True)
 
         if a.expect_refresh_events is not None:
             # Nothing is clicked or reloaded: the dashboard's own refresh timer must bring it.
