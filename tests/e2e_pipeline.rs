@@ -224,8 +224,11 @@ fn build_input(base: i64) -> Vec<Msg> {
         let copies: Vec<_> = phase1
             .iter()
             .filter_map(|(t, key, payload)| {
-                (key.starts_with("user-") && rng.f64() < 0.03)
-                    .then(|| (t + rng.i64(1_000..20_000), key.clone(), payload.clone()))
+                if key.starts_with("user-") && rng.f64() < 0.03 {
+                    Some((t + rng.i64(1_000..20_000), key.clone(), payload.clone()))
+                } else {
+                    None
+                }
             })
             .collect();
         phase1.extend(copies);

@@ -80,14 +80,11 @@ fn panic_is_contained_and_its_message_reported() {
 
 #[test]
 fn infinite_loop_hits_the_deadline() {
+    // The call returns at all only because the deadline interrupted it; which deadline is read
+    // from the message (runtime() configures 100 ms), not from a clock, so a slow machine
+    // cannot fail this test.
     let mut p = runtime().load(&fixture("spin")).unwrap();
-    let t = std::time::Instant::now();
-    contained(&mut p, "call deadline");
-    assert!(
-        t.elapsed() < std::time::Duration::from_secs(5),
-        "deadline enforced promptly: {:?}",
-        t.elapsed()
-    );
+    contained(&mut p, "exceeded the 100 ms call deadline");
 }
 
 #[test]

@@ -589,12 +589,12 @@ impl Sim {
             let from = m.read[&p];
             let msgs = &self.log[p as usize];
             let to = (from as usize + take).min(msgs.len());
-            for o in from as usize..to {
+            for (o, msg) in msgs.iter().enumerate().take(to).skip(from as usize) {
                 m.processor.process(
                     RawMessage {
                         partition: p,
                         offset: o as i64,
-                        payload: Some(&msgs[o].payload),
+                        payload: Some(&msg.payload),
                         timestamp_ms: None,
                     },
                     &clock,

@@ -318,7 +318,7 @@ fn query_sh_reads_cells_models_and_reach(d: &Path) {
             .unwrap();
         assert!(o.status.success(), "query.py {args:?}: {}", output_text(&o));
         let text = String::from_utf8_lossy(&o.stdout).to_string();
-        progress(&format!("query.sh {}:\n{text}", args.join(" ")));
+        progress(format!("query.sh {}:\n{text}", args.join(" ")));
         let split = |l: &str| l.split_whitespace().map(String::from).collect::<Vec<_>>();
         let header = text.lines().nth(1).map(split).unwrap_or_default();
         let rows = text
@@ -644,7 +644,7 @@ fn plugins_the_host_cannot_configure_or_run_are_refused_at_load() {
     ] {
         let d = tmp.path().join(name);
         std::fs::create_dir_all(&d).unwrap();
-        let o = run(&config(&d, &[plugin.clone()], &extra), &events);
+        let o = run(&config(&d, std::slice::from_ref(plugin), &extra), &events);
         let text = output_text(&o);
         assert!(!o.status.success(), "{name}: the run succeeded:\n{text}");
         assert!(

@@ -252,7 +252,7 @@ impl PluginsConfig {
                     })
                 };
                 if k == "max_dimension_values" {
-                    if !v.as_integer().is_some_and(|n| n >= 1) {
+                    if v.as_integer().is_none_or(|n| n < 1) {
                         return bad("must be an integer, at least 1");
                     }
                     continue;

@@ -74,7 +74,7 @@ pub fn ambiguous_commit() -> Option<Ambiguous> {
     static HITS: AtomicU64 = AtomicU64::new(0);
     let s = spec().filter(|s| s.point == "ambiguous-commit" && s.n > 0)?;
     let hit = HITS.fetch_add(1, Ordering::Relaxed) + 1;
-    if hit % s.n != 0 {
+    if !hit.is_multiple_of(s.n) {
         return None;
     }
     let kind = if (hit / s.n) % 2 == 1 {

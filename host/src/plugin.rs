@@ -1096,7 +1096,7 @@ impl Plugin {
                     )));
                 }
             }
-            if !self.info.metrics.iter().any(|m| *m == r.metric) {
+            if !self.info.metrics.contains(&r.metric) {
                 return Err(PluginError::Malformed(format!(
                     "undeclared metric {:?}",
                     r.metric

@@ -898,8 +898,10 @@ mod tests {
             Some("other"),
             "a real edit is kept (and refused)"
         );
-        let mut old = Config::default();
-        old.source = running;
+        let old = Config {
+            source: running,
+            ..Config::default()
+        };
         let mut new = old.clone();
         new.source = edited;
         // The file says kafka, no path, stream "other": all three refused by name.
