@@ -13,7 +13,10 @@ together; the figure is the time from a user's first request to the last answer 
 Why not ten browsers: ten headless Chromiums on 2 cores measure Chromium's rendering, not the
 server. One real-browser load is timed by browser_check.py.
 
-Prints p50 / p95 / max over users × rounds and the number of failed requests (any non-2xx).
+Prints p50 / p95 / max over users × rounds and the number of failed requests (any non-2xx), and
+the CPU one load cost each program on this machine over the rounds (from /proc: Superset's workers,
+and what else had the cores). With every user starting together, no round can end before
+users × Superset's CPU per load ÷ cores: the bound is printed beside the figures.
 
 With --watch SECONDS it then measures the other way ten people use a dashboard: they keep it
 open. Each user's page refreshes itself every --refresh seconds (the dashboard's 10 s, in fetch
@@ -22,6 +25,7 @@ browsers would be; the figure is the time from a refresh's first request to its 
 """
 import argparse
 import json
+import os
 import re
 import statistics
 import sys
@@ -30,6 +34,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
+
+from proc_cpu import cpu_by_program, cpu_delta
 
 
 def login(base, user, password):
@@ -127,6 +133,7 @@ def main():
     pools = [ThreadPoolExecutor(6) for _ in range(a.users)]
     times, failures = [], []
     lock = threading.Lock()
+    cpu0 = cpu_by_program()
     for rnd in range(a.rounds):
         barrier = threading.Barrier(a.users)
 
@@ -147,14 +154,22 @@ def main():
         for t in threads:
             t.join()
         print(f"  round {rnd + 1}: slowest user {max(times[-a.users:]):.2f} s", flush=True)
+    per_load = {k: round(v / len(times), 3)
+                 for k, v in cpu_delta(cpu0, cpu_by_program(), top=6).items()}
     times.sort()
     p95 = times[max(0, int(round(0.95 * len(times))) - 1)]
     print(f"dashboard load, {a.users} concurrent users, {len(times)} loads: p50 {statistics.median(times):.2f} s, "
           f"p95 {p95:.2f} s, max {times[-1]:.2f} s; failed requests: {len(failures)} [target p95 < 3 s]")
     for f in failures[:10]:
         print("   ", f)
+    server = per_load.get("gunicorn (superset)", 0.0)
+    cores = os.cpu_count() or 1
+    print("CPU-s per load (from /proc, over the rounds): "
+          + ", ".join(f"{k} {v:.3f}" for k, v in per_load.items()))
+    print(f"  so {a.users} users starting together need >= {a.users} × {server:.3f} CPU-s of Superset: "
+          f"no round can end in under {a.users * server / cores:.2f} s on {cores} cores")
     report = {"users": a.users, "loads": len(times), "p50_s": statistics.median(times), "p95_s": p95,
-              "max_s": times[-1], "failed": len(failures)}
+              "max_s": times[-1], "failed": len(failures), "cpu_s_per_load": per_load}
     if a.watch > 0:
         charts = [c for c in calls if "/chart/data" in c["path"]]
         w_times, w_failures = watch(a.url, sessions, pools, charts, a.watch, a.refresh)
