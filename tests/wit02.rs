@@ -158,6 +158,32 @@ fn verify_breakdown(d: &Path, plugin: &str, dimensions: &str, more: &[&str]) -> 
     verify(&args)
 }
 
+/// The folding check both `max_dimension_values = 2` tests make: ctr over `ctr_dims` keeps 2
+/// values per column and window, and the host folded exactly the `folded` values the verifier
+/// folds (totals unchanged); cvr over `cvr_dims`, in the same windows under the default limit,
+/// folded nothing.
+fn verify_ctr_folded_cvr_whole(d: &Path, ctr_dims: &str, folded: u64, cvr_dims: &str) {
+    let folded = folded.to_string();
+    verify_breakdown(
+        d,
+        "ctr",
+        ctr_dims,
+        &[
+            "--max-values",
+            "2",
+            "--expect-folded",
+            "--folded-values",
+            &folded,
+        ],
+    );
+    verify_breakdown(
+        d,
+        "cvr",
+        cvr_dims,
+        &["--expect-unfolded", "--folded-values", "0"],
+    );
+}
+
 /// `verify_wit02.py query`: the rows of `sql` over D's tables (`events`, `metrics`) as JSON.
 fn query(d: &Path, sql: &str) -> serde_json::Value {
     let out = run_python(
@@ -467,24 +493,7 @@ fn a_breakdown_by_custom_attributes() {
     ));
     // ctr keeps 2 values per column and window, attributes included (4 sizes with `unknown`):
     // the host folded exactly what the verifier folds. cvr, under the default limit, nothing.
-    verify_breakdown(
-        d,
-        "ctr",
-        "country,attr.creative_size",
-        &[
-            "--max-values",
-            "2",
-            "--expect-folded",
-            "--folded-values",
-            &folded.to_string(),
-        ],
-    );
-    verify_breakdown(
-        d,
-        "cvr",
-        "attr.experiment",
-        &["--expect-unfolded", "--folded-values", "0"],
-    );
+    verify_ctr_folded_cvr_whole(d, "country,attr.creative_size", folded, "attr.experiment");
     // The column keeps every attribute of the event, keys sorted, and nothing for an event
     // without the object: the generator's four shapes. All 6 000 events are there: none was
     // dead-lettered.
@@ -540,26 +549,9 @@ fn a_small_max_dimension_values_folds_the_surplus_into_other() {
     assert!(folded > 0, "{stopped}");
 
     // ctr: the surplus in `other`, totals unchanged (the verifier counts them from the events),
-    // and the host folded exactly the values the verifier folds.
-    verify_breakdown(
-        d,
-        "ctr",
-        "country,device",
-        &[
-            "--max-values",
-            "2",
-            "--expect-folded",
-            "--folded-values",
-            &folded.to_string(),
-        ],
-    );
-    // cvr, in the same windows, under the default limit: every country as itself.
-    verify_breakdown(
-        d,
-        "cvr",
-        "country",
-        &["--expect-unfolded", "--folded-values", "0"],
-    );
+    // and the host folded exactly the values the verifier folds; cvr, in the same windows under
+    // the default limit: every country as itself.
+    verify_ctr_folded_cvr_whole(d, "country,device", folded, "country");
     // The host's limit is not a plugin parameter: it is not in the plugin's params.
     verify(&[
         "params",
