@@ -28,9 +28,10 @@ __CURRENT_METRICS_VIEW__
 -- same metric names and would be counted again. These plugins run on the host's base window
 -- ([window] size_secs); window_end is grouped on too, so a row never adds windows of two sizes.
 --
--- Cost: the metrics table keeps every revision (~100 rows per daemon commit and partition), so
--- current_metrics runs over a table that grows with uptime; it takes the latest revision per key
--- by arg_max (a hash aggregate, 4-5× cheaper here than a row_number() window over the same rows)
+-- Cost: the daemon writes a new revision of every open window each commit (~100 rows per daemon
+-- commit and partition) and only compaction (scripts/maintain.py) drops the superseded ones, so
+-- current_metrics runs over those of the last few seconds plus one row per share; it takes the
+-- latest revision per key by arg_max (a hash aggregate, 4-5× cheaper here than a row_number() window over the same rows)
 -- and the steps after it only see one row per key. The filters on plugin and dimensions are
 -- pushed by DuckDB under those aggregates (see sql/current_metrics.sql), so the rows of the
 -- breakdowns, reach and the other models cost this view their scan only. UTC timestamps are made

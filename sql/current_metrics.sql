@@ -105,8 +105,10 @@
 -- reads of the table; without it DuckDB scans the Iceberg table twice (+47 % on a 293K-row,
 -- many-file table here, against +15 % materialized, with no restatement in it).
 --
--- Cost: the table keeps every revision (~100 rows per daemon commit), so the first step runs
--- over a table that grows with uptime. arg_max per key is a hash aggregate, 4-5x cheaper than a
+-- Cost: the daemon writes a new revision of every open window each commit (~100 rows per daemon
+-- commit), so the first step runs over every revision not yet compacted away: scripts/maintain.py's
+-- compaction keeps only the latest revision of each share (drop_superseded), the rows this view
+-- picks, so with maintenance running the table grows with its keys, not with uptime. arg_max per key is a hash aggregate, 4-5x cheaper than a
 -- row_number() window over the same rows; the second step only sees one row per partition and
 -- key. plugin and dimensions in the key: over the Iceberg table as the daemon writes it (592
 -- small files, 54K rows of ctr, cvr and attribution; DuckDB iceberg_scan, one thread) a read of
