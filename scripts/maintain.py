@@ -139,18 +139,22 @@ def drop_superseded(rows):
     diff`, lineage) loses the row it would pick, and the view's latest revision per share is
     always kept, since it is the highest in its own finer group. Ties are kept, and a row without a
     revision is never dropped, nor is a record (metric `$restatement`: a restatement's promote,
-    rollback and done entries are a log read in full, not revisions of a value). Rows come back sorted by that identity (window_start first), which
-    also gives readers tight per-row-group min/max statistics on the window."""
+    rollback and done entries are a log read in full, not revisions of a value). A table with a
+    nested column is left whole (its rows could not be compared column by column). Rows come
+    back sorted by that identity (window_start first), which also gives readers tight
+    per-row-group min/max statistics on the window."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     names = rows.schema.names
     if REVISION_COLUMN not in names or rows.num_rows < 2:
         return rows, 0
-    keys = [n for n in names if n not in PER_REVISION
-            and not pa.types.is_nested(rows.schema.field(n).type)]
+    keys = [n for n in names if n not in PER_REVISION]
+    if any(pa.types.is_nested(rows.schema.field(k).type) for k in keys):
+        return rows, 0
     # NULLs sort last (the default), so a share's highest non-NULL revision comes first.
-    order = pc.sort_indices(rows, sort_keys=[(k, "ascending") for k in keys] + [(REVISION_COLUMN, "descending")])
+    order = pc.sort_indices(rows, sort_keys=[(k, "ascending") for k in keys]
+                            + [(REVISION_COLUMN, "descending")])
     rows = rows.take(order)
     n = rows.num_rows
     # A row starts a new share where any identity column differs from the row before it (two
@@ -168,7 +172,8 @@ def drop_superseded(rows):
     highest = pc.take(pc.filter(revision, starts), share)
     keep = pc.or_kleene(pc.fill_null(pc.equal(revision, highest), True), pc.is_null(revision))
     if "metric" in names:  # records ('$restatement': promote, rollback, done) are a log: all kept
-        keep = pc.or_kleene(keep, pc.fill_null(pc.starts_with(rows.column("metric").combine_chunks(), "$"), False))
+        record = pc.starts_with(rows.column("metric").combine_chunks(), "$")
+        keep = pc.or_kleene(keep, pc.fill_null(record, False))
     kept = rows.filter(keep)
     return kept, n - kept.num_rows
 
