@@ -160,10 +160,8 @@ fn compaction_merges_and_expiry_beside_the_daemon_lose_and_duplicate_nothing() {
         "last round: {} superseded metric revisions dropped",
         superseded_dropped(&last)
     ));
-    let reports: Vec<serde_json::Value> = last
-        .lines()
-        .filter_map(|l| serde_json::from_str(l.trim_start_matches("maintain: ")).ok())
-        .filter(|r: &serde_json::Value| r.get("report").is_some())
+    let reports: Vec<serde_json::Value> = results(&last)
+        .filter(|r| r.get("report").is_some())
         .collect();
     assert_eq!(reports.len(), 3, "one report per table:\n{last}");
     for r in &reports {
@@ -214,15 +212,18 @@ fn expiry_keeps_every_partitions_resume_point_and_the_links_to_it() {
 }
 
 /// Files under `dir` (recursively) whose name ends with `suffix`.
+/// The JSON results maintain.py prints, one per `maintain: ` line of its output.
+fn results(log: &str) -> impl Iterator<Item = serde_json::Value> + '_ {
+    log.lines()
+        .filter_map(|l| serde_json::from_str(l.trim_start_matches("maintain: ")).ok())
+}
+
 /// Rows `drop_superseded` removed, over the rounds of a maintain.py log. Reported, not
 /// asserted: which files a round compacts together depends on timing. The rule itself is checked
 /// by `compaction_drops_only_superseded_revisions`; that nothing current went, by
 /// `verify_file_run.py` after the rounds.
 fn superseded_dropped(log: &str) -> u64 {
-    log.lines()
-        .filter_map(|l| {
-            serde_json::from_str::<serde_json::Value>(l.trim_start_matches("maintain: ")).ok()
-        })
+    results(log)
         .filter_map(|r| r.get("superseded_rows_dropped").and_then(|v| v.as_u64()))
         .sum()
 }
