@@ -8,7 +8,7 @@ and optionally waits for the 10 s auto-refresh to bring a newer figure.
         [--expect-refresh-events N --out-refreshed refreshed.json]
 
 --out gets the first load as JSON: {"load_seconds", "timeline", "cpu_seconds", "charts": {slice name:
-{"status", "request", "data"}}}, written as soon as the page has loaded. "timeline" says where the
+{"status", "request", "data", "cached"}}}, written as soon as the page has loaded. "timeline" says where the
 load's time went (seconds from the navigation: the page's HTML, its last script or style, the first
 API request, the first and last chart-data request and answer, each chart's request and answer);
 "cpu_seconds" is the CPU every program on the machine used meanwhile (from /proc), so a slow load
@@ -47,9 +47,10 @@ def main():
     ap.add_argument("--screenshot", required=True)
     ap.add_argument("--expect-refresh-events", type=int, default=None)
     ap.add_argument("--out-refreshed", default=None)
-    ap.add_argument("--cache-ttl", type=float, default=12,
+    ap.add_argument("--cache-ttl", type=float, default=32,
                     help="the oldest data an answer may carry, seconds: Superset's chart-data cache timeout "
-                         "(10, dashboard/superset_config.py) + 2 s for the query that filled it")
+                         "(30 with the cache warmer, dashboard/superset_config.py) + 2 s for the query "
+                         "that filled it")
     ap.add_argument("--timeout", type=float, default=90)
     a = ap.parse_args()
 
@@ -184,14 +185,17 @@ def main():
                 if errors:
                     fail(f"chart {name!r}: query error {errors}")
                 got[name] = {"status": r["status"], "request": r["request"],
-                             "data": [q.get("data") for q in results]}
+                             "data": [q.get("data") for q in results],
+                             "cached": [bool(q.get("is_cached")) for q in results]}
             return got
 
         out = {"load_seconds": load_seconds, "timeline": timeline, "cpu_seconds": cpu, "charts": collect(responses), "blocked_requests": blocked,
                "console_errors": console_errors, "api_calls": api_calls}
         with open(a.out, "w") as f:
             json.dump(out, f, default=str)
-        print(f"browser_check: {len(out['charts'])} charts loaded in {load_seconds:.2f} s, "
+        from_cache = sum(all(c["cached"]) for c in out["charts"].values())
+        print(f"browser_check: {len(out['charts'])} charts loaded in {load_seconds:.2f} s "
+              f"({from_cache} answered from Superset's cache), "
               f"{len(blocked)} outside requests blocked", flush=True)
         waits = [at - sent for sent, at in timeline["charts"].values()]
         print("browser_check: timeline (s from navigation): "

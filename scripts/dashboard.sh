@@ -119,6 +119,23 @@ log "serving http://$bind:$port/superset/dashboard/admetrics/ (admin / $password
   --error-logfile "$ADMETRICS_SUPERSET_HOME/gunicorn.log" \
   "superset.app:create_app()" &
 gunicorn_pid=$!
+# The dashboard's chart data kept warm in Superset's cache (dashboard/warm_cache.py: Superset's
+# own warm-up endpoint for each chart, every ADMETRICS_SUPERSET_WARM_EVERY s; 0 = off), from the
+# moment Superset answers; stopped with it.
+warm_pid=
+warm_every=${ADMETRICS_SUPERSET_WARM_EVERY:-10}
+if [[ $warm_every != 0 ]]; then
+  host=$bind; [[ $host == 0.0.0.0 ]] && host=127.0.0.1
+  (
+    until curl -sf "http://$host:$port/health" >/dev/null; do
+      kill -0 "$gunicorn_pid" 2>/dev/null || exit 0
+      sleep 1
+    done
+    ADMETRICS_SUPERSET_PASSWORD=$password exec "$py/python" dashboard/warm_cache.py \
+      --url "http://$host:$port" --every "$warm_every"
+  ) &
+  warm_pid=$!
+fi
 # gunicorn is a child (not exec'd) so that our Redis stops with it: a signal to this script is
 # passed on, and whichever way gunicorn ends, the EXIT trap above stops Redis after it.
 stop() { kill -TERM "$gunicorn_pid" 2>/dev/null || true; }
@@ -127,4 +144,5 @@ status=0
 while kill -0 "$gunicorn_pid" 2>/dev/null; do
   wait "$gunicorn_pid" && status=0 || status=$?
 done
+[[ -z $warm_pid ]] || { kill -TERM "$warm_pid" 2>/dev/null || true; }
 exit "$status"

@@ -7,7 +7,9 @@
 //! `tests/verify_dashboard.py` checks each chart's rows against the tables read with PyIceberg,
 //! and `/metrics` against the same tables. Then more events are produced while the page stays
 //! open: its own 10 s auto-refresh must show them (reading Superset's cache: no forced
-//! queries), and the refreshed charts are checked again. Then `tests/verify_dashboard_access.py`
+//! queries), and the refreshed charts are checked again. `tests/verify_warm_cache.py` then checks
+//! that Superset's cache warm-up (`dashboard/warm_cache.py`, which `scripts/dashboard.sh` runs)
+//! fills exactly the entries the page's chart-data requests read. Then `tests/verify_dashboard_access.py`
 //! checks, with the caches warm, that a user without access to the datasets gets none of what a
 //! user with access was just served. Screenshots are kept in `tests/artifacts/`.
 //!
@@ -335,7 +337,21 @@ fn the_dashboard_shows_what_the_tables_hold_and_refreshes_by_itself() {
     );
     println!("{}", String::from_utf8_lossy(&out.stdout));
     println!("{}", verify(&refreshed));
-    progress("refresh verified; two more users against the warm cache");
+    progress("refresh verified; the cache warm-up against what the page reads");
+    println!(
+        "{}",
+        run_superset_python(
+            "verify_warm_cache.py",
+            Some(&home),
+            &[
+                "--url".into(),
+                format!("http://{superset}"),
+                "--calls".into(),
+                first.display().to_string(),
+            ],
+        )
+    );
+    progress("two more users against the warm cache");
     println!(
         "{}",
         run_superset_python(
