@@ -52,13 +52,14 @@ def _redis_cache(prefix, timeout, cache_type="RedisCache", **extra):
 # dashboard's charts every ADMETRICS_SUPERSET_WARM_EVERY seconds (default 10, the refresh period;
 # 0 = not started), so viewers read answers at most one period old and never wait for a query.
 # The entries then only need to outlive the gap between two warm-ups of a chart, which load can
-# stretch: 30 s. Without the warmer, 10 s: users who open or refresh the dashboard within the
+# stretch: 3 periods, at least 30 s. Without the warmer, 10 s: users who open or refresh the dashboard within the
 # same 10 s share one query per chart, and nobody sees data older than one refresh.
 # ADMETRICS_SUPERSET_DATA_CACHE_TIMEOUT overrides either; ADMETRICS_SUPERSET_SINGLE_FLIGHT=0: plain
 # RedisCache (to measure what the single-flight saves).
-_WARMED = float(os.environ.get("ADMETRICS_SUPERSET_WARM_EVERY", "10")) > 0
+_WARM_EVERY = float(os.environ.get("ADMETRICS_SUPERSET_WARM_EVERY") or "10")
 DATA_CACHE_CONFIG = _redis_cache(
-    "data", int(os.environ.get("ADMETRICS_SUPERSET_DATA_CACHE_TIMEOUT", "30" if _WARMED else "10")),
+    "data", int(os.environ.get("ADMETRICS_SUPERSET_DATA_CACHE_TIMEOUT",
+                               max(30, int(3 * _WARM_EVERY)) if _WARM_EVERY > 0 else 10)),
     "admetrics_superset.SingleFlightRedisCache"
     if os.environ.get("ADMETRICS_SUPERSET_SINGLE_FLIGHT", "1") != "0" else "RedisCache")
 CACHE_CONFIG = _redis_cache("meta", 300)
