@@ -548,52 +548,55 @@ fn the_compose_stack_runs_natively_and_the_dashboard_shows_its_tables() {
         http_get(&superset_addr, &health_path).is_some_and(|(c, _)| c == 200)
     });
 
+    // A program of dashboard/ in Superset's venv against this Superset; its output, or the test
+    // fails with it and the tail of Superset's log.
+    let superset_env = plan.env("superset");
+    let superset_url = format!("http://127.0.0.1:{superset_port}");
+    let dashboard_program = |script: &str, args: &[&str]| {
+        let o = Command::new(repo_root().join(".venv-superset/bin/python"))
+            .arg(repo_root().join("dashboard").join(script))
+            .args(["--url", &superset_url])
+            .args(args)
+            .env(
+                "ADMETRICS_SUPERSET_PASSWORD",
+                &superset_env["ADMETRICS_SUPERSET_PASSWORD"],
+            )
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{script} failed:\n{}\nsuperset log:\n{}",
+            output_text(&o),
+            tail(&superset.log, 40)
+        );
+        output_text(&o)
+    };
     // Superset's warm-up (dashboard/warm_cache.py, run by the service every 10 s) may have cached
     // answers computed before the daemon committed the topic's end; one pass now, after it, so
     // every chart the page reads was computed from the final tables (the page reads the cache).
-    let superset_env = plan.env("superset");
-    let o = Command::new(repo_root().join(".venv-superset/bin/python"))
-        .arg(repo_root().join("dashboard/warm_cache.py"))
-        .args([
-            "--url",
-            &format!("http://127.0.0.1:{superset_port}"),
-            "--once",
-        ])
-        .env(
-            "ADMETRICS_SUPERSET_PASSWORD",
-            &superset_env["ADMETRICS_SUPERSET_PASSWORD"],
-        )
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "warm_cache.py --once failed:\n{}\nsuperset log:\n{}",
-        output_text(&o),
-        tail(&superset.log, 40)
-    );
+    dashboard_program("warm_cache.py", &["--once"]);
 
     progress("Superset answers; opening the dashboard in Chromium");
     let charts = d.join("charts.json");
     let artifacts = repo_root().join("tests/artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
-    let o = Command::new(repo_root().join(".venv-superset/bin/python"))
-        .arg(repo_root().join("dashboard/browser_check.py"))
-        .args(["--url", &format!("http://127.0.0.1:{superset_port}")])
-        .args(["--password", &superset_env["ADMETRICS_SUPERSET_PASSWORD"]])
-        .arg("--out")
-        .arg(&charts)
-        .arg("--screenshot")
-        .arg(artifacts.join("stack-dashboard.png"))
-        .args(["--timeout", "120"])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "browser_check failed:\n{}\nsuperset log:\n{}",
-        output_text(&o),
-        tail(&superset.log, 40)
+    let shot = artifacts.join("stack-dashboard.png");
+    println!(
+        "{}",
+        dashboard_program(
+            "browser_check.py",
+            &[
+                "--password",
+                &superset_env["ADMETRICS_SUPERSET_PASSWORD"],
+                "--out",
+                charts.to_str().unwrap(),
+                "--screenshot",
+                shot.to_str().unwrap(),
+                "--timeout",
+                "120",
+            ],
+        )
     );
-    println!("{}", output_text(&o));
 
     let superset_cmd = map.all(&plan.list("superset", "command"));
     let o = Command::new(python())
