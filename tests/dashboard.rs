@@ -42,6 +42,7 @@ impl Drop for Proc {
         // that is every process on the machine (it took down CI's runner once).
         let _ = Command::new("kill")
             .args(["-s", "TERM", "--", &format!("-{}", self.0.id())])
+            .stderr(Stdio::null())
             .status();
         let _ = self.0.kill();
         let _ = self.0.wait();

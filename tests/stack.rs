@@ -233,8 +233,10 @@ impl Proc {
     fn stop(&mut self) {
         // The group: scripts that exec (dashboard.sh → gunicorn) leave workers as children.
         // `--`: procps reads "-1234" as options otherwise, and signals every process.
+        // stderr: a group already gone (stop() then drop) is fine, not worth a line in the log.
         let _ = Command::new("kill")
             .args(["-s", "TERM", "--", &format!("-{}", self.child.id())])
+            .stderr(Stdio::null())
             .status();
         let _ = self.child.wait();
     }
