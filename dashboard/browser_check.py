@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 
 from playwright.sync_api import sync_playwright
 
+from cache_timeouts import data_cache_timeout
 from proc_cpu import cpu_by_program, cpu_delta
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -47,10 +48,10 @@ def main():
     ap.add_argument("--screenshot", required=True)
     ap.add_argument("--expect-refresh-events", type=int, default=None)
     ap.add_argument("--out-refreshed", default=None)
-    ap.add_argument("--cache-ttl", type=float, default=32,
+    ap.add_argument("--cache-ttl", type=float, default=data_cache_timeout() + 2,
                     help="the oldest data an answer may carry, seconds: Superset's chart-data cache timeout "
-                         "(30 with the cache warmer, dashboard/superset_config.py) + 2 s for the query "
-                         "that filled it")
+                         "(dashboard/cache_timeouts.py, from the same environment Superset reads) + 2 s for "
+                         "the query that filled it")
     ap.add_argument("--timeout", type=float, default=90)
     a = ap.parse_args()
 

@@ -23,6 +23,8 @@ scripts/dashboard-bench.sh, see README), all of it Superset's own settings but o
 """
 import os
 
+from cache_timeouts import data_cache_timeout
+
 _home = os.environ.get("ADMETRICS_SUPERSET_HOME", os.path.abspath(".state/superset"))
 os.makedirs(_home, exist_ok=True)
 
@@ -48,18 +50,11 @@ def _redis_cache(prefix, timeout, cache_type="RedisCache", **extra):
             "CACHE_KEY_PREFIX": f"admetrics_{prefix}_", "CACHE_DEFAULT_TIMEOUT": timeout, **extra}
 
 
-# Chart data. scripts/dashboard.sh runs dashboard/warm_cache.py beside Superset, which re-runs the
-# dashboard's charts every ADMETRICS_SUPERSET_WARM_EVERY seconds (default 10, the refresh period;
-# 0 = not started), so viewers read answers at most one period old and never wait for a query.
-# The entries then only need to outlive the gap between two warm-ups of a chart, which load can
-# stretch: 3 periods, at least 30 s. Without the warmer, 10 s: users who open or refresh the dashboard within the
-# same 10 s share one query per chart, and nobody sees data older than one refresh.
-# ADMETRICS_SUPERSET_DATA_CACHE_TIMEOUT overrides either; ADMETRICS_SUPERSET_SINGLE_FLIGHT=0: plain
-# RedisCache (to measure what the single-flight saves).
-_WARM_EVERY = float(os.environ.get("ADMETRICS_SUPERSET_WARM_EVERY") or "10")
+# Chart data: kept warm by dashboard/warm_cache.py, entries live for cache_timeouts.data_cache_timeout()
+# (3 warm periods, at least 30 s; 10 s without the warmer; why: dashboard/cache_timeouts.py).
+# ADMETRICS_SUPERSET_SINGLE_FLIGHT=0: plain RedisCache (to measure what the single-flight saves).
 DATA_CACHE_CONFIG = _redis_cache(
-    "data", int(os.environ.get("ADMETRICS_SUPERSET_DATA_CACHE_TIMEOUT",
-                               max(30, int(3 * _WARM_EVERY)) if _WARM_EVERY > 0 else 10)),
+    "data", data_cache_timeout(),
     "admetrics_superset.SingleFlightRedisCache"
     if os.environ.get("ADMETRICS_SUPERSET_SINGLE_FLIGHT", "1") != "0" else "RedisCache")
 CACHE_CONFIG = _redis_cache("meta", 300)

@@ -124,7 +124,7 @@ gunicorn_pid=$!
 # moment Superset answers; stopped with it.
 warm_pid=
 warm_every=${ADMETRICS_SUPERSET_WARM_EVERY:-10}
-if [[ ! $warm_every =~ ^0*\.?0*$ ]]; then  # 0 (or 0.0) = off, as superset_config.py reads it
+if [[ ! $warm_every =~ ^0*\.?0*$ ]]; then  # 0 (or 0.0) = off, as dashboard/cache_timeouts.py reads it
   host=$bind; [[ $host == 0.0.0.0 ]] && host=127.0.0.1
   (
     until curl -sf "http://$host:$port/health" >/dev/null; do
