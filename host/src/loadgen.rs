@@ -45,8 +45,8 @@ pub struct LoadgenArgs {
     #[arg(long)]
     pub total: Option<u64>,
     /// How long the producer waits to fill a batch (librdkafka `linger.ms`). Longer means fewer,
-    /// bigger batches: tansu's memory storage lists every batch of a partition on each fetch,
-    /// and at 5 000 events/s with 10 ms its fetches time out after ~12 minutes.
+    /// bigger produce requests and fewer record batches for the daemon to fetch, at the cost of
+    /// up to this much added produce→visible latency.
     #[arg(long, default_value_t = 10)]
     pub linger_ms: u64,
     /// Give events an `attributes` object (custom string attributes): `creative_size` on three
