@@ -57,7 +57,8 @@ struct GroupMember {
 /// to no one (librdkafka posts the result only to a reply queue the commit names, or to an
 /// `offset_commit_cb`, which the event API leaves unset). The callback never ran, so every
 /// shutdown waited out `SYNC_COMMIT_WITHIN` and then warned that the final commit had failed
-/// when it had not. Commits here name this queue (`rd_kafka_commit_queue`).
+/// when it had not. Commits here name this queue (`rd_kafka_commit_queue`). Upstream:
+/// rust-rdkafka issue #856, and pull request #857 (open) with the same remedy inside rdkafka.
 struct CommitAnswers {
     queue: std::ptr::NonNull<rdkafka::bindings::rd_kafka_queue_t>,
     state: Mutex<Commits>,
