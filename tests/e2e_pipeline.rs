@@ -397,8 +397,8 @@ interval_ms = 200
         "final committed offsets"
     );
     // The shutdown's offset commit to the group was answered, and Kafka holds the position.
-    // (Until rdkafka's commit answers came to a queue of our own they were never seen: every
-    // shutdown waited 5 s and reported this commit as failed.)
+    // (Until rdkafka's commit answers came to a queue of our own they were never seen: a
+    // graceful shutdown waited 5 s and reported this commit as failed.)
     assert_eq!(summary.final_offsets_unconfirmed, None);
     assert_eq!(
         daemon::kafka_committed(&broker.bootstrap, "e2e", PARTITIONS),

@@ -55,8 +55,8 @@ struct GroupMember {
 /// Why a queue of our own and not `ConsumerContext::commit_callback`: rdkafka drives
 /// librdkafka through its event API, and there a commit made with `rd_kafka_commit` is answered
 /// to no one (librdkafka posts the result only to a reply queue the commit names, or to an
-/// `offset_commit_cb`, which the event API leaves unset). The callback never ran, so every
-/// shutdown waited out `SYNC_COMMIT_WITHIN` and then warned that the final commit had failed
+/// `offset_commit_cb`, which the event API leaves unset). The callback never ran, so graceful
+/// shutdowns waited out `SYNC_COMMIT_WITHIN` and then warned that the final commit had failed
 /// when it had not. Commits here name this queue (`rd_kafka_commit_queue`). Upstream:
 /// rust-rdkafka issue #856, and pull request #857 (open) with the same remedy inside rdkafka.
 struct CommitAnswers {
@@ -176,7 +176,8 @@ impl CommitAnswers {
             if left.is_zero() {
                 return Err(SourceError::NoAnswer(within, "the offset commit"));
             }
-            self.take_one(left.min(Duration::from_millis(100)));
+            // Returns as soon as an answer arrives.
+            self.take_one(left);
         }
     }
 }
