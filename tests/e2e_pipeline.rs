@@ -396,15 +396,6 @@ interval_ms = 200
         summary.committed_offsets, expected_end,
         "final committed offsets"
     );
-    // The shutdown's offset commit to the group was answered, and Kafka holds the position.
-    // (Until rdkafka's commit answers came to a queue of our own they were never seen: a
-    // graceful shutdown waited 5 s and reported this commit as failed.)
-    assert_eq!(summary.final_offsets_unconfirmed, None);
-    assert_eq!(
-        daemon::kafka_committed(&broker.bootstrap, "e2e", PARTITIONS),
-        expected_end,
-        "the group's committed offsets"
-    );
     assert_eq!(status.messages.get(), msgs.len() as u64);
     assert_eq!(
         status.valid_events.get() + status.dead_letters.load(Relaxed),

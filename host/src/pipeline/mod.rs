@@ -49,10 +49,6 @@ pub struct RunSummary {
     pub messages: u64,
     pub commits: u64,
     pub committed_offsets: BTreeMap<i32, i64>,
-    /// Why the source did not confirm storing the final offsets on shutdown (for Kafka: the
-    /// group coordinator's error, or no answer in time), if it did not. Nothing is lost either
-    /// way: the tables hold the offsets a restart resumes from; the group's are for lag tools.
-    pub final_offsets_unconfirmed: Option<String>,
 }
 
 /// Runs the daemon until `shutdown` completes, then commits what it holds, stores the offsets
@@ -505,7 +501,6 @@ fn ingest_loop(
             }
             if let Err(e) = source.commit_sync(&summary.committed_offsets) {
                 tracing::warn!(error = %e, "final offset commit to Kafka failed; Iceberg holds the offsets");
-                summary.final_offsets_unconfirmed = Some(e.to_string());
             }
             return Ok(summary);
         }

@@ -46,148 +46,17 @@ struct GroupMember {
     topic: String,
     shared: Arc<Shared>,
     global_errors: Mutex<Repeats>,
+    commits: Mutex<Commits>,
 }
 
-/// Where the group coordinator's answers to this member's offset commits arrive. Every commit
-/// is sent asynchronously; a "synchronous" one polls this queue until all are answered, within
-/// a bound.
-///
-/// Why a queue of our own and not `ConsumerContext::commit_callback`: rdkafka drives
-/// librdkafka through its event API, and there a commit made with `rd_kafka_commit` is answered
-/// to no one (librdkafka posts the result only to a reply queue the commit names, or to an
-/// `offset_commit_cb`, which the event API leaves unset). The callback never ran, so graceful
-/// shutdowns waited out `SYNC_COMMIT_WITHIN` and then warned that the final commit had failed
-/// when it had not. Commits here name this queue (`rd_kafka_commit_queue`). Upstream:
-/// rust-rdkafka issue #856, and pull request #857 (open) with the same remedy inside rdkafka.
-struct CommitAnswers {
-    queue: std::ptr::NonNull<rdkafka::bindings::rd_kafka_queue_t>,
-    state: Mutex<Commits>,
-}
-
-// SAFETY: librdkafka's queues are thread-safe (each has its own lock); the pointer is only
-// handed to librdkafka calls.
-unsafe impl Send for CommitAnswers {}
-unsafe impl Sync for CommitAnswers {}
-
+/// Offset commits sent to the group coordinator and answered by it. Every commit is sent
+/// asynchronously; a "synchronous" one polls until all are answered, within a bound.
 #[derive(Default)]
 struct Commits {
     sent: u64,
     answered: u64,
     /// The latest answer's error (answers come back in the order the commits were sent).
     last_error: Option<KafkaError>,
-}
-
-impl CommitAnswers {
-    fn new(consumer: &BaseConsumer<GroupMember>) -> Self {
-        // SAFETY: a valid client handle; the queue is destroyed in `Drop`, before the client
-        // (see `Member`).
-        let queue =
-            unsafe { rdkafka::bindings::rd_kafka_queue_new(consumer.client().native_ptr()) };
-        CommitAnswers {
-            queue: std::ptr::NonNull::new(queue).expect("librdkafka returned no queue"),
-            state: Mutex::default(),
-        }
-    }
-
-    /// Sends the commit; its answer comes to this queue.
-    fn send(
-        &self,
-        consumer: &BaseConsumer<GroupMember>,
-        tpl: &TopicPartitionList,
-    ) -> Result<(), KafkaError> {
-        // SAFETY: valid client, list and queue handles for the call; no callback, so the
-        // answer is posted to the queue as an event.
-        let err = unsafe {
-            rdkafka::bindings::rd_kafka_commit_queue(
-                consumer.client().native_ptr(),
-                tpl.ptr(),
-                self.queue.as_ptr(),
-                None,
-                std::ptr::null_mut(),
-            )
-        };
-        if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR {
-            return Err(KafkaError::ConsumerCommit(err.into()));
-        }
-        self.state.lock().unwrap().sent += 1;
-        Ok(())
-    }
-
-    /// Takes at most one answer off the queue, waiting up to `wait`; whether one came.
-    fn take_one(&self, wait: Duration) -> bool {
-        use rdkafka::bindings as rd;
-        let ms = wait.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: a valid queue handle; the event returned is ours until destroyed below.
-        let ev = unsafe { rd::rd_kafka_queue_poll(self.queue.as_ptr(), ms) };
-        if ev.is_null() {
-            return false;
-        }
-        // SAFETY: `ev` is valid until `rd_kafka_event_destroy`; its partition list (null, or
-        // `cnt` elements) belongs to it and is only read here.
-        let answer = unsafe {
-            let answer =
-                (rd::rd_kafka_event_type(ev) == rd::RD_KAFKA_EVENT_OFFSET_COMMIT).then(|| {
-                    let list = rd::rd_kafka_event_topic_partition_list(ev);
-                    let failed = if list.is_null() || (*list).cnt <= 0 {
-                        None
-                    } else {
-                        std::slice::from_raw_parts((*list).elems, (*list).cnt as usize)
-                            .iter()
-                            .map(|e| e.err)
-                            .find(|&e| e != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
-                    };
-                    // A request-level error first, else the first partition's. `_NO_OFFSET`
-                    // is librdkafka's "nothing to commit", not a failure.
-                    Some(rd::rd_kafka_event_error(ev))
-                        .filter(|&e| {
-                            e != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR
-                                && e != RDKafkaRespErr::RD_KAFKA_RESP_ERR__NO_OFFSET
-                        })
-                        .or(failed)
-                });
-            rd::rd_kafka_event_destroy(ev);
-            answer
-        };
-        if let Some(error) = answer {
-            let mut c = self.state.lock().unwrap();
-            c.answered += 1;
-            c.last_error = error.map(|e| KafkaError::ConsumerCommit(e.into()));
-        }
-        true
-    }
-
-    /// Takes every answer already there, without waiting.
-    fn drain(&self) {
-        while self.take_one(Duration::ZERO) {}
-    }
-
-    /// Waits until every commit sent is answered, for at most `within`; the latest answer's
-    /// error, if any.
-    fn await_all(&self, within: Duration) -> Result<(), SourceError> {
-        let deadline = Instant::now() + within;
-        loop {
-            {
-                let mut c = self.state.lock().unwrap();
-                if c.answered >= c.sent {
-                    return c.last_error.take().map_or(Ok(()), |e| Err(e.into()));
-                }
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(SourceError::NoAnswer(within, "the offset commit"));
-            }
-            // Returns as soon as an answer arrives.
-            self.take_one(left);
-        }
-    }
-}
-
-impl Drop for CommitAnswers {
-    fn drop(&mut self) {
-        // SAFETY: the queue is ours, destroyed once; answers posted after this are discarded
-        // by librdkafka.
-        unsafe { rdkafka::bindings::rd_kafka_queue_destroy(self.queue.as_ptr()) };
-    }
 }
 
 /// An error logged again within this time is counted, not logged.
@@ -328,6 +197,12 @@ impl GroupMember {
 }
 
 impl ConsumerContext for GroupMember {
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _: &TopicPartitionList) {
+        let mut c = self.commits.lock().unwrap();
+        c.answered += 1;
+        c.last_error = result.err();
+    }
+
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -389,51 +264,27 @@ const CLOSE_WITHIN: Duration = Duration::from_secs(5);
 /// Here a close gets `CLOSE_WITHIN`; a consumer not closed by then is left to finish on its own
 /// thread (the process is exiting, or `rebuild` has a fresh consumer). Nothing is lost by that:
 /// the tables hold the offsets a restart resumes from; the group's are for lag tools.
-struct Closing(Option<Member>);
+struct Closing(Option<BaseConsumer<GroupMember>>);
 
-/// One consumer instance and the queue its commits are answered on. Fields drop in order:
-/// librdkafka wants an application's queues destroyed before their client.
-struct Member {
-    answers: CommitAnswers,
-    consumer: BaseConsumer<GroupMember>,
-}
-
-impl Closing {
-    fn new(consumer: BaseConsumer<GroupMember>) -> Self {
-        Closing(Some(Member {
-            answers: CommitAnswers::new(&consumer),
-            consumer,
-        }))
-    }
-
-    fn answers(&self) -> &CommitAnswers {
-        &self.member().answers
-    }
-
-    fn member(&self) -> &Member {
+impl std::ops::Deref for Closing {
+    type Target = BaseConsumer<GroupMember>;
+    fn deref(&self) -> &Self::Target {
         self.0
             .as_ref()
             .expect("the consumer is taken only when dropped")
     }
 }
 
-impl std::ops::Deref for Closing {
-    type Target = BaseConsumer<GroupMember>;
-    fn deref(&self) -> &Self::Target {
-        &self.member().consumer
-    }
-}
-
 impl Drop for Closing {
     fn drop(&mut self) {
-        let Some(member) = self.0.take() else {
+        let Some(consumer) = self.0.take() else {
             return;
         };
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let closing = std::thread::Builder::new()
             .name("kafka-close".into())
             .spawn(move || {
-                drop(member);
+                drop(consumer);
                 let _ = done_tx.send(());
             });
         if closing.is_ok() && done_rx.recv_timeout(CLOSE_WITHIN).is_err() {
@@ -466,7 +317,7 @@ impl KafkaSource {
             fatal: Mutex::new(None),
         });
         Ok(KafkaSource {
-            consumer: Closing::new(Self::consumer(cfg, &shared)?),
+            consumer: Closing(Some(Self::consumer(cfg, &shared)?)),
             cfg: cfg.clone(),
             shared,
             topic: cfg.topic.clone(),
@@ -506,6 +357,7 @@ impl KafkaSource {
             topic: cfg.topic.clone(),
             shared: shared.clone(),
             global_errors: Mutex::default(),
+            commits: Mutex::default(),
         };
         let consumer: BaseConsumer<GroupMember> = cc.create_with_context(ctx)?;
         consumer.subscribe(&[&cfg.topic])?;
@@ -528,7 +380,7 @@ impl KafkaSource {
         }
         self.stash = None;
         match Self::consumer(&self.cfg, &self.shared) {
-            Ok(c) => self.consumer = Closing::new(c),
+            Ok(c) => self.consumer = Closing(Some(c)),
             Err(e) => {
                 self.shared.fatal.lock().unwrap().get_or_insert(format!(
                     "the Kafka consumer failed ({why}) and could not be created again: {e}"
@@ -618,13 +470,38 @@ impl KafkaSource {
         if tpl.count() == 0 {
             return Ok(());
         }
-        let answers = self.consumer.answers();
-        answers.drain();
-        answers.send(&self.consumer, &tpl)?;
+        let commits = &self.consumer.context().commits;
+        commits.lock().unwrap().sent += 1;
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            commits.lock().unwrap().sent -= 1; // not sent: no answer will come
+            return Err(e.into());
+        }
         if matches!(mode, CommitMode::Sync) {
-            answers.await_all(SYNC_COMMIT_WITHIN)?;
+            self.await_commits(SYNC_COMMIT_WITHIN)?;
         }
         Ok(())
+    }
+
+    /// Polls the consumer until the coordinator has answered every commit sent, for at most
+    /// `within`; the latest answer's error, if any. Only for shutdown: a message this poll
+    /// returns is dropped, and since its offset is never committed, whoever reads the partition
+    /// next reads it again.
+    fn await_commits(&self, within: Duration) -> Result<(), SourceError> {
+        let deadline = Instant::now() + within;
+        loop {
+            {
+                let mut c = self.consumer.context().commits.lock().unwrap();
+                if c.answered >= c.sent {
+                    return c.last_error.take().map_or(Ok(()), |e| Err(e.into()));
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(SourceError::NoAnswer(within, "the offset commit"));
+            }
+            // The commit's answer is served by poll (ConsumerContext::commit_callback).
+            let _ = self.consumer.poll(left.min(Duration::from_millis(100)));
+        }
     }
 
     /// Commits `partition → next offset` to the group (after the Iceberg commit).
